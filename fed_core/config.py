@@ -1,0 +1,133 @@
+"""Settings of a federated run, their limits, and an honest time estimate before it starts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from .client import LocalSettings
+from .models import INIT_METHODS, MODELS
+from .partition import MIN_EXAMPLES_PER_WORKER, PARTITIONS
+
+ENGINES = ("inprocess", "syft", "flower")
+TRAIN_SIZE = 60_000
+# Measured with bench/bench_train.py on the 2-core reference machine: training examples per second
+# (one local epoch of every worker counts its shard once) and seconds per full test-set evaluation.
+EXAMPLES_PER_SECOND = {"crypto_cnn": 30_000, "relu_cnn": 3_000, "fedavg_cnn": 900}
+EVAL_SECONDS = {"crypto_cnn": 0.05, "relu_cnn": 0.6, "fedavg_cnn": 2.0}
+
+
+class ConfigError(ValueError):
+    """Settings out of range or that do not fit together; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    workers: int = 5
+    rounds: int = 10
+    fraction: float = 1.0  # C: share of workers sampled each round (at least one)
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9  # local SGD momentum
+    clip_norm: float = 5.0
+    partition: str = "iid"
+    alpha: float = 0.5  # Dirichlet concentration
+    shards_per_worker: int = 2
+    init: str = "default"
+    dropout: float = 0.0  # chance that a sampled worker fails to report
+    seed: int = 0
+    model: str = "crypto_cnn"
+    server_lr: float = 1.0
+    server_momentum: float = 0.0
+    train_size: int = TRAIN_SIZE  # first n training images (smaller for quick tests)
+    contribution_subset: int = 1000  # test images used for the leave-one-out contribution score
+    engine: str = "inprocess"
+
+    @property
+    def local(self) -> LocalSettings:
+        return LocalSettings(self.local_epochs, self.batch_size, self.lr, self.momentum, self.clip_norm)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+LIMITS = {  # name: (low, high), inclusive
+    "workers": (1, 100),
+    "rounds": (1, 200),
+    "local_epochs": (1, 20),
+    "batch_size": (1, 1024),
+    "shards_per_worker": (1, 20),
+    "train_size": (100, TRAIN_SIZE),
+    "contribution_subset": (0, 10_000),
+    "seed": (0, 2**31 - 1),
+}
+INT_FIELDS = tuple(LIMITS)
+
+
+def problems(config: TrainConfig) -> list[str]:
+    """Every reason the config cannot run, as sentences for a user; empty if it is fine."""
+    out = []
+    for name, (low, high) in LIMITS.items():
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            out.append(f"{name.replace('_', ' ')} must be a whole number, got {value!r}.")
+        elif not low <= value <= high:
+            out.append(f"{name.replace('_', ' ')} must be between {low} and {high}, got {value}.")
+    if not 0 < config.fraction <= 1:
+        out.append(f"fraction C must be in (0, 1], got {config.fraction}.")
+    if not 0 < config.lr <= 10:
+        out.append(f"learning rate must be in (0, 10], got {config.lr}.")
+    if not 0 <= config.momentum < 1 or not 0 <= config.server_momentum < 1:
+        out.append("momentum must be in [0, 1).")
+    if not 0 <= config.dropout < 1:
+        out.append(f"dropout rate must be in [0, 1), got {config.dropout}.")
+    if not 0 < config.server_lr <= 10:
+        out.append(f"server learning rate must be in (0, 10], got {config.server_lr}.")
+    if config.clip_norm <= 0:
+        out.append(f"gradient clip norm must be positive, got {config.clip_norm}.")
+    if config.partition == "dirichlet" and config.alpha <= 0:
+        out.append(f"Dirichlet alpha must be positive, got {config.alpha}.")
+    for name, allowed in (("partition", PARTITIONS), ("init", INIT_METHODS), ("model", MODELS), ("engine", ENGINES)):
+        if getattr(config, name) not in allowed:
+            out.append(f"{name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}.")
+    if not out:
+        out.extend(_fit_problems(config))
+    return out
+
+
+def _fit_problems(config: TrainConfig) -> list[str]:
+    if config.train_size < config.workers * MIN_EXAMPLES_PER_WORKER:
+        return [
+            f"{config.train_size} training images cannot serve {config.workers} workers with at least "
+            f"{MIN_EXAMPLES_PER_WORKER} each."
+        ]
+    if config.partition == "shards":
+        shard_size = config.train_size // (config.workers * config.shards_per_worker)
+        if shard_size < MIN_EXAMPLES_PER_WORKER:
+            return [
+                f"{config.workers} workers x {config.shards_per_worker} shards leaves shards of {shard_size} "
+                "images: use fewer workers or fewer shards per worker."
+            ]
+    return []
+
+
+def validate(config: TrainConfig) -> TrainConfig:
+    found = problems(config)
+    if found:
+        raise ConfigError(" ".join(found))
+    return config
+
+
+def estimate_seconds(config: TrainConfig) -> float:
+    """Rough wall time of the run on the reference machine (in-process engine)."""
+    sampled = max(1.0, config.fraction * config.workers) / config.workers
+    examples = config.rounds * sampled * (1 - config.dropout) * config.train_size * config.local_epochs
+    # Small batches cost more per example (more steps); 32 is the reference.
+    batch_factor = max(1.0, (32 / config.batch_size) ** 0.5)
+    per_round_eval = EVAL_SECONDS[config.model] * (1 + config.contribution_subset / 10_000 * config.workers * sampled)
+    return examples / EXAMPLES_PER_SECOND[config.model] * batch_factor + config.rounds * per_round_eval

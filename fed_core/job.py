@@ -1,0 +1,162 @@
+"""A federated run in a background thread, watched through thread-safe snapshots.
+
+The thread never touches any UI: a page (or the CLI) polls :meth:`TrainingJob.snapshot`.
+:class:`JobSlots` caps how many runs share the machine at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from torch import nn
+
+from .client import TrainingStopped
+from .config import TrainConfig, estimate_seconds, validate
+from .data import Mnist, load_mnist
+from .server import FederatedRun, RoundRecord, cumulative_contributions, run_federated
+
+log = logging.getLogger(__name__)
+
+PENDING, RUNNING, DONE, STOPPED, FAILED = "pending", "running", "done", "stopped", "failed"
+
+
+@dataclass
+class JobSnapshot:
+    status: str
+    round: int
+    total_rounds: int
+    history: list[dict] = field(default_factory=list)
+    label_histogram: list[list[int]] = field(default_factory=list)
+    cumulative_contributions: dict[int, float] = field(default_factory=dict)
+    elapsed: float = 0.0
+    eta: float | None = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (DONE, STOPPED, FAILED)
+
+
+class TrainingJob:
+    """One federated run. ``start()`` launches it; ``stop()`` asks it to stop between batches."""
+
+    def __init__(self, config: TrainConfig, load_data: Callable[[], Mnist] = load_mnist,
+                 runner: Callable[..., FederatedRun] = run_federated) -> None:
+        self.config = validate(config)
+        self._load_data = load_data
+        self._runner = runner
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._status = PENDING
+        self._run: FederatedRun | None = None
+        self._history: list[dict] = []
+        self._label_histogram: list[list[int]] = []
+        self._error: str | None = None
+        self._started_at = 0.0
+        self._finished_at: float | None = None
+        self._thread = threading.Thread(target=self._work, name="federated-run", daemon=True)
+        self.on_finish: Callable[["TrainingJob"], None] | None = None
+
+    def start(self) -> "TrainingJob":
+        self._started_at = time.perf_counter()
+        self._status = RUNNING
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _work(self) -> None:
+        try:
+            self._runner(self.config, self._load_data(), on_start=self._attach, on_round=self._record,
+                         should_stop=self._stop.is_set)
+            self._finish(DONE)
+        except TrainingStopped:
+            self._finish(STOPPED)
+        except Exception as exc:  # reported to the page through the snapshot, and logged in full here
+            log.exception("federated run failed")
+            self._finish(FAILED, str(exc) or type(exc).__name__)
+
+    def _attach(self, run: FederatedRun) -> None:
+        with self._lock:
+            self._run = run
+            self._label_histogram = run.label_histogram
+
+    def _record(self, run: FederatedRun, record: RoundRecord) -> None:
+        # Records are never changed once made, so snapshots can share them.
+        row = record.to_dict()
+        with self._lock:
+            self._history.append(row)
+
+    def _finish(self, status: str, error: str | None = None) -> None:
+        with self._lock:
+            self._status, self._error = status, error
+            self._finished_at = time.perf_counter()
+        if self.on_finish:
+            self.on_finish(self)
+
+    def snapshot(self) -> JobSnapshot:
+        with self._lock:
+            history = list(self._history)
+            elapsed = (self._finished_at or time.perf_counter()) - self._started_at if self._started_at else 0.0
+            return JobSnapshot(
+                status=self._status,
+                round=len(history),
+                total_rounds=self.config.rounds,
+                history=history,
+                label_histogram=self._label_histogram,
+                cumulative_contributions=cumulative_contributions(self.config.workers, [r["workers"] for r in history]),
+                elapsed=elapsed,
+                eta=self._eta(history, elapsed),
+                error=self._error,
+            )
+
+    def _eta(self, history: list[dict], elapsed: float) -> float | None:
+        if self._status != RUNNING:
+            return None
+        if not history:
+            return estimate_seconds(self.config)
+        per_round = history[-1]["elapsed"] / len(history)
+        return max(0.0, per_round * self.config.rounds - elapsed)
+
+    def result(self) -> FederatedRun | None:
+        """The finished run (model and history), or None while running or if it failed to start."""
+        with self._lock:
+            return self._run if self._status in (DONE, STOPPED) else None
+
+    @property
+    def model(self) -> nn.Module | None:
+        run = self.result()
+        return run.model if run and run.history else None
+
+
+class JobSlots:
+    """A global cap on concurrent runs, shared by every browser session of one server."""
+
+    def __init__(self, capacity: int = 2) -> None:
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._running: list[TrainingJob] = []
+
+    def try_start(self, job: TrainingJob) -> bool:
+        """Start ``job`` if a slot is free; False means busy (see :meth:`wait_estimate`)."""
+        with self._lock:
+            self._running = [j for j in self._running if not j.snapshot().finished]
+            if len(self._running) >= self.capacity:
+                return False
+            self._running.append(job)
+        job.start()
+        return True
+
+    def wait_estimate(self) -> float:
+        """Seconds until the soonest running job should finish."""
+        with self._lock:
+            etas = [s.eta for s in (j.snapshot() for j in self._running) if not s.finished]
+        return min((e for e in etas if e is not None), default=0.0)

@@ -1,0 +1,134 @@
+"""The models a federation can train, how they are initialised, and the saved-model format.
+
+``crypto_cnn`` is the default because it is the one the encrypted pages can run:
+one strided convolution and square activations (a polynomial of degree 2 per
+layer) are what secret sharing and CKKS evaluate cheaply and exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class CryptoCNN(nn.Module):
+    """Conv 8x7x7 stride 3 -> square -> 512->128 -> square -> 128->10 (TenSEAL's MNIST design, wider)."""
+
+    encryptable = True
+
+    def __init__(self, channels: int = 8, hidden: int = 128) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, channels, kernel_size=7, stride=3)
+        self.fc1 = nn.Linear(channels * 8 * 8, hidden)
+        self.fc2 = nn.Linear(hidden, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        x = x * x
+        x = self.fc1(x.flatten(1))
+        x = x * x
+        return self.fc2(x)
+
+
+class ReluCNN(nn.Module):
+    """The classic CNN of the PySyft MNIST tutorials (431k parameters); plaintext only."""
+
+    encryptable = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 20, 5)
+        self.conv2 = nn.Conv2d(20, 50, 5)
+        self.fc1 = nn.Linear(4 * 4 * 50, 500)
+        self.fc2 = nn.Linear(500, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.relu(self.fc1(x.flatten(1)))
+        return self.fc2(x)
+
+
+class FedAvgCNN(nn.Module):
+    """The CNN of McMahan et al. 2017 (two 5x5 convs of 32 and 64 channels, 512 hidden); plaintext only."""
+
+    encryptable = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 5, padding=2)
+        self.conv2 = nn.Conv2d(32, 64, 5, padding=2)
+        self.fc1 = nn.Linear(7 * 7 * 64, 512)
+        self.fc2 = nn.Linear(512, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.relu(self.fc1(x.flatten(1)))
+        return self.fc2(x)
+
+
+MODELS: dict[str, Callable[[], nn.Module]] = {
+    "crypto_cnn": CryptoCNN,
+    "relu_cnn": ReluCNN,
+    "fedavg_cnn": FedAvgCNN,
+}
+MODEL_LABELS = {
+    "crypto_cnn": "Crypto-friendly CNN (square activations, encryptable)",
+    "relu_cnn": "ReLU CNN of the PySyft tutorials (plaintext only)",
+    "fedavg_cnn": "CNN of the FedAvg paper (plaintext only)",
+}
+INIT_METHODS = ("default", "kaiming", "xavier", "uniform")
+
+
+def build_model(name: str) -> nn.Module:
+    if name not in MODELS:
+        raise ValueError(f"Unknown model {name!r}; choose one of {', '.join(MODELS)}.")
+    return MODELS[name]()
+
+
+def init_weights(model: nn.Module, method: str, generator: torch.Generator) -> None:
+    """Re-initialise every conv/linear layer in place; 'default' keeps PyTorch's own init."""
+    if method not in INIT_METHODS:
+        raise ValueError(f"Unknown init {method!r}; choose one of {', '.join(INIT_METHODS)}.")
+    for layer in model.modules():
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            continue
+        if method == "default":
+            bound = 1.0 / layer.weight[0].numel() ** 0.5  # PyTorch's rule, but drawn from our generator
+            layer.weight.data.uniform_(-bound, bound, generator=generator)
+            layer.bias.data.uniform_(-bound, bound, generator=generator)
+            continue
+        if method == "kaiming":
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu", generator=generator)
+        elif method == "xavier":
+            nn.init.xavier_uniform_(layer.weight, generator=generator)
+        else:
+            nn.init.uniform_(layer.weight, -0.05, 0.05, generator=generator)
+        nn.init.zeros_(layer.bias)
+
+
+def new_model(name: str, init: str, seed: int) -> nn.Module:
+    model = build_model(name)
+    init_weights(model, init, torch.Generator().manual_seed(seed))
+    return model
+
+
+def save_model(model: nn.Module, path: Path | str, name: str, meta: dict | None = None) -> None:
+    torch.save({"model": name, "state_dict": model.state_dict(), "meta": meta or {}}, path)
+
+
+def load_model(path: Path | str) -> tuple[nn.Module, dict]:
+    """Load a file written by :func:`save_model`; returns the model (eval mode) and its metadata."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        model = build_model(saved["model"])
+        model.load_state_dict(saved["state_dict"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as exc:
+        raise ValueError(f"{path} is not a model saved by fed_core ({exc}).") from exc
+    model.eval()
+    return model, {"model": saved["model"], **saved["meta"]}

@@ -1,0 +1,225 @@
+"""The federated run, round by round. Read this file to follow one round of FedAvg:
+
+1. the server initialises the global model (default, He, Xavier or uniform init);
+2. each round it samples a fraction C of the workers at random (at least one),
+   and some sampled workers may drop out (fail to report);
+3. each reporting worker trains E local epochs on its own shard only (client.py);
+4. the server averages the updates weighted by each worker's number of examples
+   and applies the average with its optimizer (strategy.py);
+5. the new global model is evaluated on the 10k test set, and each worker's
+   contribution is scored by leaving its update out of the round.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+
+from .client import BatchedTrainer, Params, WorkerUpdate, flatten, model_params, unflatten, worker_seed
+from .config import TrainConfig, validate
+from .data import Mnist, normalize
+from .models import new_model
+from .partition import label_histogram, make_partition
+from .strategy import ServerOptimizer, cosine_to, fedavg, leave_one_out_averages
+
+
+class WorkerPool(Protocol):
+    """Where local training happens: in this process, as syft jobs, or as Flower clients."""
+
+    def train(self, global_vector: torch.Tensor, workers: list[int], round_idx: int) -> list[WorkerUpdate]: ...
+
+
+class InProcessPool:
+    """All workers in this process, trained together by one vmapped trainer."""
+
+    def __init__(self, model: nn.Module, data: Mnist, shards: list[torch.Tensor], config: TrainConfig,
+                 should_stop: Callable[[], bool] | None = None) -> None:
+        self.trainer = BatchedTrainer(model, data.train_images, data.train_labels, config.local)
+        self.shards = shards
+        self.seed = config.seed
+        self.should_stop = should_stop
+
+    def train(self, global_vector: torch.Tensor, workers: list[int], round_idx: int) -> list[WorkerUpdate]:
+        seeds = [worker_seed(self.seed, round_idx, w) for w in workers]
+        return self.trainer.train(global_vector, workers, [self.shards[w] for w in workers], seeds, self.should_stop)
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    test_accuracy: float
+    test_loss: float
+    sampled: list[int]
+    dropped: list[int]
+    seconds: float
+    elapsed: float
+    workers: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def sample_workers(config: TrainConfig, round_idx: int) -> tuple[list[int], list[int]]:
+    """(reporting, dropped) workers of a round; the same for a given seed on every engine."""
+    rng = np.random.default_rng([config.seed, round_idx, 1])
+    count = max(1, round(config.fraction * config.workers))
+    sampled = sorted(rng.choice(config.workers, size=count, replace=False).tolist())
+    fails = rng.random(len(sampled)) < config.dropout
+    return [w for w, f in zip(sampled, fails) if not f], [w for w, f in zip(sampled, fails) if f]
+
+
+def partition_for(config: TrainConfig, data: Mnist) -> list[torch.Tensor]:
+    rng = np.random.default_rng([config.seed, 0, 2])
+    labels = data.train_labels[: config.train_size]
+    return make_partition(labels, config.workers, config.partition, rng, config.alpha, config.shards_per_worker)
+
+
+class Evaluator:
+    """Scores global models on the test set; a fixed subset serves the cheap leave-one-out scores."""
+
+    def __init__(self, model: nn.Module, data: Mnist, config: TrainConfig) -> None:
+        self.model = model
+        self.template = model_params(model)
+        self.x = normalize(data.test_images)
+        self.y = data.test_labels
+        subset = torch.from_numpy(np.random.default_rng([config.seed, 0, 3]).permutation(len(self.y)))
+        self.subset = subset[: config.contribution_subset]
+
+    @torch.no_grad()
+    def evaluate(self, vector: torch.Tensor) -> tuple[float, float]:
+        logits = torch.cat([functional_call(self.model, unflatten(vector, self.template), (xb,))
+                            for xb in self.x.split(2500)])
+        return (logits.argmax(1) == self.y).float().mean().item(), F.cross_entropy(logits, self.y).item()
+
+    @torch.no_grad()
+    def subset_accuracies(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Accuracy of each of K models [K, P] on the fixed subset."""
+        params: Params = unflatten(vectors, self.template)
+        logits = vmap(lambda p: functional_call(self.model, p, (self.x[self.subset],)))(params)
+        return (logits.argmax(-1) == self.y[self.subset]).float().mean(1)
+
+
+def run_round(
+    config: TrainConfig, round_idx: int, global_vector: torch.Tensor, pool: WorkerPool,
+    optimizer: ServerOptimizer, evaluator: Evaluator,
+) -> tuple[torch.Tensor, list[int], list[int], list[dict]]:
+    """One round: sample, train locally, aggregate, apply, score contributions. Returns the new model."""
+    reporting, dropped = sample_workers(config, round_idx)
+    updates = pool.train(global_vector, reporting, round_idx) if reporting else []
+    if not updates:  # everybody dropped out: the global model stays as it is
+        return global_vector, reporting, dropped, []
+    deltas = torch.stack([u.delta for u in updates])
+    counts = torch.tensor([u.num_examples for u in updates])
+    average = fedavg(deltas, counts)
+    contributions = contribution_scores(global_vector, average, deltas, counts, optimizer, evaluator)
+    new_vector = optimizer.step(global_vector, average)
+    return new_vector, reporting, dropped, worker_rows(updates, deltas, counts, average, contributions, config)
+
+
+def contribution_scores(
+    global_vector: torch.Tensor, average: torch.Tensor, deltas: torch.Tensor, counts: torch.Tensor,
+    optimizer: ServerOptimizer, evaluator: Evaluator,
+) -> torch.Tensor:
+    """Accuracy of the round's model minus the accuracy it would have without each worker's update."""
+    if len(evaluator.subset) == 0:
+        return torch.full((len(deltas),), float("nan"))
+    with_all, _ = optimizer.propose(global_vector, average)
+    without_each, _ = optimizer.propose(global_vector, leave_one_out_averages(deltas, counts))
+    accuracies = evaluator.subset_accuracies(torch.cat([with_all.unsqueeze(0), without_each]))
+    return accuracies[0] - accuracies[1:]
+
+
+def worker_rows(updates: list[WorkerUpdate], deltas: torch.Tensor, counts: torch.Tensor, average: torch.Tensor,
+                contributions: torch.Tensor, config: TrainConfig) -> list[dict]:
+    weights = counts / counts.sum()
+    cosines = cosine_to(deltas, average)
+    norms = deltas.norm(dim=1)
+    return [
+        {
+            "worker": u.worker,
+            "examples": u.num_examples * config.local_epochs,
+            "weight": weights[i].item(),
+            "loss_before": u.loss_before,
+            "loss_after": u.loss_after,
+            "local_accuracy": u.accuracy_after,
+            "update_norm": norms[i].item(),
+            "cosine_to_aggregate": cosines[i].item(),
+            "contribution": contributions[i].item(),
+        }
+        for i, u in enumerate(updates)
+    ]
+
+
+def cumulative_contributions(workers: int, rounds: list[list[dict]]) -> dict[int, float]:
+    """Running sum of each worker's contribution score over the rounds' worker rows."""
+    totals = {w: 0.0 for w in range(workers)}
+    for rows in rounds:
+        for row in rows:
+            if row["contribution"] == row["contribution"]:  # NaN when scoring is switched off
+                totals[row["worker"]] += row["contribution"]
+    return totals
+
+
+@dataclass
+class FederatedRun:
+    config: TrainConfig
+    label_histogram: list[list[int]]
+    history: list[RoundRecord] = field(default_factory=list)
+    model: nn.Module | None = None
+    wall_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "config": self.config.to_dict(),
+            "label_histogram": self.label_histogram,
+            "rounds": [r.to_dict() for r in self.history],
+            "cumulative_contributions": cumulative_contributions(self.config.workers, [r.workers for r in self.history]),
+            "final_test_accuracy": self.history[-1].test_accuracy if self.history else None,
+            "wall_seconds": self.wall_seconds,
+        }
+
+
+def run_federated(
+    config: TrainConfig, data: Mnist, pool_factory: Callable[..., WorkerPool] = InProcessPool,
+    on_start: Callable[[FederatedRun], None] | None = None,
+    on_round: Callable[[FederatedRun, RoundRecord], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> FederatedRun:
+    """Run every round of ``config``; stops with TrainingStopped when ``should_stop`` says so."""
+    validate(config)
+    started = time.perf_counter()
+    shards = partition_for(config, data)
+    model = new_model(config.model, config.init, config.seed)
+    run = FederatedRun(config, label_histogram(data.train_labels, shards).tolist(), model=model)
+    pool = pool_factory(model, data, shards, config, should_stop)
+    evaluator = Evaluator(model, data, config)
+    optimizer = ServerOptimizer(config.server_lr, config.server_momentum)
+    global_vector = flatten(model_params(model))
+    if on_start:
+        on_start(run)
+    for round_idx in range(1, config.rounds + 1):
+        round_start = time.perf_counter()
+        global_vector, reporting, dropped, rows = run_round(config, round_idx, global_vector, pool, optimizer, evaluator)
+        accuracy, loss = evaluator.evaluate(global_vector)
+        load_vector(model, global_vector)
+        now = time.perf_counter()
+        record = RoundRecord(round_idx, accuracy, loss, sorted(reporting + dropped), dropped,
+                             now - round_start, now - started, rows)
+        run.history.append(record)
+        run.wall_seconds = now - started
+        if on_round:
+            on_round(run, record)
+    return run
+
+
+def load_vector(model: nn.Module, vector: torch.Tensor) -> None:
+    with torch.no_grad():
+        for p, v in zip(model.parameters(), unflatten(vector, model_params(model)).values()):
+            p.copy_(v)

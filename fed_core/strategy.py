@@ -1,0 +1,45 @@
+"""Server side math: FedAvg weighting, the server optimizer, and each worker's contribution."""
+
+from __future__ import annotations
+
+import torch
+
+
+def fedavg(deltas: torch.Tensor, num_examples: torch.Tensor) -> torch.Tensor:
+    """Average of the workers' updates [K, P], weighted by how many examples each one trained on."""
+    weights = num_examples.to(deltas.dtype) / num_examples.sum()
+    return weights @ deltas
+
+
+def leave_one_out_averages(deltas: torch.Tensor, num_examples: torch.Tensor) -> torch.Tensor:
+    """[K, P]: row k is the FedAvg aggregate of every update except worker k's (zero if k is alone)."""
+    n = num_examples.to(deltas.dtype).unsqueeze(1)
+    weighted_sum = (n * deltas).sum(0, keepdim=True)
+    rest = (n.sum() - n).clamp(min=1e-12)
+    return torch.where(rest > 1e-12, (weighted_sum - n * deltas) / rest, torch.zeros_like(deltas))
+
+
+class ServerOptimizer:
+    """SGD with momentum on the pseudo-gradient ``-average_update``.
+
+    lr=1, momentum=0 is plain FedAvg (the global model becomes the weighted mean
+    of the local models); momentum > 0 is FedAvgM (Hsu et al. 2019).
+    """
+
+    def __init__(self, lr: float = 1.0, momentum: float = 0.0) -> None:
+        self.lr = lr
+        self.momentum = momentum
+        self.velocity: torch.Tensor | None = None
+
+    def propose(self, global_vector: torch.Tensor, average_update: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next global model and velocity, without committing them (used for leave-one-out)."""
+        velocity = average_update if self.velocity is None else self.momentum * self.velocity + average_update
+        return global_vector + self.lr * velocity, velocity
+
+    def step(self, global_vector: torch.Tensor, average_update: torch.Tensor) -> torch.Tensor:
+        new_vector, self.velocity = self.propose(global_vector, average_update)
+        return new_vector
+
+
+def cosine_to(deltas: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(deltas, reference.unsqueeze(0), dim=1)
