@@ -36,11 +36,11 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass(frozen=True)
 class LocalSettings:
-    epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.05
-    momentum: float = 0.9
-    clip_norm: float = 5.0  # per-worker gradient norm cap; square activations blow up without it
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    clip_norm: float  # per-worker gradient norm cap; square activations blow up without it
 
 
 @dataclass

@@ -26,10 +26,10 @@ class TrainConfig:
     rounds: int = 10
     fraction: float = 1.0  # C: share of workers sampled each round (at least one)
     local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.05
+    batch_size: int = 128
+    lr: float = 0.02
     momentum: float = 0.9  # local SGD momentum
-    clip_norm: float = 5.0
+    clip_norm: float = 1.0
     partition: str = "iid"
     alpha: float = 0.5  # Dirichlet concentration
     shards_per_worker: int = 2
@@ -127,7 +127,7 @@ def estimate_seconds(config: TrainConfig) -> float:
     """Rough wall time of the run on the reference machine (in-process engine)."""
     sampled = max(1.0, config.fraction * config.workers) / config.workers
     examples = config.rounds * sampled * (1 - config.dropout) * config.train_size * config.local_epochs
-    # Small batches cost more per example (more steps); 32 is the reference.
-    batch_factor = max(1.0, (32 / config.batch_size) ** 0.5)
+    # Small batches cost more per example (more steps); 128 is the reference.
+    batch_factor = max(1.0, (128 / config.batch_size) ** 0.5)
     per_round_eval = EVAL_SECONDS[config.model] * (1 + config.contribution_subset / 10_000 * config.workers * sampled)
     return examples / EXAMPLES_PER_SECOND[config.model] * batch_factor + config.rounds * per_round_eval

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -47,6 +48,7 @@ class TrainingJob:
     def __init__(self, config: TrainConfig, load_data: Callable[[], Mnist] = load_mnist,
                  runner: Callable[..., FederatedRun] = run_federated) -> None:
         self.config = validate(config)
+        self.job_id = uuid.uuid4().hex[:12]
         self._load_data = load_data
         self._runner = runner
         self._lock = threading.Lock()
@@ -138,12 +140,20 @@ class TrainingJob:
 
 
 class JobSlots:
-    """A global cap on concurrent runs, shared by every browser session of one server."""
+    """A global cap on concurrent runs, shared by every browser session of one server.
+
+    It also remembers every job it started by id, so a reloaded page can find its run again.
+    """
 
     def __init__(self, capacity: int = 2) -> None:
         self.capacity = capacity
         self._lock = threading.Lock()
         self._running: list[TrainingJob] = []
+        self._by_id: dict[str, TrainingJob] = {}
+
+    def find(self, job_id: str) -> TrainingJob | None:
+        with self._lock:
+            return self._by_id.get(job_id)
 
     def try_start(self, job: TrainingJob) -> bool:
         """Start ``job`` if a slot is free; False means busy (see :meth:`wait_estimate`)."""
@@ -152,8 +162,15 @@ class JobSlots:
             if len(self._running) >= self.capacity:
                 return False
             self._running.append(job)
+            self._by_id[job.job_id] = job
+            self._forget_oldest_finished()
         job.start()
         return True
+
+    def _forget_oldest_finished(self, keep: int = 32) -> None:
+        finished = [i for i, j in self._by_id.items() if j not in self._running]
+        for job_id in finished[: max(0, len(self._by_id) - keep)]:
+            del self._by_id[job_id]
 
     def wait_estimate(self) -> float:
         """Seconds until the soonest running job should finish."""

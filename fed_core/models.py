@@ -8,7 +8,7 @@ layer) are what secret sharing and CKKS evaluate cheaply and exactly.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 import torch
 from torch import nn
@@ -118,7 +118,7 @@ def new_model(name: str, init: str, seed: int) -> nn.Module:
     return model
 
 
-def save_model(model: nn.Module, path: Path | str, name: str, meta: dict | None = None) -> None:
+def save_model(model: nn.Module, path: Path | str | BinaryIO, name: str, meta: dict | None = None) -> None:
     torch.save({"model": name, "state_dict": model.state_dict(), "meta": meta or {}}, path)
 
 

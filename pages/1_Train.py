@@ -1,0 +1,144 @@
+"""Train: watch a federation of workers learn MNIST, round by round."""
+
+import logging
+
+import streamlit as st
+
+from fed_core.config import LIMITS, TrainConfig, estimate_seconds, problems
+from fed_core.data import MnistFileError, load_mnist
+from fed_core.job import TrainingJob
+from fed_core.models import INIT_METHODS, MODEL_LABELS
+from ui import train_views as views
+
+log = logging.getLogger(__name__)
+D = TrainConfig()
+INIT_LABELS = {"default": "PyTorch default", "kaiming": "He (Kaiming) normal", "xavier": "Xavier uniform",
+               "uniform": "plain uniform U(-0.05, 0.05)"}
+PARTITION_LABELS = {"iid": "IID (shuffled)", "dirichlet": "Dirichlet label skew", "shards": "Label shards (FedAvg paper)"}
+
+st.set_page_config(page_title="Train · Federated MNIST", page_icon="🧠", layout="wide")
+st.title("Federated training, live")
+st.caption("The server sends the global model to a random sample of workers; each trains on its own "
+           "private digits and sends back only its update; the server averages the updates, weighted by "
+           "how many examples each worker has.")
+
+
+def settings_form() -> TrainConfig:
+    c1, c2, c3, c4 = st.columns(4)
+    workers = c1.number_input("Workers", *LIMITS["workers"], D.workers, help="how many data owners (1-100)")
+    rounds = c2.number_input("Rounds", *LIMITS["rounds"], D.rounds, help="communication rounds (1-200)")
+    fraction = c3.slider("Fraction C sampled per round", 0.05, 1.0, D.fraction, 0.05)
+    partition = c4.selectbox("How data is split", list(PARTITION_LABELS), format_func=PARTITION_LABELS.get)
+    alpha, shards = D.alpha, D.shards_per_worker
+    if partition == "dirichlet":
+        alpha = c4.number_input("alpha (smaller = more skew)", 0.01, 100.0, D.alpha, 0.1)
+    elif partition == "shards":
+        shards = c4.number_input("Shards per worker", *LIMITS["shards_per_worker"], D.shards_per_worker)
+    with st.expander("More settings: local training, initialisation, server optimizer, dropout"):
+        a1, a2, a3, a4 = st.columns(4)
+        local_epochs = a1.number_input("Local epochs E", *LIMITS["local_epochs"], D.local_epochs)
+        batch_size = a1.number_input("Batch size B", *LIMITS["batch_size"], D.batch_size)
+        lr = a2.number_input("Learning rate", 0.0001, 10.0, D.lr, 0.005, format="%.4f")
+        momentum = a2.number_input("Local momentum", 0.0, 0.99, D.momentum, 0.05)
+        init = a3.selectbox("Weight initialisation", INIT_METHODS, format_func=INIT_LABELS.get)
+        model = a3.selectbox("Model", list(MODEL_LABELS), format_func=MODEL_LABELS.get)
+        server_lr = a4.number_input("Server learning rate", 0.01, 10.0, D.server_lr, 0.1)
+        server_momentum = a4.number_input("Server momentum", 0.0, 0.99, D.server_momentum, 0.1)
+        dropout = a1.slider("Worker dropout rate", 0.0, 0.9, D.dropout, 0.05,
+                            help="chance that a sampled worker fails to report; the round goes on without it")
+        seed = a2.number_input("Seed", *LIMITS["seed"], D.seed)
+    return TrainConfig(
+        workers=int(workers), rounds=int(rounds), fraction=float(fraction), local_epochs=int(local_epochs),
+        batch_size=int(batch_size), lr=float(lr), momentum=float(momentum), partition=partition,
+        alpha=float(alpha), shards_per_worker=int(shards), init=init, dropout=float(dropout), seed=int(seed),
+        model=model, server_lr=float(server_lr), server_momentum=float(server_momentum),
+    )
+
+
+def start(config: TrainConfig) -> None:
+    try:
+        load_mnist()  # fail here, with the file named, rather than inside the run
+    except MnistFileError as exc:
+        st.error(f"The MNIST data could not be loaded: {exc}")
+        return
+    job = TrainingJob(config)
+    slots = views.job_slots()
+    if not slots.try_start(job):
+        st.warning(f"The server is busy: {slots.capacity} runs are training right now. A slot should free up "
+                   f"in about {views.format_seconds(slots.wait_estimate())}; please try again then.")
+        return
+    st.session_state["job"] = job
+    st.query_params["run"] = job.job_id
+
+
+config = settings_form()
+job = views.current_job()
+running = job is not None and not job.snapshot().finished
+found = problems(config)
+if found:
+    st.error("These settings can't run yet:\n\n" + "\n".join(f"- {p}" for p in found))
+else:
+    st.caption(f"Estimated time on a 2-core machine: about {views.format_seconds(estimate_seconds(config))}.")
+
+b1, b2, _ = st.columns([1, 1, 6])
+if b1.button("Start", type="primary", disabled=running or bool(found)):
+    start(config)
+    st.rerun()
+if b2.button("Stop", disabled=not running):
+    job.stop()
+
+
+@st.fragment(run_every=1.0 if running else None)
+def live_view() -> None:
+    job = views.current_job()
+    if job is None:
+        st.info("Choose the settings above and press **Start** to train.")
+        return
+    snapshot = job.snapshot()
+    if running and snapshot.finished:
+        st.rerun()  # one full rerun ends the polling and shows the downloads
+    show_progress(snapshot)
+    if snapshot.history:
+        st.plotly_chart(views.accuracy_figure(snapshot.history), width="stretch")
+        left, right = st.columns([3, 2])
+        left.plotly_chart(views.contribution_figure(snapshot.history, snapshot.cumulative_contributions),
+                          width="stretch")
+        right.plotly_chart(views.label_heatmap(snapshot.label_histogram), width="stretch")
+        st.subheader(f"Workers in round {snapshot.round}")
+        st.dataframe(views.worker_table(snapshot.history, snapshot.cumulative_contributions), width="stretch")
+    if snapshot.finished:
+        show_results(job, snapshot)
+
+
+def show_progress(snapshot) -> None:
+    text = f"Round {snapshot.round} of {snapshot.total_rounds} · {views.format_seconds(snapshot.elapsed)} elapsed"
+    if snapshot.eta is not None:
+        text += f" · about {views.format_seconds(snapshot.eta)} left"
+    st.progress(snapshot.round / snapshot.total_rounds, text=text)
+    if snapshot.status == "failed":
+        st.error(f"The run stopped with an error: {snapshot.error}")
+    elif snapshot.status == "stopped":
+        st.warning(f"Stopped by you after {snapshot.round} round(s).")
+    elif snapshot.status == "done":
+        st.success(f"Done: {snapshot.history[-1]['test_accuracy']:.2%} test accuracy after "
+                   f"{snapshot.round} rounds in {views.format_seconds(snapshot.elapsed)}.")
+
+
+def show_results(job: TrainingJob, snapshot) -> None:
+    if not snapshot.history:
+        return
+    d1, d2, d3 = st.columns(3)
+    d1.download_button("Metrics (CSV)", views.metrics_csv(snapshot.history), "federated_metrics.csv", "text/csv")
+    d2.download_button("Run (JSON)", views.metrics_json(job, snapshot), "federated_run.json", "application/json")
+    if job.model is not None:
+        views.keep_trained_model(job, snapshot)
+        d3.download_button("Trained model (.pt)", views.model_bytes(job, snapshot), "global_model.pt")
+        st.info("The trained global model is kept for this session: try it on the **Draw** and "
+                "**Encrypted Test** pages.")
+
+
+try:
+    live_view()
+except Exception:  # never show a traceback on the page; the log has it
+    log.exception("Train page failed")
+    st.error("Something went wrong while showing the run. The details are in the server log.")

@@ -1,0 +1,104 @@
+import pytest
+import torch
+
+from fed_core.client import TrainingDiverged, TrainingStopped
+from fed_core.config import ConfigError, TrainConfig, estimate_seconds, problems
+from fed_core.data import Mnist
+from fed_core.server import partition_for, run_federated, sample_workers
+
+SMALL = dict(train_size=2000, contribution_subset=200, batch_size=32, lr=0.02)
+
+
+def test_sampling_takes_a_fraction_at_least_one_and_is_seeded():
+    config = TrainConfig(workers=20, fraction=0.25, seed=5)
+    reporting, dropped = sample_workers(config, 1)
+    assert len(reporting) == 5 and dropped == []
+    assert sample_workers(config, 1) == (reporting, dropped)
+    assert sample_workers(config, 2) != (reporting, dropped)
+    assert len(sample_workers(TrainConfig(workers=20, fraction=0.01), 1)[0]) == 1
+
+
+def test_dropout_removes_sampled_workers_at_about_the_rate():
+    config = TrainConfig(workers=100, fraction=1.0, dropout=0.3)
+    dropped = sum(len(sample_workers(config, r)[1]) for r in range(1, 21))
+    assert 0.25 < dropped / 2000 < 0.35
+
+
+def test_run_learns_and_is_deterministic(tiny_data):
+    config = TrainConfig(workers=4, rounds=3, **SMALL)
+    first = run_federated(config, tiny_data)
+    second = run_federated(config, tiny_data)
+    accuracies = [r.test_accuracy for r in first.history]
+    assert accuracies == [r.test_accuracy for r in second.history]
+    assert accuracies[-1] > 0.9
+    assert torch.equal(next(first.model.parameters()), next(second.model.parameters()))
+    rows = first.history[-1].workers
+    assert [r["worker"] for r in rows] == [0, 1, 2, 3]
+    assert sum(r["weight"] for r in rows) == pytest.approx(1.0)
+    assert all(r["loss_after"] < r["loss_before"] for r in first.history[0].workers)
+
+
+def test_round_completes_without_dropped_workers(tiny_data):
+    config = TrainConfig(workers=10, rounds=4, dropout=0.5, seed=1, **SMALL)
+    run = run_federated(config, tiny_data)
+    dropped = [w for r in run.history for w in r.dropped]
+    assert dropped, "with dropout 0.5 some worker should fail to report"
+    for record in run.history:
+        assert {row["worker"] for row in record.workers}.isdisjoint(record.dropped)
+        assert len(record.workers) + len(record.dropped) == len(record.sampled)
+
+
+def test_worker_with_shuffled_labels_has_the_lowest_contribution(mnist):
+    config = TrainConfig(workers=4, rounds=3, train_size=4000, contribution_subset=1000, seed=0)
+    noisy = partition_for(config, mnist)[2]
+    labels = mnist.train_labels.clone()
+    labels[noisy] = labels[noisy][torch.randperm(len(noisy), generator=torch.Generator().manual_seed(0))]
+    poisoned = Mnist(mnist.train_images, labels, mnist.test_images, mnist.test_labels)
+    run = run_federated(config, poisoned)
+    totals = run.to_dict()["cumulative_contributions"]
+    assert min(totals, key=totals.get) == 2
+    assert totals[2] < 0
+
+
+def test_diverging_run_is_an_error_not_a_flat_line(tiny_data):
+    config = TrainConfig(workers=2, rounds=2, clip_norm=1e9, **{**SMALL, "lr": 10.0})
+    with pytest.raises(TrainingDiverged, match="diverged"):
+        run_federated(config, tiny_data)
+
+
+def test_stop_request_interrupts_between_batches(tiny_data):
+    calls = []
+
+    def stop_after_a_few() -> bool:
+        calls.append(1)
+        return len(calls) > 3
+
+    with pytest.raises(TrainingStopped):
+        run_federated(TrainConfig(workers=2, rounds=5, **SMALL), tiny_data, should_stop=stop_after_a_few)
+    assert len(calls) == 4
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(workers=0), "workers must be between 1 and 100"),
+    (dict(workers=101), "workers must be between 1 and 100"),
+    (dict(rounds=-1), "rounds must be between 1 and 200"),
+    (dict(rounds=2.5), "rounds must be a whole number"),
+    (dict(fraction=0.0), "fraction C"),
+    (dict(lr=0), "learning rate"),
+    (dict(dropout=1.0), "dropout"),
+    (dict(partition="dirichlet", alpha=0), "alpha"),
+    (dict(workers=100, train_size=500), "cannot serve 100 workers"),
+    (dict(workers=100, partition="shards", shards_per_worker=20, train_size=10_000), "shards"),
+])
+def test_out_of_range_settings_are_explained(change, message):
+    found = " ".join(problems(TrainConfig(**change)))
+    assert message in found
+    with pytest.raises(ConfigError):
+        run_federated(TrainConfig(**change), Mnist(*[torch.zeros(1)] * 4))
+
+
+def test_estimate_grows_with_the_work():
+    small = estimate_seconds(TrainConfig(workers=10, rounds=10))
+    big = estimate_seconds(TrainConfig(workers=100, rounds=200))
+    assert 0 < small < big
+    assert big > 60  # 200 full passes over MNIST cannot take a minute here

@@ -1,0 +1,127 @@
+"""Figures, tables and session plumbing of the Train page (Streamlit and plotly, no training logic)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from fed_core.job import JobSlots, JobSnapshot, TrainingJob
+from fed_core.models import save_model
+
+MAX_CONCURRENT_RUNS = 2
+ACCENT, SECOND = "#4C6EF5", "#F59F00"
+
+
+@st.cache_resource
+def job_slots() -> JobSlots:
+    """One cap for the whole server: every browser session shares these slots."""
+    return JobSlots(MAX_CONCURRENT_RUNS)
+
+
+def current_job() -> TrainingJob | None:
+    """This session's run; after a page reload, the run named in the URL is found again."""
+    job = st.session_state.get("job")
+    if job is None and "run" in st.query_params:
+        job = job_slots().find(st.query_params["run"])
+        st.session_state["job"] = job
+    return job
+
+
+def keep_trained_model(job: TrainingJob, snapshot: JobSnapshot) -> None:
+    """Hand the finished global model to the encrypted pages (same session)."""
+    if job.model is None or st.session_state.get("trained_model_job") == job.job_id:
+        return
+    st.session_state["trained_model"] = {
+        "model": job.model,
+        "meta": {"model": job.config.model, "test_accuracy": snapshot.history[-1]["test_accuracy"],
+                 "source": f"your federated run ({snapshot.round} rounds)", "config": job.config.to_dict()},
+    }
+    st.session_state["trained_model_job"] = job.job_id
+
+
+def accuracy_figure(history: list[dict]) -> go.Figure:
+    rounds = [r["round"] for r in history]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Scatter(x=rounds, y=[100 * r["test_accuracy"] for r in history], name="test accuracy (%)",
+                             mode="lines+markers", line_color=ACCENT))
+    fig.add_trace(go.Scatter(x=rounds, y=[r["test_loss"] for r in history], name="test loss",
+                             mode="lines+markers", line_color=SECOND), secondary_y=True)
+    fig.update_layout(title="Global model on the 10,000 test images", height=340, margin=dict(t=50, b=30),
+                      legend=dict(orientation="h", y=-0.2), xaxis_title="round")
+    fig.update_yaxes(title_text="accuracy (%)", secondary_y=False)
+    fig.update_yaxes(title_text="loss", secondary_y=True)
+    return fig
+
+
+def contribution_figure(history: list[dict], cumulative: dict[int, float]) -> go.Figure:
+    latest = {row["worker"]: row["contribution"] for row in history[-1]["workers"]} if history else {}
+    workers = sorted(cumulative)
+    labels = [f"W{w}" for w in workers]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(f"round {len(history)}", "all rounds (sum)"))
+    fig.add_trace(go.Bar(x=labels, y=[100 * latest.get(w, 0.0) for w in workers], marker_color=ACCENT,
+                         name="this round"), row=1, col=1)
+    fig.add_trace(go.Bar(x=labels, y=[100 * cumulative[w] for w in workers], marker_color=SECOND,
+                         name="cumulative"), row=1, col=2)
+    fig.update_layout(title="Contribution: test accuracy points lost if the worker's update is left out",
+                      height=320, showlegend=False, margin=dict(t=70, b=30))
+    fig.update_yaxes(title_text="accuracy points")
+    return fig
+
+
+def label_heatmap(histogram: list[list[int]]) -> go.Figure:
+    fig = go.Figure(go.Heatmap(z=histogram, x=[str(d) for d in range(10)],
+                               y=[f"W{w}" for w in range(len(histogram))], colorscale="Blues",
+                               colorbar_title="images"))
+    fig.update_layout(title="Each worker's private data: images per digit", xaxis_title="digit",
+                      height=max(260, 22 * len(histogram) + 120), margin=dict(t=50, b=30))
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+WORKER_COLUMNS = {
+    "worker": "worker", "examples": "examples used", "weight": "weight", "loss_before": "loss before",
+    "loss_after": "loss after", "local_accuracy": "local accuracy", "update_norm": "update norm",
+    "cosine_to_aggregate": "cosine to aggregate", "contribution": "contribution (acc. points)",
+}
+
+
+def worker_table(history: list[dict], cumulative: dict[int, float]) -> pd.DataFrame:
+    frame = pd.DataFrame(history[-1]["workers"] if history else [], columns=list(WORKER_COLUMNS))
+    frame["contribution"] *= 100
+    frame["cumulative (acc. points)"] = [100 * cumulative[w] for w in frame["worker"]]
+    return frame.rename(columns=WORKER_COLUMNS).set_index("worker")
+
+
+def metrics_csv(history: list[dict]) -> str:
+    rows = [{"round": r["round"], "test_accuracy": r["test_accuracy"], "test_loss": r["test_loss"], **w}
+            for r in history for w in r["workers"]]
+    return pd.DataFrame(rows).to_csv(index=False)
+
+
+def metrics_json(job: TrainingJob, snapshot: JobSnapshot) -> str:
+    return json.dumps({"config": job.config.to_dict(), "status": snapshot.status, "rounds": snapshot.history,
+                       "label_histogram": snapshot.label_histogram,
+                       "cumulative_contributions": snapshot.cumulative_contributions,
+                       "wall_seconds": snapshot.elapsed}, indent=1)
+
+
+def model_bytes(job: TrainingJob, snapshot: JobSnapshot) -> bytes:
+    buffer = io.BytesIO()
+    save_model(job.model, buffer, job.config.model,
+               {"config": job.config.to_dict(), "test_accuracy": snapshot.history[-1]["test_accuracy"]})
+    return buffer.getvalue()
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
