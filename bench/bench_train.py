@@ -1,0 +1,146 @@
+"""Training benchmarks: prints the figures quoted in the README.
+
+    python bench/bench_train.py             # centralized reference, default run, scale, memory, page rerun
+    python bench/bench_train.py --paper     # FedAvg paper setting (100 workers, C=0.1, E=5, B=10): long
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fed_core.config import TrainConfig  # noqa: E402
+from fed_core.data import load_mnist, normalize  # noqa: E402
+from fed_core.models import new_model  # noqa: E402
+from fed_core.server import run_federated  # noqa: E402
+
+THRESHOLDS = (0.97, 0.98)
+
+
+def centralized(model_name: str, epochs: int, config: TrainConfig, evals_per_epoch: int = 4) -> list[tuple[float, float]]:
+    """Plain one-machine training with the workers' optimizer; returns (seconds, test accuracy) points."""
+    data = load_mnist()
+    x, y, tx = normalize(data.train_images), data.train_labels, normalize(data.test_images)
+    model = new_model(model_name, config.init, config.seed)
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    gen = torch.Generator().manual_seed(config.seed)
+    points, start = [], time.perf_counter()
+    steps = -(-len(y) // config.batch_size)
+    for _ in range(epochs):
+        for step, batch in enumerate(torch.randperm(len(y), generator=gen).split(config.batch_size), 1):
+            opt.zero_grad()
+            F.cross_entropy(model(x[batch]), y[batch]).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+            opt.step()
+            if step % (steps // evals_per_epoch) == 0 or step == steps:
+                with torch.no_grad():
+                    accuracy = (model(tx).argmax(1) == data.test_labels).float().mean().item()
+                points.append((time.perf_counter() - start, accuracy))
+    return points
+
+
+def time_to(points: list[tuple[float, float]], threshold: float) -> str:
+    hit = next((t for t, a in points if a >= threshold), None)
+    return f"{hit:.1f} s" if hit is not None else "not reached"
+
+
+def federated_points(config: TrainConfig) -> list[tuple[float, float]]:
+    run = run_federated(config, load_mnist())
+    return [(r.elapsed, r.test_accuracy) for r in run.history]
+
+
+def bench_reference() -> None:
+    print("== centralized reference (whole set as tensors, SGD momentum 0.9, batch 128)")
+    for name, epochs, lr, clip in (("crypto_cnn", 2, 0.02, 1.0), ("relu_cnn", 1, 0.05, 10.0)):
+        points = centralized(name, epochs, TrainConfig(lr=lr, clip_norm=clip))
+        print(f"{name}: {points[-1][1]:.2%} after {epochs} epoch(s) in {points[-1][0]:.1f} s")
+
+
+def bench_default() -> None:
+    config = TrainConfig()
+    print(f"== default federated run: {config.workers} workers, {config.rounds} rounds, {config.partition}, "
+          f"B={config.batch_size}, lr={config.lr}, E={config.local_epochs}")
+    fed = federated_points(config)
+    print(f"peak RSS after the federated run: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    cen = centralized(config.model, 5, config)
+    for label, points in (("federated", fed), ("centralized", cen)):
+        print(f"{label:>11}: final {points[-1][1]:.2%} at {points[-1][0]:.1f} s; "
+              + ", ".join(f"time to {t:.0%}: {time_to(points, t)}" for t in THRESHOLDS))
+
+
+def bench_scale() -> None:
+    print("== scale: same 60k examples held by 10 vs 100 workers (C=1, E=1, 2 rounds)")
+    seconds = {}
+    for workers in (10, 100):
+        run = run_federated(TrainConfig(workers=workers, rounds=2, batch_size=32), load_mnist())
+        seconds[workers] = run.history[-1].seconds
+        print(f"{workers:>3} workers: {seconds[workers]:.2f} s per round, accuracy {run.history[-1].test_accuracy:.2%}")
+    print(f"ratio 100/10: {seconds[100] / seconds[10]:.2f}x")
+
+
+def bench_page_rerun() -> None:
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "pages" / "1_Train.py"), default_timeout=60)
+    at.run()
+    next(w for w in at.number_input if w.label == "Rounds").set_value(30)
+    next(w for w in at.button if w.label == "Start").click()
+    at.run()
+    job = at.session_state["job"]
+    durations = []
+    while not job.snapshot().finished and len(durations) < 40:
+        start = time.perf_counter()
+        at.run()
+        durations.append(time.perf_counter() - start)
+        time.sleep(0.2)
+    job.stop()
+    job.join()
+    print(f"== Train page rerun during training (AppTest, {len(durations)} reruns): "
+          f"median {1000 * statistics.median(durations):.0f} ms, max {1000 * max(durations):.0f} ms")
+
+
+def bench_paper(max_rounds: int) -> None:
+    print("== FedAvg paper setting: 100 workers, C=0.1, E=5, B=10, CNN; rounds to 99% (paper: IID 20, non-IID 229)")
+    for partition in ("iid", "shards"):
+        config = TrainConfig(workers=100, fraction=0.1, local_epochs=5, batch_size=10, lr=0.05, momentum=0.0,
+                             clip_norm=10.0, model="fedavg_cnn", partition=partition, rounds=max_rounds,
+                             contribution_subset=0)
+        reached = None
+
+        def watch(run, record):
+            nonlocal reached
+            if reached is None and record.test_accuracy >= 0.99:
+                reached = record.round
+            print(f"  {partition} round {record.round}: {record.test_accuracy:.2%} ({record.elapsed:.0f} s)",
+                  flush=True)
+
+        run = run_federated(config, load_mnist(), on_round=watch)
+        print(f"{partition}: rounds to 99%: {reached or f'not within {max_rounds}'}; "
+              f"final {run.history[-1].test_accuracy:.2%}, {run.wall_seconds:.0f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--paper", action="store_true", help="run the FedAvg paper setting instead")
+    parser.add_argument("--max-rounds", type=int, default=60)
+    args = parser.parse_args()
+    if args.paper:
+        bench_paper(args.max_rounds)
+        return
+    bench_default()
+    bench_reference()
+    bench_scale()
+    bench_page_rerun()
+
+
+if __name__ == "__main__":
+    main()
