@@ -4,9 +4,12 @@ import logging
 
 import streamlit as st
 
+from ui.nav import sidebar_nav
+
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-st.set_page_config(page_title="Private ML, live: federated MNIST", page_icon="🔐", layout="wide")
+st.set_page_config(page_title="Private ML, live: federated MNIST", page_icon=":material/lock:", layout="wide")
+sidebar_nav()
 st.title("Private machine learning, live")
 st.markdown(
     """
@@ -30,14 +33,14 @@ c1, c2, c3 = st.columns(3)
 with c1:
     st.subheader("1 · Train")
     st.write("Pick workers and rounds, press Start, and watch accuracy climb and each worker's contribution.")
-    st.page_link("pages/1_Train.py", label="Open Train", icon="🧠")
+    st.page_link("pages/1_Train.py", label="Open Train", icon=":material/model_training:")
 with c2:
     st.subheader("2 · Draw")
     st.write("Draw a digit; it is encrypted in your session before the model classifies it.")
-    st.page_link("pages/2_Draw.py", label="Open Draw", icon="✍️")
+    st.page_link("pages/2_Draw.py", label="Open Draw", icon=":material/draw:")
 with c3:
     st.subheader("3 · Encrypted Test")
     st.write("Evaluate the model on the MNIST test set with both model and data encrypted.")
-    st.page_link("pages/3_Encrypted_Test.py", label="Open Encrypted Test", icon="🔒")
+    st.page_link("pages/3_Encrypted_Test.py", label="Open Encrypted Test", icon=":material/lock:")
 
-st.caption("MNIST by Yann LeCun and Corinna Cortes, CC BY-SA 3.0. Built with PyTorch, PySyft, Flower and TenSEAL.")
+st.caption("Built with PyTorch, PySyft, Flower and TenSEAL.")

@@ -9,6 +9,7 @@ from fed_core.data import MnistFileError, load_mnist
 from fed_core.job import TrainingJob
 from fed_core.models import INIT_METHODS, MODEL_LABELS
 from ui import train_views as views
+from ui.nav import sidebar_nav
 
 log = logging.getLogger(__name__)
 D = TrainConfig()
@@ -16,7 +17,8 @@ INIT_LABELS = {"default": "PyTorch default", "kaiming": "He (Kaiming) normal", "
                "uniform": "plain uniform U(-0.05, 0.05)"}
 PARTITION_LABELS = {"iid": "IID (shuffled)", "dirichlet": "Dirichlet label skew", "shards": "Label shards (FedAvg paper)"}
 
-st.set_page_config(page_title="Train · Federated MNIST", page_icon="🧠", layout="wide")
+st.set_page_config(page_title="Train · Federated MNIST", page_icon=":material/model_training:", layout="wide")
+sidebar_nav()
 st.title("Federated training, live")
 st.caption("The server sends the global model to a random sample of workers; each trains on its own "
            "private digits and sends back only its update; the server averages the updates, weighted by "
@@ -99,12 +101,15 @@ def live_view() -> None:
         st.rerun()  # one full rerun ends the polling and shows the downloads
     show_progress(snapshot)
     if snapshot.history:
-        st.plotly_chart(views.accuracy_figure(snapshot.history), width="stretch")
+        st.plotly_chart(views.accuracy_figure(snapshot.history), width="stretch", config=views.CHART_CONFIG)
         left, right = st.columns([3, 2])
         left.plotly_chart(views.contribution_figure(snapshot.history, snapshot.cumulative_contributions),
-                          width="stretch")
-        right.plotly_chart(views.label_heatmap(snapshot.label_histogram), width="stretch")
+                          width="stretch", config=views.CHART_CONFIG)
+        right.plotly_chart(views.label_heatmap(snapshot.label_histogram), width="stretch",
+                           config=views.CHART_CONFIG)
         st.subheader(f"Workers in round {snapshot.round}")
+        st.caption("Contribution: test-accuracy points (on 1,000 fixed test images) that the round's model "
+                   "would lose if this worker's update were left out; cumulative sums it over the rounds.")
         st.dataframe(views.worker_table(snapshot.history, snapshot.cumulative_contributions), width="stretch")
     if snapshot.finished:
         show_results(job, snapshot)

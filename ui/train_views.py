@@ -67,8 +67,8 @@ def contribution_figure(history: list[dict], cumulative: dict[int, float]) -> go
                          name="this round"), row=1, col=1)
     fig.add_trace(go.Bar(x=labels, y=[100 * cumulative[w] for w in workers], marker_color=SECOND,
                          name="cumulative"), row=1, col=2)
-    fig.update_layout(title="Contribution: test accuracy points lost if the worker's update is left out",
-                      height=320, showlegend=False, margin=dict(t=70, b=30))
+    fig.update_layout(title="Contribution: accuracy lost without the worker's update",
+                      height=340, showlegend=False, margin=dict(t=80, b=30))
     fig.update_yaxes(title_text="accuracy points")
     return fig
 
@@ -77,8 +77,8 @@ def label_heatmap(histogram: list[list[int]]) -> go.Figure:
     fig = go.Figure(go.Heatmap(z=histogram, x=[str(d) for d in range(10)],
                                y=[f"W{w}" for w in range(len(histogram))], colorscale="Blues",
                                colorbar_title="images"))
-    fig.update_layout(title="Each worker's private data: images per digit", xaxis_title="digit",
-                      height=max(260, 22 * len(histogram) + 120), margin=dict(t=50, b=30))
+    fig.update_layout(title="Private data: images per digit", xaxis_title="digit", xaxis_dtick=1,
+                      height=min(600, max(340, 22 * len(histogram) + 120)), margin=dict(t=80, b=30))
     fig.update_yaxes(autorange="reversed")
     return fig
 
@@ -86,14 +86,16 @@ def label_heatmap(histogram: list[list[int]]) -> go.Figure:
 WORKER_COLUMNS = {
     "worker": "worker", "examples": "examples used", "weight": "weight", "loss_before": "loss before",
     "loss_after": "loss after", "local_accuracy": "local accuracy", "update_norm": "update norm",
-    "cosine_to_aggregate": "cosine to aggregate", "contribution": "contribution (acc. points)",
+    "cosine_to_aggregate": "cosine to aggregate", "contribution": "contribution",
 }
+# Plotly's hover toolbar covers the titles on a projector; zoom and pan stay available by mouse.
+CHART_CONFIG = {"displayModeBar": False}
 
 
 def worker_table(history: list[dict], cumulative: dict[int, float]) -> pd.DataFrame:
     frame = pd.DataFrame(history[-1]["workers"] if history else [], columns=list(WORKER_COLUMNS))
     frame["contribution"] *= 100
-    frame["cumulative (acc. points)"] = [100 * cumulative[w] for w in frame["worker"]]
+    frame["cumulative"] = [100 * cumulative[w] for w in frame["worker"]]
     return frame.rename(columns=WORKER_COLUMNS).set_index("worker")
 
 
