@@ -1,0 +1,60 @@
+"""Train page in a real browser: a 3x3 run grows its chart round by round; a second run is stopped."""
+
+import re
+
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from browser_helpers import Page
+
+pytestmark = pytest.mark.browser
+
+
+def accuracy_points(page: Page) -> int:
+    """Markers on the first trace (test accuracy) of the first plotly chart."""
+    return page.driver.execute_script("""
+        const plot = document.querySelector('.js-plotly-plot');
+        if (!plot) return 0;
+        const trace = plot.querySelector('.scatterlayer .trace');
+        return trace ? trace.querySelectorAll('.points path').length : 0;""")
+
+
+def test_landing_page(browser, app_url, screenshot_dir):
+    page = Page(browser).open(app_url)
+    page.wait_text("Private machine learning, live")
+    for link in ("Open Train", "Open Draw", "Open Encrypted Test"):
+        page.wait_text(link)
+    page.shot(screenshot_dir, "home")
+    page.assert_no_traceback()
+
+
+def test_train_three_workers_three_rounds_then_stop_a_second_run(browser, app_url, screenshot_dir):
+    page = Page(browser, timeout=120).open(f"{app_url}/Train")
+    page.set_number("Workers", 3)
+    page.set_number("Rounds", 3)
+    page.click("Start")
+    seen = set()
+
+    def finished(driver) -> bool:
+        seen.add(accuracy_points(page))
+        return "Done:" in page.text()
+
+    WebDriverWait(browser, 120, poll_frequency=0.1).until(finished)
+    assert accuracy_points(page) == 3
+    assert len(seen - {0}) >= 2, f"the chart should grow round by round, saw point counts {sorted(seen)}"
+    accuracy = float(re.search(r"Done: ([\d.]+)% test accuracy", page.text()).group(1))
+    assert accuracy > 90
+    for label in ("Metrics (CSV)", "Run (JSON)", "Trained model (.pt)"):
+        page.button(label)
+    page.shot(screenshot_dir, "train")
+    page.assert_no_traceback()
+
+    page.set_number("Rounds", 50)
+    page.click("Start")
+    WebDriverWait(browser, 120, poll_frequency=0.2).until(lambda d: accuracy_points(page) >= 1 and "of 50" in page.text())
+    page.click("Stop")
+    page.wait_text("Stopped by you")
+    rounds_done = int(re.search(r"Round (\d+) of 50", page.text()).group(1))
+    assert 1 <= rounds_done < 50
+    page.assert_no_traceback()
