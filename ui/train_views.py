@@ -52,7 +52,7 @@ def accuracy_figure(history: list[dict]) -> go.Figure:
     fig.add_trace(go.Scatter(x=rounds, y=[r["test_loss"] for r in history], name="test loss",
                              mode="lines+markers", line_color=SECOND), secondary_y=True)
     fig.update_layout(title="Global model on the 10,000 test images", height=340, margin=dict(t=50, b=30),
-                      legend=dict(orientation="h", y=-0.2), xaxis_title="round", xaxis_dtick=1)
+                      legend=dict(orientation="h", y=-0.2), xaxis_title="round", xaxis_dtick=max(1, len(rounds) // 10))
     fig.update_yaxes(title_text="accuracy (%)", secondary_y=False)
     fig.update_yaxes(title_text="loss", secondary_y=True)
     return fig
