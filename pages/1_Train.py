@@ -57,20 +57,22 @@ def settings_form() -> TrainConfig:
     )
 
 
-def start(config: TrainConfig) -> None:
+def start(config: TrainConfig) -> bool:
+    """Start a run for this session; on failure say why on the page and return False."""
     try:
         load_mnist()  # fail here, with the file named, rather than inside the run
     except MnistFileError as exc:
         st.error(f"The MNIST data could not be loaded: {exc}")
-        return
+        return False
     job = TrainingJob(config)
     slots = views.job_slots()
     if not slots.try_start(job):
         st.warning(f"The server is busy: {slots.capacity} runs are training right now. A slot should free up "
                    f"in about {views.format_seconds(slots.wait_estimate())}; please try again then.")
-        return
+        return False
     st.session_state["job"] = job
     st.query_params["run"] = job.job_id
+    return True
 
 
 config = settings_form()
@@ -83,8 +85,7 @@ else:
     st.caption(f"Estimated time on a 2-core machine: about {views.format_seconds(estimate_seconds(config))}.")
 
 b1, b2, _ = st.columns([1, 1, 6])
-if b1.button("Start", type="primary", disabled=running or bool(found)):
-    start(config)
+if b1.button("Start", type="primary", disabled=running or bool(found)) and start(config):
     st.rerun()
 if b2.button("Stop", disabled=not running):
     job.stop()

@@ -6,7 +6,13 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAIN_PAGE = str(ROOT / "pages" / "1_Train.py")
+
+
+def train_page_app() -> AppTest:
+    """The Train page as Streamlit serves it: app.py is the entrypoint, so page links resolve."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.switch_page("pages/1_Train.py")
+    return at
 
 
 def widget(widgets, label):
@@ -15,7 +21,7 @@ def widget(widgets, label):
 
 @pytest.fixture
 def train_page():
-    at = AppTest.from_file(TRAIN_PAGE, default_timeout=60)
+    at = train_page_app()
     yield at
     job = at.session_state["job"] if "job" in at.session_state else None
     if job is not None:  # AppTest leaves threads running unless stopped here
@@ -88,3 +94,42 @@ def test_stop_during_the_first_round(train_page):
     assert job.snapshot().status == "stopped"
     assert any("Stopped by you" in w.value for w in at.warning)
     assert not at.exception
+
+
+def test_full_server_says_busy_with_an_estimate():
+    sessions = [train_page_app() for _ in range(3)]
+    try:
+        for at in sessions:
+            at.run()
+            widget(at.number_input, "Rounds").set_value(200)
+            widget(at.button, "Start").click()
+            at.run()
+        assert all("job" in at.session_state for at in sessions[:2])
+        third = sessions[2]
+        assert not third.exception and "job" not in third.session_state
+        busy = next(w.value for w in third.warning if "busy" in w.value)
+        assert "2 runs are training" in busy and "about" in busy and "try again" in busy
+    finally:
+        for at in sessions[:2]:
+            if "job" in at.session_state:
+                at.session_state["job"].stop()
+                at.session_state["job"].join(60)
+
+
+def test_corrupted_data_file_is_named_on_the_page(monkeypatch, tmp_path):
+    import shutil
+
+    import fed_core.data as data
+
+    for item in data.SHIPPED_ROOT.iterdir():
+        shutil.copy(item, tmp_path / item.name)
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")
+    monkeypatch.setattr(data, "SHIPPED_ROOT", tmp_path)
+    monkeypatch.setattr(data, "_CACHE", {})
+    at = train_page_app().run()
+    widget(at.button, "Start").click()
+    at.run()
+    assert not at.exception
+    message = next(e.value for e in at.error if "MNIST" in e.value)
+    assert "train-labels-idx1-ubyte.gz is corrupted" in message and "git checkout" in message
+    assert "job" not in at.session_state

@@ -58,3 +58,42 @@ def test_train_three_workers_three_rounds_then_stop_a_second_run(browser, app_ur
     rounds_done = int(re.search(r"Round (\d+) of 50", page.text()).group(1))
     assert 1 <= rounds_done < 50
     page.assert_no_traceback()
+
+
+def worker_rows(page: Page) -> int:
+    return page.driver.execute_script("""
+        const grid = document.querySelector('[data-testid="stDataFrame"]');
+        return grid ? Number(grid.querySelector('[role="grid"]')?.getAttribute('aria-rowcount') || 0) - 1 : -1;""")
+
+
+def test_reload_during_a_run_reattaches_to_it(browser, app_url):
+    page = Page(browser, timeout=120).open(f"{app_url}/Train")
+    page.set_number("Rounds", 6)
+    page.click("Start")
+    WebDriverWait(browser, 120, poll_frequency=0.2).until(lambda d: "run=" in d.current_url)
+    browser.refresh()  # a new browser session: the run id in the URL finds the same run
+    page.wait_text("of 6")
+    WebDriverWait(browser, 180, poll_frequency=0.2).until(lambda d: "Done:" in page.text())
+    assert "Round 6 of 6" in page.text()
+    page.assert_no_traceback()
+
+
+def test_two_sessions_train_at_once_and_keep_their_own_results(app_url):
+    from conftest import new_browser
+
+    first, second = new_browser(), new_browser()
+    try:
+        pages = [Page(first, timeout=180).open(f"{app_url}/Train"), Page(second, timeout=180).open(f"{app_url}/Train")]
+        for page, workers in zip(pages, (3, 4)):
+            page.set_number("Workers", workers)
+            page.set_number("Rounds", 3)
+        for page in pages:
+            page.click("Start")
+        for page in pages:
+            WebDriverWait(page.driver, 240, poll_frequency=0.2).until(lambda d, p=page: "Done:" in p.text())
+        assert [worker_rows(p) for p in pages] == [3, 4]
+        for page in pages:
+            page.assert_no_traceback()
+    finally:
+        first.quit()
+        second.quit()
