@@ -6,7 +6,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from browser_helpers import Page
+from browser_helpers import Page, new_browser
 
 pytestmark = pytest.mark.browser
 
@@ -79,8 +79,6 @@ def test_reload_during_a_run_reattaches_to_it(browser, app_url):
 
 
 def test_two_sessions_train_at_once_and_keep_their_own_results(app_url):
-    from conftest import new_browser
-
     first, second = new_browser(), new_browser()
     try:
         pages = [Page(first, timeout=180).open(f"{app_url}/Train"), Page(second, timeout=180).open(f"{app_url}/Train")]
