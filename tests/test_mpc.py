@@ -1,15 +1,9 @@
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quick_model import trained_crypto_cnn  # noqa: E402
-
-from fed_core.data import load_mnist, normalize  # noqa: E402
-from fed_core.mpc import (  # noqa: E402
+from fed_core.data import load_mnist, normalize
+from fed_core.mpc import (
     FRAC_BITS,
     BeaverDealer,
     Channel,
@@ -24,6 +18,7 @@ from fed_core.mpc import (  # noqa: E402
     share,
     truncate,
 )
+from quick_model import trained_crypto_cnn
 
 # Chi-square critical value for 15 degrees of freedom at p = 0.001.
 CHI2_15_DOF = 37.7

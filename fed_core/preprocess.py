@@ -1,0 +1,135 @@
+"""Turn a drawing or an image file into an MNIST-like 28x28 digit.
+
+MNIST's own recipe: crop to the ink, scale the longer side to 20 px (antialiased, aspect
+kept), then translate so the centre of mass lands on pixel (14, 14) of a 28x28 field.
+Ink is white on black. The result is normalised exactly like the training images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from fed_core.data import normalize
+
+SIDE, DIGIT_BOX = 28, 20
+MIN_SIDE, MAX_SIDE = 16, 4096
+INK_LEVEL = 0.2  # a pixel darker than this (0..1 ink scale) is background
+MAX_CANVAS_COVERAGE = 0.6
+# 99.9% of MNIST test digits (not counting thin ones like "1") fill less than 80% of
+# their bounding box; a filled-in blob fills more.
+MAX_BOX_FILL, MIN_BOX_ASPECT = 0.85, 0.3
+MIN_DIGIT_FRACTION = 0.1  # of the image's shorter side
+
+
+class DrawingError(ValueError):
+    """The image cannot be read as one digit; the message tells the user what to change."""
+
+
+@dataclass(frozen=True)
+class PreparedDigit:
+    pixels: np.ndarray  # uint8 [28, 28], white ink on black, what the model sees
+    tensor: torch.Tensor  # float [1, 1, 28, 28], normalised like training
+
+
+def read_image(path: Path | str) -> np.ndarray:
+    """An image file -> uint8 array: HxWx4 if it has transparency, else HxWx3."""
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGBA"))
+    except FileNotFoundError as exc:
+        raise DrawingError(f"Image file {path} does not exist.") from exc
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DrawingError(f"{path} is not an image file PIL can read.") from exc
+    # An opaque file is a photo or scan, not a canvas: let the border decide what is ink.
+    return array if array[..., 3].min() < 255 else array[..., :3]
+
+
+def ink_map(image: np.ndarray) -> np.ndarray:
+    """Any supported image -> float [H, W] ink amount in 0..1 (1 = full stroke).
+
+    RGBA is a canvas: where it has transparency the alpha channel is the ink, whatever
+    the stroke colour; fully opaque, light strokes on a dark background are the ink.
+    RGB and grayscale: brightness on a dark background, darkness on a light one (pencil
+    on paper), judged by the border, which a centred digit leaves empty.
+    """
+    array = _as_unit_float(image)
+    if array.ndim == 3 and array.shape[2] == 4:
+        alpha = array[..., 3]
+        return alpha if alpha.min() < 1.0 else array[..., :3].max(axis=2)
+    colour = array if array.ndim == 3 else array[..., None]
+    bright, dark = colour.max(axis=2), 1.0 - colour.min(axis=2)
+    border = np.concatenate([bright[0], bright[-1], bright[:, 0], bright[:, -1]])
+    return dark if np.median(border) > 0.5 else bright
+
+
+def prepare_digit(image: np.ndarray) -> PreparedDigit:
+    """Canvas RGBA / RGB / grayscale array -> the 28x28 digit the model sees."""
+    ink = ink_map(image)
+    box = _ink_box(ink)
+    pixels = _centre_by_mass(_scale_to_box(ink[box]))
+    return PreparedDigit(pixels=pixels, tensor=normalize(torch.from_numpy(pixels)[None]))
+
+
+def _as_unit_float(image: np.ndarray) -> np.ndarray:
+    array = np.asarray(image)
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise DrawingError(
+            f"Expected a grayscale, RGB or RGBA image, got an array of shape {array.shape}."
+        )
+    height, width = array.shape[:2]
+    if not (MIN_SIDE <= height <= MAX_SIDE and MIN_SIDE <= width <= MAX_SIDE):
+        raise DrawingError(
+            f"The image is {width}x{height} px; use one between {MIN_SIDE} and {MAX_SIDE} px a side."
+        )
+    if array.dtype == np.uint8:
+        return array.astype(np.float64) / 255.0
+    if np.issubdtype(array.dtype, np.floating) and 0.0 <= array.min() and array.max() <= 1.0:
+        return array.astype(np.float64)
+    raise DrawingError(f"Expected 8-bit pixels (or floats in 0..1), got {array.dtype}.")
+
+
+def _ink_box(ink: np.ndarray) -> tuple[slice, slice]:
+    """The bounding box of the ink, after checking the drawing looks like one digit."""
+    mask = ink > INK_LEVEL
+    if not mask.any():
+        raise DrawingError("The canvas is empty: draw a digit first.")
+    if mask.mean() > MAX_CANVAS_COVERAGE:
+        raise DrawingError("There is ink almost everywhere: clear the canvas and draw one digit.")
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+    if max(height, width) < MIN_DIGIT_FRACTION * min(ink.shape):
+        raise DrawingError("That is only a dot: draw the digit larger, filling most of the canvas.")
+    fill = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].mean()
+    if fill > MAX_BOX_FILL and min(height, width) >= MIN_BOX_ASPECT * max(height, width):
+        raise DrawingError("That looks like a scribble: clear the canvas and draw one digit with a few strokes.")
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
+def _scale_to_box(ink: np.ndarray) -> np.ndarray:
+    """Scale so the longer side is 20 px, keeping the aspect ratio, with antialiasing."""
+    height, width = ink.shape
+    factor = DIGIT_BOX / max(height, width)
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    resized = Image.fromarray(ink.astype(np.float32)).resize(size, Image.Resampling.LANCZOS)
+    return np.clip(np.asarray(resized), 0.0, 1.0)
+
+
+def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
+    """Place in a 28x28 field with the centre of mass on (14, 14), staying inside the field."""
+    height, width = digit.shape
+    ys, xs = np.mgrid[0:height, 0:width]
+    mass = digit.sum()
+    top = _offset(SIDE // 2 - (ys * digit).sum() / mass, height)
+    left = _offset(SIDE // 2 - (xs * digit).sum() / mass, width)
+    field = np.zeros((SIDE, SIDE))
+    field[top : top + height, left : left + width] = digit
+    return np.round(field * 255).astype(np.uint8)
+
+
+def _offset(ideal: float, extent: int) -> int:
+    return int(np.clip(round(ideal), 0, SIDE - extent))

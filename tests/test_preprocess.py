@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fed_core.data import load_mnist, normalize
+from fed_core.preprocess import DrawingError, prepare_digit, read_image
+
+CANVAS = 280
+
+
+@pytest.fixture(scope="module")
+def mnist_digit() -> np.ndarray:
+    return load_mnist().test_images[0].numpy()  # a 7
+
+
+def canvas_with(digit: np.ndarray, scale: int, top: int, left: int) -> np.ndarray:
+    """An opaque RGBA canvas, black background, with the digit enlarged and placed anywhere."""
+    big = np.kron(digit, np.ones((scale, scale), dtype=np.uint8))
+    canvas = np.zeros((CANVAS, CANVAS, 4), dtype=np.uint8)
+    canvas[..., 3] = 255
+    canvas[top : top + big.shape[0], left : left + big.shape[1], :3] = big[..., None]
+    return canvas
+
+
+def centre_of_mass(pixels: np.ndarray) -> tuple[float, float]:
+    ys, xs = np.mgrid[0:28, 0:28]
+    return (ys * pixels).sum() / pixels.sum(), (xs * pixels).sum() / pixels.sum()
+
+
+def bounding_box(pixels: np.ndarray, level: int = 50) -> tuple[int, int]:
+    rows, cols = np.flatnonzero((pixels > level).any(1)), np.flatnonzero((pixels > level).any(0))
+    return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+
+
+@pytest.mark.parametrize("scale,top,left", [(9, 10, 20), (4, 150, 160), (6, 0, 112)])
+def test_shifted_or_rescaled_digit_is_centred_the_mnist_way(mnist_digit, scale, top, left):
+    digit = prepare_digit(canvas_with(mnist_digit, scale, top, left))
+    cy, cx = centre_of_mass(digit.pixels.astype(float))
+    assert abs(cy - 14) < 0.6 and abs(cx - 14) < 0.6
+    assert max(bounding_box(digit.pixels)) in (19, 20)
+    # It is still the same MNIST digit, which was made by the same recipe.
+    assert np.abs(digit.pixels.astype(float) - mnist_digit).mean() < 12
+
+
+def test_output_is_normalised_like_training(mnist_digit):
+    digit = prepare_digit(canvas_with(mnist_digit, 5, 40, 40))
+    assert digit.pixels.dtype == np.uint8 and digit.pixels.shape == (28, 28)
+    assert digit.tensor.shape == (1, 1, 28, 28)
+    torch.testing.assert_close(digit.tensor, normalize(torch.from_numpy(digit.pixels)[None]))
+
+
+def test_transparent_canvas_uses_alpha_whatever_the_stroke_colour(mnist_digit):
+    opaque = canvas_with(mnist_digit, 8, 30, 30)
+    transparent = np.zeros_like(opaque)
+    transparent[..., 0] = 200  # a red-ish stroke colour everywhere; only alpha marks the ink
+    transparent[..., 3] = opaque[..., 0]
+    np.testing.assert_array_equal(prepare_digit(transparent).pixels, prepare_digit(opaque).pixels)
+
+
+def test_dark_ink_on_white_paper_is_inverted(mnist_digit):
+    white_paper = 255 - canvas_with(mnist_digit, 8, 30, 30)[..., :3]
+    expected = prepare_digit(canvas_with(mnist_digit, 8, 30, 30)).pixels
+    np.testing.assert_array_equal(prepare_digit(white_paper).pixels, expected)
+
+
+def test_image_file_round_trip(tmp_path, mnist_digit):
+    path = tmp_path / "digit.png"
+    Image.fromarray(np.kron(mnist_digit, np.ones((5, 5), dtype=np.uint8))).save(path)
+    assert read_image(path).shape == (140, 140, 3)
+    assert prepare_digit(read_image(path)).pixels.max() > 200
+
+
+def blob_canvas(size: int) -> np.ndarray:
+    canvas = np.zeros((CANVAS, CANVAS, 4), dtype=np.uint8)
+    canvas[..., 3] = 255
+    canvas[100 : 100 + size, 100 : 100 + size, :3] = 255
+    return canvas
+
+
+@pytest.mark.parametrize(
+    "image,message",
+    [
+        (np.zeros((CANVAS, CANVAS, 4), dtype=np.uint8), "empty"),
+        (np.full((CANVAS, CANVAS, 4), 255, dtype=np.uint8), "ink almost everywhere"),
+        (blob_canvas(12), "only a dot"),
+        (blob_canvas(120), "scribble"),
+        (np.zeros((CANVAS, CANVAS, 2), dtype=np.uint8), "grayscale, RGB or RGBA"),
+        (np.zeros((8, 8), dtype=np.uint8), "between 16 and 4096"),
+        (np.zeros((CANVAS, CANVAS), dtype=np.int32), "8-bit"),
+    ],
+    ids=["empty", "all ink", "dot", "scribble", "two channels", "too small", "int32"],
+)
+def test_bad_images_get_a_friendly_error(image, message):
+    with pytest.raises(DrawingError, match=message):
+        prepare_digit(image)
+
+
+def test_unreadable_files_get_a_friendly_error(tmp_path):
+    with pytest.raises(DrawingError, match="does not exist"):
+        read_image(tmp_path / "missing.png")
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("hello")
+    with pytest.raises(DrawingError, match="not an image"):
+        read_image(not_an_image)
