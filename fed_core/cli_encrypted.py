@@ -1,0 +1,128 @@
+"""The ``encrypted-eval`` and ``classify`` subcommands (wired into ``python -m fed_core``).
+
+Also runnable alone: ``python -m fed_core.cli_encrypted encrypted-eval --model m.pt``.
+Bad input ends with a one-line message on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+from fed_core.data import MnistFileError, load_mnist, normalize
+from fed_core.encrypted_eval import (
+    HE_PACKINGS,
+    SCHEMES,
+    classify_digit,
+    evaluate_encrypted,
+    require_encryptable,
+)
+from fed_core.models import load_model
+from fed_core.preprocess import prepare_digit, read_image
+
+TEST_IMAGES = 10_000
+USAGE_ERROR = 2
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    evaluate = subparsers.add_parser(
+        "encrypted-eval", help="Evaluate a model on MNIST test images under MPC or HE."
+    )
+    evaluate.add_argument("--model", type=Path, required=True, help="model file (save_model)")
+    evaluate.add_argument("--scheme", choices=SCHEMES, default="mpc")
+    evaluate.add_argument("--n", type=int, default=TEST_IMAGES, help="test images (1-10000)")
+    evaluate.add_argument("--out", type=Path, help="write the full result as JSON here")
+    evaluate.add_argument("--batch-size", type=int, help="images per MPC batch / HE pass")
+    evaluate.add_argument("--he-packing", choices=HE_PACKINGS, default="auto")
+    evaluate.set_defaults(func=run_encrypted_eval)
+
+    classify = subparsers.add_parser(
+        "classify", help="Classify one digit image encrypted; prints JSON."
+    )
+    classify.add_argument("--model", type=Path, required=True, help="model file (save_model)")
+    classify.add_argument("--image", type=Path, required=True, help="PNG/JPEG of one digit")
+    classify.add_argument("--scheme", choices=SCHEMES, default="he")
+    classify.set_defaults(func=run_classify)
+
+
+def user_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Report bad input as one line on stderr with exit code 2, without a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (OSError, ValueError, MnistFileError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return USAGE_ERROR
+
+    return wrapper
+
+
+def load_encryptable(path: Path) -> nn.Module:
+    if not path.is_file():
+        raise FileNotFoundError(f"Model file {path} does not exist.")
+    model, _meta = load_model(path)
+    require_encryptable(model)
+    return model
+
+
+class StderrProgress:
+    """Prints whole percentages on one stderr line."""
+
+    def __init__(self, label: str) -> None:
+        self.label, self.last = label, -1
+
+    def __call__(self, fraction: float) -> None:
+        percent = int(fraction * 100)
+        if percent != self.last:
+            self.last = percent
+            end = "\n" if percent >= 100 else ""
+            print(f"\r{self.label}: {percent:3d}%", end=end, file=sys.stderr, flush=True)
+
+
+@user_errors
+def run_encrypted_eval(args: argparse.Namespace) -> int:
+    if not 1 <= args.n <= TEST_IMAGES:
+        raise ValueError(f"--n must be between 1 and {TEST_IMAGES}, got {args.n}.")
+    model = load_encryptable(args.model)
+    mnist = load_mnist()
+    result = evaluate_encrypted(
+        model,
+        normalize(mnist.test_images[: args.n]),
+        mnist.test_labels[: args.n],
+        scheme=args.scheme,
+        batch_size=args.batch_size,
+        progress=StderrProgress(f"{args.scheme.upper()} evaluation"),
+        he_packing=args.he_packing,
+    )
+    if args.out:
+        args.out.write_text(json.dumps(result.to_dict(), indent=1))
+    print(result.summary())
+    return 0
+
+
+@user_errors
+def run_classify(args: argparse.Namespace) -> int:
+    model = load_encryptable(args.model)
+    digit = prepare_digit(read_image(args.image))
+    result = classify_digit(model, digit.tensor, scheme=args.scheme)
+    print(json.dumps(result.to_dict(), indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fed_core.cli_encrypted")
+    register(parser.add_subparsers(required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
