@@ -102,16 +102,15 @@ def live_view() -> None:
         st.rerun()  # one full rerun ends the polling and shows the downloads
     show_progress(snapshot)
     if snapshot.history:
-        st.plotly_chart(views.accuracy_figure(snapshot.history), width="stretch", config=views.CHART_CONFIG)
+        accuracy, contributions, heatmap, table = views.round_views(job, snapshot)
+        st.plotly_chart(accuracy, width="stretch", config=views.CHART_CONFIG)
         left, right = st.columns([3, 2])
-        left.plotly_chart(views.contribution_figure(snapshot.history, snapshot.cumulative_contributions),
-                          width="stretch", config=views.CHART_CONFIG)
-        right.plotly_chart(views.label_heatmap(snapshot.label_histogram), width="stretch",
-                           config=views.CHART_CONFIG)
+        left.plotly_chart(contributions, width="stretch", config=views.CHART_CONFIG)
+        right.plotly_chart(heatmap, width="stretch", config=views.CHART_CONFIG)
         st.subheader(f"Workers in round {snapshot.round}")
         st.caption("Contribution: test-accuracy points (on 1,000 fixed test images) that the round's model "
                    "would lose if this worker's update were left out; cumulative sums it over the rounds.")
-        st.dataframe(views.worker_table(snapshot.history, snapshot.cumulative_contributions), width="stretch")
+        st.dataframe(table, width="stretch")
     if snapshot.finished:
         show_results(job, snapshot)
 

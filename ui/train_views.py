@@ -99,6 +99,18 @@ def worker_table(history: list[dict], cumulative: dict[int, float]) -> pd.DataFr
     return frame.rename(columns=WORKER_COLUMNS).set_index("worker")
 
 
+def round_views(job: TrainingJob, snapshot: JobSnapshot) -> tuple[go.Figure, go.Figure, go.Figure, pd.DataFrame]:
+    """The charts and table of the latest round, built once per round rather than on every poll."""
+    key = (job.job_id, snapshot.round)
+    cached = st.session_state.get("round_views")
+    if cached is None or cached[0] != key:
+        history, cumulative = snapshot.history, snapshot.cumulative_contributions
+        cached = (key, (accuracy_figure(history), contribution_figure(history, cumulative),
+                        label_heatmap(snapshot.label_histogram), worker_table(history, cumulative)))
+        st.session_state["round_views"] = cached
+    return cached[1]
+
+
 def metrics_csv(history: list[dict]) -> str:
     rows = [{"round": r["round"], "test_accuracy": r["test_accuracy"], "test_loss": r["test_loss"], **w}
             for r in history for w in r["workers"]]
