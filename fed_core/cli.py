@@ -1,4 +1,4 @@
-"""Command line: ``python -m fed_core train ...`` does what the Train page does."""
+"""Command line: ``python -m fed_core train|encrypted-eval|classify ...`` does what the pages do."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from tqdm import tqdm
+
+from . import cli_encrypted
 
 from .client import TrainingDiverged
 from .config import ENGINES, TrainConfig, problems
@@ -86,5 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fed_core", description=__doc__)
     subparsers = parser.add_subparsers(required=True, metavar="command")
     add_train_command(subparsers)
+    cli_encrypted.register(subparsers)
     args = parser.parse_args(argv)
     return args.func(args)
