@@ -34,17 +34,18 @@ class CryptoCNN(nn.Module):
         return self.fc2(x)
 
 
-class ReluCNN(nn.Module):
-    """The classic CNN of the PySyft MNIST tutorials (431k parameters); plaintext only."""
+class PoolingCNN(nn.Module):
+    """Two 5x5 conv + ReLU + 2x2 max-pool blocks, then two linear layers; plaintext only."""
 
     encryptable = False
 
-    def __init__(self) -> None:
+    def __init__(self, channels: tuple[int, int], padding: int, hidden: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 20, 5)
-        self.conv2 = nn.Conv2d(20, 50, 5)
-        self.fc1 = nn.Linear(4 * 4 * 50, 500)
-        self.fc2 = nn.Linear(500, 10)
+        side = ((28 - 4 + 2 * padding) // 2 - 4 + 2 * padding) // 2
+        self.conv1 = nn.Conv2d(1, channels[0], 5, padding=padding)
+        self.conv2 = nn.Conv2d(channels[0], channels[1], 5, padding=padding)
+        self.fc1 = nn.Linear(side * side * channels[1], hidden)
+        self.fc2 = nn.Linear(hidden, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
@@ -53,29 +54,20 @@ class ReluCNN(nn.Module):
         return self.fc2(x)
 
 
-class FedAvgCNN(nn.Module):
-    """The CNN of McMahan et al. 2017 (two 5x5 convs of 32 and 64 channels, 512 hidden); plaintext only."""
+def relu_cnn() -> PoolingCNN:
+    """The classic CNN of the PySyft MNIST tutorials (431k parameters)."""
+    return PoolingCNN((20, 50), padding=0, hidden=500)
 
-    encryptable = False
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 5, padding=2)
-        self.conv2 = nn.Conv2d(32, 64, 5, padding=2)
-        self.fc1 = nn.Linear(7 * 7 * 64, 512)
-        self.fc2 = nn.Linear(512, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        x = F.relu(self.fc1(x.flatten(1)))
-        return self.fc2(x)
+def fedavg_cnn() -> PoolingCNN:
+    """The CNN of McMahan et al. 2017 (32 and 64 channels, 512 hidden, 1.66M parameters)."""
+    return PoolingCNN((32, 64), padding=2, hidden=512)
 
 
 MODELS: dict[str, Callable[[], nn.Module]] = {
     "crypto_cnn": CryptoCNN,
-    "relu_cnn": ReluCNN,
-    "fedavg_cnn": FedAvgCNN,
+    "relu_cnn": relu_cnn,
+    "fedavg_cnn": fedavg_cnn,
 }
 MODEL_LABELS = {
     "crypto_cnn": "Crypto-friendly CNN (square activations, encryptable)",
