@@ -187,13 +187,21 @@ class FederatedRun:
 
 
 def run_federated(
-    config: TrainConfig, data: Mnist, pool_factory: Callable[..., WorkerPool] = InProcessPool,
+    config: TrainConfig, data: Mnist, pool_factory: Callable[..., WorkerPool] | None = None,
     on_start: Callable[[FederatedRun], None] | None = None,
     on_round: Callable[[FederatedRun, RoundRecord], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> FederatedRun:
-    """Run every round of ``config``; stops with TrainingStopped when ``should_stop`` says so."""
+    """Run every round of ``config``; stops with TrainingStopped when ``should_stop`` says so.
+
+    Without a ``pool_factory``, ``config.engine`` says where workers train (see fed_core/engines).
+    """
     validate(config)
+    if pool_factory is None and config.engine != "inprocess":
+        from .engines import run_engine  # imports syft or flwr, so only runs that use them pay for it
+
+        return run_engine(config, data, on_start=on_start, on_round=on_round, should_stop=should_stop)
+    pool_factory = pool_factory or InProcessPool
     started = time.perf_counter()
     shards = partition_for(config, data)
     model = new_model(config.model, config.init, config.seed)

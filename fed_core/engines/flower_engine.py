@@ -1,0 +1,252 @@
+"""The Flower engine: the same worker training and FedAvg, as a Flower ClientApp and ServerApp.
+
+The ServerApp's main runs fed_core's own server loop (``run_federated``), so sampling, partitioning,
+FedAvg weighting, evaluation and contribution scores are exactly those of the other engines. Only
+local training moves: :class:`FlowerPool` sends one Message per sampled worker, carrying the global
+weights (an ArrayRecord) and the round's task (a ConfigRecord), to the SuperNode holding that
+worker's shard; the ClientApp trains on it and replies with the weight delta, the number of examples
+and the metrics.
+
+Two ways to run it:
+
+- :class:`FlowerEngine` (``--engine flower``): Flower's Simulation Engine, one virtual SuperNode per
+  worker in Ray actors on this machine. The ServerApp runs in a thread of this process, so the
+  Train page's callbacks see every round.
+- ``flwr run fed_core/flower_app``: the Deployment Engine, a SuperLink and one ``flower-supernode``
+  per worker, each given its own shard file by node config (``scripts/flower_deployment.py``). The
+  components below, ``server_app`` and ``client_app``, are what ``fed_core/flower_app/pyproject.toml``
+  names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+from functools import lru_cache
+from logging import INFO
+from pathlib import Path
+from typing import Callable
+
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common import log
+from flwr.serverapp import Grid, ServerApp
+from flwr.simulation import run_simulation
+
+from fed_core.client import TrainingStopped, WorkerUpdate
+from fed_core.config import TrainConfig, validate
+from fed_core.data import Mnist, load_mnist
+from fed_core.models import save_model
+from fed_core.server import FederatedRun, RoundRecord, run_federated
+
+from .worker_job import LocalTask, load_shard, save_shard, train_local
+
+POLL_SECONDS = 0.1  # how often the server pulls replies (Flower's own send_and_receive waits 3 s)
+CONNECT_SECONDS = 120.0  # how long the server waits for every worker's SuperNode to connect
+PARTITION_ID = "partition-id"  # node config key naming the worker a SuperNode is (Flower's convention)
+SHARD_FILE = "shard-file"  # node config key of a deployed SuperNode's data file
+
+
+class FlowerClientError(RuntimeError):
+    """A worker's ClientApp failed or the SuperNodes do not match the workers."""
+
+
+# --- ClientApp -------------------------------------------------------------------------------------
+
+def client_app_for(shard_file: Callable[[Context], str]) -> ClientApp:
+    """A ClientApp that trains on the shard file ``shard_file(context)`` of the node it runs on."""
+    app = ClientApp()
+
+    @app.query()
+    def identify(msg: Message, context: Context) -> Message:
+        """Tell the server which worker this node is."""
+        node = ConfigRecord({PARTITION_ID: int(context.node_config[PARTITION_ID])})
+        return Message(RecordDict({"node": node}), reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        task = LocalTask.from_dict(dict(msg.content["task"]))
+        global_vector = torch.tensor(msg.content["weights"]["global"].numpy())
+        update = train_local(task, global_vector, *_shard(shard_file(context)))
+        metrics = MetricRecord({"num-examples": update.num_examples, "loss-before": update.loss_before,
+                                "loss-after": update.loss_after, "accuracy-after": update.accuracy_after})
+        return Message(RecordDict({"update": ArrayRecord({"delta": Array(update.delta.numpy())}), "metrics": metrics}),
+                       reply_to=msg)
+
+    return app
+
+
+@lru_cache(maxsize=8)
+def _shard(path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    # A node process serves many rounds: read its file once.
+    return load_shard(path)
+
+
+# --- ServerApp side --------------------------------------------------------------------------------
+
+class FlowerPool:
+    """Local training on Flower SuperNodes: one train Message per sampled worker per round."""
+
+    def __init__(self, grid: Grid, config: TrainConfig, should_stop: Callable[[], bool] | None = None) -> None:
+        self.grid = grid
+        self.config = config
+        self.should_stop = should_stop
+        self.nodes = self._find_workers(config.workers)
+
+    def train(self, global_vector: torch.Tensor, workers: list[int], round_idx: int) -> list[WorkerUpdate]:
+        weights = ArrayRecord({"global": Array(global_vector.numpy())})
+        messages = [
+            Message(RecordDict({"weights": weights,
+                                "task": ConfigRecord(LocalTask.for_round(self.config, w, round_idx).to_dict())}),
+                    dst_node_id=self.nodes[w], message_type=MessageType.TRAIN, group_id=str(round_idx))
+            for w in workers
+        ]
+        replies = {reply.metadata.src_node_id: reply for reply in self._exchange(messages)}
+        return [_worker_update(w, replies[self.nodes[w]]) for w in workers]
+
+    def _find_workers(self, count: int) -> dict[int, int]:
+        """Worker index -> node id: wait until ``count`` SuperNodes are connected, then ask each which it is."""
+        deadline = time.monotonic() + CONNECT_SECONDS
+        while len(node_ids := list(self.grid.get_node_ids())) < count:
+            if time.monotonic() > deadline:
+                raise FlowerClientError(
+                    f"Only {len(node_ids)} of {count} Flower SuperNodes connected within {CONNECT_SECONDS:.0f} s: "
+                    "start one SuperNode per worker.")
+            self._check_stop()
+            time.sleep(POLL_SECONDS)
+        queries = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in node_ids]
+        nodes = {}
+        for reply in self._exchange(queries):
+            if reply.has_error():
+                raise FlowerClientError(f"A SuperNode could not say which worker it is: {reply.error.reason}")
+            nodes[int(reply.content["node"][PARTITION_ID])] = reply.metadata.src_node_id
+        if sorted(nodes) != list(range(count)):
+            raise FlowerClientError(f"The SuperNodes must have partition ids 0 to {count - 1}, one per worker; "
+                                    f"they have {sorted(nodes)}.")
+        return nodes
+
+    def _exchange(self, messages: list[Message]) -> list[Message]:
+        """Send ``messages`` and wait for every reply, stopping early if the user asks to."""
+        waiting = set(self.grid.push_messages(messages))
+        replies: list[Message] = []
+        while waiting:
+            self._check_stop()
+            time.sleep(POLL_SECONDS)
+            pulled = list(self.grid.pull_messages(waiting))
+            replies += pulled
+            waiting -= {reply.metadata.reply_to_message_id for reply in pulled}
+        return replies
+
+    def _check_stop(self) -> None:
+        if self.should_stop and self.should_stop():
+            raise TrainingStopped()
+
+
+def _worker_update(worker: int, reply: Message) -> WorkerUpdate:
+    if reply.has_error():
+        raise FlowerClientError(f"Worker {worker}'s ClientApp failed: {reply.error.reason}")
+    metrics = reply.content["metrics"]
+    return WorkerUpdate(worker, int(metrics["num-examples"]), torch.tensor(reply.content["update"]["delta"].numpy()),
+                        float(metrics["loss-before"]), float(metrics["loss-after"]), float(metrics["accuracy-after"]))
+
+
+def flower_pool_factory(grid: Grid, shard_dir: Path | None = None) -> Callable[..., FlowerPool]:
+    """The ``pool_factory`` of ``run_federated`` for a ServerApp.
+
+    With ``shard_dir`` (simulation), it first gives each virtual SuperNode its shard, as a file there.
+    """
+
+    def connect(model, data: Mnist, shards: list[torch.Tensor], config: TrainConfig,
+                should_stop: Callable[[], bool] | None = None) -> FlowerPool:
+        if shard_dir is not None:
+            for worker, shard in enumerate(shards):
+                save_shard(shard_dir / shard_file_name(worker), data.train_images[shard], data.train_labels[shard])
+        return FlowerPool(grid, config, should_stop)
+
+    return connect
+
+
+def shard_file_name(worker: int) -> str:
+    return f"worker-{worker}.pt"
+
+
+# --- Simulation Engine -----------------------------------------------------------------------------
+
+_simulation_slot = threading.Lock()  # Ray is one per process: simulations take turns
+
+
+class FlowerEngine:
+    """Runs a config with Flower's Simulation Engine, one virtual SuperNode (Ray actor) per worker."""
+
+    def run(self, config: TrainConfig, data: Mnist, on_start: Callable[[FederatedRun], None] | None = None,
+            on_round: Callable[[FederatedRun, RoundRecord], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> FederatedRun:
+        validate(config)
+        _wait_for_slot(should_stop)
+        try:
+            with tempfile.TemporaryDirectory(prefix="fed-flower-") as shard_dir:
+                result: list[FederatedRun] = []
+                server = ServerApp()
+
+                @server.main()
+                def main(grid: Grid, context: Context) -> None:
+                    result.append(run_federated(config, data, flower_pool_factory(grid, Path(shard_dir)),
+                                                on_start=on_start, on_round=on_round, should_stop=should_stop))
+
+                run_simulation(server, client_app_for(_simulated_shard_file(shard_dir)),
+                               num_supernodes=config.workers, backend_config=simulation_backend())
+                return result[0]
+        finally:
+            _simulation_slot.release()
+
+
+def _simulated_shard_file(shard_dir: str) -> Callable[[Context], str]:
+    return lambda context: os.path.join(shard_dir, shard_file_name(int(context.node_config[PARTITION_ID])))
+
+
+def _wait_for_slot(should_stop: Callable[[], bool] | None) -> None:
+    while not _simulation_slot.acquire(timeout=POLL_SECONDS * 5):
+        if should_stop and should_stop():
+            raise TrainingStopped()
+
+
+def simulation_backend() -> dict:
+    """Ray sized for this machine: one core per virtual SuperNode, so nodes train side by side."""
+    return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"num_cpus": os.cpu_count() or 1, "num_gpus": 0, "logging_level": "ERROR",
+                          "log_to_driver": False}}
+
+
+# --- Deployment Engine components (named by fed_core/flower_app/pyproject.toml) ----------------------
+
+def config_from_run_config(run_config: dict) -> TrainConfig:
+    """The TrainConfig of a ``flwr run``: [tool.flwr.app.config] keys, dashes for underscores."""
+    values = {key.replace("-", "_"): value for key, value in run_config.items()}
+    return validate(TrainConfig.from_dict({**values, "engine": "flower"}))
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def deployed_main(grid: Grid, context: Context) -> None:
+    config = config_from_run_config(dict(context.run_config))
+    run = run_federated(config, load_mnist(), flower_pool_factory(grid), on_round=_log_round)
+    out_dir = str(context.run_config.get("out-dir", ""))
+    if out_dir:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "run.json").write_text(json.dumps(run.to_dict(), indent=1))
+        save_model(run.model, Path(out_dir) / "model.pt", config.model,
+                   {"config": config.to_dict(), "test_accuracy": run.history[-1].test_accuracy})
+
+
+def _log_round(run: FederatedRun, record: RoundRecord) -> None:
+    log(INFO, "round %d: test accuracy %.4f, loss %.4f (%.1f s)", record.round, record.test_accuracy,
+        record.test_loss, record.seconds)
+
+
+client_app = client_app_for(lambda context: str(context.node_config[SHARD_FILE]))

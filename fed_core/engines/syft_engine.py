@@ -1,0 +1,368 @@
+"""The syft engine: every worker is a syft data owner and the aggregator a data scientist.
+
+Each owner publishes its MNIST shard as a syft-rds dataset: a mock file anyone it shares with may
+read (random images of the same shape) and a private file only approved jobs read. Each round the
+aggregator submits one bash job per sampled owner; the job runs the project's own local training
+(``fed_core.engines.worker_job``) with this interpreter, so no per-job environment is built. The owner
+approves the job (automatically, if it is exactly the expected training script, or when a person
+presses Approve), runs it on its private file and shares back only the outputs: the weight delta,
+the sample count and the metrics of a :class:`~fed_core.client.WorkerUpdate`.
+
+Transport: each owner is paired with the aggregator over syft's in-memory Drive service, through the
+public helper syft's own tests use (``SyftRDSClient.pair_with_mock_drive_service_connection``), so a
+whole federation runs offline in this process. In a real deployment each owner logs in with its own
+Google account (``syft_rds.login_do``) and the aggregator with its own (``syft_rds.login_ds``); see
+docs/engines.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from syft_rds import SyftRDSClient, job_matches_criteria
+
+from fed_core.client import TrainingStopped, WorkerUpdate
+from fed_core.config import TrainConfig
+from fed_core.data import Mnist
+from fed_core.server import FederatedRun, RoundRecord, run_federated
+
+from .worker_job import GLOBAL_MODEL_FILE, JOB_FILE, LocalTask, encode_vector, load_shard, load_update, save_shard
+
+log = logging.getLogger(__name__)
+
+AGGREGATOR = "aggregator@example.org"
+DATASET = "mnist-shard"
+SCRIPT_FILE = "script.sh"  # syft's name for a bash job's script inside the job's code folder
+JOB_FILES = (SCRIPT_FILE, JOB_FILE, GLOBAL_MODEL_FILE)
+MOCK_IMAGES = 16
+POLL_SECONDS = 0.1  # how often the aggregator checks its jobs and an idle owner its inbox
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class SyftJobFailed(RuntimeError):
+    """An owner rejected a round's job, or the job failed on the owner's machine."""
+
+
+def owner_email(worker: int) -> str:
+    return f"owner{worker}@example.org"
+
+
+def job_script() -> str:
+    """The bash job every round sends: the project's training step with the project's interpreter.
+
+    It is the same text every round (round, seed and settings travel in job.json), so an owner can
+    approve it automatically by comparing it with this exact script.
+    """
+    return (
+        "#!/bin/bash\n"
+        "set -euo pipefail\n"
+        "cd code\n"
+        f"export PYTHONPATH={shlex.quote(str(REPO_ROOT))}\n"
+        f"exec {shlex.quote(sys.executable)} -m fed_core.engines.worker_job {JOB_FILE}\n"
+    )
+
+
+# --- syft's progress prints ------------------------------------------------------------------------
+
+_quiet_threads: set[int] = set()
+
+
+class _RoutedStdout:
+    """syft reports progress with print(): the prints of threads inside :func:`quiet` go to the log."""
+
+    def __init__(self, target) -> None:
+        self.target = target
+
+    def write(self, text: str) -> int:
+        if threading.get_ident() not in _quiet_threads:
+            return self.target.write(text)
+        if text.strip():
+            log.debug("syft: %s", text.rstrip())
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self.target, name)
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    # sys.stdout is shared by every thread, so it is wrapped once and routed by thread, never swapped back.
+    if not isinstance(sys.stdout, _RoutedStdout):
+        sys.stdout = _RoutedStdout(sys.stdout)
+    _quiet_threads.add(threading.get_ident())
+    try:
+        yield
+    finally:
+        _quiet_threads.discard(threading.get_ident())
+
+
+# --- the owners' side ------------------------------------------------------------------------------
+
+@dataclass
+class JobRecord:
+    """One job as its owner saw it: when it came, how it was approved, how long it ran."""
+
+    name: str
+    round: int
+    arrived: float  # time.time() when the owner first saw it
+    status: str = "awaiting approval"  # then "running", "done", "failed" or "rejected"
+    approval: str = ""  # "auto" or "manual"
+    waited: float | None = None  # seconds from arrival to approval
+    seconds: float | None = None  # seconds to run it and share the outputs
+
+
+@dataclass(frozen=True)
+class DatasiteView:
+    """What the Train page shows of one datasite."""
+
+    worker: int
+    owner: str
+    mock_images: torch.Tensor  # what the aggregator sees
+    mock_labels: torch.Tensor
+    private_images: int  # sizes the owner reports; the private file itself is never shown
+    private_bytes: int
+    jobs: list[JobRecord] = field(default_factory=list)
+
+    @property
+    def awaiting_approval(self) -> list[str]:
+        return [j.name for j in self.jobs if j.status == "awaiting approval"]
+
+
+class DataOwner:
+    """A syft data owner: publishes its shard, then reviews and runs the aggregator's jobs, in its own thread.
+
+    The thread plays the owner's machine (syft-bg's job loop in a real deployment): every syft call
+    of this owner and every read of its files happen in it. The aggregator's calls on the Drive they
+    share wait for ``drive_lock``.
+    """
+
+    def __init__(self, worker: int, client: SyftRDSClient, manual_approval: bool):
+        self.worker = worker
+        self.client = client
+        self.drive_lock = threading.Lock()  # syft's in-memory Drive is not thread-safe: one side at a time
+        self.manual_approval = manual_approval
+        self.private_images = 0
+        self.private_bytes = 0
+        self._records: dict[str, JobRecord] = {}
+        self._approved_by_person: set[str] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._published = threading.Event()
+        self._failure: Exception | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, images: torch.Tensor, labels: torch.Tensor, staging: Path) -> None:
+        """Start the owner's thread; returns once its dataset is published."""
+        self._thread = threading.Thread(target=self._run, args=(images, labels, staging),
+                                        name=f"datasite-owner{self.worker}", daemon=True)
+        self._thread.start()
+        self._published.wait()
+        if self._failure:
+            raise self._failure
+
+    def close(self, timeout: float = 60.0) -> None:
+        self._closed.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        """New jobs were sent. (A real owner's job loop polls Drive instead.)"""
+        self._wake.set()
+
+    def approve(self, job_name: str) -> None:
+        """A person approved ``job_name`` on the page; the owner's thread approves it in syft."""
+        with self._lock:
+            self._approved_by_person.add(job_name)
+        self._wake.set()
+
+    def records(self) -> list[JobRecord]:
+        with self._lock:
+            return [replace(r) for r in self._records.values()]
+
+    def _run(self, images: torch.Tensor, labels: torch.Tensor, staging: Path) -> None:
+        try:
+            self._publish(images, labels, staging)
+        except Exception as exc:  # start() raises it in the aggregator's thread
+            self._failure = exc
+        self._published.set()
+        while not (self._failure or self._closed.is_set()):
+            self._wake.wait(POLL_SECONDS * 10)
+            self._wake.clear()
+            try:
+                self._serve_once()
+            except Exception:  # keep serving: the aggregator sees the job fail
+                log.exception("owner %s could not process its jobs", self.worker)
+
+    def _publish(self, images: torch.Tensor, labels: torch.Tensor, staging: Path) -> None:
+        """Create the syft-rds dataset: random mock images for the aggregator, the shard privately."""
+        staging.mkdir(parents=True)
+        gen = torch.Generator().manual_seed(self.worker)
+        save_shard(staging / "mock.pt", torch.randint(0, 256, (MOCK_IMAGES, 28, 28), dtype=torch.uint8, generator=gen),
+                   torch.randint(0, 10, (MOCK_IMAGES,), generator=gen))
+        save_shard(staging / "private.pt", images, labels)
+        self.private_images, self.private_bytes = len(labels), (staging / "private.pt").stat().st_size
+        with self.drive_lock, quiet():
+            self.client.create_dataset(name=DATASET, mock_path=staging / "mock.pt", private_path=staging / "private.pt",
+                                       summary=f"MNIST shard of worker {self.worker}", users=[AGGREGATOR])
+        shutil.rmtree(staging)  # syft keeps its own copies in the datasite
+
+    def _serve_once(self) -> None:
+        with self.drive_lock, quiet():
+            pending = [job for job in self.client.jobs if job.status == "pending"]
+            approved = [job for job in pending if self._review(job)]
+            if not approved:
+                return
+            started = time.time()
+            self.client.process_approved_jobs(stream_output=False, share_outputs_with_submitter=True,
+                                              share_logs_with_submitter=True)
+            finished = {job.name: job.status for job in self.client.job_client.jobs}
+        with self._lock:
+            for job in approved:
+                record = self._records[job.name]
+                record.status, record.seconds = finished.get(job.name, "failed"), time.time() - started
+
+    def _review(self, job) -> bool:
+        """Approve ``job`` if policy allows: only the project's training script, from the aggregator."""
+        with self._lock:
+            record = self._records.setdefault(job.name, JobRecord(job.name, _round_of(job), time.time()))
+            if not job_matches_criteria(job, required_file_contents={SCRIPT_FILE: job_script()},
+                                        required_file_paths=list(JOB_FILES), allowed_users=[AGGREGATOR]):
+                job.reject("Only the project's training script may run on this data.")
+                record.status = "rejected"
+                return False
+            if self.manual_approval and job.name not in self._approved_by_person:
+                return False
+            record.approval = "manual" if self.manual_approval else "auto"
+            record.status, record.waited = "running", time.time() - record.arrived
+        job.approve(reason="FedAvg local training step", approval_method=record.approval)
+        return True
+
+
+def _round_of(job) -> int:
+    try:
+        return json.loads((job.code_dir / JOB_FILE).read_text())["task"]["round"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+# --- the aggregator's side -------------------------------------------------------------------------
+
+class SyftPool:
+    """The aggregator: one job per sampled owner per round; only the jobs' outputs come back."""
+
+    def __init__(self, clients: dict[int, SyftRDSClient], owners: dict[int, DataOwner], config: TrainConfig,
+                 should_stop: Callable[[], bool] | None = None) -> None:
+        self.clients = clients
+        self.owners = owners
+        self.config = config
+        self.should_stop = should_stop
+
+    def train(self, global_vector: torch.Tensor, workers: list[int], round_idx: int) -> list[WorkerUpdate]:
+        weights = encode_vector(global_vector)
+        # All owners share this machine's cores in the demo; on their own machines each would use all of its own.
+        threads = max(1, (os.cpu_count() or 1) // len(workers))
+        names = {w: self._submit(w, LocalTask.for_round(self.config, w, round_idx), weights, threads) for w in workers}
+        return [self._collect(w, names[w]) for w in workers]
+
+    def _submit(self, worker: int, task: LocalTask, weights: str, threads: int) -> str:
+        name = f"round-{task.round:03d}-worker-{worker}"
+        client = self.clients[worker]
+        with self.owners[worker].drive_lock, quiet():
+            # submit_bash_job only carries the script: the task and the weights are added to the job's
+            # code folder before its files are pushed.
+            job_dir = client.job_client.submit_bash_job(owner_email(worker), job_script(), job_name=name)
+            code = job_dir / "code"
+            (code / JOB_FILE).write_text(json.dumps({"dataset": DATASET, "threads": threads, "task": task.to_dict()}))
+            (code / GLOBAL_MODEL_FILE).write_text(weights)
+            client.sync_engine.push_job_files(job_dir)
+        self.owners[worker].wake()
+        return name
+
+    def _collect(self, worker: int, name: str) -> WorkerUpdate:
+        while True:
+            with self.owners[worker].drive_lock, quiet():
+                job = next(j for j in self.clients[worker].jobs if j.name == name)
+                if job.status == "done":
+                    return load_update(next(p for p in job.output_paths if p.name == "update.pt"))
+                if job.status in ("failed", "rejected"):
+                    raise SyftJobFailed(f"Worker {worker}'s job {name} {job.status} on {owner_email(worker)}. "
+                                        f"{_last_error_line(job)}".strip())
+            if self.should_stop and self.should_stop():
+                raise TrainingStopped()
+            time.sleep(POLL_SECONDS)
+
+
+def _last_error_line(job) -> str:
+    stderr = job.job_review_path / "stderr.txt"
+    lines = stderr.read_text().strip().splitlines() if stderr.exists() else []
+    return f"Its last error line: {lines[-1]}" if lines else ""
+
+
+# --- the engine ------------------------------------------------------------------------------------
+
+class SyftEngine:
+    """Runs a federation of syft datasites; the Train page reads :meth:`datasites` and calls :meth:`approve`."""
+
+    def __init__(self, manual_approval: bool = False) -> None:
+        self.manual_approval = manual_approval
+        self._owners: dict[int, DataOwner] = {}
+        self._mocks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._root: Path | None = None
+
+    def run(self, config: TrainConfig, data: Mnist, on_start: Callable[[FederatedRun], None] | None = None,
+            on_round: Callable[[FederatedRun, RoundRecord], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> FederatedRun:
+        try:
+            return run_federated(config, data, pool_factory=self._connect, on_start=on_start, on_round=on_round,
+                                 should_stop=should_stop)
+        finally:
+            self.close()
+
+    def _connect(self, model, data: Mnist, shards: list[torch.Tensor], config: TrainConfig,
+                 should_stop: Callable[[], bool] | None = None) -> SyftPool:
+        """Pair the aggregator with one new datasite per worker, each publishing its shard."""
+        self._root = Path(tempfile.mkdtemp(prefix="fed-syft-"))
+        clients = {}
+        for worker, shard in enumerate(shards):
+            with quiet():
+                clients[worker], owner_client = SyftRDSClient.pair_with_mock_drive_service_connection(
+                    email1=owner_email(worker), email2=AGGREGATOR, base_path1=str(self._root / f"owner{worker}"),
+                    base_path2=str(self._root / f"aggregator-{worker}"), use_in_memory_cache=False)
+            owner = DataOwner(worker, owner_client, self.manual_approval)
+            self._owners = {**self._owners, worker: owner}  # a new dict, so the page never sees one change
+            # The demo hands each owner its shard; from here on only the owner's thread touches it.
+            owner.start(data.train_images[shard], data.train_labels[shard], self._root / f"staging{worker}")
+            with owner.drive_lock, quiet():  # what the aggregator sees of the dataset
+                mock = clients[worker].datasets.get(DATASET, datasite=owner_email(worker)).mock_files[0]
+            self._mocks[worker] = load_shard(mock)
+        return SyftPool(clients, self._owners, config, should_stop)
+
+    def datasites(self) -> list[DatasiteView]:
+        return [DatasiteView(w, owner_email(w), *self._mocks[w], o.private_images, o.private_bytes, o.records())
+                for w, o in sorted(self._owners.items()) if w in self._mocks]
+
+    def approve(self, worker: int, job_name: str) -> None:
+        self._owners[worker].approve(job_name)
+
+    def close(self) -> None:
+        """Stop the owners' threads and delete the datasites' folders (the page keeps what it shows)."""
+        for owner in self._owners.values():
+            owner.close()
+        if self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)
+            self._root = None
