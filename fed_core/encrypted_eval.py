@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from fed_core.he import HeClient, HeServer, seal_to_bytes
-from fed_core.models import MODEL_LABELS, MODELS
+from fed_core.models import ENCRYPTABLE_MODELS, MODEL_LABELS
 from fed_core.mpc import FRAC_BITS, MpcClassifier
 
 SCHEMES = {
@@ -46,15 +46,11 @@ class NotEncryptableError(ValueError):
     """The model cannot run on encrypted data; the message lists the models that can."""
 
 
-def encryptable_models() -> list[str]:
-    return [name for name, cls in MODELS.items() if getattr(cls, "encryptable", False)]
-
-
 def require_encryptable(model: nn.Module) -> None:
     if getattr(model, "encryptable", False):
         return
-    name = next((n for n, cls in MODELS.items() if type(model) is cls), type(model).__name__)
-    accepted = "; ".join(f"{n}: {MODEL_LABELS[n]}" for n in encryptable_models())
+    name = getattr(model, "model_name", type(model).__name__)
+    accepted = "; ".join(f"{n}: {MODEL_LABELS[n]}" for n in ENCRYPTABLE_MODELS)
     raise NotEncryptableError(
         f"The model {name!r} cannot run on encrypted data; encrypted inference accepts only "
         f"{accepted}."

@@ -74,13 +74,16 @@ MODEL_LABELS = {
     "relu_cnn": "ReLU CNN of the PySyft tutorials (plaintext only)",
     "fedavg_cnn": "CNN of the FedAvg paper (plaintext only)",
 }
+ENCRYPTABLE_MODELS = ("crypto_cnn",)  # polynomial activations only: what MPC and CKKS can evaluate
 INIT_METHODS = ("default", "kaiming", "xavier", "uniform")
 
 
 def build_model(name: str) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"Unknown model {name!r}; choose one of {', '.join(MODELS)}.")
-    return MODELS[name]()
+    model = MODELS[name]()
+    model.model_name = name
+    return model
 
 
 def init_weights(model: nn.Module, method: str, generator: torch.Generator) -> None:

@@ -16,7 +16,7 @@ from fed_core.encrypted_eval import (
     estimate_seconds,
     evaluate_encrypted,
 )
-from fed_core.models import relu_cnn, save_model
+from fed_core.models import build_model, save_model
 from quick_model import trained_crypto_cnn
 
 
@@ -94,7 +94,7 @@ def test_classify_digit_matches_plaintext_and_shows_the_server_view(trained_mode
 
 def test_non_encryptable_model_is_refused_with_the_accepted_models():
     with pytest.raises(NotEncryptableError, match="relu_cnn.*accepts only crypto_cnn"):
-        classify_digit(relu_cnn(), torch.zeros(28, 28), "mpc")
+        classify_digit(build_model("relu_cnn"), torch.zeros(28, 28), "mpc")
 
 
 def test_cli_encrypted_eval_writes_json_and_one_summary_line(model_file, tmp_path, capsys):
@@ -118,7 +118,7 @@ def test_cli_classify_prints_the_prediction(model_file, digit_png, capsys):
 def test_cli_bad_input_is_one_line_and_exit_code_2(case, model_file, digit_png, tmp_path, capsys):
     image = str(digit_png[0])
     if case == "relu model":
-        save_model(relu_cnn(), tmp_path / "relu.pt", "relu_cnn")
+        save_model(build_model("relu_cnn"), tmp_path / "relu.pt", "relu_cnn")
     if case == "empty image":
         Image.new("L", (100, 100)).save(tmp_path / "empty.png")
     argv = {

@@ -1,0 +1,102 @@
+"""What the Draw and Encrypted Test pages share: which model they run, and the user's HE keys."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import streamlit as st
+from torch import nn
+
+from fed_core.models import ENCRYPTABLE_MODELS
+from fed_core.he import HeClient
+from fed_core.models import MODEL_LABELS, load_model
+
+log = logging.getLogger(__name__)
+
+PRETRAINED_PATH = Path(__file__).resolve().parent.parent / "assets" / "pretrained_crypto_cnn.pt"
+PRETRAINED_SOURCE = "the small pretrained model shipped with the app"
+SCHEME_LABELS = {
+    "he": "Homomorphic encryption (CKKS): the server computes on ciphertexts",
+    "mpc": "Multi-party computation: two parties compute on random-looking shares",
+}
+
+
+def load_pretrained() -> None:
+    """Put the shipped model where the Train page puts its trained one."""
+    model, meta = load_model(PRETRAINED_PATH)
+    st.session_state["trained_model"] = {"model": model, "meta": {**meta, "source": PRETRAINED_SOURCE}}
+
+
+def _offer_pretrained(reason: str) -> None:
+    st.info(reason)
+    if not PRETRAINED_PATH.exists():
+        st.warning(
+            "The pretrained model file is missing from this installation. Train a "
+            f"{MODEL_LABELS['crypto_cnn']} on the **Train** page instead."
+        )
+        return
+    if st.button("Use the small pretrained model", type="primary"):
+        try:
+            load_pretrained()
+        except (OSError, ValueError):
+            log.exception("Loading %s failed", PRETRAINED_PATH)
+            st.error("The pretrained model file could not be read. Train a model on the **Train** page instead.")
+            return
+        st.rerun()
+
+
+def encryptable_model() -> nn.Module | None:
+    """The session's model if it can run encrypted; otherwise explain and offer the pretrained one."""
+    entry = st.session_state.get("trained_model")
+    accepted = ", ".join(MODEL_LABELS[name] for name in ENCRYPTABLE_MODELS)
+    if entry is None:
+        _offer_pretrained(
+            "There is no trained model in this session yet. Train one on the **Train** page "
+            f"(model: {accepted}), or use the small pretrained one."
+        )
+        return None
+    meta = entry.get("meta", {})
+    if not getattr(entry["model"], "encryptable", False):
+        name = MODEL_LABELS.get(meta.get("model"), meta.get("model", "this model"))
+        _offer_pretrained(
+            f"Your trained model ({name}) has layers (ReLU, max-pooling) that these encrypted "
+            f"schemes cannot evaluate. They accept only: {accepted}."
+        )
+        return None
+    st.caption(model_caption(meta))
+    return entry["model"]
+
+
+def model_caption(meta: dict) -> str:
+    source = meta.get("source", "your trained model")
+    accuracy = meta.get("test_accuracy")
+    accuracy_text = f", {accuracy:.2%} plaintext test accuracy" if accuracy is not None else ""
+    return f"Model: {MODEL_LABELS.get(meta.get('model'), 'unknown')} — {source}{accuracy_text}."
+
+
+def scheme_picker(key: str) -> str:
+    return st.radio("Encryption scheme", list(SCHEME_LABELS), format_func=SCHEME_LABELS.get, key=key)
+
+
+def he_client() -> HeClient:
+    """This browser session's HE keys: made once, reused for every digit."""
+    if "he_client" not in st.session_state:
+        with st.spinner("Making your encryption keys (once per session)…"):
+            st.session_state["he_client"] = HeClient()
+    return st.session_state["he_client"]
+
+
+def format_bytes(size: float) -> str:
+    for unit, factor in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= factor:
+            return f"{size / factor:.1f} {unit}"
+    return f"{size:.0f} B"
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min"
