@@ -8,9 +8,8 @@ from pathlib import Path
 import streamlit as st
 from torch import nn
 
-from fed_core.models import ENCRYPTABLE_MODELS
 from fed_core.he import HeClient
-from fed_core.models import MODEL_LABELS, load_model
+from fed_core.models import ENCRYPTABLE_MODELS, MODEL_LABELS, load_model
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +74,9 @@ def model_caption(meta: dict) -> str:
     return f"Model: {MODEL_LABELS.get(meta.get('model'), 'unknown')} — {source}{accuracy_text}."
 
 
-def scheme_picker(key: str) -> str:
-    return st.radio("Encryption scheme", list(SCHEME_LABELS), format_func=SCHEME_LABELS.get, key=key)
+def scheme_picker(key: str, default: str = "he") -> str:
+    schemes = list(SCHEME_LABELS)
+    return st.radio("Encryption scheme", schemes, schemes.index(default), format_func=SCHEME_LABELS.get, key=key)
 
 
 def he_client() -> HeClient:
@@ -95,6 +95,8 @@ def format_bytes(size: float) -> str:
 
 
 def format_duration(seconds: float) -> str:
+    if seconds < 0.01:
+        return f"{seconds * 1000:.1f} ms"
     if seconds < 1:
         return f"{seconds * 1000:.0f} ms"
     if seconds < 120:

@@ -1,0 +1,140 @@
+"""Draw: a digit drawn on the canvas is encrypted, classified by the server, and decrypted by you."""
+
+import logging
+
+import streamlit as st
+from streamlit_drawable_canvas import st_canvas
+
+from fed_core.encrypted_eval import DigitResult, classify_digit
+from fed_core.preprocess import DrawingError, PreparedDigit, prepare_digit
+from ui import encrypted_views as views
+from ui.encrypted_common import encryptable_model, format_bytes, format_duration, he_client, scheme_picker
+from ui.nav import sidebar_nav
+from ui.train_views import CHART_CONFIG
+
+log = logging.getLogger(__name__)
+CANVAS_SIDE, STROKE_WIDTH = 280, 18
+
+st.set_page_config(page_title="Draw · Encrypted inference", page_icon=":material/draw:", layout="wide")
+sidebar_nav()
+st.title("Draw a digit, classify it encrypted")
+st.caption("Your digit is encrypted with keys only you hold; the model computes on the encrypted data and "
+           "sends back an encrypted answer that only you can read. (In this demo both sides run on the same "
+           "server; in a deployment the encrypting side would be your device.)")
+
+
+def canvas_key() -> str:
+    """Clearing swaps in a fresh canvas by changing its key."""
+    return f"canvas_{st.session_state.get('canvas_version', 0)}"
+
+
+def clear() -> None:
+    st.session_state["canvas_version"] = st.session_state.get("canvas_version", 0) + 1
+    st.session_state.pop("draw_result", None)
+
+
+def classify(model, image_data, scheme: str) -> None:
+    """Prepare and classify the drawing; keep the outcome for the reruns that follow."""
+    try:
+        if image_data is None:
+            raise DrawingError("The canvas is empty: draw a digit first.")
+        digit = prepare_digit(image_data)
+        client = he_client() if scheme == "he" else None
+        st.session_state["draw_result"] = (digit, classify_digit(model, digit.tensor, scheme, he_client=client))
+    except DrawingError as exc:
+        st.session_state.pop("draw_result", None)
+        st.warning(str(exc))
+    except Exception:  # never a traceback on the page; the log has it
+        log.exception("Encrypted classification failed")
+        st.session_state.pop("draw_result", None)
+        st.error("Something went wrong while classifying your digit. The details are in the server log.")
+
+
+def show_encrypted_input(digit: PreparedDigit, result: DigitResult) -> None:
+    view = result.server_view
+    if result.scheme == "he":
+        st.subheader("2 · Encrypted with your key")
+        st.write(f"The image became **{view['input_ciphertexts']} ciphertexts**, "
+                 f"{format_bytes(view['input_bytes'])} in all (CKKS, 8192-degree polynomials). "
+                 "A glimpse of the first one:")
+        st.code(view["ciphertext_glimpse"], language=None)
+        return
+    st.subheader("2 · Split into two random shares")
+    share_a, share_b = result.share_images
+    c1, c2, c3 = st.columns(3)
+    c1.image(views.enlarge(digit.pixels, 4), caption="your digit")
+    c2.image(views.enlarge(share_a, 4), caption="share held by party A")
+    c3.image(views.enlarge(share_b, 4), caption="share held by party B")
+    st.caption("Each share on its own is uniformly random 64-bit numbers (pictured: their lowest byte); only "
+               "their sum, modulo 2^64, is your image. The model's weights are shared the same way.")
+
+
+def show_server_view(result: DigitResult) -> None:
+    view = result.server_view
+    st.subheader("3 · What the server sees")
+    if result.scheme == "he":
+        st.markdown(
+            f"- your **public context** ({format_bytes(view['public_context_bytes'])}): the parameters and the "
+            f"keys to multiply and rotate ciphertexts; secret key included: **{view['server_has_secret_key']}**\n"
+            f"- the ciphertexts above: noise to anyone without your secret key\n"
+            f"- it returns **one ciphertext** of {format_bytes(view['output_bytes'])} holding the 10 scores")
+        return
+    st.markdown(
+        f"- each party holds one share of your image and of every weight, and never the other share\n"
+        f"- to multiply, they open only masked values (Beaver triples): each sent "
+        f"{format_bytes(view['bytes_per_party'][0])} in {view['rounds']} rounds\n"
+        f"- a third party dealt {format_bytes(view['dealer_bytes'])} of random triples beforehand, "
+        f"without seeing any data\n"
+        f"- the 10 scores leave the parties as shares too, which only you add up")
+
+
+def show_answer(result: DigitResult) -> None:
+    st.subheader("4 · Decrypted on your side")
+    c1, c2 = st.columns([1, 3])
+    c1.metric("Prediction", result.prediction)
+    same = "the same" if result.plain_prediction == result.prediction else "a different answer"
+    c1.metric("Plaintext model says", result.plain_prediction, help=f"{same} without any encryption")
+    c2.plotly_chart(views.probability_figure(result.probabilities, result.prediction), width="stretch",
+                    config=CHART_CONFIG)
+    steps = [("keygen", "Keys (once per session)"), ("encrypt", "Encrypt"), ("server_setup", "Server loads keys"),
+             ("compute", "Compute on encrypted data"), ("decrypt", "Decrypt")]
+    shown = [(label, result.seconds[key]) for key, label in steps if key in result.seconds]
+    for column, (label, seconds) in zip(st.columns(len(shown)), shown):
+        column.metric(label, format_duration(seconds))
+    if result.scheme == "he":
+        st.caption(f"Your keys were made once for this browser session, in "
+                   f"{format_duration(he_client().keygen_seconds)}, and are reused for every digit.")
+
+
+def show_result(digit: PreparedDigit, result: DigitResult) -> None:
+    st.subheader("1 · What the model sees")
+    st.image(views.enlarge(digit.pixels), caption="28×28, centred like MNIST")
+    show_encrypted_input(digit, result)
+    show_server_view(result)
+    show_answer(result)
+
+
+model = encryptable_model()
+if model is None:
+    st.stop()
+scheme = scheme_picker("draw_scheme")
+left, right = st.columns([1, 2], gap="large")
+with left:
+    canvas = st_canvas(stroke_width=STROKE_WIDTH, stroke_color="#FFFFFF", background_color="#000000",
+                       height=CANVAS_SIDE, width=CANVAS_SIDE, drawing_mode="freedraw", return_image_data=True,
+                       key=canvas_key())
+    b1, b2 = st.columns(2)
+    clicked = b1.button("Classify", type="primary", width="stretch")
+    b2.button("Clear", on_click=clear, width="stretch")
+with right:
+    if clicked:
+        with st.spinner("Encrypting and classifying…"):
+            classify(model, canvas.image_data, scheme)
+    if "draw_result" in st.session_state:
+        try:
+            show_result(*st.session_state["draw_result"])
+        except Exception:
+            log.exception("Showing the encrypted classification failed")
+            st.error("Something went wrong while showing the result. The details are in the server log.")
+    elif not clicked:
+        st.info("Draw one digit (0–9) large in the black square, then press **Classify**.")

@@ -1,0 +1,140 @@
+"""Encrypted Test: the model on MNIST test images while images, weights and answers stay encrypted."""
+
+import logging
+
+import streamlit as st
+
+from fed_core.data import MnistFileError, load_mnist, normalize
+from fed_core.encrypted_eval import (HE_PASS_IMAGES, HE_SECONDS_PER_IMAGE, EvalResult, choose_he_packing,
+                                     estimate_seconds, evaluate_encrypted, he_passes)
+from ui import encrypted_views as views
+from ui.encrypted_common import encryptable_model, format_bytes, format_duration, scheme_picker
+from ui.nav import sidebar_nav
+from ui.train_views import CHART_CONFIG
+
+log = logging.getLogger(__name__)
+MAX_IMAGES = 10_000
+
+st.set_page_config(page_title="Encrypted Test · Encrypted inference", page_icon=":material/lock:", layout="wide")
+sidebar_nav()
+st.title("The test set, encrypted")
+st.caption("Every test image is encrypted (or secret-shared) before the model sees it; the model answers on "
+           "encrypted data, and the answers are decrypted and compared with the plaintext model's.")
+
+
+def estimate_text(scheme: str, n: int) -> str:
+    total = format_duration(estimate_seconds(scheme, n))
+    if scheme == "mpc":
+        return f"Estimated time: about {total} (secret sharing is fast: thousands of images per second)."
+    if choose_he_packing(n) == "image":
+        return (f"Estimated time: about {total}. With few images, HE encrypts them one at a time "
+                f"(~{HE_SECONDS_PER_IMAGE:.1f} s each).")
+    passes = he_passes(n)
+    return (f"Estimated time: about {total}. HE packs up to {HE_PASS_IMAGES:,} images into each ciphertext, one "
+            f"per slot; a pass costs the same however full it is, and {n:,} images need {passes} "
+            f"pass{'es' if passes > 1 else ''}.")
+
+
+class ProgressBar:
+    """st.progress that redraws only when the whole percentage changes."""
+
+    def __init__(self, label: str) -> None:
+        self.label, self.percent = label, -1
+        self.bar = st.progress(0.0, text=label)
+
+    def __call__(self, fraction: float) -> None:
+        percent = int(fraction * 100)
+        if percent != self.percent:
+            self.percent = percent
+            self.bar.progress(percent / 100, text=f"{self.label} {percent}%")
+
+
+def run(model, scheme: str, n: int) -> None:
+    try:
+        mnist = load_mnist()
+    except MnistFileError as exc:
+        st.error(f"The MNIST data could not be loaded: {exc}")
+        return
+    progress = ProgressBar(f"Evaluating {n:,} encrypted images…")
+    try:
+        st.session_state["encrypted_eval"] = evaluate_encrypted(
+            model, normalize(mnist.test_images[:n]), mnist.test_labels[:n], scheme, progress=progress)
+    except Exception:  # never a traceback on the page; the log has it
+        log.exception("Encrypted evaluation failed")
+        st.error("Something went wrong during the encrypted evaluation. The details are in the server log.")
+
+
+def show_metrics(result: EvalResult) -> None:
+    c1, c2, c3, c4, c5 = st.columns(5)
+    c1.metric("Plaintext accuracy", f"{result.plain_accuracy:.2%}")
+    c2.metric("Encrypted accuracy", f"{result.encrypted_accuracy:.2%}",
+              delta=f"{100 * (result.encrypted_accuracy - result.plain_accuracy):+.2f} points", delta_color="off")
+    c3.metric("Same prediction", f"{result.agreement:.2%}", help="images where both models give the same digit")
+    c4.metric("Largest logit error", f"{result.max_logit_error:.2g}",
+              help="largest difference between a decrypted score and the plaintext one")
+    c5.metric("Throughput", f"{result.images_per_second:,.0f} images/s",
+              help=f"{result.n:,} images in {format_duration(result.seconds['total'])}")
+
+
+def communication_text(result: EvalResult) -> str:
+    comm = result.communication
+    if result.scheme == "mpc":
+        return (f"**Communication.** Each compute party sent {format_bytes(comm['bytes_per_party'][0])} "
+                f"({format_bytes(comm['online_bytes_per_image'] / 2)} per image) in {comm['rounds']} rounds "
+                f"({comm['rounds_per_batch']} per batch); the dealer sent {format_bytes(comm['dealer_bytes'])} "
+                f"of Beaver triples beforehand; sharing the images and weights took "
+                f"{format_bytes(comm['input_bytes'])}. Fixed point: {comm['fixed_point_fractional_bits']} "
+                f"fractional bits in 64-bit integers.")
+    packing = "one image per slot" if result.packing == "batch" else "one image at a time"
+    return (f"**Communication** (HE, {packing}). Public context sent to the server "
+            f"{format_bytes(comm['public_context_bytes'])} (no secret key); encrypted images uploaded "
+            f"{format_bytes(comm['upload_bytes'])}; encrypted scores downloaded {format_bytes(comm['download_bytes'])} "
+            f"({format_bytes(comm['bytes_per_image'])} per image in all).")
+
+
+def show_timings(result: EvalResult) -> None:
+    labels = {"keygen": "Keys", "server_setup": "Server setup", "encrypt": "Encrypt", "compute": "Compute",
+              "decrypt": "Decrypt", "total": "Total"}
+    shown = [(label, result.seconds[key]) for key, label in labels.items() if key in result.seconds]
+    for column, (label, seconds) in zip(st.columns(len(shown)), shown):
+        column.metric(label, format_duration(seconds))
+
+
+def show_examples(result: EvalResult) -> None:
+    st.subheader("A few test images")
+    st.caption("Disagreements and mistakes come first.")
+    images = load_mnist().test_images
+    indices = views.showcase_indices(result.labels, result.plain_predictions, result.encrypted_predictions)
+    for row in range(0, len(indices), 4):
+        for column, i in zip(st.columns(4), indices[row : row + 4]):
+            column.image(views.enlarge(images[i].numpy(), 3))
+            column.caption(f"true {result.labels[i]} · plain {result.plain_predictions[i]} · "
+                           f"encrypted {result.encrypted_predictions[i]}")
+
+
+def show(result: EvalResult) -> None:
+    st.success(result.summary())
+    show_metrics(result)
+    st.markdown(communication_text(result))
+    show_timings(result)
+    left, right = st.columns([3, 2])
+    left.plotly_chart(views.confusion_figure(result.confusion), width="stretch", config=CHART_CONFIG)
+    with right:
+        show_examples(result)
+
+
+model = encryptable_model()
+if model is None:
+    st.stop()
+scheme = scheme_picker("test_scheme", default="mpc")
+n = int(st.number_input("Test images", 1, MAX_IMAGES, 1000, step=500,
+                        help="the first n of the 10,000 MNIST test images"))
+st.caption(estimate_text(scheme, n))
+if st.button("Run encrypted evaluation", type="primary"):
+    run(model, scheme, n)
+if "encrypted_eval" in st.session_state:
+    try:
+        show(st.session_state["encrypted_eval"])
+    except Exception:
+        log.exception("Showing the encrypted evaluation failed")
+        st.error("Something went wrong while showing the results. The details are in the server log.")

@@ -1,0 +1,159 @@
+"""The Draw and Encrypted Test pages, run by Streamlit's AppTest (no browser).
+
+The canvas is a custom component AppTest cannot draw on, but its value lives in session
+state under the canvas key: setting it there is exactly what the browser would send.
+"""
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from fed_core.data import load_mnist
+from fed_core.models import build_model
+from ui.encrypted_common import PRETRAINED_PATH
+
+ROOT = Path(__file__).resolve().parent.parent
+SIDE = 280
+
+
+def page(path: str) -> AppTest:
+    """A page as Streamlit serves it: app.py is the entrypoint, so page links resolve."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.switch_page(path)
+    return at
+
+
+def button(at: AppTest, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def canvas_value(rgba: np.ndarray) -> dict:
+    """What streamlit-drawable-canvas sends back: the drawing as a PNG data URL."""
+    buffer = io.BytesIO()
+    Image.fromarray(rgba).save(buffer, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return {"drawing": {"raw": {"objects": []}, "data": url}, "backgroundFit": None}
+
+
+def drawing(pixels: np.ndarray | None = None) -> np.ndarray:
+    """A black 280x280 canvas, with an MNIST digit drawn large in white if given."""
+    canvas = np.zeros((SIDE, SIDE, 4), dtype=np.uint8)
+    canvas[..., 3] = 255
+    if pixels is not None:
+        big = np.kron(pixels, np.ones((6, 6), dtype=np.uint8))
+        canvas[50 : 50 + big.shape[0], 70 : 70 + big.shape[1], :3] = big[..., None]
+    return canvas
+
+
+@pytest.fixture(scope="module")
+def seven() -> np.ndarray:
+    mnist = load_mnist()
+    assert mnist.test_labels[0] == 7
+    return mnist.test_images[0].numpy()
+
+
+@pytest.fixture
+def draw_page() -> AppTest:
+    at = page("pages/2_Draw.py").run()
+    button(at, "Use the small pretrained model").click().run()
+    return at
+
+
+def test_without_a_model_one_click_loads_the_pretrained_one():
+    assert PRETRAINED_PATH.exists()
+    at = page("pages/2_Draw.py").run()
+    assert not at.exception
+    assert "no trained model" in at.info[0].value
+    assert not any(b.label == "Classify" for b in at.button)
+    button(at, "Use the small pretrained model").click().run()
+    assert at.session_state["trained_model"]["meta"]["model"] == "crypto_cnn"
+    assert any("pretrained" in c.value for c in at.caption)
+    assert button(at, "Classify")
+
+
+@pytest.mark.parametrize("path", ["pages/2_Draw.py", "pages/3_Encrypted_Test.py"])
+def test_a_non_encryptable_model_is_refused_with_the_accepted_ones(path):
+    at = page(path)
+    at.session_state["trained_model"] = {"model": build_model("relu_cnn").eval(), "meta": {"model": "relu_cnn"}}
+    at.run()
+    assert not at.exception
+    assert "accept only: Crypto-friendly CNN" in at.info[0].value
+    assert button(at, "Use the small pretrained model")
+
+
+@pytest.mark.parametrize("scheme", ["he", "mpc"])
+def test_drawn_digit_is_classified_encrypted_step_by_step(draw_page, seven, scheme):
+    at = draw_page
+    at.radio[0].set_value(scheme)
+    at.session_state["canvas_0"] = canvas_value(drawing(seven))
+    button(at.run(), "Classify").click().run()
+    assert not at.exception and not at.error and not at.warning
+    assert metric(at, "Prediction") == "7" and metric(at, "Plaintext model says") == "7"
+    assert len(at.get("plotly_chart")) == 1
+    subheaders = [s.value for s in at.subheader]
+    assert subheaders[0] == "1 · What the model sees" and subheaders[-1] == "4 · Decrypted on your side"
+    if scheme == "he":
+        assert "he_client" in at.session_state  # keys kept for the next digit
+        assert at.code  # a glimpse of the ciphertext
+        assert "secret key included: **False**" in "".join(m.value for m in at.markdown)
+    else:
+        assert "2 · Split into two random shares" in subheaders
+
+
+@pytest.mark.parametrize(
+    "canvas,message",
+    [(None, "empty"), (drawing(), "empty"), (drawing(np.full((2, 2), 255, dtype=np.uint8)), "dot")],
+    ids=["untouched", "blank", "dot"],
+)
+def test_bad_drawings_get_a_friendly_message(draw_page, canvas, message):
+    at = draw_page
+    if canvas is not None:
+        at.session_state["canvas_0"] = canvas_value(canvas)
+    button(at.run(), "Classify").click().run()
+    assert not at.exception and not at.error
+    assert message in at.warning[0].value
+
+
+def test_clear_swaps_in_a_fresh_canvas_and_drops_the_result(draw_page, seven):
+    at = draw_page
+    at.radio[0].set_value("mpc")
+    at.session_state["canvas_0"] = canvas_value(drawing(seven))
+    button(at.run(), "Classify").click().run()
+    assert "draw_result" in at.session_state
+    button(at, "Clear").click().run()
+    assert "draw_result" not in at.session_state
+    assert at.session_state["canvas_version"] == 1
+
+
+def test_encrypted_test_page_runs_a_small_mpc_evaluation():
+    at = page("pages/3_Encrypted_Test.py").run()
+    button(at, "Use the small pretrained model").click().run()
+    assert at.radio[0].value == "mpc"
+    at.number_input[0].set_value(32).run()
+    assert any("Estimated time" in c.value for c in at.caption)
+    button(at, "Run encrypted evaluation").click().run()
+    assert not at.exception and not at.error
+    assert metric(at, "Same prediction") == "100.00%"
+    assert metric(at, "Plaintext accuracy") == metric(at, "Encrypted accuracy")
+    assert "Each compute party sent" in "".join(m.value for m in at.markdown)
+    assert len(at.get("plotly_chart")) == 1  # the confusion matrix
+    result = at.session_state["encrypted_eval"]
+    assert result.n == 32 and sum(map(sum, result.confusion)) == 32
+
+
+def test_encrypted_test_page_estimates_he_time_honestly():
+    at = page("pages/3_Encrypted_Test.py").run()
+    button(at, "Use the small pretrained model").click().run()
+    at.radio[0].set_value("he")
+    at.number_input[0].set_value(5000).run()
+    estimate = next(c.value for c in at.caption if "Estimated time" in c.value)
+    assert "4,096 images into each ciphertext" in estimate and "2 passes" in estimate
