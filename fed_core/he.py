@@ -30,7 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import tenseal as ts
@@ -324,7 +324,7 @@ class HeServer:
         if len(encrypted_image) != len(packed["conv"]):
             raise ValueError(f"Expected {len(packed['conv'])} ciphertexts, got {len(encrypted_image)}.")
         inputs = [seal_from_bytes(Ciphertext(), self.seal_context, data) for data in encrypted_image]
-        x = self._sum([self._mul(ct, pt) for ct, pt in zip(inputs, packed["conv"])])
+        x = self._sum(self._mul(ct, pt) for ct, pt in zip(inputs, packed["conv"]))
         self._fold(x, self.slots, g.block)
         x = self._square(self._finish_linear(x, packed["conv_bias"]))
         x = self._square(self._matvec(x, packed["fc1"], g.block, g.hidden, packed["fc1_bias"]))
@@ -361,7 +361,7 @@ class HeServer:
             rotated.append(self._rotate(rotated[-1], 1))
         result = None
         for row in reversed(diagonals):  # Horner: every giant rotation is by `baby`
-            inner = self._sum([self._mul(r, d) for r, d in zip(rotated, row)])
+            inner = self._sum(self._mul(r, d) for r, d in zip(rotated, row))
             if result is not None:
                 self.evaluator.add_inplace(inner, self._rotate(result, baby))
             result = inner
@@ -411,7 +411,7 @@ class HeServer:
         return x
 
     def _scalar_linear(self, inputs: list[Ciphertext], row: np.ndarray, bias: float) -> Ciphertext:
-        terms = [self._mul(inputs[i], self._scalar(row[i], inputs[i])) for i in np.flatnonzero(row)]
+        terms = (self._mul(inputs[i], self._scalar(row[i], inputs[i])) for i in np.flatnonzero(row))
         return self._finish_linear(self._sum(terms), float(bias))
 
     def _scalar(self, value: float, like: Ciphertext) -> seal.Plaintext:
@@ -426,9 +426,11 @@ class HeServer:
         self.evaluator.multiply_plain(x, plain, out)
         return out
 
-    def _sum(self, terms: list[Ciphertext]) -> Ciphertext:
-        total = terms[0]
-        for term in terms[1:]:
+    def _sum(self, terms: Iterable[Ciphertext]) -> Ciphertext:
+        """Add up products as they are made: holding 512 of them at once would take 270 MB."""
+        terms = iter(terms)
+        total = next(terms)
+        for term in terms:
             self.evaluator.add_inplace(total, term)
         return total
 

@@ -55,7 +55,8 @@ def test_mpc_evaluation_reports_agreement_traffic_and_confusion(trained_model, t
     assert np.array(result.confusion).sum() == 64 and np.trace(result.confusion) == round(64 * result.encrypted_accuracy)
     assert fractions == [0.25, 0.5, 0.75, 1.0]
     comm = result.communication
-    assert comm["rounds"] == 4 * 6 and comm["bytes_per_party"][0] == comm["bytes_per_party"][1] > 0
+    assert comm["rounds"] == 1 + 4 * 6 and comm["rounds_per_batch"] == 6
+    assert comm["bytes_per_party"][0] == comm["bytes_per_party"][1] > comm["setup_bytes_per_party"] > 0
     assert set(result.seconds) == {"encrypt", "compute", "decrypt", "total"}
     json.dumps(result.to_dict())
 

@@ -12,6 +12,7 @@ from fed_core.mpc import (
     decode,
     encode,
     linear_op,
+    mask_operands,
     reconstruct,
     secure_bilinear,
     secure_square,
@@ -78,13 +79,17 @@ def test_truncation_is_off_by_at_most_one_unit(generator):
     assert (truncated - (double_scaled >> FRAC_BITS)).abs().max() <= 1
 
 
-def test_secure_matmul_matches_plaintext(generator, parties):
-    x, w = torch.randn(6, 40, dtype=torch.float64), torch.randn(5, 40, dtype=torch.float64)
-    product = secure_bilinear(
-        share(encode(x), generator), share(encode(w), generator), linear_op, *parties
-    )
-    result = decode(reconstruct(truncate(product)))
-    torch.testing.assert_close(result, x @ w.T, atol=1e-3, rtol=0)
+def masked(y: torch.Tensor, generator, parties):
+    return mask_operands({"y": share(encode(y), generator)}, *parties)["y"]
+
+
+def test_secure_matmul_matches_plaintext_batch_after_batch(generator, parties):
+    w = torch.randn(5, 40, dtype=torch.float64)
+    weight = masked(w, generator, parties)  # w - b is opened once, then reused
+    for _ in range(2):
+        x = torch.randn(6, 40, dtype=torch.float64)
+        product = secure_bilinear(share(encode(x), generator), weight, linear_op, *parties)
+        torch.testing.assert_close(decode(reconstruct(truncate(product))), x @ w.T, atol=1e-3, rtol=0)
 
 
 def test_secure_convolution_matches_torch(generator, parties):
@@ -92,7 +97,7 @@ def test_secure_convolution_matches_torch(generator, parties):
     weights = torch.randn(8, 1, 7, 7, dtype=torch.float64) * 0.3
     product = secure_bilinear(
         share(encode(images), generator),
-        share(encode(weights.flatten(1)), generator),
+        masked(weights.flatten(1), generator, parties),
         conv_op(kernel=7, stride=3),
         *parties,
     )
@@ -109,12 +114,14 @@ def test_secure_square_matches_plaintext(generator, parties):
 def test_traffic_counts_each_opening(generator, parties):
     dealer, channel = parties
     x, w = torch.zeros(4, 10, dtype=torch.long), torch.zeros(3, 10, dtype=torch.long)
-    secure_bilinear(share(x, generator), share(w, generator), linear_op, dealer, channel)
+    weight = mask_operands({"w": share(w, generator)}, dealer, channel)["w"]
+    secure_bilinear(share(x, generator), weight, linear_op, dealer, channel)
     secure_square(share(x, generator), dealer, channel)
     traffic = channel.traffic
-    assert traffic.rounds == 2
-    assert traffic.sent_by_party == [(40 + 30 + 40) * 8] * 2
-    assert traffic.dealer_bytes == 2 * (40 + 30 + 12 + 40 + 40) * 8
+    assert traffic.rounds == 3
+    assert traffic.sent_by_party == [(30 + 40 + 40) * 8] * 2
+    # Shares of: the mask b, the triple's a and c = a b^T, the pair a and a^2.
+    assert traffic.dealer_bytes == 2 * (30 + 40 + 12 + 40 + 40) * 8
 
 
 def test_encrypted_forward_agrees_with_plaintext_on_mnist(trained_model):
@@ -127,4 +134,5 @@ def test_encrypted_forward_agrees_with_plaintext_on_mnist(trained_model):
     assert (logits - expected).abs().max() < 0.05
     assert (logits.argmax(1) == expected.argmax(1)).float().mean() >= 0.998
     assert (logits.argmax(1) == labels).float().mean() > 0.9  # the model really is trained
-    assert classifier.traffic.rounds == 6  # 5 openings + the reveal to the data owner
+    # The masked weights once, then per batch 5 openings and the reveal to the data owner.
+    assert classifier.traffic.rounds == 1 + 6

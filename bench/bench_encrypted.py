@@ -1,0 +1,141 @@
+"""Encrypted-inference benchmarks: prints the figures quoted for MPC and HE.
+
+    python bench/bench_encrypted.py                   # MPC on 10k, one digit both ways, HE batch on 1,000
+    python bench/bench_encrypted.py --he-batch-n 10000  # the full test set under HE too (a few minutes)
+    python bench/bench_encrypted.py --he-batch-n 0      # skip the HE batch run
+
+The model is assets/pretrained_crypto_cnn.pt (or --model); without one, a CryptoCNN is
+trained centrally for a few seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fed_core.data import load_mnist, normalize  # noqa: E402
+from fed_core.encrypted_eval import EvalResult, evaluate_encrypted  # noqa: E402
+from fed_core.he import HeClient, HeServer  # noqa: E402
+from fed_core.models import load_model  # noqa: E402
+from fed_core.mpc import FRAC_BITS, MpcClassifier  # noqa: E402
+
+PRETRAINED = ROOT / "assets" / "pretrained_crypto_cnn.pt"
+
+
+def load_or_train(path: Path) -> torch.nn.Module:
+    if path.exists():
+        return load_model(path)[0]
+    print(f"{path} not found: training a CryptoCNN centrally (a few seconds)")
+    sys.path.insert(0, str(ROOT / "tests"))
+    from quick_model import trained_crypto_cnn
+
+    return trained_crypto_cnn()
+
+
+def median_ms(samples: list[float]) -> str:
+    return f"{1000 * statistics.median(samples):.1f} ms"
+
+
+def report(result: EvalResult) -> None:
+    print(f"  {result.summary()}")
+    print(f"  accuracy: plaintext {result.plain_accuracy:.2%}, encrypted {result.encrypted_accuracy:.2%} "
+          f"({100 * (result.encrypted_accuracy - result.plain_accuracy):+.2f} points)")
+    print("  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in result.seconds.items()))
+    comm = result.communication
+    if result.scheme == "mpc":
+        print(f"  online traffic: {comm['online_bytes_per_image'] / 1e3:.1f} kB/image both parties together "
+              f"({comm['online_bytes'] / 1e6:.0f} MB), {comm['rounds']} rounds ({comm['rounds_per_batch']} per "
+              f"batch of 1000); dealer {comm['dealer_bytes'] / 1e6:.0f} MB; inputs {comm['input_bytes'] / 1e6:.0f} MB")
+    else:
+        print(f"  public context {comm['public_context_bytes'] / 1e6:.1f} MB, upload {comm['upload_bytes'] / 1e6:.0f} MB, "
+              f"download {comm['download_bytes'] / 1e6:.1f} MB, {comm['bytes_per_image'] / 1e3:.0f} kB/image")
+
+
+def bench_mpc_single(model: torch.nn.Module, image: torch.Tensor, repeats: int = 50) -> None:
+    classifier = MpcClassifier(model)
+    setup_bytes = classifier.traffic.online_bytes
+    share, compute, reveal, total = [], [], [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        shared = classifier.share_images(image)
+        t1 = time.perf_counter()
+        shared_logits = classifier.forward(shared)
+        t2 = time.perf_counter()
+        classifier.reveal(shared_logits)
+        t3 = time.perf_counter()
+        share.append(t1 - t0), compute.append(t2 - t1), reveal.append(t3 - t2), total.append(t3 - t0)
+    traffic = classifier.traffic
+    per_image = (traffic.online_bytes - setup_bytes) / repeats
+    print(f"  one image (median of {repeats}): {median_ms(total)} = share {median_ms(share)} + compute "
+          f"{median_ms(compute)} + reveal {median_ms(reveal)}; {per_image / 1e3:.1f} kB online (both parties), "
+          f"{traffic.rounds // repeats} rounds (+ {setup_bytes / 1e3:.0f} kB once, opening the masked weights)")
+
+
+def bench_he_single(model: torch.nn.Module, images: torch.Tensor) -> None:
+    start = time.perf_counter()
+    client = HeClient()
+    keygen = time.perf_counter() - start
+    start = time.perf_counter()
+    server = HeServer(model, client.public_context)
+    setup = time.perf_counter() - start
+    public = client.public_context
+    print(f"  keygen {keygen:.2f} s; public context {public.size / 1e6:.1f} MB (TenSEAL context with relin keys "
+          f"{len(public.tenseal) / 1e6:.1f} MB + rotation keys {len(public.galois_keys) / 1e6:.1f} MB); "
+          f"secret context {client.secret_context_size / 1e3:.0f} kB; server setup {setup:.2f} s")
+    encrypt, compute, decrypt, errors, agree = [], [], [], [], 0
+    for image in images:
+        t0 = time.perf_counter()
+        encrypted = client.encrypt_image(image[0].numpy())
+        t1 = time.perf_counter()
+        result = server.classify(encrypted)
+        t2 = time.perf_counter()
+        logits = client.decrypt_logits(result)
+        t3 = time.perf_counter()
+        encrypt.append(t1 - t0), compute.append(t2 - t1), decrypt.append(t3 - t2)
+        with torch.no_grad():
+            plain = model(image[None]).double().numpy()[0]
+        errors.append(abs(logits - plain).max())
+        agree += int(logits.argmax() == plain.argmax())
+    total = [e + c + d for e, c, d in zip(encrypt, compute, decrypt)]
+    print(f"  one digit (median of {len(images)}): {median_ms(total)} = encrypt {median_ms(encrypt)} + compute "
+          f"{median_ms(compute)} + decrypt {median_ms(decrypt)}; agreement {agree}/{len(images)}, "
+          f"max logit error {max(errors):.2g}")
+    print(f"  ciphertexts: {len(encrypted)} in, {sum(map(len, encrypted)) / 1e6:.2f} MB "
+          f"({len(encrypted[0]) / 1e3:.0f} kB each, seeded); 1 out, {len(result) / 1e3:.0f} kB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=PRETRAINED)
+    parser.add_argument("--he-batch-n", type=int, default=1000, help="test images for the HE batch run (0: skip)")
+    parser.add_argument("--digits", type=int, default=10, help="digits for the one-digit HE timing")
+    args = parser.parse_args()
+
+    model = load_or_train(args.model)
+    mnist = load_mnist()
+    images, labels = normalize(mnist.test_images), mnist.test_labels
+    print(f"torch threads: {torch.get_num_threads()}; fixed point: {FRAC_BITS} fractional bits")
+
+    print("MPC, full test set:")
+    report(evaluate_encrypted(model, images, labels, "mpc"))
+    bench_mpc_single(model, images[:1])
+
+    print("HE, one digit at a time:")
+    bench_he_single(model, images[: args.digits])
+
+    if args.he_batch_n:
+        n = args.he_batch_n
+        print(f"HE, {n} images packed one per slot:")
+        report(evaluate_encrypted(model, images[:n], labels[:n], "he", he_packing="batch"))
+
+
+if __name__ == "__main__":
+    main()
