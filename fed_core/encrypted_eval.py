@@ -356,7 +356,9 @@ def _digit_he(model: nn.Module, x: torch.Tensor, client: HeClient | None, watch:
 
 
 def _digit_mpc(model: nn.Module, x: torch.Tensor, watch: Stopwatch):
-    classifier = MpcClassifier(model)
+    with watch("server_setup"):  # share the weights, open their masked values
+        classifier = MpcClassifier(model)
+    setup_bytes = classifier.traffic.sent_by_party[0]
     with watch("encrypt"):
         shared = classifier.share_images(x)
     with watch("compute"):
@@ -370,6 +372,7 @@ def _digit_mpc(model: nn.Module, x: torch.Tensor, watch: Stopwatch):
         "party_0_share_glimpse": [int(v) for v in shared.shares[0].flatten()[400:403]],
         "party_1_share_glimpse": [int(v) for v in shared.shares[1].flatten()[400:403]],
         "bytes_per_party": traffic.sent_by_party,
+        "setup_bytes_per_party": setup_bytes,
         "rounds": traffic.rounds,
         "dealer_bytes": traffic.dealer_bytes,
     }

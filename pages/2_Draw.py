@@ -57,7 +57,7 @@ def show_encrypted_input(digit: PreparedDigit, result: DigitResult) -> None:
         st.write(f"The image became **{view['input_ciphertexts']} ciphertexts**, "
                  f"{format_bytes(view['input_bytes'])} in all (CKKS, 8192-degree polynomials). "
                  "A glimpse of the first one:")
-        st.code(view["ciphertext_glimpse"], language=None)
+        st.code(view["ciphertext_glimpse"], language=None, wrap_lines=True)
         return
     st.subheader("2 · Split into two random shares")
     share_a, share_b = result.share_images
@@ -65,7 +65,7 @@ def show_encrypted_input(digit: PreparedDigit, result: DigitResult) -> None:
     c1.image(views.enlarge(digit.pixels, 4), caption="your digit")
     c2.image(views.enlarge(share_a, 4), caption="share held by party A")
     c3.image(views.enlarge(share_b, 4), caption="share held by party B")
-    st.caption("Each share on its own is uniformly random 64-bit numbers (pictured: their lowest byte); only "
+    st.caption("Each share on its own is a grid of uniformly random 64-bit numbers (pictured: their lowest byte); only "
                "their sum, modulo 2^64, is your image. The model's weights are shared the same way.")
 
 
@@ -82,7 +82,8 @@ def show_server_view(result: DigitResult) -> None:
     st.markdown(
         f"- each party holds one share of your image and of every weight, and never the other share\n"
         f"- to multiply, they open only masked values (Beaver triples): each sent "
-        f"{format_bytes(view['bytes_per_party'][0])} in {view['rounds']} rounds\n"
+        f"{format_bytes(view['bytes_per_party'][0] - view['setup_bytes_per_party'])} for your digit, plus "
+        f"{format_bytes(view['setup_bytes_per_party'])} once to prepare the weights, in {view['rounds']} rounds\n"
         f"- a third party dealt {format_bytes(view['dealer_bytes'])} of random triples beforehand, "
         f"without seeing any data\n"
         f"- the 10 scores leave the parties as shares too, which only you add up")
@@ -93,11 +94,10 @@ def show_answer(result: DigitResult) -> None:
     c1, c2 = st.columns([1, 3])
     c1.metric("Prediction", result.prediction)
     same = "the same" if result.plain_prediction == result.prediction else "a different answer"
-    c1.metric("Plaintext model says", result.plain_prediction, help=f"{same} without any encryption")
+    c1.metric("Plaintext model", result.plain_prediction, help=f"{same} without any encryption")
     c2.plotly_chart(views.probability_figure(result.probabilities, result.prediction), width="stretch",
                     config=CHART_CONFIG)
-    steps = [("keygen", "Keys (once per session)"), ("encrypt", "Encrypt"), ("server_setup", "Server loads keys"),
-             ("compute", "Compute on encrypted data"), ("decrypt", "Decrypt")]
+    steps = [("encrypt", "Encrypt"), ("server_setup", "Server setup"), ("compute", "Compute"), ("decrypt", "Decrypt")]
     shown = [(label, result.seconds[key]) for key, label in steps if key in result.seconds]
     for column, (label, seconds) in zip(st.columns(len(shown)), shown):
         column.metric(label, format_duration(seconds))

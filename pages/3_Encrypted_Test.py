@@ -72,7 +72,7 @@ def show_metrics(result: EvalResult) -> None:
     c3.metric("Same prediction", f"{result.agreement:.2%}", help="images where both models give the same digit")
     c4.metric("Largest logit error", f"{result.max_logit_error:.2g}",
               help="largest difference between a decrypted score and the plaintext one")
-    c5.metric("Throughput", f"{result.images_per_second:,.0f} images/s",
+    c5.metric("Images per second", f"{result.images_per_second:,.0f}",
               help=f"{result.n:,} images in {format_duration(result.seconds['total'])}")
 
 
@@ -102,7 +102,7 @@ def show_timings(result: EvalResult) -> None:
 
 def show_examples(result: EvalResult) -> None:
     st.subheader("A few test images")
-    st.caption("Disagreements and mistakes come first.")
+    st.caption("Any disagreement between the two models comes first, then a few mistakes.")
     images = load_mnist().test_images
     indices = views.showcase_indices(result.labels, result.plain_predictions, result.encrypted_predictions)
     for row in range(0, len(indices), 4):

@@ -16,6 +16,7 @@ from streamlit.testing.v1 import AppTest
 from fed_core.data import load_mnist
 from fed_core.models import build_model
 from ui.encrypted_common import PRETRAINED_PATH
+from ui.encrypted_views import showcase_indices
 
 ROOT = Path(__file__).resolve().parent.parent
 SIDE = 280
@@ -97,7 +98,7 @@ def test_drawn_digit_is_classified_encrypted_step_by_step(draw_page, seven, sche
     at.session_state["canvas_0"] = canvas_value(drawing(seven))
     button(at.run(), "Classify").click().run()
     assert not at.exception and not at.error and not at.warning
-    assert metric(at, "Prediction") == "7" and metric(at, "Plaintext model says") == "7"
+    assert metric(at, "Prediction") == "7" and metric(at, "Plaintext model") == "7"
     assert len(at.get("plotly_chart")) == 1
     subheaders = [s.value for s in at.subheader]
     assert subheaders[0] == "1 · What the model sees" and subheaders[-1] == "4 · Decrypted on your side"
@@ -157,3 +158,8 @@ def test_encrypted_test_page_estimates_he_time_honestly():
     at.number_input[0].set_value(5000).run()
     estimate = next(c.value for c in at.caption if "Estimated time" in c.value)
     assert "4,096 images into each ciphertext" in estimate and "2 passes" in estimate
+
+
+def test_showcase_puts_disagreements_then_a_few_mistakes_first():
+    labels, plain, encrypted = [1, 2, 3, 4, 5], [1, 2, 0, 4, 9], [1, 2, 0, 4, 5]
+    assert showcase_indices(labels, plain, encrypted, count=4) == [4, 2, 0, 1]

@@ -35,7 +35,11 @@ def confusion_figure(confusion: list[list[int]]) -> go.Figure:
 
 
 def showcase_indices(labels: list[int], plain: list[int], encrypted: list[int], count: int = 8) -> list[int]:
-    """A few test images to show: disagreements and mistakes first, then the first ones."""
-    interesting = [i for i, (y, p, e) in enumerate(zip(labels, plain, encrypted)) if p != e or e != y]
-    chosen = interesting[:count]
-    return chosen + [i for i in range(len(labels)) if i not in chosen][: count - len(chosen)]
+    """A few test images to show: any disagreement first, then a few mistakes, then correct ones."""
+    rows = list(enumerate(zip(labels, plain, encrypted)))
+    disagreements = [i for i, (_, p, e) in rows if p != e]
+    mistakes = [i for i, (y, p, e) in rows if p == e != y]
+    correct = [i for i, (y, p, e) in rows if p == e == y]
+    chosen = disagreements[:count]
+    chosen += mistakes[: max(0, count // 2 - len(chosen))]
+    return chosen + correct[: count - len(chosen)]
