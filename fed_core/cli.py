@@ -14,6 +14,7 @@ from . import cli_encrypted
 from .client import TrainingDiverged
 from .config import ENGINES, TrainConfig, problems
 from .data import MnistFileError, load_mnist
+from .engines import EngineError
 from .models import INIT_METHODS, MODELS, save_model
 from .partition import PARTITIONS, PartitionError
 from .server import FederatedRun, RoundRecord, run_federated
@@ -64,7 +65,7 @@ def train_command(args: argparse.Namespace) -> int:
 
     try:
         run = run_federated(config, load_mnist(), on_round=show)
-    except (MnistFileError, PartitionError, TrainingDiverged) as exc:
+    except (MnistFileError, PartitionError, TrainingDiverged, EngineError) as exc:
         return fail(str(exc))
     finally:
         bar.close()

@@ -8,6 +8,7 @@ from fed_core.config import LIMITS, TrainConfig, estimate_seconds, problems
 from fed_core.data import MnistFileError, load_mnist
 from fed_core.job import TrainingJob
 from fed_core.models import INIT_METHODS, MODEL_LABELS
+from ui import engine_views
 from ui import train_views as views
 from ui.nav import sidebar_nav
 
@@ -25,7 +26,7 @@ st.caption("The server sends the global model to a random sample of workers; eac
            "how many examples each worker has.")
 
 
-def settings_form() -> TrainConfig:
+def settings_form() -> tuple[TrainConfig, bool]:
     c1, c2, c3, c4 = st.columns(4)
     workers = c1.number_input("Workers", *LIMITS["workers"], D.workers, help="how many data owners (1-100)")
     rounds = c2.number_input("Rounds", *LIMITS["rounds"], D.rounds, help="communication rounds (1-200)")
@@ -36,6 +37,7 @@ def settings_form() -> TrainConfig:
         alpha = c4.number_input("alpha (smaller = more skew)", 0.01, 100.0, D.alpha, 0.1)
     elif partition == "shards":
         shards = c4.number_input("Shards per worker", *LIMITS["shards_per_worker"], D.shards_per_worker)
+    engine, manual_approval = engine_views.engine_settings(st.columns(2)[0])
     with st.expander("More settings: local training, initialisation, server optimizer, dropout"):
         a1, a2, a3, a4 = st.columns(4)
         local_epochs = a1.number_input("Local epochs E", *LIMITS["local_epochs"], D.local_epochs)
@@ -53,18 +55,18 @@ def settings_form() -> TrainConfig:
         workers=int(workers), rounds=int(rounds), fraction=float(fraction), local_epochs=int(local_epochs),
         batch_size=int(batch_size), lr=float(lr), momentum=float(momentum), partition=partition,
         alpha=float(alpha), shards_per_worker=int(shards), init=init, dropout=float(dropout), seed=int(seed),
-        model=model, server_lr=float(server_lr), server_momentum=float(server_momentum),
-    )
+        model=model, server_lr=float(server_lr), server_momentum=float(server_momentum), engine=engine,
+    ), manual_approval
 
 
-def start(config: TrainConfig) -> bool:
+def start(config: TrainConfig, manual_approval: bool) -> bool:
     """Start a run for this session; on failure say why on the page and return False."""
     try:
         load_mnist()  # fail here, with the file named, rather than inside the run
     except MnistFileError as exc:
         st.error(f"The MNIST data could not be loaded: {exc}")
         return False
-    job = TrainingJob(config)
+    job = engine_views.new_job(config, manual_approval)
     slots = views.job_slots()
     if not slots.try_start(job):
         st.warning(f"The server is busy: {slots.capacity} runs are training right now. A slot should free up "
@@ -75,7 +77,7 @@ def start(config: TrainConfig) -> bool:
     return True
 
 
-config = settings_form()
+config, manual_approval = settings_form()
 job = views.current_job()
 running = job is not None and not job.snapshot().finished
 found = problems(config)
@@ -85,7 +87,7 @@ else:
     st.caption(f"Estimated time on a 2-core machine: about {views.format_seconds(estimate_seconds(config))}.")
 
 b1, b2, _ = st.columns([1, 1, 6])
-if b1.button("Start", type="primary", disabled=running or bool(found)) and start(config):
+if b1.button("Start", type="primary", disabled=running or bool(found)) and start(config, manual_approval):
     st.rerun()
 if b2.button("Stop", disabled=not running):
     job.stop()
@@ -101,6 +103,7 @@ def live_view() -> None:
     if running and snapshot.finished:
         st.rerun()  # one full rerun ends the polling and shows the downloads
     show_progress(snapshot)
+    engine_views.datasite_panels(job)
     if snapshot.history:
         accuracy, contributions, heatmap, table = views.round_views(job, snapshot)
         st.plotly_chart(accuracy, width="stretch", config=views.CHART_CONFIG)

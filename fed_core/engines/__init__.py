@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     from fed_core.server import FederatedRun, RoundRecord
 
 
+class EngineError(RuntimeError):
+    """A worker could not train on its engine (a job rejected or failed, a node missing); says which and why."""
+
+
 class Engine(Protocol):
     def run(self, config: "TrainConfig", data: "Mnist",
             on_start: Callable[["FederatedRun"], None] | None = None,

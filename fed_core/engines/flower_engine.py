@@ -43,6 +43,7 @@ from fed_core.data import Mnist, load_mnist
 from fed_core.models import save_model
 from fed_core.server import FederatedRun, RoundRecord, run_federated
 
+from . import EngineError
 from .worker_job import LocalTask, load_shard, save_shard, train_local
 
 POLL_SECONDS = 0.1  # how often the server pulls replies (Flower's own send_and_receive waits 3 s)
@@ -51,7 +52,7 @@ PARTITION_ID = "partition-id"  # node config key naming the worker a SuperNode i
 SHARD_FILE = "shard-file"  # node config key of a deployed SuperNode's data file
 
 
-class FlowerClientError(RuntimeError):
+class FlowerClientError(EngineError):
     """A worker's ClientApp failed or the SuperNodes do not match the workers."""
 
 

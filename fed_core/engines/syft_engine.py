@@ -39,6 +39,7 @@ from fed_core.config import TrainConfig
 from fed_core.data import Mnist
 from fed_core.server import FederatedRun, RoundRecord, run_federated
 
+from . import EngineError
 from .worker_job import GLOBAL_MODEL_FILE, JOB_FILE, LocalTask, encode_vector, load_shard, load_update, save_shard
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ POLL_SECONDS = 0.1  # how often the aggregator checks its jobs and an idle owner
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-class SyftJobFailed(RuntimeError):
+class SyftJobFailed(EngineError):
     """An owner rejected a round's job, or the job failed on the owner's machine."""
 
 
@@ -322,6 +323,7 @@ class SyftEngine:
         self.manual_approval = manual_approval
         self._owners: dict[int, DataOwner] = {}
         self._mocks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._clients: list[SyftRDSClient] = []
         self._root: Path | None = None
 
     def run(self, config: TrainConfig, data: Mnist, on_start: Callable[[FederatedRun], None] | None = None,
@@ -343,6 +345,7 @@ class SyftEngine:
                 clients[worker], owner_client = SyftRDSClient.pair_with_mock_drive_service_connection(
                     email1=owner_email(worker), email2=AGGREGATOR, base_path1=str(self._root / f"owner{worker}"),
                     base_path2=str(self._root / f"aggregator-{worker}"), use_in_memory_cache=False)
+            self._clients += [clients[worker], owner_client]
             owner = DataOwner(worker, owner_client, self.manual_approval)
             self._owners = {**self._owners, worker: owner}  # a new dict, so the page never sees one change
             # The demo hands each owner its shard; from here on only the owner's thread touches it.
@@ -360,9 +363,16 @@ class SyftEngine:
         self._owners[worker].approve(job_name)
 
     def close(self) -> None:
-        """Stop the owners' threads and delete the datasites' folders (the page keeps what it shows)."""
+        """Stop the owners' threads, release syft's clients and delete the datasites' folders.
+
+        The page keeps showing what it showed: the mock images, the sizes and the job records.
+        """
         for owner in self._owners.values():
             owner.close()
+            owner.client = None
+        for client in self._clients:
+            client.peer_manager.shutdown()
+        self._clients.clear()
         if self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)
             self._root = None

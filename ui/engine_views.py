@@ -1,0 +1,107 @@
+"""The Train page's engine choice and the syft datasites panel (Streamlit only; the engines live in fed_core)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from fed_core.config import ENGINES, TrainConfig
+from fed_core.engines import engine_for
+from fed_core.job import TrainingJob
+from ui.train_views import job_slots
+
+if TYPE_CHECKING:
+    from fed_core.engines.syft_engine import DatasiteView, SyftEngine
+
+ENGINE_LABELS = {
+    "inprocess": "In this process (fastest)",
+    "syft": "PySyft datasites: each worker is a data owner running approved jobs",
+    "flower": "Flower: a ClientApp per worker on a simulated federation",
+}
+ENGINE_NOTES = {
+    "inprocess": "All workers train together in this server process.",
+    "syft": "Each worker is a syft data owner: it publishes its digits as a dataset (mock part visible, private "
+            "part only readable by approved jobs) and runs the aggregator's training job each round. Owners and "
+            "aggregator talk over syft's in-memory Drive service, the one syft's own tests use, so everything runs "
+            "offline in this server; a real deployment gives every owner its own Google account (docs/engines.md). "
+            "Each job is a new Python process, so a round takes a few seconds more.",
+    "flower": "Flower's Simulation Engine: one virtual SuperNode per worker, in Ray processes on this machine; "
+              "start-up takes about 10 s. On real machines the same ClientApp and ServerApp run with "
+              "flower-superlink and one flower-supernode per worker (docs/engines.md).",
+}
+JOB_COLUMNS = {"name": "job", "round": "round", "status": "status", "approval": "approval",
+               "waited": "waited for approval (s)", "seconds": "ran (s)"}
+
+
+def engine_settings(column) -> tuple[str, bool]:
+    """The engine select box and, for syft, the manual-approval toggle; returns (engine, manual approval)."""
+    engine = column.selectbox("Where workers train", ENGINES, format_func=ENGINE_LABELS.get)
+    manual = engine == "syft" and column.toggle(
+        "Approve jobs manually", help="each owner waits until you press Approve on its job")
+    st.caption(ENGINE_NOTES[engine])
+    return engine, manual
+
+
+@st.cache_resource
+def _syft_engines() -> dict[str, SyftEngine]:
+    """The syft engine of each job, by job id, so any session showing the job can approve its jobs."""
+    return {}
+
+
+def new_job(config: TrainConfig, manual_approval: bool) -> TrainingJob:
+    """A TrainingJob for ``config``; a syft run keeps its engine so the page can show and approve its jobs."""
+    if config.engine != "syft":
+        return TrainingJob(config)
+    engine = engine_for("syft", manual_approval=manual_approval)
+    job = TrainingJob(config, runner=engine.run)
+    engines = _syft_engines()
+    for job_id in [j for j in engines if job_slots().find(j) is None]:  # forget runs the slots forgot
+        del engines[job_id]
+    engines[job.job_id] = engine
+    return job
+
+
+def datasite_panels(job: TrainingJob) -> None:
+    """Each syft datasite: the mock data the aggregator sees, the size of the private data, the jobs run."""
+    engine = _syft_engines().get(job.job_id)
+    if engine is None:
+        return
+    sites = engine.datasites()
+    waiting = sum(len(site.awaiting_approval) for site in sites)
+    if waiting:
+        st.warning(f"{waiting} job(s) wait for their owner's approval: press Approve below.")
+    with st.expander(f"Datasites: {len(sites)} data owners", expanded=bool(waiting) or engine.manual_approval):
+        st.caption("Owners and aggregator are connected through syft's in-memory Drive service in this server. "
+                   "The aggregator only ever sees each owner's mock data and the outputs of the jobs the owner "
+                   "approved: the weight update, the number of examples and the metrics.")
+        if not sites:
+            st.info("The data owners are publishing their datasets…")
+        for site in sites:
+            with st.container(border=True):
+                datasite_panel(job, engine, site)
+
+
+def datasite_panel(job: TrainingJob, engine: SyftEngine, site: DatasiteView) -> None:
+    mock, private, jobs = st.columns([2, 1, 4])
+    mock.markdown(f"**{site.owner}**")
+    mock.image(tile(site.mock_images.numpy()), clamp=True,
+               caption="Mock data the aggregator sees: random images in the shape of the private ones")
+    private.metric("Private images", f"{site.private_images:,}")
+    private.caption(f"{site.private_bytes / 1e6:.1f} MB that stay on the owner's datasite: never shown here, "
+                    "never read by the aggregator, only by the jobs the owner approved.")
+    frame = pd.DataFrame([vars(j) for j in site.jobs], columns=list(JOB_COLUMNS)).rename(columns=JOB_COLUMNS)
+    jobs.dataframe(frame.set_index("job"), width="stretch")
+    for name in site.awaiting_approval:
+        if jobs.button(f"Approve {name}", key=f"approve-{job.job_id}-{site.worker}-{name}", type="primary"):
+            engine.approve(site.worker, name)
+
+
+def tile(images: np.ndarray, per_row: int = 8) -> np.ndarray:
+    """[n, 28, 28] uint8 images as one [rows * 28, per_row * 28] picture."""
+    rows = -(-len(images) // per_row)
+    padded = np.zeros((rows * per_row, *images.shape[1:]), dtype=images.dtype)
+    padded[: len(images)] = images
+    return padded.reshape(rows, per_row, 28, 28).transpose(0, 2, 1, 3).reshape(rows * 28, per_row * 28)
