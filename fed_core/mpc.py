@@ -51,9 +51,9 @@ Method = TypeVar("Method", bound=Callable)
 def single_threaded(method: Method) -> Method:
     """Run on one torch thread (of the calling thread only: the setting is per thread).
 
-    This int64 work is small and memory-bound: one thread does the 10k test set in 1.7 s
-    where two take 3.9 s on an idle 2-core machine and 8.4 s on a busy one, their OpenMP
-    threads waiting for each other.
+    Measured on the 10k test set on the 2-core machine: one thread takes ~2 s; two take
+    1.8 s when the machine is quiet, but 8.4 s when other processes keep the cores busy
+    (two OpenMP threads then wait for each other), against 1.7 s for one thread.
     """
 
     @functools.wraps(method)
