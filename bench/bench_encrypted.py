@@ -55,8 +55,9 @@ def report(result: EvalResult) -> None:
               f"({comm['online_bytes'] / 1e6:.0f} MB), {comm['rounds']} rounds ({comm['rounds_per_batch']} per "
               f"batch of 1000); dealer {comm['dealer_bytes'] / 1e6:.0f} MB; inputs {comm['input_bytes'] / 1e6:.0f} MB")
     else:
-        print(f"  public context {comm['public_context_bytes'] / 1e6:.1f} MB, upload {comm['upload_bytes'] / 1e6:.0f} MB, "
-              f"download {comm['download_bytes'] / 1e6:.1f} MB, {comm['bytes_per_image'] / 1e3:.0f} kB/image")
+        print(f"  public context {comm['public_context_bytes'] / 1e6:.1f} MB, upload "
+              f"{comm['upload_bytes'] / 1e6:.0f} MB, download {comm['download_bytes'] / 1e6:.1f} MB, "
+              f"{comm['bytes_per_image'] / 1e3:.0f} kB/image")
 
 
 def bench_mpc_single(model: torch.nn.Module, image: torch.Tensor, repeats: int = 50) -> None:

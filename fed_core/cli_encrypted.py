@@ -11,7 +11,7 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

@@ -14,7 +14,7 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -256,6 +256,11 @@ def _run_he_images(model: nn.Module, images: torch.Tensor, report: Progress) -> 
     return _Run("image", np.stack(logits), dict(watch.seconds), communication)
 
 
+def _within(report: Progress, start: int, size: int, total: int) -> Progress:
+    """Progress through one pass of ``size`` images, reported as a fraction of all ``total``."""
+    return lambda fraction: report((start + fraction * size) / total)
+
+
 def _run_he_batches(
     model: nn.Module, images: torch.Tensor, batch_size: int, report: Progress
 ) -> _Run:
@@ -267,9 +272,7 @@ def _run_he_batches(
         with watch("encrypt"):
             pixels = client.encrypt_batch(batch[:, 0].numpy())
         with watch("compute"):
-            result = server.classify_batch(
-                pixels, progress=lambda f: report((done + f * len(batch)) / len(images))
-            )
+            result = server.classify_batch(pixels, _within(report, done, len(batch), len(images)))
         with watch("decrypt"):
             logits.append(client.decrypt_batch(result, len(batch)))
         # Every ciphertext of a layer has the same size: measure one, count them all.

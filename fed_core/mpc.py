@@ -34,7 +34,8 @@ from __future__ import annotations
 import functools
 import secrets
 from dataclasses import dataclass, field
-from typing import Callable, TypeVar
+from typing import TypeVar
+from collections.abc import Callable
 
 import torch
 

@@ -88,7 +88,7 @@ def _as_unit_float(image: np.ndarray) -> np.ndarray:
         )
     if array.dtype == np.uint8:
         return array.astype(np.float64) / 255.0
-    if np.issubdtype(array.dtype, np.floating) and 0.0 <= array.min() and array.max() <= 1.0:
+    if np.issubdtype(array.dtype, np.floating) and array.min() >= 0.0 and array.max() <= 1.0:
         return array.astype(np.float64)
     raise DrawingError(f"Expected 8-bit pixels (or floats in 0..1), got {array.dtype}.")
 

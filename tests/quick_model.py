@@ -6,7 +6,7 @@ encrypted code can be checked against a model with realistic weights and activat
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import torch
 from torch import nn
@@ -15,7 +15,7 @@ from fed_core.data import load_mnist, normalize
 from fed_core.models import CryptoCNN
 
 
-@lru_cache(maxsize=None)
+@cache
 def trained_crypto_cnn(epochs: int = 3, seed: int = 0) -> CryptoCNN:
     """SGD (lr 0.02, momentum 0.9, batch 128) with clipped gradients: ~97.8% test accuracy."""
     threads = torch.get_num_threads()

@@ -49,10 +49,13 @@ def digit_png(tmp_path_factory):
 def test_mpc_evaluation_reports_agreement_traffic_and_confusion(trained_model, test_set):
     images, labels = test_set
     fractions = []
-    result = evaluate_encrypted(trained_model, images, labels, "mpc", batch_size=16, progress=fractions.append)
+    result = evaluate_encrypted(
+        trained_model, images, labels, "mpc", batch_size=16, progress=fractions.append
+    )
     assert result.agreement == 1.0 and result.max_logit_error < 0.05
     assert result.encrypted_accuracy == result.plain_accuracy > 0.9
-    assert np.array(result.confusion).sum() == 64 and np.trace(result.confusion) == round(64 * result.encrypted_accuracy)
+    confusion = np.array(result.confusion)
+    assert confusion.sum() == 64 and np.trace(confusion) == round(64 * result.encrypted_accuracy)
     assert fractions == [0.25, 0.5, 0.75, 1.0]
     comm = result.communication
     assert comm["rounds"] == 1 + 4 * 6 and comm["rounds_per_batch"] == 6

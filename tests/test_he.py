@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import tenseal as ts
 import torch
 import torch.nn.functional as F
 
