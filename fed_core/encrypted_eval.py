@@ -304,11 +304,17 @@ class DigitResult:
 
 
 def classify_digit(
-    model: nn.Module, image28: torch.Tensor, scheme: str = "he", he_client: HeClient | None = None
+    model: nn.Module,
+    image28: torch.Tensor,
+    scheme: str = "he",
+    he_client: HeClient | None = None,
+    he_server: HeServer | None = None,
 ) -> DigitResult:
     """Classify one normalised 28x28 digit encrypted, with the plaintext answer beside it.
 
     ``he_client`` carries the user's keys between digits; without one, keys are made here.
+    ``he_server``, built for this model from that client's public context, saves the
+    server's setup; without one, it is made here.
     """
     require_encryptable(model)
     _require_scheme(scheme)
@@ -317,7 +323,7 @@ def classify_digit(
         plain_logits = model(x)[0].double()
     watch = Stopwatch()
     if scheme == "he":
-        logits, view, shares = _digit_he(model, x, he_client, watch)
+        logits, view, shares = _digit_he(model, x, he_client, he_server, watch)
     else:
         logits, view, shares = _digit_mpc(model, x, watch)
     probabilities = torch.softmax(logits, 0)
@@ -334,12 +340,15 @@ def classify_digit(
     )
 
 
-def _digit_he(model: nn.Module, x: torch.Tensor, client: HeClient | None, watch: Stopwatch):
+def _digit_he(
+    model: nn.Module, x: torch.Tensor, client: HeClient | None, server: HeServer | None, watch: Stopwatch
+):
     if client is None:
         with watch("keygen"):
             client = HeClient()
-    with watch("server_setup"):
-        server = HeServer(model, client.public_context)
+    if server is None:
+        with watch("server_setup"):
+            server = HeServer(model, client.public_context)
     with watch("encrypt"):
         encrypted = client.encrypt_image(x[0, 0].numpy())
     with watch("compute"):

@@ -296,6 +296,7 @@ class HeServer:
     """The server's side: the model in plaintext, the user's public keys, no secret key."""
 
     def __init__(self, model: CryptoCNN, public_context: PublicContext) -> None:
+        start = time.perf_counter()
         self.context = ts.context_from(public_context.tenseal)
         self.seal_context = self.context.seal_context().data
         self.scale = self.context.global_scale
@@ -313,6 +314,7 @@ class HeServer:
         self.weights = {name: p.detach().double().numpy() for name, p in model.named_parameters()}
         # One-digit inference needs the model packed as plaintexts (~0.15 s); batches do not.
         self.packed = self._pack_model() if self.galois_keys else None
+        self.setup_seconds = time.perf_counter() - start
 
     # --- one digit ---------------------------------------------------------------------
 

@@ -8,7 +8,8 @@ from streamlit_drawable_canvas import st_canvas
 from fed_core.encrypted_eval import DigitResult, classify_digit
 from fed_core.preprocess import DrawingError, PreparedDigit, prepare_digit
 from ui import encrypted_views as views
-from ui.encrypted_common import encryptable_model, format_bytes, format_duration, he_client, scheme_picker
+from ui.encrypted_common import (encryptable_model, format_bytes, format_duration, he_client, he_server,
+                                  scheme_picker)
 from ui.nav import sidebar_nav
 from ui.train_views import CHART_CONFIG
 
@@ -39,8 +40,8 @@ def classify(model, image_data, scheme: str) -> None:
         if image_data is None:
             raise DrawingError("The canvas is empty: draw a digit first.")
         digit = prepare_digit(image_data)
-        client = he_client() if scheme == "he" else None
-        st.session_state["draw_result"] = (digit, classify_digit(model, digit.tensor, scheme, he_client=client))
+        keys = {"he_client": he_client(), "he_server": he_server(model)} if scheme == "he" else {}
+        st.session_state["draw_result"] = (digit, classify_digit(model, digit.tensor, scheme, **keys))
     except DrawingError as exc:
         st.session_state.pop("draw_result", None)
         st.warning(str(exc))
@@ -101,9 +102,11 @@ def show_answer(result: DigitResult) -> None:
     shown = [(label, result.seconds[key]) for key, label in steps if key in result.seconds]
     for column, (label, seconds) in zip(st.columns(len(shown)), shown):
         column.metric(label, format_duration(seconds))
-    if result.scheme == "he":
-        st.caption(f"Your keys were made once for this browser session, in "
-                   f"{format_duration(he_client().keygen_seconds)}, and are reused for every digit.")
+    if result.scheme == "he" and "he_server" in st.session_state:
+        keygen = st.session_state["he_client"].keygen_seconds
+        setup = st.session_state["he_server"][1].setup_seconds
+        st.caption(f"Once per browser session: your keys were made in {format_duration(keygen)}, and the server "
+                   f"loaded them with the model in {format_duration(setup)}.")
 
 
 def show_result(digit: PreparedDigit, result: DigitResult) -> None:

@@ -16,6 +16,7 @@ from fed_core.encrypted_eval import (
     estimate_seconds,
     evaluate_encrypted,
 )
+from fed_core.he import HeClient, HeServer
 from fed_core.models import build_model, save_model
 from quick_model import trained_crypto_cnn
 
@@ -94,6 +95,16 @@ def test_classify_digit_matches_plaintext_and_shows_the_server_view(trained_mode
         share0, share1 = result.share_images
         assert share0.shape == (28, 28) and not np.array_equal(share0, share1)
     json.dumps(result.to_dict())
+
+
+def test_classify_digit_reuses_the_sessions_keys_and_server(trained_model, test_set):
+    images, labels = test_set
+    client = HeClient()
+    server = HeServer(trained_model, client.public_context)
+    for image in images[1:3]:
+        result = classify_digit(trained_model, image, "he", he_client=client, he_server=server)
+        assert set(result.seconds) == {"encrypt", "compute", "decrypt"}  # no keygen, no server setup
+        assert result.prediction == result.plain_prediction
 
 
 def test_non_encryptable_model_is_refused_with_the_accepted_models():

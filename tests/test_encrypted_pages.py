@@ -103,7 +103,7 @@ def test_drawn_digit_is_classified_encrypted_step_by_step(draw_page, seven, sche
     subheaders = [s.value for s in at.subheader]
     assert subheaders[0] == "1 · What the model sees" and subheaders[-1] == "4 · Decrypted on your side"
     if scheme == "he":
-        assert "he_client" in at.session_state  # keys kept for the next digit
+        assert "he_client" in at.session_state and "he_server" in at.session_state  # kept for the next digit
         assert at.code  # a glimpse of the ciphertext
         assert "secret key included: **False**" in "".join(m.value for m in at.markdown)
     else:

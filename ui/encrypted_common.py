@@ -8,7 +8,7 @@ from pathlib import Path
 import streamlit as st
 from torch import nn
 
-from fed_core.he import HeClient
+from fed_core.he import HeClient, HeServer
 from fed_core.models import ENCRYPTABLE_MODELS, MODEL_LABELS, load_model
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,14 @@ def he_client() -> HeClient:
         with st.spinner("Making your encryption keys (once per session)…"):
             st.session_state["he_client"] = HeClient()
     return st.session_state["he_client"]
+
+
+def he_server(model: nn.Module) -> HeServer:
+    """The server side for this session's keys and this model, kept while the model stays the same."""
+    cached = st.session_state.get("he_server")
+    if cached is None or cached[0] is not model:
+        st.session_state["he_server"] = (model, HeServer(model, he_client().public_context))
+    return st.session_state["he_server"][1]
 
 
 def format_bytes(size: float) -> str:
