@@ -109,6 +109,19 @@ def show_answer(result: DigitResult) -> None:
                    f"loaded them with the model in {format_duration(setup)}.")
 
 
+def show_preview(image_data) -> None:
+    """As you draw: the 28x28 the model will get, or why the drawing will not do."""
+    if image_data is None:
+        return
+    try:
+        digit = prepare_digit(image_data)
+    except DrawingError as exc:
+        if "empty" not in str(exc):
+            st.caption(f"Preview: {exc}")
+        return
+    st.image(views.enlarge(digit.pixels, 4), caption="Preview: what the model will see", width=112)
+
+
 def show_result(digit: PreparedDigit, result: DigitResult) -> None:
     st.subheader("1 · What the model sees")
     st.image(views.enlarge(digit.pixels), caption="28×28, centred like MNIST")
@@ -129,6 +142,7 @@ with left:
     b1, b2 = st.columns(2)
     clicked = b1.button("Classify", type="primary", width="stretch")
     b2.button("Clear", on_click=clear, width="stretch")
+    show_preview(canvas.image_data)
 with right:
     if clicked:
         with st.spinner("Encrypting and classifying…"):

@@ -114,6 +114,9 @@ class Page:
         self.wait.until(lambda d: field.get_attribute("value") == str(value))
         self.wait_idle()
 
+    def alert_text(self) -> str:
+        return " ".join(a.text for a in self.driver.find_elements(By.CSS_SELECTOR, "[data-testid='stAlert']"))
+
     def text(self) -> str:
         return self.driver.find_element(By.TAG_NAME, "body").text
 
@@ -135,3 +138,14 @@ def xpath_literal(text: str) -> str:
 
 def css_string(text: str) -> str:
     return '"' + text.replace('"', '\\"') + '"'
+
+
+def find_canvas(driver: webdriver.Chrome) -> WebElement:
+    """The drawing canvas: streamlit-drawable-canvas renders it inside a shadow root."""
+    script = """
+        const wide = (root) => [...root.querySelectorAll('canvas')].filter(c => c.clientWidth >= 200);
+        for (const host of document.querySelectorAll('*')) {
+            if (host.shadowRoot && wide(host.shadowRoot).length) return wide(host.shadowRoot).pop();
+        }
+        return wide(document).pop() || null;"""
+    return WebDriverWait(driver, 60, poll_frequency=0.5).until(lambda d: d.execute_script(script))
