@@ -49,7 +49,11 @@ DATASET = "mnist-shard"
 SCRIPT_FILE = "script.sh"  # syft's name for a bash job's script inside the job's code folder
 JOB_FILES = (SCRIPT_FILE, JOB_FILE, GLOBAL_MODEL_FILE)
 MOCK_IMAGES = 16
-POLL_SECONDS = 0.1  # how often the aggregator checks its jobs and an idle owner its inbox
+# Each side wakes the other when it has sent something (a stand-in for the Drive polling of a real
+# deployment), so an owner's own polling is only a fallback: each of its syncs costs CPU. A waiting
+# aggregator also checks between polls whether the user pressed Stop.
+OWNER_POLL_SECONDS = 30.0
+AGGREGATOR_POLL_SECONDS = 1.0
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -161,6 +165,7 @@ class DataOwner:
         self._approved_by_person: set[str] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self.replied = threading.Event()  # set once the owner has shared job outputs or rejections
         self._closed = threading.Event()
         self._published = threading.Event()
         self._failure: Exception | None = None
@@ -168,7 +173,7 @@ class DataOwner:
 
     def start(self, images: torch.Tensor, labels: torch.Tensor, staging: Path) -> None:
         """Start the owner's thread; returns once its dataset is published."""
-        self._thread = threading.Thread(target=self._run, args=(images, labels, staging),
+        self._thread = threading.Thread(target=self._work, args=(images, labels, staging),
                                         name=f"datasite-owner{self.worker}", daemon=True)
         self._thread.start()
         self._published.wait()
@@ -195,14 +200,14 @@ class DataOwner:
         with self._lock:
             return [replace(r) for r in self._records.values()]
 
-    def _run(self, images: torch.Tensor, labels: torch.Tensor, staging: Path) -> None:
+    def _work(self, images: torch.Tensor, labels: torch.Tensor, staging: Path) -> None:
         try:
             self._publish(images, labels, staging)
         except Exception as exc:  # start() raises it in the aggregator's thread
             self._failure = exc
         self._published.set()
         while not (self._failure or self._closed.is_set()):
-            self._wake.wait(POLL_SECONDS * 10)
+            self._wake.wait(OWNER_POLL_SECONDS)
             self._wake.clear()
             try:
                 self._serve_once()
@@ -225,33 +230,44 @@ class DataOwner:
     def _serve_once(self) -> None:
         with self.drive_lock, quiet():
             pending = [job for job in self.client.jobs if job.status == "pending"]
-            approved = [job for job in pending if self._review(job)]
-            if not approved:
-                return
-            started = time.time()
-            self.client.process_approved_jobs(stream_output=False, share_outputs_with_submitter=True,
-                                              share_logs_with_submitter=True)
-            finished = {job.name: job.status for job in self.client.job_client.jobs}
-        with self._lock:
-            for job in approved:
-                record = self._records[job.name]
-                record.status, record.seconds = finished.get(job.name, "failed"), time.time() - started
+            verdicts = [self._review(job) for job in pending]
+        approved = [job for job, verdict in zip(pending, verdicts) if verdict == "approved"]
+        if approved:
+            self._run_jobs(approved)
+        if approved or "rejected" in verdicts:
+            with self.drive_lock, quiet():
+                self.client.sync()  # shares the outputs, logs and rejections with the aggregator
+            self.replied.set()
 
-    def _review(self, job) -> bool:
-        """Approve ``job`` if policy allows: only the project's training script, from the aggregator."""
+    def _review(self, job) -> str:
+        """Approve ``job`` if policy allows: only the project's training script, from the aggregator.
+
+        Returns "approved", "rejected", or "waiting" (for a person to approve it).
+        """
         with self._lock:
             record = self._records.setdefault(job.name, JobRecord(job.name, _round_of(job), time.time()))
             if not job_matches_criteria(job, required_file_contents={SCRIPT_FILE: job_script()},
                                         required_file_paths=list(JOB_FILES), allowed_users=[AGGREGATOR]):
                 job.reject("Only the project's training script may run on this data.")
                 record.status = "rejected"
-                return False
+                return "rejected"
             if self.manual_approval and job.name not in self._approved_by_person:
-                return False
+                return "waiting"
             record.approval = "manual" if self.manual_approval else "auto"
             record.status, record.waited = "running", time.time() - record.arrived
         job.approve(reason="FedAvg local training step", approval_method=record.approval)
-        return True
+        return "approved"
+
+    def _run_jobs(self, jobs: list) -> None:
+        started = time.time()
+        with quiet():  # running a job touches only the owner's own files: the Drive stays free meanwhile
+            self.client.job_runner.process_approved_jobs(stream_output=False, share_outputs_with_submitter=True,
+                                                         share_logs_with_submitter=True)
+            finished = {job.name: job.status for job in self.client.job_client.jobs}
+        with self._lock:
+            for job in jobs:
+                record = self._records[job.name]
+                record.status, record.seconds = finished.get(job.name, "failed"), time.time() - started
 
 
 def _round_of(job) -> int:
@@ -295,8 +311,9 @@ class SyftPool:
         return name
 
     def _collect(self, worker: int, name: str) -> WorkerUpdate:
+        owner = self.owners[worker]
         while True:
-            with self.owners[worker].drive_lock, quiet():
+            with owner.drive_lock, quiet():
                 job = next(j for j in self.clients[worker].jobs if j.name == name)
                 if job.status == "done":
                     return load_update(next(p for p in job.output_paths if p.name == "update.pt"))
@@ -305,7 +322,8 @@ class SyftPool:
                                         f"{_last_error_line(job)}".strip())
             if self.should_stop and self.should_stop():
                 raise TrainingStopped()
-            time.sleep(POLL_SECONDS)
+            owner.replied.wait(AGGREGATOR_POLL_SECONDS)
+            owner.replied.clear()  # cleared before the next check, so no reply is missed
 
 
 def _last_error_line(job) -> str:
