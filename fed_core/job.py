@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
 from torch import nn
 
 from .client import TrainingStopped
@@ -46,8 +47,11 @@ class TrainingJob:
     """One federated run. ``start()`` launches it; ``stop()`` asks it to stop between batches."""
 
     def __init__(self, config: TrainConfig, load_data: Callable[[], Mnist] = load_mnist,
-                 runner: Callable[..., FederatedRun] = run_federated) -> None:
+                 runner: Callable[..., FederatedRun] = run_federated, torch_threads: int = 1) -> None:
         self.config = validate(config)
+        # One intra-op thread per run: two OpenMP threads that share the cores with a browser, another run
+        # or a web server spin-wait for each other, measured here at 5-10x slower rounds; one thread is not.
+        self.torch_threads = torch_threads
         self.job_id = uuid.uuid4().hex[:12]
         self._load_data = load_data
         self._runner = runner
@@ -76,6 +80,7 @@ class TrainingJob:
         self._thread.join(timeout)
 
     def _work(self) -> None:
+        torch.set_num_threads(self.torch_threads)  # applies to this thread only
         try:
             self._runner(self.config, self._load_data(), on_start=self._attach, on_round=self._record,
                          should_stop=self._stop.is_set)
