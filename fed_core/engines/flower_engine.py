@@ -48,6 +48,7 @@ from .worker_job import LocalTask, load_shard, save_shard, train_local
 
 POLL_SECONDS = 0.1  # how often the server pulls replies (Flower's own send_and_receive waits 3 s)
 CONNECT_SECONDS = 120.0  # how long the server waits for every worker's SuperNode to connect
+REPLY_SECONDS = 900.0  # how long it waits for a round's replies before giving up on a lost SuperNode
 PARTITION_ID = "partition-id"  # node config key naming the worker a SuperNode is (Flower's convention)
 SHARD_FILE = "shard-file"  # node config key of a deployed SuperNode's data file
 
@@ -134,8 +135,11 @@ class FlowerPool:
         """Send ``messages`` and wait for every reply, stopping early if the user asks to."""
         waiting = set(self.grid.push_messages(messages))
         replies: list[Message] = []
+        deadline = time.monotonic() + REPLY_SECONDS
         while waiting:
             self._check_stop()
+            if time.monotonic() > deadline:
+                raise FlowerClientError(f"{len(waiting)} SuperNode(s) did not reply within {REPLY_SECONDS:.0f} s.")
             time.sleep(POLL_SECONDS)
             pulled = list(self.grid.pull_messages(waiting))
             replies += pulled

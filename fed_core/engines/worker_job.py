@@ -4,9 +4,10 @@ The syft engine runs this module as the job script of every approved job::
 
     python -m fed_core.engines.worker_job job.json
 
-in the job's code folder, next to the global model the aggregator sent (``global_model.b64``). It trains on
-the owner's private shard and writes only the update (weight delta, sample count and metrics) to
-``outputs/update.pt``. The Flower ClientApp calls :func:`train_local` on its node's shard file.
+in the job's code folder, next to the global model the aggregator sent (``global_model.b64``). It
+trains on the owner's private shard and writes only the update (weight delta, sample count and
+metrics) to ``outputs/update.pt``. The Flower ClientApp calls :func:`train_local` on its node's
+shard file.
 
 Every syft job is a fresh Python process, so each import here is paid on every round: this module
 imports torch and fed_core's client and models, and syft only to find the private file.
@@ -19,11 +20,15 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from fed_core.client import BatchedTrainer, LocalSettings, WorkerUpdate, worker_seed
 from fed_core.models import build_model
+
+if TYPE_CHECKING:
+    from fed_core.config import TrainConfig
 
 # Syft carries a submission's files as text, so the weights travel as base64 of raw float32.
 GLOBAL_MODEL_FILE = "global_model.b64"
@@ -46,8 +51,8 @@ class LocalTask:
     clip_norm: float
 
     @classmethod
-    def for_round(cls, config, worker: int, round_idx: int) -> "LocalTask":
-        """The task of ``worker`` in ``round_idx`` of a run of ``config`` (a TrainConfig)."""
+    def for_round(cls, config: "TrainConfig", worker: int, round_idx: int) -> "LocalTask":
+        """The task of ``worker`` in round ``round_idx`` of a run of ``config``."""
         s = config.local
         return cls(worker, round_idx, worker_seed(config.seed, round_idx, worker), config.model,
                    s.epochs, s.batch_size, s.lr, s.momentum, s.clip_norm)
