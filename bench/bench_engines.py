@@ -77,7 +77,7 @@ def main() -> None:
         print(f"{engine:>9}: start-up {startup:5.1f} s | round 1 {seconds[0]:5.1f} s | later rounds "
               f"{later_rounds[engine]:5.2f} s | final accuracy {run.history[-1].test_accuracy:.2%}")
     if "inprocess" in later_rounds:
-        for engine in later_rounds.keys() - {"inprocess"}:
+        for engine in [e for e in later_rounds if e != "inprocess"]:
             print(f"overhead of {engine} over inprocess (later rounds): "
                   f"{later_rounds[engine] / later_rounds['inprocess']:.1f}x")
 
