@@ -55,7 +55,8 @@ def test_two_owners_train_like_inprocess_and_the_aggregator_never_opens_private_
         opened, _opened = _opened, None
 
     expected = run_federated(TrainConfig(workers=2, **SMALL), mnist)
-    assert [r.test_accuracy for r in run.history] == pytest.approx([r.test_accuracy for r in expected.history], abs=0.005)
+    accuracies = [r.test_accuracy for r in expected.history]
+    assert [r.test_accuracy for r in run.history] == pytest.approx(accuracies, abs=0.005)
     assert run.history[-1].test_accuracy > 0.8
     # The jobs trained on the private shards: the mock holds 16 images, each shard 2000.
     assert [row["examples"] for row in run.history[-1].workers] == [2000, 2000]
@@ -77,7 +78,8 @@ def test_two_owners_train_like_inprocess_and_the_aggregator_never_opens_private_
     assert not Path(root).exists(), "the datasites' folders are deleted after the run"
 
 
-def run_in_thread(engine: SyftEngine, config: TrainConfig, data, stop: threading.Event) -> tuple[threading.Thread, dict]:
+def run_in_thread(engine: SyftEngine, config: TrainConfig, data,
+                  stop: threading.Event) -> tuple[threading.Thread, dict]:
     outcome: dict = {}
 
     def work() -> None:

@@ -54,6 +54,7 @@ MOCK_IMAGES = 16
 # aggregator also checks between polls whether the user pressed Stop.
 OWNER_POLL_SECONDS = 30.0
 AGGREGATOR_POLL_SECONDS = 1.0
+JOB_TIMEOUT_SECONDS = 3600  # syft's default is 10 min; many local epochs of a large model take longer
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -149,7 +150,7 @@ class DatasiteView:
 class DataOwner:
     """A syft data owner: publishes its shard, then reviews and runs the aggregator's jobs, in its own thread.
 
-    The thread plays the owner's machine (syft-bg's job loop in a real deployment): every syft call
+    The thread plays the owner's own computer, where a real owner runs this job loop: every syft call
     of this owner and every read of its files happen in it. The aggregator's calls on the Drive they
     share wait for ``drive_lock``.
     """
@@ -261,7 +262,8 @@ class DataOwner:
     def _run_jobs(self, jobs: list) -> None:
         started = time.time()
         with quiet():  # running a job touches only the owner's own files: the Drive stays free meanwhile
-            self.client.job_runner.process_approved_jobs(stream_output=False, share_outputs_with_submitter=True,
+            self.client.job_runner.process_approved_jobs(stream_output=False, timeout=JOB_TIMEOUT_SECONDS,
+                                                         share_outputs_with_submitter=True,
                                                          share_logs_with_submitter=True)
             finished = {job.name: job.status for job in self.client.job_client.jobs}
         with self._lock:
@@ -357,6 +359,7 @@ class SyftEngine:
                  should_stop: Callable[[], bool] | None = None) -> SyftPool:
         """Pair the aggregator with one new datasite per worker, each publishing its shard."""
         self._root = Path(tempfile.mkdtemp(prefix="fed-syft-"))
+        self._owners, self._mocks = {}, {}
         clients = {}
         for worker, shard in enumerate(shards):
             with quiet():
