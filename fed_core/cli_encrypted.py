@@ -1,6 +1,5 @@
 """The ``encrypted-eval`` and ``classify`` subcommands (wired into ``python -m fed_core``).
 
-Also runnable alone: ``python -m fed_core.cli_encrypted encrypted-eval --model m.pt``.
 Bad input ends with a one-line message on stderr and exit code 2.
 """
 
@@ -116,13 +115,3 @@ def run_classify(args: argparse.Namespace) -> int:
     print(json.dumps(result.to_dict(), indent=1))
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fed_core.cli_encrypted")
-    register(parser.add_subparsers(required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fed_core.cli_encrypted import main
+from fed_core.cli import main
 from fed_core.data import load_mnist, normalize
 from fed_core.encrypted_eval import (
     NotEncryptableError,
