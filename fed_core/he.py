@@ -152,32 +152,30 @@ def im2col(image: np.ndarray, geometry: Geometry) -> np.ndarray:
     return patches.reshape(geometry.windows, k * k).double().numpy()
 
 
-def pack_image(image: np.ndarray, geometry: Geometry, slots: int) -> list[np.ndarray]:
-    """Slot vectors of the single-image layout: pixel k of window p at k'*block + c*windows + p."""
-    columns = im2col(image, geometry)  # [windows, k*k]
+def pack_by_kernel_position(blocks: list[np.ndarray], geometry: Geometry, slots: int) -> list[np.ndarray]:
+    """Lay block k (one per kernel position) at (k mod per_ct) * block in slot vector k // per_ct."""
     per_ct = geometry.positions_per_ciphertext(slots)
     vectors = []
-    for first in range(0, columns.shape[1], per_ct):
+    for first in range(0, len(blocks), per_ct):
         vector = np.zeros(slots)
-        for offset, k in enumerate(range(first, min(first + per_ct, columns.shape[1]))):
-            block = np.tile(columns[:, k], geometry.channels)
+        for offset, block in enumerate(blocks[first : first + per_ct]):
             vector[offset * geometry.block : (offset + 1) * geometry.block] = block
         vectors.append(vector)
     return vectors
+
+
+def pack_image(image: np.ndarray, geometry: Geometry, slots: int) -> list[np.ndarray]:
+    """Slot vectors of the single-image layout: pixel k of window p at k'*block + c*windows + p."""
+    columns = im2col(image, geometry)  # [windows, k*k]
+    blocks = [np.tile(columns[:, k], geometry.channels) for k in range(columns.shape[1])]
+    return pack_by_kernel_position(blocks, geometry, slots)
 
 
 def conv_weight_vectors(weight: np.ndarray, geometry: Geometry, slots: int) -> list[np.ndarray]:
     """The matching plaintexts: w[c, k] at k'*block + c*windows + p."""
     flat = weight.reshape(geometry.channels, -1)  # [C, k*k]
-    per_ct = geometry.positions_per_ciphertext(slots)
-    vectors = []
-    for first in range(0, flat.shape[1], per_ct):
-        vector = np.zeros(slots)
-        for offset, k in enumerate(range(first, min(first + per_ct, flat.shape[1]))):
-            block = np.repeat(flat[:, k], geometry.windows)
-            vector[offset * geometry.block : (offset + 1) * geometry.block] = block
-        vectors.append(vector)
-    return vectors
+    blocks = [np.repeat(flat[:, k], geometry.windows) for k in range(flat.shape[1])]
+    return pack_by_kernel_position(blocks, geometry, slots)
 
 
 def bsgs_diagonals(matrix: np.ndarray, slots: int) -> list[list[np.ndarray]]:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from fed_core.data import Mnist, load_mnist
+from quick_model import trained_crypto_cnn
 
 
 def synthetic_mnist(train: int = 2000, test: int = 500, seed: int = 0) -> Mnist:
@@ -29,3 +30,9 @@ def tiny_data() -> Mnist:
 @pytest.fixture(scope="session")
 def mnist() -> Mnist:
     return load_mnist()
+
+
+@pytest.fixture(scope="session")
+def trained_model():
+    """A CryptoCNN trained centrally on real MNIST (about 98%), shared by the encrypted-inference tests."""
+    return trained_crypto_cnn()

@@ -18,12 +18,6 @@ from fed_core.encrypted_eval import (
 )
 from fed_core.he import HeClient, HeServer
 from fed_core.models import build_model, save_model
-from quick_model import trained_crypto_cnn
-
-
-@pytest.fixture(scope="module")
-def trained_model():
-    return trained_crypto_cnn()
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,8 @@ from fed_core.he import (
     pack_image,
 )
 from fed_core.models import CryptoCNN
-from quick_model import trained_crypto_cnn
 
 SLOTS = 4096
-
-
-@pytest.fixture(scope="module")
-def trained_model():
-    return trained_crypto_cnn()
 
 
 @pytest.fixture(scope="module")

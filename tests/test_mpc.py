@@ -19,15 +19,9 @@ from fed_core.mpc import (
     share,
     truncate,
 )
-from quick_model import trained_crypto_cnn
 
 # Chi-square critical value for 15 degrees of freedom at p = 0.001.
 CHI2_15_DOF = 37.7
-
-
-@pytest.fixture(scope="module")
-def trained_model():
-    return trained_crypto_cnn()
 
 
 @pytest.fixture
