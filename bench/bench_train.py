@@ -90,8 +90,8 @@ def bench_scale() -> None:
 def bench_page_rerun() -> None:
     from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "pages" / "1_Train.py"), default_timeout=60)
-    at.run()
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=60)
+    at.switch_page("pages/1_Train.py").run()
     next(w for w in at.number_input if w.label == "Rounds").set_value(30)
     next(w for w in at.button if w.label == "Start").click()
     at.run()

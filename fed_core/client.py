@@ -10,7 +10,6 @@ whose epoch is over stops moving while the others finish theirs.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -173,6 +172,3 @@ def _pad(rows: list[torch.Tensor]) -> torch.Tensor:
         out[i, : len(r)] = r
     return out
 
-
-def steps_per_round(shard_sizes: list[int], settings: LocalSettings) -> int:
-    return settings.epochs * math.ceil(max(shard_sizes) / settings.batch_size)

@@ -74,7 +74,7 @@ def test_bad_drawings_get_a_friendly_message(browser, app_url, strokes, message)
     page.button("Classify")
     draw(page, strokes)
     if strokes:
-        page.wait_text(f"Preview: ")  # the drawing has reached the server
+        page.wait_text("Preview: ")  # the drawing has reached the server
     page.click("Classify")
     page.wait.until(lambda d: message in page.alert_text())
     assert "Decrypted on your side" not in page.text()

@@ -3,7 +3,6 @@
 import re
 
 import pytest
-from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from browser_helpers import Page, new_browser
