@@ -18,7 +18,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "browser"))
 
-from browser_helpers import Page, new_browser, streamlit_server  # noqa: E402
+from browser_helpers import Page, new_browser, streamlit_server
 
 
 def tree_rss_mb(pid: int) -> float:
@@ -37,7 +37,7 @@ class PeakMemory:
         while not self._stop.wait(0.1):
             self.peak = max(self.peak, tree_rss_mb(self.pid))
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self._thread.start()
         return self
 
@@ -48,7 +48,7 @@ class PeakMemory:
 
 def main() -> None:
     browser = new_browser()  # started first: its own start-up is not the app's cold start
-    log = tempfile.NamedTemporaryFile(prefix="streamlit-bench-", suffix=".log", delete=False)
+    log = tempfile.NamedTemporaryFile(prefix="streamlit-bench-", suffix=".log", delete=False)  # noqa: SIM115 (the server writes to it until the end)
     try:
         started = time.perf_counter()
         with streamlit_server(log) as (url, process):

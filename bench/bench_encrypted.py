@@ -46,18 +46,24 @@ def median_ms(samples: list[float]) -> str:
 
 def report(result: EvalResult) -> None:
     print(f"  {result.summary()}")
-    print(f"  accuracy: plaintext {result.plain_accuracy:.2%}, encrypted {result.encrypted_accuracy:.2%} "
-          f"({100 * (result.encrypted_accuracy - result.plain_accuracy):+.2f} points)")
+    print(
+        f"  accuracy: plaintext {result.plain_accuracy:.2%}, encrypted {result.encrypted_accuracy:.2%} "
+        f"({100 * (result.encrypted_accuracy - result.plain_accuracy):+.2f} points)"
+    )
     print("  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in result.seconds.items()))
     comm = result.communication
     if result.scheme == "mpc":
-        print(f"  online traffic: {comm['online_bytes_per_image'] / 1e3:.1f} kB/image both parties together "
-              f"({comm['online_bytes'] / 1e6:.0f} MB), {comm['rounds']} rounds ({comm['rounds_per_batch']} per "
-              f"batch of 1000); dealer {comm['dealer_bytes'] / 1e6:.0f} MB; inputs {comm['input_bytes'] / 1e6:.0f} MB")
+        print(
+            f"  online traffic: {comm['online_bytes_per_image'] / 1e3:.1f} kB/image both parties together "
+            f"({comm['online_bytes'] / 1e6:.0f} MB), {comm['rounds']} rounds ({comm['rounds_per_batch']} per "
+            f"batch of 1000); dealer {comm['dealer_bytes'] / 1e6:.0f} MB; inputs {comm['input_bytes'] / 1e6:.0f} MB"
+        )
     else:
-        print(f"  public context {comm['public_context_bytes'] / 1e6:.1f} MB, upload "
-              f"{comm['upload_bytes'] / 1e6:.0f} MB, download {comm['download_bytes'] / 1e6:.1f} MB, "
-              f"{comm['bytes_per_image'] / 1e3:.0f} kB/image")
+        print(
+            f"  public context {comm['public_context_bytes'] / 1e6:.1f} MB, upload "
+            f"{comm['upload_bytes'] / 1e6:.0f} MB, download {comm['download_bytes'] / 1e6:.1f} MB, "
+            f"{comm['bytes_per_image'] / 1e3:.0f} kB/image"
+        )
 
 
 def bench_mpc_single(model: torch.nn.Module, image: torch.Tensor, repeats: int = 50) -> None:
@@ -75,9 +81,11 @@ def bench_mpc_single(model: torch.nn.Module, image: torch.Tensor, repeats: int =
         share.append(t1 - t0), compute.append(t2 - t1), reveal.append(t3 - t2), total.append(t3 - t0)
     traffic = classifier.traffic
     per_image = (traffic.online_bytes - setup_bytes) / repeats
-    print(f"  one image (median of {repeats}): {median_ms(total)} = share {median_ms(share)} + compute "
-          f"{median_ms(compute)} + reveal {median_ms(reveal)}; {per_image / 1e3:.1f} kB online (both parties), "
-          f"{traffic.rounds // repeats} rounds (+ {setup_bytes / 1e3:.0f} kB once, opening the masked weights)")
+    print(
+        f"  one image (median of {repeats}): {median_ms(total)} = share {median_ms(share)} + compute "
+        f"{median_ms(compute)} + reveal {median_ms(reveal)}; {per_image / 1e3:.1f} kB online (both parties), "
+        f"{traffic.rounds // repeats} rounds (+ {setup_bytes / 1e3:.0f} kB once, opening the masked weights)"
+    )
 
 
 def bench_he_single(model: torch.nn.Module, images: torch.Tensor) -> None:
@@ -88,9 +96,11 @@ def bench_he_single(model: torch.nn.Module, images: torch.Tensor) -> None:
     server = HeServer(model, client.public_context)
     setup = time.perf_counter() - start
     public = client.public_context
-    print(f"  keygen {keygen:.2f} s; public context {public.size / 1e6:.1f} MB (TenSEAL context with relin keys "
-          f"{len(public.tenseal) / 1e6:.1f} MB + rotation keys {len(public.galois_keys) / 1e6:.1f} MB); "
-          f"secret context {client.secret_context_size / 1e3:.0f} kB; server setup {setup:.2f} s")
+    print(
+        f"  keygen {keygen:.2f} s; public context {public.size / 1e6:.1f} MB (TenSEAL context with relin keys "
+        f"{len(public.tenseal) / 1e6:.1f} MB + rotation keys {len(public.galois_keys) / 1e6:.1f} MB); "
+        f"secret context {client.secret_context_size / 1e3:.0f} kB; server setup {setup:.2f} s"
+    )
     encrypt, compute, decrypt, errors, agree = [], [], [], [], 0
     for image in images:
         t0 = time.perf_counter()
@@ -106,11 +116,15 @@ def bench_he_single(model: torch.nn.Module, images: torch.Tensor) -> None:
         errors.append(abs(logits - plain).max())
         agree += int(logits.argmax() == plain.argmax())
     total = [e + c + d for e, c, d in zip(encrypt, compute, decrypt)]
-    print(f"  one digit (median of {len(images)}): {median_ms(total)} = encrypt {median_ms(encrypt)} + compute "
-          f"{median_ms(compute)} + decrypt {median_ms(decrypt)}; agreement {agree}/{len(images)}, "
-          f"max logit error {max(errors):.2g}")
-    print(f"  ciphertexts: {len(encrypted)} in, {sum(map(len, encrypted)) / 1e6:.2f} MB "
-          f"({len(encrypted[0]) / 1e3:.0f} kB each, seeded); 1 out, {len(result) / 1e3:.0f} kB")
+    print(
+        f"  one digit (median of {len(images)}): {median_ms(total)} = encrypt {median_ms(encrypt)} + compute "
+        f"{median_ms(compute)} + decrypt {median_ms(decrypt)}; agreement {agree}/{len(images)}, "
+        f"max logit error {max(errors):.2g}"
+    )
+    print(
+        f"  ciphertexts: {len(encrypted)} in, {sum(map(len, encrypted)) / 1e6:.2f} MB "
+        f"({len(encrypted[0]) / 1e3:.0f} kB each, seeded); 1 out, {len(result) / 1e3:.0f} kB"
+    )
 
 
 def main() -> None:

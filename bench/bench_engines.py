@@ -66,26 +66,35 @@ def main() -> None:
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
     args = parser.parse_args()
     base = TrainConfig(workers=args.workers, rounds=args.rounds, train_size=args.train_size)
-    print(f"{args.workers} workers x {args.rounds} rounds, {args.train_size} images, {os.cpu_count()} cores; "
-          f"load average before: {os.getloadavg()[0]:.2f}")
+    print(
+        f"{args.workers} workers x {args.rounds} rounds, {args.train_size} images, {os.cpu_count()} cores; "
+        f"load average before: {os.getloadavg()[0]:.2f}"
+    )
 
     later_rounds = {}
     for engine in args.engines:
         run, startup = timed_run(TrainConfig(**{**base.to_dict(), "engine": engine}))
         seconds = [r.seconds for r in run.history]
         later_rounds[engine] = statistics.mean(seconds[1:] or seconds)
-        print(f"{engine:>9}: start-up {startup:5.1f} s | round 1 {seconds[0]:5.1f} s | later rounds "
-              f"{later_rounds[engine]:5.2f} s | final accuracy {run.history[-1].test_accuracy:.2%}")
+        print(
+            f"{engine:>9}: start-up {startup:5.1f} s | round 1 {seconds[0]:5.1f} s | later rounds "
+            f"{later_rounds[engine]:5.2f} s | final accuracy {run.history[-1].test_accuracy:.2%}"
+        )
     if "inprocess" in later_rounds:
         for engine in [e for e in later_rounds if e != "inprocess"]:
-            print(f"overhead of {engine} over inprocess (later rounds): "
-                  f"{later_rounds[engine] / later_rounds['inprocess']:.1f}x")
+            print(
+                f"overhead of {engine} over inprocess (later rounds): "
+                f"{later_rounds[engine] / later_rounds['inprocess']:.1f}x"
+            )
 
     costs = job_import_costs()
     per_job = sum(costs.values())
-    print("a syft job process before training: " + ", ".join(f"{k} {v:.2f} s" for k, v in costs.items())
-          + f"; {per_job:.1f} s in all, so {args.workers} concurrent jobs need at least "
-          f"{args.workers * per_job / (os.cpu_count() or 1):.1f} s of a round on {os.cpu_count()} cores")
+    print(
+        "a syft job process before training: "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in costs.items())
+        + f"; {per_job:.1f} s in all, so {args.workers} concurrent jobs need at least "
+        f"{args.workers * per_job / (os.cpu_count() or 1):.1f} s of a round on {os.cpu_count()} cores"
+    )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

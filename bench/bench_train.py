@@ -1,7 +1,7 @@
 """Training benchmarks: prints the figures quoted in the README.
 
-    python bench/bench_train.py             # centralized reference, default run, scale, memory, page rerun
-    python bench/bench_train.py --paper     # FedAvg paper setting (100 workers, C=0.1, E=5, B=10): long
+python bench/bench_train.py             # centralized reference, default run, scale, memory, page rerun
+python bench/bench_train.py --paper     # FedAvg paper setting (100 workers, C=0.1, E=5, B=10): long
 """
 
 from __future__ import annotations
@@ -18,15 +18,17 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fed_core.config import TrainConfig  # noqa: E402
-from fed_core.data import load_mnist, normalize  # noqa: E402
-from fed_core.models import new_model  # noqa: E402
-from fed_core.server import run_federated  # noqa: E402
+from fed_core.config import TrainConfig
+from fed_core.data import load_mnist, normalize
+from fed_core.models import new_model
+from fed_core.server import run_federated
 
 THRESHOLDS = (0.97, 0.98)
 
 
-def centralized(model_name: str, epochs: int, config: TrainConfig, evals_per_epoch: int = 4) -> list[tuple[float, float]]:
+def centralized(
+    model_name: str, epochs: int, config: TrainConfig, evals_per_epoch: int = 4
+) -> list[tuple[float, float]]:
     """Plain one-machine training with the workers' optimizer; returns (seconds, test accuracy) points."""
     data = load_mnist()
     x, y, tx = normalize(data.train_images), data.train_labels, normalize(data.test_images)
@@ -67,14 +69,18 @@ def bench_reference() -> None:
 
 def bench_default() -> None:
     config = TrainConfig()
-    print(f"== default federated run: {config.workers} workers, {config.rounds} rounds, {config.partition}, "
-          f"B={config.batch_size}, lr={config.lr}, E={config.local_epochs}")
+    print(
+        f"== default federated run: {config.workers} workers, {config.rounds} rounds, {config.partition}, "
+        f"B={config.batch_size}, lr={config.lr}, E={config.local_epochs}"
+    )
     fed = federated_points(config)
     print(f"peak RSS after the federated run: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     cen = centralized(config.model, 5, config)
     for label, points in (("federated", fed), ("centralized", cen)):
-        print(f"{label:>11}: final {points[-1][1]:.2%} at {points[-1][0]:.1f} s; "
-              + ", ".join(f"time to {t:.0%}: {time_to(points, t)}" for t in THRESHOLDS))
+        print(
+            f"{label:>11}: final {points[-1][1]:.2%} at {points[-1][0]:.1f} s; "
+            + ", ".join(f"time to {t:.0%}: {time_to(points, t)}" for t in THRESHOLDS)
+        )
 
 
 def bench_scale() -> None:
@@ -104,28 +110,43 @@ def bench_page_rerun() -> None:
         time.sleep(0.2)
     job.stop()
     job.join()
-    print(f"== Train page rerun during training (AppTest, {len(durations)} reruns): "
-          f"median {1000 * statistics.median(durations):.0f} ms, max {1000 * max(durations):.0f} ms")
+    print(
+        f"== Train page rerun during training (AppTest, {len(durations)} reruns): "
+        f"median {1000 * statistics.median(durations):.0f} ms, max {1000 * max(durations):.0f} ms"
+    )
 
 
 def bench_paper(max_rounds: int) -> None:
     print("== FedAvg paper setting: 100 workers, C=0.1, E=5, B=10, CNN; rounds to 99% (paper: IID 20, non-IID 229)")
     for partition in ("iid", "shards"):
-        config = TrainConfig(workers=100, fraction=0.1, local_epochs=5, batch_size=10, lr=0.05, momentum=0.0,
-                             clip_norm=10.0, model="fedavg_cnn", partition=partition, rounds=max_rounds,
-                             contribution_subset=0)
+        config = TrainConfig(
+            workers=100,
+            fraction=0.1,
+            local_epochs=5,
+            batch_size=10,
+            lr=0.05,
+            momentum=0.0,
+            clip_norm=10.0,
+            model="fedavg_cnn",
+            partition=partition,
+            rounds=max_rounds,
+            contribution_subset=0,
+        )
         reached = None
 
-        def watch(run, record):
+        def watch(run, record, partition=partition):
             nonlocal reached
             if reached is None and record.test_accuracy >= 0.99:
                 reached = record.round
-            print(f"  {partition} round {record.round}: {record.test_accuracy:.2%} ({record.elapsed:.0f} s)",
-                  flush=True)
+            print(
+                f"  {partition} round {record.round}: {record.test_accuracy:.2%} ({record.elapsed:.0f} s)", flush=True
+            )
 
         run = run_federated(config, load_mnist(), on_round=watch)
-        print(f"{partition}: rounds to 99%: {reached or f'not within {max_rounds}'}; "
-              f"final {run.history[-1].test_accuracy:.2%}, {run.wall_seconds:.0f} s")
+        print(
+            f"{partition}: rounds to 99%: {reached or f'not within {max_rounds}'}; "
+            f"final {run.history[-1].test_accuracy:.2%}, {run.wall_seconds:.0f} s"
+        )
 
 
 def main() -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import cli_encrypted
-
 from .client import TrainingDiverged
 from .config import ENGINES, TrainConfig, problems
 from .data import MnistFileError, load_mnist
@@ -70,13 +69,16 @@ def train_command(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     last = run.history[-1]
-    print(f"{config.workers} workers x {config.rounds} rounds ({config.engine}, {config.model}): "
-          f"test accuracy {last.test_accuracy:.2%}, loss {last.test_loss:.4f}, wall time {run.wall_seconds:.1f} s")
+    print(
+        f"{config.workers} workers x {config.rounds} rounds ({config.engine}, {config.model}): "
+        f"test accuracy {last.test_accuracy:.2%}, loss {last.test_loss:.4f}, wall time {run.wall_seconds:.1f} s"
+    )
     if args.out:
         args.out.write_text(json.dumps(run.to_dict(), indent=1))
     if args.save_model:
-        save_model(run.model, args.save_model, config.model, {"config": config.to_dict(),
-                                                              "test_accuracy": last.test_accuracy})
+        save_model(
+            run.model, args.save_model, config.model, {"config": config.to_dict(), "test_accuracy": last.test_accuracy}
+        )
     return 0
 
 

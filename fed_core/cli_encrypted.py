@@ -9,8 +9,8 @@ import argparse
 import functools
 import json
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 from torch import nn
 
@@ -30,9 +30,7 @@ USAGE_ERROR = 2
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    evaluate = subparsers.add_parser(
-        "encrypted-eval", help="Evaluate a model on MNIST test images under MPC or HE."
-    )
+    evaluate = subparsers.add_parser("encrypted-eval", help="Evaluate a model on MNIST test images under MPC or HE.")
     evaluate.add_argument("--model", type=Path, required=True, help="model file (save_model)")
     evaluate.add_argument("--scheme", choices=SCHEMES, default="mpc")
     evaluate.add_argument("--n", type=int, default=TEST_IMAGES, help="test images (1-10000)")
@@ -41,9 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--he-packing", choices=HE_PACKINGS, default="auto")
     evaluate.set_defaults(func=run_encrypted_eval)
 
-    classify = subparsers.add_parser(
-        "classify", help="Classify one digit image encrypted; prints JSON."
-    )
+    classify = subparsers.add_parser("classify", help="Classify one digit image encrypted; prints JSON.")
     classify.add_argument("--model", type=Path, required=True, help="model file (save_model)")
     classify.add_argument("--image", type=Path, required=True, help="PNG/JPEG of one digit")
     classify.add_argument("--scheme", choices=SCHEMES, default="he")
@@ -114,4 +110,3 @@ def run_classify(args: argparse.Namespace) -> int:
     result = classify_digit(model, digit.tensor, scheme=args.scheme)
     print(json.dumps(result.to_dict(), indent=1))
     return 0
-

@@ -10,8 +10,8 @@ whose epoch is over stops moving while the others finish theirs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -100,7 +100,11 @@ class BatchedTrainer:
         return (losses * mask).sum() / mask.sum().clamp(min=1)
 
     def train(
-        self, global_vector: torch.Tensor, workers: list[int], shards: list[torch.Tensor], seeds: list[int],
+        self,
+        global_vector: torch.Tensor,
+        workers: list[int],
+        shards: list[torch.Tensor],
+        seeds: list[int],
         should_stop: Callable[[], bool] | None = None,
     ) -> list[WorkerUpdate]:
         """Train each worker on its shard (global indices into the training set) from the global model."""
@@ -119,7 +123,9 @@ class BatchedTrainer:
         loss_after, accuracy_after = self._score(stacked, probe)
         deltas = flatten_stacked(stacked) - global_vector
         return [
-            WorkerUpdate(w, len(shard), deltas[i], loss_before[i].item(), loss_after[i].item(), accuracy_after[i].item())
+            WorkerUpdate(
+                w, len(shard), deltas[i], loss_before[i].item(), loss_after[i].item(), accuracy_after[i].item()
+            )
             for i, (w, shard) in enumerate(zip(workers, shards))
         ]
 
@@ -171,4 +177,3 @@ def _pad(rows: list[torch.Tensor]) -> torch.Tensor:
     for i, r in enumerate(rows):
         out[i, : len(r)] = r
     return out
-

@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -52,8 +52,7 @@ def require_encryptable(model: nn.Module) -> None:
     name = getattr(model, "model_name", type(model).__name__)
     accepted = "; ".join(f"{n}: {MODEL_LABELS[n]}" for n in ENCRYPTABLE_MODELS)
     raise NotEncryptableError(
-        f"The model {name!r} cannot run on encrypted data; encrypted inference accepts only "
-        f"{accepted}."
+        f"The model {name!r} cannot run on encrypted data; encrypted inference accepts only {accepted}."
     )
 
 
@@ -165,9 +164,7 @@ def evaluate_encrypted(
     return _compare(scheme, run, plain_logits, labels.numpy(), total)
 
 
-def _compare(
-    scheme: str, run: _Run, plain_logits: np.ndarray, labels: np.ndarray, total: float
-) -> EvalResult:
+def _compare(scheme: str, run: _Run, plain_logits: np.ndarray, labels: np.ndarray, total: float) -> EvalResult:
     plain, encrypted = plain_logits.argmax(1), run.logits.argmax(1)
     confusion = np.zeros((10, 10), dtype=int)
     np.add.at(confusion, (labels, encrypted), 1)
@@ -261,9 +258,7 @@ def _within(report: Progress, start: int, size: int, total: int) -> Progress:
     return lambda fraction: report((start + fraction * size) / total)
 
 
-def _run_he_batches(
-    model: nn.Module, images: torch.Tensor, batch_size: int, report: Progress
-) -> _Run:
+def _run_he_batches(model: nn.Module, images: torch.Tensor, batch_size: int, report: Progress) -> _Run:
     watch = Stopwatch()
     client, server = _he_setup(model, rotations=False, watch=watch)
     batch_size = min(batch_size, client.params.slots)
@@ -340,9 +335,7 @@ def classify_digit(
     )
 
 
-def _digit_he(
-    model: nn.Module, x: torch.Tensor, client: HeClient | None, server: HeServer | None, watch: Stopwatch
-):
+def _digit_he(model: nn.Module, x: torch.Tensor, client: HeClient | None, server: HeServer | None, watch: Stopwatch):
     if client is None:
         with watch("keygen"):
             client = HeClient()

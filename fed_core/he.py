@@ -28,9 +28,9 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Iterable
 
 import numpy as np
 import tenseal as ts
@@ -236,9 +236,7 @@ class HeClient:
             keygen = seal.KeyGenerator(seal_context, secret_key)
             galois = seal_to_bytes(keygen.create_galois_keys(elements))
         self.public_context = PublicContext(
-            tenseal=self.context.serialize(
-                save_public_key=False, save_secret_key=False, save_galois_keys=False
-            ),
+            tenseal=self.context.serialize(save_public_key=False, save_secret_key=False, save_galois_keys=False),
             galois_keys=galois,
         )
         self.encoder = seal.CKKSEncoder(seal_context)
@@ -249,9 +247,7 @@ class HeClient:
 
     @property
     def secret_context_size(self) -> int:
-        secret = self.context.serialize(
-            save_public_key=False, save_secret_key=True, save_galois_keys=False
-        )
+        secret = self.context.serialize(save_public_key=False, save_secret_key=True, save_galois_keys=False)
         return len(secret)
 
     def encrypt_image(self, image: np.ndarray) -> list[bytes]:

@@ -10,8 +10,8 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
@@ -46,8 +46,13 @@ class JobSnapshot:
 class TrainingJob:
     """One federated run. ``start()`` launches it; ``stop()`` asks it to stop between batches."""
 
-    def __init__(self, config: TrainConfig, load_data: Callable[[], Mnist] = load_mnist,
-                 runner: Callable[..., FederatedRun] = run_federated, torch_threads: int = 1) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        load_data: Callable[[], Mnist] = load_mnist,
+        runner: Callable[..., FederatedRun] = run_federated,
+        torch_threads: int = 1,
+    ) -> None:
         self.config = validate(config)
         # One intra-op thread per run: two OpenMP threads that share the cores with a browser, another run
         # or a web server spin-wait for each other, measured here at 5-10x slower rounds; one thread is not.
@@ -65,9 +70,9 @@ class TrainingJob:
         self._started_at = 0.0
         self._finished_at: float | None = None
         self._thread = threading.Thread(target=self._work, name="federated-run", daemon=True)
-        self.on_finish: Callable[["TrainingJob"], None] | None = None
+        self.on_finish: Callable[[TrainingJob], None] | None = None
 
-    def start(self) -> "TrainingJob":
+    def start(self) -> TrainingJob:
         self._started_at = time.perf_counter()
         self._status = RUNNING
         self._thread.start()
@@ -82,8 +87,13 @@ class TrainingJob:
     def _work(self) -> None:
         torch.set_num_threads(self.torch_threads)  # applies to this thread only
         try:
-            self._runner(self.config, self._load_data(), on_start=self._attach, on_round=self._record,
-                         should_stop=self._stop.is_set)
+            self._runner(
+                self.config,
+                self._load_data(),
+                on_start=self._attach,
+                on_round=self._record,
+                should_stop=self._stop.is_set,
+            )
             self._finish(DONE)
         except TrainingStopped:
             self._finish(STOPPED)

@@ -7,12 +7,13 @@ layer) are what secret sharing and CKKS evaluate cheaply and exactly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 class CryptoCNN(nn.Module):

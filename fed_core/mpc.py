@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import functools
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
-from collections.abc import Callable
 
 import torch
 
@@ -213,9 +213,7 @@ def mask_operands(
     """Open every y - b in one round."""
     masks = {name: dealer.mask(name, y.shape) for name, y in operands.items()}
     opened = channel.open(*(y - masks[name] for name, y in operands.items()))
-    return {
-        name: MaskedOperand(name, masks[name], f) for name, f in zip(operands, opened)
-    }
+    return {name: MaskedOperand(name, masks[name], f) for name, f in zip(operands, opened)}
 
 
 def secure_bilinear(
@@ -230,9 +228,7 @@ def secure_bilinear(
     (e,) = channel.open(x - a)
     f, b = y.opened, y.mask.shares
     party_b = (b[0] + f, b[1])
-    return SharedTensor(
-        tuple(c.shares[i] + op(e, party_b[i]) + op(a.shares[i], f) for i in range(2))
-    )
+    return SharedTensor(tuple(c.shares[i] + op(e, party_b[i]) + op(a.shares[i], f) for i in range(2)))
 
 
 def secure_square(x: SharedTensor, dealer: BeaverDealer, channel: Channel) -> SharedTensor:

@@ -73,8 +73,12 @@ def partition_shards(
 
 
 def make_partition(
-    labels: torch.Tensor, workers: int, scheme: str, rng: np.random.Generator,
-    alpha: float = 0.5, shards_per_worker: int = 2,
+    labels: torch.Tensor,
+    workers: int,
+    scheme: str,
+    rng: np.random.Generator,
+    alpha: float = 0.5,
+    shards_per_worker: int = 2,
 ) -> list[torch.Tensor]:
     if scheme == "iid":
         return partition_iid(len(labels), workers, rng)

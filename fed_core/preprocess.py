@@ -78,14 +78,10 @@ def prepare_digit(image: np.ndarray) -> PreparedDigit:
 def _as_unit_float(image: np.ndarray) -> np.ndarray:
     array = np.asarray(image)
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
-        raise DrawingError(
-            f"Expected a grayscale, RGB or RGBA image, got an array of shape {array.shape}."
-        )
+        raise DrawingError(f"Expected a grayscale, RGB or RGBA image, got an array of shape {array.shape}.")
     height, width = array.shape[:2]
     if not (MIN_SIDE <= height <= MAX_SIDE and MIN_SIDE <= width <= MAX_SIDE):
-        raise DrawingError(
-            f"The image is {width}x{height} px; use one between {MIN_SIDE} and {MAX_SIDE} px a side."
-        )
+        raise DrawingError(f"The image is {width}x{height} px; use one between {MIN_SIDE} and {MAX_SIDE} px a side.")
     if array.dtype == np.uint8:
         return array.astype(np.float64) / 255.0
     if np.issubdtype(array.dtype, np.floating) and array.min() >= 0.0 and array.max() <= 1.0:

@@ -13,8 +13,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -39,8 +40,14 @@ class WorkerPool(Protocol):
 class InProcessPool:
     """All workers in this process, trained together by one vmapped trainer."""
 
-    def __init__(self, model: nn.Module, data: Mnist, shards: list[torch.Tensor], config: TrainConfig,
-                 should_stop: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Mnist,
+        shards: list[torch.Tensor],
+        config: TrainConfig,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
         self.trainer = BatchedTrainer(model, data.train_images, data.train_labels, config.local)
         self.shards = shards
         self.seed = config.seed
@@ -94,8 +101,9 @@ class Evaluator:
 
     @torch.no_grad()
     def evaluate(self, vector: torch.Tensor) -> tuple[float, float]:
-        logits = torch.cat([functional_call(self.model, unflatten(vector, self.template), (xb,))
-                            for xb in self.x.split(2500)])
+        logits = torch.cat(
+            [functional_call(self.model, unflatten(vector, self.template), (xb,)) for xb in self.x.split(2500)]
+        )
         return (logits.argmax(1) == self.y).float().mean().item(), F.cross_entropy(logits, self.y).item()
 
     @torch.no_grad()
@@ -107,8 +115,12 @@ class Evaluator:
 
 
 def run_round(
-    config: TrainConfig, round_idx: int, global_vector: torch.Tensor, pool: WorkerPool,
-    optimizer: ServerOptimizer, evaluator: Evaluator,
+    config: TrainConfig,
+    round_idx: int,
+    global_vector: torch.Tensor,
+    pool: WorkerPool,
+    optimizer: ServerOptimizer,
+    evaluator: Evaluator,
 ) -> tuple[torch.Tensor, list[int], list[int], list[dict]]:
     """One round: sample, train locally, aggregate, apply, score contributions. Returns the new model."""
     reporting, dropped = sample_workers(config, round_idx)
@@ -124,8 +136,12 @@ def run_round(
 
 
 def contribution_scores(
-    global_vector: torch.Tensor, average: torch.Tensor, deltas: torch.Tensor, counts: torch.Tensor,
-    optimizer: ServerOptimizer, evaluator: Evaluator,
+    global_vector: torch.Tensor,
+    average: torch.Tensor,
+    deltas: torch.Tensor,
+    counts: torch.Tensor,
+    optimizer: ServerOptimizer,
+    evaluator: Evaluator,
 ) -> torch.Tensor:
     """Accuracy of the round's model minus the accuracy it would have without each worker's update."""
     if len(evaluator.subset) == 0:
@@ -136,8 +152,14 @@ def contribution_scores(
     return accuracies[0] - accuracies[1:]
 
 
-def worker_rows(updates: list[WorkerUpdate], deltas: torch.Tensor, counts: torch.Tensor, average: torch.Tensor,
-                contributions: torch.Tensor, config: TrainConfig) -> list[dict]:
+def worker_rows(
+    updates: list[WorkerUpdate],
+    deltas: torch.Tensor,
+    counts: torch.Tensor,
+    average: torch.Tensor,
+    contributions: torch.Tensor,
+    config: TrainConfig,
+) -> list[dict]:
     weights = counts / counts.sum()
     cosines = cosine_to(deltas, average)
     norms = deltas.norm(dim=1)
@@ -180,14 +202,18 @@ class FederatedRun:
             "config": self.config.to_dict(),
             "label_histogram": self.label_histogram,
             "rounds": [r.to_dict() for r in self.history],
-            "cumulative_contributions": cumulative_contributions(self.config.workers, [r.workers for r in self.history]),
+            "cumulative_contributions": cumulative_contributions(
+                self.config.workers, [r.workers for r in self.history]
+            ),
             "final_test_accuracy": self.history[-1].test_accuracy if self.history else None,
             "wall_seconds": self.wall_seconds,
         }
 
 
 def run_federated(
-    config: TrainConfig, data: Mnist, pool_factory: Callable[..., WorkerPool] | None = None,
+    config: TrainConfig,
+    data: Mnist,
+    pool_factory: Callable[..., WorkerPool] | None = None,
     on_start: Callable[[FederatedRun], None] | None = None,
     on_round: Callable[[FederatedRun, RoundRecord], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -214,12 +240,15 @@ def run_federated(
         on_start(run)
     for round_idx in range(1, config.rounds + 1):
         round_start = time.perf_counter()
-        global_vector, reporting, dropped, rows = run_round(config, round_idx, global_vector, pool, optimizer, evaluator)
+        global_vector, reporting, dropped, rows = run_round(
+            config, round_idx, global_vector, pool, optimizer, evaluator
+        )
         accuracy, loss = evaluator.evaluate(global_vector)
         load_vector(model, global_vector)
         now = time.perf_counter()
-        record = RoundRecord(round_idx, accuracy, loss, sorted(reporting + dropped), dropped,
-                             now - round_start, now - started, rows)
+        record = RoundRecord(
+            round_idx, accuracy, loss, sorted(reporting + dropped), dropped, now - round_start, now - started, rows
+        )
         run.history.append(record)
         run.wall_seconds = now - started
         if on_round:

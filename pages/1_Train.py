@@ -14,16 +14,26 @@ from ui.nav import sidebar_nav
 
 log = logging.getLogger(__name__)
 D = TrainConfig()
-INIT_LABELS = {"default": "PyTorch default", "kaiming": "He (Kaiming) normal", "xavier": "Xavier uniform",
-               "uniform": "plain uniform U(-0.05, 0.05)"}
-PARTITION_LABELS = {"iid": "IID (shuffled)", "dirichlet": "Dirichlet label skew", "shards": "Label shards (FedAvg paper)"}
+INIT_LABELS = {
+    "default": "PyTorch default",
+    "kaiming": "He (Kaiming) normal",
+    "xavier": "Xavier uniform",
+    "uniform": "plain uniform U(-0.05, 0.05)",
+}
+PARTITION_LABELS = {
+    "iid": "IID (shuffled)",
+    "dirichlet": "Dirichlet label skew",
+    "shards": "Label shards (FedAvg paper)",
+}
 
 st.set_page_config(page_title="Train · Federated MNIST", page_icon=":material/model_training:", layout="wide")
 sidebar_nav()
 st.title("Federated training, live")
-st.caption("The server sends the global model to a random sample of workers; each trains on its own "
-           "private digits and sends back only its update; the server averages the updates, weighted by "
-           "how many examples each worker has.")
+st.caption(
+    "The server sends the global model to a random sample of workers; each trains on its own "
+    "private digits and sends back only its update; the server averages the updates, weighted by "
+    "how many examples each worker has."
+)
 
 
 def settings_form() -> tuple[TrainConfig, bool]:
@@ -48,14 +58,33 @@ def settings_form() -> tuple[TrainConfig, bool]:
         model = a3.selectbox("Model", list(MODEL_LABELS), format_func=MODEL_LABELS.get)
         server_lr = a4.number_input("Server learning rate", 0.01, 10.0, D.server_lr, 0.1)
         server_momentum = a4.number_input("Server momentum", 0.0, 0.99, D.server_momentum, 0.1)
-        dropout = a1.slider("Worker dropout rate", 0.0, 0.9, D.dropout, 0.05,
-                            help="chance that a sampled worker fails to report; the round goes on without it")
+        dropout = a1.slider(
+            "Worker dropout rate",
+            0.0,
+            0.9,
+            D.dropout,
+            0.05,
+            help="chance that a sampled worker fails to report; the round goes on without it",
+        )
         seed = a2.number_input("Seed", *LIMITS["seed"], D.seed)
     return TrainConfig(
-        workers=int(workers), rounds=int(rounds), fraction=float(fraction), local_epochs=int(local_epochs),
-        batch_size=int(batch_size), lr=float(lr), momentum=float(momentum), partition=partition,
-        alpha=float(alpha), shards_per_worker=int(shards), init=init, dropout=float(dropout), seed=int(seed),
-        model=model, server_lr=float(server_lr), server_momentum=float(server_momentum), engine=engine,
+        workers=int(workers),
+        rounds=int(rounds),
+        fraction=float(fraction),
+        local_epochs=int(local_epochs),
+        batch_size=int(batch_size),
+        lr=float(lr),
+        momentum=float(momentum),
+        partition=partition,
+        alpha=float(alpha),
+        shards_per_worker=int(shards),
+        init=init,
+        dropout=float(dropout),
+        seed=int(seed),
+        model=model,
+        server_lr=float(server_lr),
+        server_momentum=float(server_momentum),
+        engine=engine,
     ), manual_approval
 
 
@@ -69,8 +98,10 @@ def start(config: TrainConfig, manual_approval: bool) -> bool:
     job = engine_views.new_job(config, manual_approval)
     slots = views.job_slots()
     if not slots.try_start(job):
-        st.warning(f"The server is busy: {slots.capacity} runs are training right now. A slot should free up "
-                   f"in about {views.format_seconds(slots.wait_estimate())}; please try again then.")
+        st.warning(
+            f"The server is busy: {slots.capacity} runs are training right now. A slot should free up "
+            f"in about {views.format_seconds(slots.wait_estimate())}; please try again then."
+        )
         return False
     st.session_state["job"] = job
     st.query_params["run"] = job.job_id
@@ -111,8 +142,10 @@ def live_view() -> None:
         left.plotly_chart(contributions, width="stretch", config=views.CHART_CONFIG)
         right.plotly_chart(heatmap, width="stretch", config=views.CHART_CONFIG)
         st.subheader(f"Workers in round {snapshot.round}")
-        st.caption("Contribution: test-accuracy points (on 1,000 fixed test images) that the round's model "
-                   "would lose if this worker's update were left out; cumulative sums it over the rounds.")
+        st.caption(
+            "Contribution: test-accuracy points (on 1,000 fixed test images) that the round's model "
+            "would lose if this worker's update were left out; cumulative sums it over the rounds."
+        )
         st.dataframe(table, width="stretch")
     if snapshot.finished:
         show_results(job, snapshot)
@@ -128,8 +161,10 @@ def show_progress(snapshot) -> None:
     elif snapshot.status == "stopped":
         st.warning(f"Stopped by you after {snapshot.round} round(s).")
     elif snapshot.status == "done":
-        st.success(f"Done: {snapshot.history[-1]['test_accuracy']:.2%} test accuracy after "
-                   f"{snapshot.round} rounds in {views.format_seconds(snapshot.elapsed)}.")
+        st.success(
+            f"Done: {snapshot.history[-1]['test_accuracy']:.2%} test accuracy after "
+            f"{snapshot.round} rounds in {views.format_seconds(snapshot.elapsed)}."
+        )
 
 
 def show_results(job: TrainingJob, snapshot) -> None:
@@ -141,8 +176,9 @@ def show_results(job: TrainingJob, snapshot) -> None:
     if job.model is not None:
         views.keep_trained_model(job, snapshot)
         d3.download_button("Trained model (.pt)", views.model_bytes(job, snapshot), "global_model.pt")
-        st.info("The trained global model is kept for this session: try it on the **Draw** and "
-                "**Encrypted Test** pages.")
+        st.info(
+            "The trained global model is kept for this session: try it on the **Draw** and **Encrypted Test** pages."
+        )
 
 
 try:

@@ -8,8 +8,7 @@ from streamlit_drawable_canvas import st_canvas
 from fed_core.encrypted_eval import DigitResult, classify_digit
 from fed_core.preprocess import DrawingError, PreparedDigit, prepare_digit
 from ui import encrypted_views as views
-from ui.encrypted_common import (encryptable_model, format_bytes, format_duration, he_client, he_server,
-                                  scheme_picker)
+from ui.encrypted_common import encryptable_model, format_bytes, format_duration, he_client, he_server, scheme_picker
 from ui.nav import sidebar_nav
 from ui.train_views import CHART_CONFIG
 
@@ -19,9 +18,11 @@ CANVAS_SIDE, STROKE_WIDTH = 280, 18
 st.set_page_config(page_title="Draw · Encrypted inference", page_icon=":material/draw:", layout="wide")
 sidebar_nav()
 st.title("Draw a digit, classify it encrypted")
-st.caption("Your digit is encrypted with keys only you hold; the model computes on the encrypted data and "
-           "sends back an encrypted answer that only you can read. (In this demo both sides run on the same "
-           "server; in a deployment the encrypting side would be your device.)")
+st.caption(
+    "Your digit is encrypted with keys only you hold; the model computes on the encrypted data and "
+    "sends back an encrypted answer that only you can read. (In this demo both sides run on the same "
+    "server; in a deployment the encrypting side would be your device.)"
+)
 
 
 def canvas_key() -> str:
@@ -55,9 +56,11 @@ def show_encrypted_input(digit: PreparedDigit, result: DigitResult) -> None:
     view = result.server_view
     if result.scheme == "he":
         st.subheader("2 · Encrypted with your key")
-        st.write(f"The image became **{view['input_ciphertexts']} ciphertexts**, "
-                 f"{format_bytes(view['input_bytes'])} in all (CKKS, 8192-degree polynomials). "
-                 "A glimpse of the first one:")
+        st.write(
+            f"The image became **{view['input_ciphertexts']} ciphertexts**, "
+            f"{format_bytes(view['input_bytes'])} in all (CKKS, 8192-degree polynomials). "
+            "A glimpse of the first one:"
+        )
         st.code(view["ciphertext_glimpse"], language=None, wrap_lines=True)
         return
     st.subheader("2 · Split into two random shares")
@@ -66,8 +69,10 @@ def show_encrypted_input(digit: PreparedDigit, result: DigitResult) -> None:
     c1.image(views.enlarge(digit.pixels, 4), caption="your digit")
     c2.image(views.enlarge(share_a, 4), caption="share held by party A")
     c3.image(views.enlarge(share_b, 4), caption="share held by party B")
-    st.caption("Each share on its own is a grid of uniformly random 64-bit numbers (pictured: their lowest byte); only "
-               "their sum, modulo 2^64, is your image. The model's weights are shared the same way.")
+    st.caption(
+        "Each share on its own is a grid of uniformly random 64-bit numbers (pictured: their lowest byte); only "
+        "their sum, modulo 2^64, is your image. The model's weights are shared the same way."
+    )
 
 
 def show_server_view(result: DigitResult) -> None:
@@ -78,7 +83,8 @@ def show_server_view(result: DigitResult) -> None:
             f"- your **public context** ({format_bytes(view['public_context_bytes'])}): the parameters and the "
             f"keys to multiply and rotate ciphertexts; secret key included: **{view['server_has_secret_key']}**\n"
             f"- the ciphertexts above: noise to anyone without your secret key\n"
-            f"- it returns **one ciphertext** of {format_bytes(view['output_bytes'])} holding the 10 scores")
+            f"- it returns **one ciphertext** of {format_bytes(view['output_bytes'])} holding the 10 scores"
+        )
         return
     st.markdown(
         f"- each party holds one share of your image and of every weight, and never the other share\n"
@@ -87,7 +93,8 @@ def show_server_view(result: DigitResult) -> None:
         f"{format_bytes(view['setup_bytes_per_party'])} once to prepare the weights, in {view['rounds']} rounds\n"
         f"- a third party dealt {format_bytes(view['dealer_bytes'])} of random triples beforehand, "
         f"without seeing any data\n"
-        f"- the 10 scores leave the parties as shares too, which only you add up")
+        f"- the 10 scores leave the parties as shares too, which only you add up"
+    )
 
 
 def show_answer(result: DigitResult) -> None:
@@ -96,8 +103,9 @@ def show_answer(result: DigitResult) -> None:
     c1.metric("Prediction", result.prediction)
     same = "the same" if result.plain_prediction == result.prediction else "a different answer"
     c1.metric("Plaintext model", result.plain_prediction, help=f"{same} without any encryption")
-    c2.plotly_chart(views.probability_figure(result.probabilities, result.prediction), width="stretch",
-                    config=CHART_CONFIG)
+    c2.plotly_chart(
+        views.probability_figure(result.probabilities, result.prediction), width="stretch", config=CHART_CONFIG
+    )
     steps = [("encrypt", "Encrypt"), ("server_setup", "Server setup"), ("compute", "Compute"), ("decrypt", "Decrypt")]
     shown = [(label, result.seconds[key]) for key, label in steps if key in result.seconds]
     for column, (label, seconds) in zip(st.columns(len(shown)), shown):
@@ -105,8 +113,10 @@ def show_answer(result: DigitResult) -> None:
     if result.scheme == "he" and "he_server" in st.session_state:
         keygen = st.session_state["he_client"].keygen_seconds
         setup = st.session_state["he_server"][1].setup_seconds
-        st.caption(f"Once per browser session: your keys were made in {format_duration(keygen)}, and the server "
-                   f"loaded them with the model in {format_duration(setup)}.")
+        st.caption(
+            f"Once per browser session: your keys were made in {format_duration(keygen)}, and the server "
+            f"loaded them with the model in {format_duration(setup)}."
+        )
 
 
 def show_preview(image_data) -> None:
@@ -136,9 +146,16 @@ if model is None:
 scheme = scheme_picker("draw_scheme")
 left, right = st.columns([1, 2], gap="large")
 with left:
-    canvas = st_canvas(stroke_width=STROKE_WIDTH, stroke_color="#FFFFFF", background_color="#000000",
-                       height=CANVAS_SIDE, width=CANVAS_SIDE, drawing_mode="freedraw", return_image_data=True,
-                       key=canvas_key())
+    canvas = st_canvas(
+        stroke_width=STROKE_WIDTH,
+        stroke_color="#FFFFFF",
+        background_color="#000000",
+        height=CANVAS_SIDE,
+        width=CANVAS_SIDE,
+        drawing_mode="freedraw",
+        return_image_data=True,
+        key=canvas_key(),
+    )
     b1, b2 = st.columns(2)
     clicked = b1.button("Classify", type="primary", width="stretch")
     b2.button("Clear", on_click=clear, width="stretch")

@@ -5,8 +5,15 @@ import logging
 import streamlit as st
 
 from fed_core.data import MnistFileError, load_mnist, normalize
-from fed_core.encrypted_eval import (HE_PASS_IMAGES, HE_SECONDS_PER_IMAGE, EvalResult, choose_he_packing,
-                                     estimate_seconds, evaluate_encrypted, he_passes)
+from fed_core.encrypted_eval import (
+    HE_PASS_IMAGES,
+    HE_SECONDS_PER_IMAGE,
+    EvalResult,
+    choose_he_packing,
+    estimate_seconds,
+    evaluate_encrypted,
+    he_passes,
+)
 from ui import encrypted_views as views
 from ui.encrypted_common import encryptable_model, format_bytes, format_duration, scheme_picker
 from ui.nav import sidebar_nav
@@ -18,8 +25,10 @@ MAX_IMAGES = 10_000
 st.set_page_config(page_title="Encrypted Test · Encrypted inference", page_icon=":material/lock:", layout="wide")
 sidebar_nav()
 st.title("The test set, encrypted")
-st.caption("Every test image is encrypted (or secret-shared) before the model sees it; the model answers on "
-           "encrypted data, and the answers are decrypted and compared with the plaintext model's.")
+st.caption(
+    "Every test image is encrypted (or secret-shared) before the model sees it; the model answers on "
+    "encrypted data, and the answers are decrypted and compared with the plaintext model's."
+)
 
 
 def estimate_text(scheme: str, n: int) -> str:
@@ -27,12 +36,16 @@ def estimate_text(scheme: str, n: int) -> str:
     if scheme == "mpc":
         return f"Estimated time: about {total} (secret sharing is fast: thousands of images per second)."
     if choose_he_packing(n) == "image":
-        return (f"Estimated time: about {total}. With few images, HE encrypts them one at a time "
-                f"(~{HE_SECONDS_PER_IMAGE:.1f} s each).")
+        return (
+            f"Estimated time: about {total}. With few images, HE encrypts them one at a time "
+            f"(~{HE_SECONDS_PER_IMAGE:.1f} s each)."
+        )
     passes = he_passes(n)
-    return (f"Estimated time: about {total}. HE packs up to {HE_PASS_IMAGES:,} images into each ciphertext, one "
-            f"per slot; a pass costs the same however full it is, and {n:,} images need {passes} "
-            f"pass{'es' if passes > 1 else ''}.")
+    return (
+        f"Estimated time: about {total}. HE packs up to {HE_PASS_IMAGES:,} images into each ciphertext, one "
+        f"per slot; a pass costs the same however full it is, and {n:,} images need {passes} "
+        f"pass{'es' if passes > 1 else ''}."
+    )
 
 
 class ProgressBar:
@@ -58,7 +71,8 @@ def run(model, scheme: str, n: int) -> None:
     progress = ProgressBar(f"Evaluating {n:,} encrypted images…")
     try:
         st.session_state["encrypted_eval"] = evaluate_encrypted(
-            model, normalize(mnist.test_images[:n]), mnist.test_labels[:n], scheme, progress=progress)
+            model, normalize(mnist.test_images[:n]), mnist.test_labels[:n], scheme, progress=progress
+        )
     except Exception:  # never a traceback on the page; the log has it
         log.exception("Encrypted evaluation failed")
         st.error("Something went wrong during the encrypted evaluation. The details are in the server log.")
@@ -67,34 +81,54 @@ def run(model, scheme: str, n: int) -> None:
 def show_metrics(result: EvalResult) -> None:
     c1, c2, c3, c4, c5 = st.columns(5)
     c1.metric("Plaintext accuracy", f"{result.plain_accuracy:.2%}")
-    c2.metric("Encrypted accuracy", f"{result.encrypted_accuracy:.2%}",
-              delta=f"{100 * (result.encrypted_accuracy - result.plain_accuracy):+.2f} points", delta_color="off")
+    c2.metric(
+        "Encrypted accuracy",
+        f"{result.encrypted_accuracy:.2%}",
+        delta=f"{100 * (result.encrypted_accuracy - result.plain_accuracy):+.2f} points",
+        delta_color="off",
+    )
     c3.metric("Same prediction", f"{result.agreement:.2%}", help="images where both models give the same digit")
-    c4.metric("Largest logit error", f"{result.max_logit_error:.2g}",
-              help="largest difference between a decrypted score and the plaintext one")
-    c5.metric("Images per second", f"{result.images_per_second:,.0f}",
-              help=f"{result.n:,} images in {format_duration(result.seconds['total'])}")
+    c4.metric(
+        "Largest logit error",
+        f"{result.max_logit_error:.2g}",
+        help="largest difference between a decrypted score and the plaintext one",
+    )
+    c5.metric(
+        "Images per second",
+        f"{result.images_per_second:,.0f}",
+        help=f"{result.n:,} images in {format_duration(result.seconds['total'])}",
+    )
 
 
 def communication_text(result: EvalResult) -> str:
     comm = result.communication
     if result.scheme == "mpc":
-        return (f"**Communication.** Each compute party sent {format_bytes(comm['bytes_per_party'][0])} "
-                f"({format_bytes(comm['online_bytes_per_image'] / 2)} per image) in {comm['rounds']} rounds "
-                f"({comm['rounds_per_batch']} per batch); the dealer sent {format_bytes(comm['dealer_bytes'])} "
-                f"of Beaver triples beforehand; sharing the images and weights took "
-                f"{format_bytes(comm['input_bytes'])}. Fixed point: {comm['fixed_point_fractional_bits']} "
-                f"fractional bits in 64-bit integers.")
+        return (
+            f"**Communication.** Each compute party sent {format_bytes(comm['bytes_per_party'][0])} "
+            f"({format_bytes(comm['online_bytes_per_image'] / 2)} per image) in {comm['rounds']} rounds "
+            f"({comm['rounds_per_batch']} per batch); the dealer sent {format_bytes(comm['dealer_bytes'])} "
+            f"of Beaver triples beforehand; sharing the images and weights took "
+            f"{format_bytes(comm['input_bytes'])}. Fixed point: {comm['fixed_point_fractional_bits']} "
+            f"fractional bits in 64-bit integers."
+        )
     packing = "one image per slot" if result.packing == "batch" else "one image at a time"
-    return (f"**Communication** (HE, {packing}). Public context sent to the server "
-            f"{format_bytes(comm['public_context_bytes'])} (no secret key); encrypted images uploaded "
-            f"{format_bytes(comm['upload_bytes'])}; encrypted scores downloaded {format_bytes(comm['download_bytes'])} "
-            f"({format_bytes(comm['bytes_per_image'])} per image in all).")
+    return (
+        f"**Communication** (HE, {packing}). Public context sent to the server "
+        f"{format_bytes(comm['public_context_bytes'])} (no secret key); encrypted images uploaded "
+        f"{format_bytes(comm['upload_bytes'])}; encrypted scores downloaded {format_bytes(comm['download_bytes'])} "
+        f"({format_bytes(comm['bytes_per_image'])} per image in all)."
+    )
 
 
 def show_timings(result: EvalResult) -> None:
-    labels = {"keygen": "Keys", "server_setup": "Server setup", "encrypt": "Encrypt", "compute": "Compute",
-              "decrypt": "Decrypt", "total": "Total"}
+    labels = {
+        "keygen": "Keys",
+        "server_setup": "Server setup",
+        "encrypt": "Encrypt",
+        "compute": "Compute",
+        "decrypt": "Decrypt",
+        "total": "Total",
+    }
     shown = [(label, result.seconds[key]) for key, label in labels.items() if key in result.seconds]
     for column, (label, seconds) in zip(st.columns(len(shown)), shown):
         column.metric(label, format_duration(seconds))
@@ -108,8 +142,10 @@ def show_examples(result: EvalResult) -> None:
     for row in range(0, len(indices), 4):
         for column, i in zip(st.columns(4), indices[row : row + 4]):
             column.image(views.enlarge(images[i].numpy(), 3))
-            column.caption(f"true {result.labels[i]} · plain {result.plain_predictions[i]} · "
-                           f"encrypted {result.encrypted_predictions[i]}")
+            column.caption(
+                f"true {result.labels[i]} · plain {result.plain_predictions[i]} · "
+                f"encrypted {result.encrypted_predictions[i]}"
+            )
 
 
 def show(result: EvalResult) -> None:
@@ -127,8 +163,9 @@ model = encryptable_model()
 if model is None:
     st.stop()
 scheme = scheme_picker("test_scheme", default="mpc")
-n = int(st.number_input("Test images", 1, MAX_IMAGES, 1000, step=500,
-                        help="the first n of the 10,000 MNIST test images"))
+n = int(
+    st.number_input("Test images", 1, MAX_IMAGES, 1000, step=500, help="the first n of the 10,000 MNIST test images")
+)
 st.caption(estimate_text(scheme, n))
 if st.button("Run encrypted evaluation", type="primary"):
     run(model, scheme, n)

@@ -24,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,10 +61,21 @@ def write_shards(config: TrainConfig, folder: Path) -> list[Path]:
 
 
 def run_config_overrides(config: TrainConfig, out_dir: Path) -> str:
-    keys = ("workers", "rounds", "fraction", "local_epochs", "batch_size", "lr", "partition", "seed", "model",
-            "train_size", "contribution_subset")
+    keys = (
+        "workers",
+        "rounds",
+        "fraction",
+        "local_epochs",
+        "batch_size",
+        "lr",
+        "partition",
+        "seed",
+        "model",
+        "train_size",
+        "contribution_subset",
+    )
     pairs = [f"{k.replace('_', '-')}={json.dumps(getattr(config, k))}" for k in keys]
-    return " ".join(pairs + [f"out-dir={json.dumps(str(out_dir))}"])
+    return " ".join([*pairs, f"out-dir={json.dumps(str(out_dir))}"])
 
 
 @dataclass
@@ -79,21 +90,48 @@ class LocalFederation:
     @property
     def env(self) -> dict[str, str]:
         bin_dir = str(Path(sys.executable).parent)  # flower-superlink starts flower-superexec by name
-        return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-                "PYTHONPATH": str(REPO_ROOT), "FLWR_HOME": str(self.workdir / "flwr-home"),
-                "FLWR_TELEMETRY_ENABLED": "0", "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"}
+        return {
+            **os.environ,
+            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+            "PYTHONPATH": str(REPO_ROOT),
+            "FLWR_HOME": str(self.workdir / "flwr-home"),
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
+        }
 
-    def __enter__(self) -> "LocalFederation":
+    def __enter__(self) -> LocalFederation:
         self.write_connection()
         try:
-            self.start("superlink", ["flower-superlink", "--insecure", "--host", HOST, "--port", str(self.port),
-                                     "--disable-runtime-dependency-installation"])
+            self.start(
+                "superlink",
+                [
+                    "flower-superlink",
+                    "--insecure",
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(self.port),
+                    "--disable-runtime-dependency-installation",
+                ],
+            )
             wait_for_port(self.port)
             for worker, shard in enumerate(self.shard_files):
                 node_config = f'partition-id={worker} shard-file="{shard}"'
-                self.start(f"supernode-{worker}", ["flower-supernode", "--insecure", "--superlink",
-                                                   f"{HOST}:{self.port}", "--host", HOST, "--port", str(free_port()),
-                                                   "--node-config", node_config])
+                self.start(
+                    f"supernode-{worker}",
+                    [
+                        "flower-supernode",
+                        "--insecure",
+                        "--superlink",
+                        f"{HOST}:{self.port}",
+                        "--host",
+                        HOST,
+                        "--port",
+                        str(free_port()),
+                        "--node-config",
+                        node_config,
+                    ],
+                )
         except BaseException:
             self.stop()
             raise
@@ -108,22 +146,40 @@ class LocalFederation:
         home.mkdir(parents=True, exist_ok=True)
         (home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-            f'[superlink.{CONNECTION}]\naddress = "{HOST}:{self.port}"\ninsecure = true\n')
+            f'[superlink.{CONNECTION}]\naddress = "{HOST}:{self.port}"\ninsecure = true\n'
+        )
 
     def start(self, name: str, command: list[str]) -> None:
-        log = open(self.workdir / f"{name}.log", "w")
+        log = open(self.workdir / f"{name}.log", "w")  # noqa: SIM115 (the process owns it)
         # A new session per process, so stop() can signal its whole process group.
-        self.processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                               cwd=self.workdir, start_new_session=True))
+        self.processes.append(
+            subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir, start_new_session=True
+            )
+        )
         log.close()
 
     def run(self, config: TrainConfig, out_dir: Path, timeout: float) -> dict:
         """Submit the job with `flwr run`, wait for it to finish, and return its run.json."""
-        command = ["flwr", "run", str(APP_DIR), CONNECTION, "--run-config", run_config_overrides(config, out_dir),
-                   "--stream"]
+        command = [
+            "flwr",
+            "run",
+            str(APP_DIR),
+            CONNECTION,
+            "--run-config",
+            run_config_overrides(config, out_dir),
+            "--stream",
+        ]
         with open(self.workdir / "flwr-run.log", "w") as log:
-            subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir,
-                           timeout=timeout, check=True)
+            subprocess.run(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.workdir,
+                timeout=timeout,
+                check=True,
+            )
         result = out_dir / "run.json"
         deadline = time.monotonic() + 30
         while not result.exists():  # the log stream can end a moment before the ServerApp writes its files
@@ -136,10 +192,8 @@ class LocalFederation:
         """Process ids of everything started here: SuperLink, SuperNodes and what they started."""
         pids = []
         for process in self.processes:
-            try:
+            with suppress(psutil.NoSuchProcess):
                 pids += [process.pid] + [child.pid for child in psutil.Process(process.pid).children(recursive=True)]
-            except psutil.NoSuchProcess:
-                pass
         return pids
 
     def stop(self) -> None:
@@ -194,8 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for shards, logs, run.json and model.pt")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the run")
     args = parser.parse_args(argv)
-    config = validate(TrainConfig(workers=args.workers, rounds=args.rounds, train_size=args.train_size,
-                                  seed=args.seed, engine="flower"))
+    config = validate(
+        TrainConfig(
+            workers=args.workers, rounds=args.rounds, train_size=args.train_size, seed=args.seed, engine="flower"
+        )
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     shards = write_shards(config, args.out / "shards")
     started = time.perf_counter()
@@ -203,8 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         run = federation.run(config, args.out / "result", args.timeout)
     for record in run["rounds"]:
         print(f"round {record['round']}: test accuracy {record['test_accuracy']:.2%} ({record['seconds']:.1f} s)")
-    print(f"{config.workers} SuperNodes x {config.rounds} rounds in {time.perf_counter() - started:.1f} s; "
-          f"model and metrics in {args.out / 'result'}")
+    print(
+        f"{config.workers} SuperNodes x {config.rounds} rounds in {time.perf_counter() - started:.1f} s; "
+        f"model and metrics in {args.out / 'result'}"
+    )
     return 0
 
 

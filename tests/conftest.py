@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from quick_model import trained_crypto_cnn
 
 from fed_core.data import Mnist, load_mnist
-from quick_model import trained_crypto_cnn
 
 
 def synthetic_mnist(train: int = 2000, test: int = 500, seed: int = 0) -> Mnist:

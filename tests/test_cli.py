@@ -11,15 +11,29 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fed_core", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "fed_core", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_train_on_real_mnist_writes_metrics_and_model(tmp_path):
     """End to end on real MNIST: 3 workers x 3 rounds on 6,000 images reach 92% on the full test set (93.4% here)."""
     out, model_path = tmp_path / "run.json", tmp_path / "model.pt"
-    done = run_cli("train", "--workers", "3", "--rounds", "3", "--train-size", "6000", "--batch-size", "32",
-                   "--out", str(out), "--save-model", str(model_path))
+    done = run_cli(
+        "train",
+        "--workers",
+        "3",
+        "--rounds",
+        "3",
+        "--train-size",
+        "6000",
+        "--batch-size",
+        "32",
+        "--out",
+        str(out),
+        "--save-model",
+        str(model_path),
+    )
     assert done.returncode == 0, done.stderr
     assert "3 workers x 3 rounds" in done.stdout and "test accuracy" in done.stdout
     assert "rounds" in done.stderr  # the progress bar

@@ -24,13 +24,13 @@ def test_corrupted_file_is_named_with_the_fix(copy_of_mnist):
     data = bytearray(path.read_bytes())
     data[100] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(MnistFileError, match="t10k-labels-idx1-ubyte.gz is corrupted"):
+    with pytest.raises(MnistFileError, match=r"t10k-labels-idx1-ubyte\.gz is corrupted"):
         load_from_root(copy_of_mnist)
 
 
 def test_missing_file_is_named(copy_of_mnist):
     (copy_of_mnist / "train-images-idx3-ubyte.gz").unlink()
-    with pytest.raises(MnistFileError, match="train-images-idx3-ubyte.gz is missing"):
+    with pytest.raises(MnistFileError, match=r"train-images-idx3-ubyte\.gz is missing"):
         load_from_root(copy_of_mnist)
 
 

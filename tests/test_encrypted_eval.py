@@ -44,9 +44,7 @@ def digit_png(tmp_path_factory):
 def test_mpc_evaluation_reports_agreement_traffic_and_confusion(trained_model, test_set):
     images, labels = test_set
     fractions = []
-    result = evaluate_encrypted(
-        trained_model, images, labels, "mpc", batch_size=16, progress=fractions.append
-    )
+    result = evaluate_encrypted(trained_model, images, labels, "mpc", batch_size=16, progress=fractions.append)
     assert result.agreement == 1.0 and result.max_logit_error < 0.05
     assert result.encrypted_accuracy == result.plain_accuracy > 0.9
     confusion = np.array(result.confusion)
@@ -92,7 +90,7 @@ def test_classify_digit_matches_plaintext_and_shows_the_server_view(trained_mode
 
 
 def test_classify_digit_reuses_the_sessions_keys_and_server(trained_model, test_set):
-    images, labels = test_set
+    images, _labels = test_set
     client = HeClient()
     server = HeServer(trained_model, client.public_context)
     for image in images[1:3]:
@@ -102,7 +100,7 @@ def test_classify_digit_reuses_the_sessions_keys_and_server(trained_model, test_
 
 
 def test_non_encryptable_model_is_refused_with_the_accepted_models():
-    with pytest.raises(NotEncryptableError, match="relu_cnn.*accepts only crypto_cnn"):
+    with pytest.raises(NotEncryptableError, match=r"relu_cnn.*accepts only crypto_cnn"):
         classify_digit(build_model("relu_cnn"), torch.zeros(28, 28), "mpc")
 
 

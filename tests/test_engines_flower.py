@@ -11,8 +11,12 @@ SMALL = dict(workers=3, rounds=3, train_size=3000, contribution_subset=200, frac
 
 def test_flower_reaches_the_inprocess_accuracy_with_the_same_workers_each_round(mnist):
     started, rounds = [], []
-    flower = run_federated(TrainConfig(engine="flower", **SMALL), mnist, on_start=started.append,
-                           on_round=lambda run, record: rounds.append(record.round))
+    flower = run_federated(
+        TrainConfig(engine="flower", **SMALL),
+        mnist,
+        on_start=started.append,
+        on_round=lambda run, record: rounds.append(record.round),
+    )
     inprocess = run_federated(TrainConfig(**SMALL), mnist)
 
     assert len(started) == 1 and rounds == [1, 2, 3]  # the page's callbacks see every round

@@ -78,8 +78,9 @@ def test_two_owners_train_like_inprocess_and_the_aggregator_never_opens_private_
     assert not Path(root).exists(), "the datasites' folders are deleted after the run"
 
 
-def run_in_thread(engine: SyftEngine, config: TrainConfig, data,
-                  stop: threading.Event) -> tuple[threading.Thread, dict]:
+def run_in_thread(
+    engine: SyftEngine, config: TrainConfig, data, stop: threading.Event
+) -> tuple[threading.Thread, dict]:
     outcome: dict = {}
 
     def work() -> None:
@@ -96,8 +97,9 @@ def run_in_thread(engine: SyftEngine, config: TrainConfig, data,
 def test_manual_approval_holds_the_round_until_the_owner_approves(mnist):
     engine = SyftEngine(manual_approval=True)
     stop = threading.Event()
-    thread, outcome = run_in_thread(engine, TrainConfig(workers=1, rounds=1, train_size=1000,
-                                                        contribution_subset=100, engine="syft"), mnist, stop)
+    thread, outcome = run_in_thread(
+        engine, TrainConfig(workers=1, rounds=1, train_size=1000, contribution_subset=100, engine="syft"), mnist, stop
+    )
     try:
         wait_for(lambda: engine.datasites() and engine.datasites()[0].awaiting_approval)
         time.sleep(1.5)
@@ -118,8 +120,9 @@ def test_stop_while_awaiting_approval_ends_the_run_its_owners_and_syfts_threads(
     before = set(threading.enumerate())
     engine = SyftEngine(manual_approval=True)
     stop = threading.Event()
-    thread, outcome = run_in_thread(engine, TrainConfig(workers=1, rounds=1, train_size=1000,
-                                                        contribution_subset=100, engine="syft"), mnist, stop)
+    thread, outcome = run_in_thread(
+        engine, TrainConfig(workers=1, rounds=1, train_size=1000, contribution_subset=100, engine="syft"), mnist, stop
+    )
     wait_for(lambda: engine.datasites() and engine.datasites()[0].awaiting_approval)
     stop.set()
     thread.join(60)

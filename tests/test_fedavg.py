@@ -38,14 +38,17 @@ def test_one_worker_with_all_data_equals_plain_local_sgd(tiny_data):
     model = new_model("crypto_cnn", "default", seed=3)
     shard = torch.arange(500)
     update = BatchedTrainer(model, tiny_data.train_images, tiny_data.train_labels, settings).train(
-        flatten(model_params(model)), [0], [shard], seeds=[11])[0]
+        flatten(model_params(model)), [0], [shard], seeds=[11]
+    )[0]
 
     reference = new_model("crypto_cnn", "default", seed=3)
     opt = torch.optim.SGD(reference.parameters(), lr=0.02, momentum=0.9)
     for order in epoch_orders(len(shard), 2, seed=11):
         for batch in shard[order].split(64):
             opt.zero_grad()
-            F.cross_entropy(reference(normalize(tiny_data.train_images[batch])), tiny_data.train_labels[batch]).backward()
+            F.cross_entropy(
+                reference(normalize(tiny_data.train_images[batch])), tiny_data.train_labels[batch]
+            ).backward()
             torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
             opt.step()
     expected = flatten(model_params(reference)) - flatten(model_params(model))

@@ -35,8 +35,9 @@ def test_stop_ends_the_run_between_batches(tiny_data):
 
 
 def test_errors_are_reported_not_swallowed(tiny_data):
-    job = TrainingJob(TrainConfig(**{**SMALL.to_dict(), "lr": 10.0, "clip_norm": 1e9}),
-                      load_data=lambda: tiny_data).start()
+    job = TrainingJob(
+        TrainConfig(**{**SMALL.to_dict(), "lr": 10.0, "clip_norm": 1e9}), load_data=lambda: tiny_data
+    ).start()
     job.join(60)
     snap = job.snapshot()
     assert snap.status == FAILED

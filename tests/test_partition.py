@@ -3,7 +3,12 @@ import pytest
 import torch
 
 from fed_core.partition import (
-    PartitionError, label_histogram, make_partition, partition_dirichlet, partition_iid, partition_shards,
+    PartitionError,
+    label_histogram,
+    make_partition,
+    partition_dirichlet,
+    partition_iid,
+    partition_shards,
 )
 
 LABELS = torch.arange(6000) % 10

@@ -78,18 +78,21 @@ def test_stop_request_interrupts_between_batches(tiny_data):
     assert len(calls) == 4
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(workers=0), "workers must be between 1 and 100"),
-    (dict(workers=101), "workers must be between 1 and 100"),
-    (dict(rounds=-1), "rounds must be between 1 and 200"),
-    (dict(rounds=2.5), "rounds must be a whole number"),
-    (dict(fraction=0.0), "fraction C"),
-    (dict(lr=0), "learning rate"),
-    (dict(dropout=1.0), "dropout"),
-    (dict(partition="dirichlet", alpha=0), "alpha"),
-    (dict(workers=100, train_size=500), "cannot serve 100 workers"),
-    (dict(workers=100, partition="shards", shards_per_worker=20, train_size=10_000), "shards"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(workers=0), "workers must be between 1 and 100"),
+        (dict(workers=101), "workers must be between 1 and 100"),
+        (dict(rounds=-1), "rounds must be between 1 and 200"),
+        (dict(rounds=2.5), "rounds must be a whole number"),
+        (dict(fraction=0.0), "fraction C"),
+        (dict(lr=0), "learning rate"),
+        (dict(dropout=1.0), "dropout"),
+        (dict(partition="dirichlet", alpha=0), "alpha"),
+        (dict(workers=100, train_size=500), "cannot serve 100 workers"),
+        (dict(workers=100, partition="shards", shards_per_worker=20, train_size=10_000), "shards"),
+    ],
+)
 def test_out_of_range_settings_are_explained(change, message):
     found = " ".join(problems(TrainConfig(**change)))
     assert message in found

@@ -23,7 +23,7 @@ def widget(widgets, label):
 def train_page():
     at = train_page_app()
     yield at
-    job = at.session_state["job"] if "job" in at.session_state else None
+    job = at.session_state.get("job", None)
     if job is not None:  # AppTest leaves threads running unless stopped here
         job.stop()
         job.join(60)

@@ -17,20 +17,49 @@ def enlarge(pixels: np.ndarray, factor: int = 6) -> np.ndarray:
 
 def probability_figure(probabilities: list[float], prediction: int) -> go.Figure:
     colours = [ACCENT if d == prediction else SECOND for d in range(10)]
-    fig = go.Figure(go.Bar(x=DIGITS, y=[100 * p for p in probabilities], marker_color=colours,
-                           text=[f"{100 * p:.1f}%" for p in probabilities], textposition="outside"))
-    fig.update_layout(title="Decrypted probabilities", height=300, margin=dict(t=50, b=30),
-                      xaxis_title="digit", yaxis_title="probability (%)", yaxis_range=[0, 115])
+    fig = go.Figure(
+        go.Bar(
+            x=DIGITS,
+            y=[100 * p for p in probabilities],
+            marker_color=colours,
+            text=[f"{100 * p:.1f}%" for p in probabilities],
+            textposition="outside",
+        )
+    )
+    fig.update_layout(
+        title="Decrypted probabilities",
+        height=300,
+        margin=dict(t=50, b=30),
+        xaxis_title="digit",
+        yaxis_title="probability (%)",
+        yaxis_range=[0, 115],
+    )
     return fig
 
 
 def confusion_figure(confusion: list[list[int]]) -> go.Figure:
-    fig = go.Figure(go.Heatmap(z=confusion, x=DIGITS, y=DIGITS, colorscale="Blues", colorbar_title="images",
-                               text=confusion, texttemplate="%{text}",
-                               hovertemplate="true %{y}, encrypted prediction %{x}: %{z}<extra></extra>"))
-    fig.update_layout(title="Confusion matrix of the encrypted predictions", height=460,
-                      margin=dict(t=50, b=30), xaxis_title="encrypted prediction", yaxis_title="true digit",
-                      xaxis_dtick=1, yaxis_dtick=1, yaxis_autorange="reversed")
+    fig = go.Figure(
+        go.Heatmap(
+            z=confusion,
+            x=DIGITS,
+            y=DIGITS,
+            colorscale="Blues",
+            colorbar_title="images",
+            text=confusion,
+            texttemplate="%{text}",
+            hovertemplate="true %{y}, encrypted prediction %{x}: %{z}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title="Confusion matrix of the encrypted predictions",
+        height=460,
+        margin=dict(t=50, b=30),
+        xaxis_title="encrypted prediction",
+        yaxis_title="true digit",
+        xaxis_dtick=1,
+        yaxis_dtick=1,
+        yaxis_autorange="reversed",
+    )
     return fig
 
 

@@ -24,24 +24,31 @@ ENGINE_LABELS = {
 ENGINE_NOTES = {
     "inprocess": "All workers train together in this server process.",
     "syft": "Each worker is a syft data owner: it publishes its digits as a dataset (mock part visible, private "
-            "part only readable by approved jobs) and runs the aggregator's training job each round. Owners and "
-            "aggregator talk over syft's in-memory Drive service, the one syft's own tests use, so everything runs "
-            "offline in this server; a real deployment gives every owner its own Google account (docs/engines.md). "
-            "Each job is a new Python process (about 4 s of CPU), so with 5 owners a round takes about 12 s "
-            "on a 2-core machine.",
+    "part only readable by approved jobs) and runs the aggregator's training job each round. Owners and "
+    "aggregator talk over syft's in-memory Drive service, the one syft's own tests use, so everything runs "
+    "offline in this server; a real deployment gives every owner its own Google account (docs/engines.md). "
+    "Each job is a new Python process (about 4 s of CPU), so with 5 owners a round takes about 12 s "
+    "on a 2-core machine.",
     "flower": "Flower's Simulation Engine: one virtual SuperNode per worker, in Ray processes on this machine; "
-              "start-up takes about 10 s. On real machines the same ClientApp and ServerApp run with "
-              "flower-superlink and one flower-supernode per worker (docs/engines.md).",
+    "start-up takes about 10 s. On real machines the same ClientApp and ServerApp run with "
+    "flower-superlink and one flower-supernode per worker (docs/engines.md).",
 }
-JOB_COLUMNS = {"name": "job", "round": "round", "status": "status", "approval": "approval",
-               "waited": "waited for approval (s)", "seconds": "ran (s)"}
+JOB_COLUMNS = {
+    "name": "job",
+    "round": "round",
+    "status": "status",
+    "approval": "approval",
+    "waited": "waited for approval (s)",
+    "seconds": "ran (s)",
+}
 
 
 def engine_settings(column) -> tuple[str, bool]:
     """The engine select box and, for syft, the manual-approval toggle; returns (engine, manual approval)."""
     engine = column.selectbox("Where workers train", ENGINES, format_func=ENGINE_LABELS.get)
     manual = engine == "syft" and column.toggle(
-        "Approve jobs manually", help="each owner waits until you press Approve on its job")
+        "Approve jobs manually", help="each owner waits until you press Approve on its job"
+    )
     st.caption(ENGINE_NOTES[engine])
     return engine, manual
 
@@ -75,9 +82,11 @@ def datasite_panels(job: TrainingJob) -> None:
     if waiting:
         st.warning(f"{waiting} job(s) wait for their owner's approval: press Approve below.")
     with st.expander(f"Datasites: {len(sites)} data owners", expanded=bool(waiting) or engine.manual_approval):
-        st.caption("Owners and aggregator are connected through syft's in-memory Drive service in this server. "
-                   "The aggregator only ever sees each owner's mock data and the outputs of the jobs the owner "
-                   "approved: the weight update, the number of examples and the metrics.")
+        st.caption(
+            "Owners and aggregator are connected through syft's in-memory Drive service in this server. "
+            "The aggregator only ever sees each owner's mock data and the outputs of the jobs the owner "
+            "approved: the weight update, the number of examples and the metrics."
+        )
         if not sites:
             st.info("The data owners are publishing their datasets…")
         for site in sites:
@@ -88,11 +97,16 @@ def datasite_panels(job: TrainingJob) -> None:
 def datasite_panel(job: TrainingJob, engine: SyftEngine, site: DatasiteView) -> None:
     mock, private, jobs = st.columns([2, 1, 4])
     mock.markdown(f"**{site.owner}**")
-    mock.image(tile(site.mock_images.numpy()), clamp=True,
-               caption="Mock data the aggregator sees: random images in the shape of the private ones")
+    mock.image(
+        tile(site.mock_images.numpy()),
+        clamp=True,
+        caption="Mock data the aggregator sees: random images in the shape of the private ones",
+    )
     private.metric("Private images", f"{site.private_images:,}")
-    private.caption(f"{site.private_bytes / 1e6:.1f} MB that stay on the owner's datasite: never shown here, "
-                    "never read by the aggregator, only by the jobs the owner approved.")
+    private.caption(
+        f"{site.private_bytes / 1e6:.1f} MB that stay on the owner's datasite: never shown here, "
+        "never read by the aggregator, only by the jobs the owner approved."
+    )
     frame = pd.DataFrame([vars(j) for j in site.jobs], columns=list(JOB_COLUMNS)).rename(columns=JOB_COLUMNS)
     jobs.dataframe(frame.set_index("job"), width="stretch")
     for name in site.awaiting_approval:

@@ -38,8 +38,12 @@ def keep_trained_model(job: TrainingJob, snapshot: JobSnapshot) -> None:
         return
     st.session_state["trained_model"] = {
         "model": job.model,
-        "meta": {"model": job.config.model, "test_accuracy": snapshot.history[-1]["test_accuracy"],
-                 "source": f"your federated run ({snapshot.round} rounds)", "config": job.config.to_dict()},
+        "meta": {
+            "model": job.config.model,
+            "test_accuracy": snapshot.history[-1]["test_accuracy"],
+            "source": f"your federated run ({snapshot.round} rounds)",
+            "config": job.config.to_dict(),
+        },
     }
     st.session_state["trained_model_job"] = job.job_id
 
@@ -47,12 +51,29 @@ def keep_trained_model(job: TrainingJob, snapshot: JobSnapshot) -> None:
 def accuracy_figure(history: list[dict]) -> go.Figure:
     rounds = [r["round"] for r in history]
     fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_trace(go.Scatter(x=rounds, y=[100 * r["test_accuracy"] for r in history], name="test accuracy (%)",
-                             mode="lines+markers", line_color=ACCENT))
-    fig.add_trace(go.Scatter(x=rounds, y=[r["test_loss"] for r in history], name="test loss",
-                             mode="lines+markers", line_color=SECOND), secondary_y=True)
-    fig.update_layout(title="Global model on the 10,000 test images", height=340, margin=dict(t=50, b=30),
-                      legend=dict(orientation="h", y=-0.2), xaxis_title="round", xaxis_dtick=max(1, len(rounds) // 10))
+    fig.add_trace(
+        go.Scatter(
+            x=rounds,
+            y=[100 * r["test_accuracy"] for r in history],
+            name="test accuracy (%)",
+            mode="lines+markers",
+            line_color=ACCENT,
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=rounds, y=[r["test_loss"] for r in history], name="test loss", mode="lines+markers", line_color=SECOND
+        ),
+        secondary_y=True,
+    )
+    fig.update_layout(
+        title="Global model on the 10,000 test images",
+        height=340,
+        margin=dict(t=50, b=30),
+        legend=dict(orientation="h", y=-0.2),
+        xaxis_title="round",
+        xaxis_dtick=max(1, len(rounds) // 10),
+    )
     fig.update_yaxes(title_text="accuracy (%)", secondary_y=False)
     fig.update_yaxes(title_text="loss", secondary_y=True)
     return fig
@@ -63,30 +84,55 @@ def contribution_figure(history: list[dict], cumulative: dict[int, float]) -> go
     workers = sorted(cumulative)
     labels = [f"W{w}" for w in workers]
     fig = make_subplots(rows=1, cols=2, subplot_titles=(f"round {len(history)}", "all rounds (sum)"))
-    fig.add_trace(go.Bar(x=labels, y=[100 * latest.get(w, 0.0) for w in workers], marker_color=ACCENT,
-                         name="this round"), row=1, col=1)
-    fig.add_trace(go.Bar(x=labels, y=[100 * cumulative[w] for w in workers], marker_color=SECOND,
-                         name="cumulative"), row=1, col=2)
-    fig.update_layout(title="Contribution: accuracy lost without the worker's update",
-                      height=340, showlegend=False, margin=dict(t=80, b=30))
+    fig.add_trace(
+        go.Bar(x=labels, y=[100 * latest.get(w, 0.0) for w in workers], marker_color=ACCENT, name="this round"),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Bar(x=labels, y=[100 * cumulative[w] for w in workers], marker_color=SECOND, name="cumulative"), row=1, col=2
+    )
+    fig.update_layout(
+        title="Contribution: accuracy lost without the worker's update",
+        height=340,
+        showlegend=False,
+        margin=dict(t=80, b=30),
+    )
     fig.update_yaxes(title_text="accuracy points")
     return fig
 
 
 def label_heatmap(histogram: list[list[int]]) -> go.Figure:
-    fig = go.Figure(go.Heatmap(z=histogram, x=[str(d) for d in range(10)],
-                               y=[f"W{w}" for w in range(len(histogram))], colorscale="Blues",
-                               colorbar_title="images"))
-    fig.update_layout(title="Private data: images per digit", xaxis_title="digit", xaxis_dtick=1,
-                      height=min(600, max(340, 22 * len(histogram) + 120)), margin=dict(t=80, b=30))
+    fig = go.Figure(
+        go.Heatmap(
+            z=histogram,
+            x=[str(d) for d in range(10)],
+            y=[f"W{w}" for w in range(len(histogram))],
+            colorscale="Blues",
+            colorbar_title="images",
+        )
+    )
+    fig.update_layout(
+        title="Private data: images per digit",
+        xaxis_title="digit",
+        xaxis_dtick=1,
+        height=min(600, max(340, 22 * len(histogram) + 120)),
+        margin=dict(t=80, b=30),
+    )
     fig.update_yaxes(autorange="reversed")
     return fig
 
 
 WORKER_COLUMNS = {
-    "worker": "worker", "examples": "examples used", "weight": "weight", "loss_before": "loss before",
-    "loss_after": "loss after", "local_accuracy": "local accuracy", "update_norm": "update norm",
-    "cosine_to_aggregate": "cosine to aggregate", "contribution": "contribution",
+    "worker": "worker",
+    "examples": "examples used",
+    "weight": "weight",
+    "loss_before": "loss before",
+    "loss_after": "loss after",
+    "local_accuracy": "local accuracy",
+    "update_norm": "update norm",
+    "cosine_to_aggregate": "cosine to aggregate",
+    "contribution": "contribution",
 }
 # Plotly's hover toolbar covers the titles on a projector; zoom and pan stay available by mouse.
 CHART_CONFIG = {"displayModeBar": False}
@@ -105,37 +151,57 @@ def round_views(job: TrainingJob, snapshot: JobSnapshot) -> tuple[go.Figure, go.
     cached = st.session_state.get("round_views")
     if cached is None or cached[0] != key:
         history, cumulative = snapshot.history, snapshot.cumulative_contributions
-        cached = (key, (accuracy_figure(history), contribution_figure(history, cumulative),
-                        label_heatmap(snapshot.label_histogram), worker_table(history, cumulative)))
+        cached = (
+            key,
+            (
+                accuracy_figure(history),
+                contribution_figure(history, cumulative),
+                label_heatmap(snapshot.label_histogram),
+                worker_table(history, cumulative),
+            ),
+        )
         st.session_state["round_views"] = cached
     return cached[1]
 
 
 def metrics_csv(history: list[dict]) -> str:
-    rows = [{"round": r["round"], "test_accuracy": r["test_accuracy"], "test_loss": r["test_loss"], **w}
-            for r in history for w in r["workers"]]
+    rows = [
+        {"round": r["round"], "test_accuracy": r["test_accuracy"], "test_loss": r["test_loss"], **w}
+        for r in history
+        for w in r["workers"]
+    ]
     return pd.DataFrame(rows).to_csv(index=False)
 
 
 def metrics_json(job: TrainingJob, snapshot: JobSnapshot) -> str:
-    return json.dumps({"config": job.config.to_dict(), "status": snapshot.status, "rounds": snapshot.history,
-                       "label_histogram": snapshot.label_histogram,
-                       "cumulative_contributions": snapshot.cumulative_contributions,
-                       "wall_seconds": snapshot.elapsed}, indent=1)
+    return json.dumps(
+        {
+            "config": job.config.to_dict(),
+            "status": snapshot.status,
+            "rounds": snapshot.history,
+            "label_histogram": snapshot.label_histogram,
+            "cumulative_contributions": snapshot.cumulative_contributions,
+            "wall_seconds": snapshot.elapsed,
+        },
+        indent=1,
+    )
 
 
 def model_bytes(job: TrainingJob, snapshot: JobSnapshot) -> bytes:
     buffer = io.BytesIO()
-    save_model(job.model, buffer, job.config.model,
-               {"config": job.config.to_dict(), "test_accuracy": snapshot.history[-1]["test_accuracy"]})
+    save_model(
+        job.model,
+        buffer,
+        job.config.model,
+        {"config": job.config.to_dict(), "test_accuracy": snapshot.history[-1]["test_accuracy"]},
+    )
     return buffer.getvalue()
 
 
 def format_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     if seconds < 60:
         return f"{seconds} s"
     if seconds < 3600:
         return f"{seconds // 60} min {seconds % 60:02d} s"
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-

@@ -9,7 +9,8 @@ asks for them and the default path stays fast.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from fed_core.config import TrainConfig
@@ -22,10 +23,14 @@ class EngineError(RuntimeError):
 
 
 class Engine(Protocol):
-    def run(self, config: "TrainConfig", data: "Mnist",
-            on_start: Callable[["FederatedRun"], None] | None = None,
-            on_round: Callable[["FederatedRun", "RoundRecord"], None] | None = None,
-            should_stop: Callable[[], bool] | None = None) -> "FederatedRun": ...
+    def run(
+        self,
+        config: TrainConfig,
+        data: Mnist,
+        on_start: Callable[[FederatedRun], None] | None = None,
+        on_round: Callable[[FederatedRun, RoundRecord], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> FederatedRun: ...
 
 
 def engine_for(name: str, manual_approval: bool = False) -> Engine:
@@ -41,8 +46,12 @@ def engine_for(name: str, manual_approval: bool = False) -> Engine:
     raise ValueError(f"There is no engine called {name!r} besides the in-process one; choose syft or flower.")
 
 
-def run_engine(config: "TrainConfig", data: "Mnist", on_start: Callable[["FederatedRun"], None] | None = None,
-               on_round: Callable[["FederatedRun", "RoundRecord"], None] | None = None,
-               should_stop: Callable[[], bool] | None = None) -> "FederatedRun":
+def run_engine(
+    config: TrainConfig,
+    data: Mnist,
+    on_start: Callable[[FederatedRun], None] | None = None,
+    on_round: Callable[[FederatedRun, RoundRecord], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> FederatedRun:
     """Run ``config`` on the engine it names, with owners approving jobs automatically."""
     return engine_for(config.engine).run(config, data, on_start=on_start, on_round=on_round, should_stop=should_stop)

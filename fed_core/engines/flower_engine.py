@@ -25,10 +25,10 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from logging import INFO
 from pathlib import Path
-from typing import Callable
 
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
@@ -59,6 +59,7 @@ class FlowerClientError(EngineError):
 
 # --- ClientApp -------------------------------------------------------------------------------------
 
+
 def client_app_for(shard_file: Callable[[Context], str]) -> ClientApp:
     """A ClientApp that trains on the shard file ``shard_file(context)`` of the node it runs on."""
     app = ClientApp()
@@ -74,10 +75,18 @@ def client_app_for(shard_file: Callable[[Context], str]) -> ClientApp:
         task = LocalTask.from_dict(dict(msg.content["task"]))
         global_vector = torch.tensor(msg.content["weights"]["global"].numpy())
         update = train_local(task, global_vector, *_shard(shard_file(context)))
-        metrics = MetricRecord({"num-examples": update.num_examples, "loss-before": update.loss_before,
-                                "loss-after": update.loss_after, "accuracy-after": update.accuracy_after})
-        return Message(RecordDict({"update": ArrayRecord({"delta": Array(update.delta.numpy())}), "metrics": metrics}),
-                       reply_to=msg)
+        metrics = MetricRecord(
+            {
+                "num-examples": update.num_examples,
+                "loss-before": update.loss_before,
+                "loss-after": update.loss_after,
+                "accuracy-after": update.accuracy_after,
+            }
+        )
+        return Message(
+            RecordDict({"update": ArrayRecord({"delta": Array(update.delta.numpy())}), "metrics": metrics}),
+            reply_to=msg,
+        )
 
     return app
 
@@ -89,6 +98,7 @@ def _shard(path: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # --- ServerApp side --------------------------------------------------------------------------------
+
 
 class FlowerPool:
     """Local training on Flower SuperNodes: one train Message per sampled worker per round."""
@@ -102,9 +112,14 @@ class FlowerPool:
     def train(self, global_vector: torch.Tensor, workers: list[int], round_idx: int) -> list[WorkerUpdate]:
         weights = ArrayRecord({"global": Array(global_vector.numpy())})
         messages = [
-            Message(RecordDict({"weights": weights,
-                                "task": ConfigRecord(LocalTask.for_round(self.config, w, round_idx).to_dict())}),
-                    dst_node_id=self.nodes[w], message_type=MessageType.TRAIN, group_id=str(round_idx))
+            Message(
+                RecordDict(
+                    {"weights": weights, "task": ConfigRecord(LocalTask.for_round(self.config, w, round_idx).to_dict())}
+                ),
+                dst_node_id=self.nodes[w],
+                message_type=MessageType.TRAIN,
+                group_id=str(round_idx),
+            )
             for w in workers
         ]
         replies = {reply.metadata.src_node_id: reply for reply in self._exchange(messages)}
@@ -117,7 +132,8 @@ class FlowerPool:
             if time.monotonic() > deadline:
                 raise FlowerClientError(
                     f"Only {len(node_ids)} of {count} Flower SuperNodes connected within {CONNECT_SECONDS:.0f} s: "
-                    "start one SuperNode per worker.")
+                    "start one SuperNode per worker."
+                )
             self._check_stop()
             time.sleep(POLL_SECONDS)
         queries = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in node_ids]
@@ -127,8 +143,9 @@ class FlowerPool:
                 raise FlowerClientError(f"A SuperNode could not say which worker it is: {reply.error.reason}")
             nodes[int(reply.content["node"][PARTITION_ID])] = reply.metadata.src_node_id
         if sorted(nodes) != list(range(count)):
-            raise FlowerClientError(f"The SuperNodes must have partition ids 0 to {count - 1}, one per worker; "
-                                    f"they have {sorted(nodes)}.")
+            raise FlowerClientError(
+                f"The SuperNodes must have partition ids 0 to {count - 1}, one per worker; they have {sorted(nodes)}."
+            )
         return nodes
 
     def _exchange(self, messages: list[Message]) -> list[Message]:
@@ -155,8 +172,14 @@ def _worker_update(worker: int, reply: Message) -> WorkerUpdate:
     if reply.has_error():
         raise FlowerClientError(f"Worker {worker}'s ClientApp failed: {reply.error.reason}")
     metrics = reply.content["metrics"]
-    return WorkerUpdate(worker, int(metrics["num-examples"]), torch.tensor(reply.content["update"]["delta"].numpy()),
-                        float(metrics["loss-before"]), float(metrics["loss-after"]), float(metrics["accuracy-after"]))
+    return WorkerUpdate(
+        worker,
+        int(metrics["num-examples"]),
+        torch.tensor(reply.content["update"]["delta"].numpy()),
+        float(metrics["loss-before"]),
+        float(metrics["loss-after"]),
+        float(metrics["accuracy-after"]),
+    )
 
 
 def flower_pool_factory(grid: Grid, shard_dir: Path | None = None) -> Callable[..., FlowerPool]:
@@ -165,8 +188,13 @@ def flower_pool_factory(grid: Grid, shard_dir: Path | None = None) -> Callable[.
     With ``shard_dir`` (simulation), it first gives each virtual SuperNode its shard, as a file there.
     """
 
-    def connect(model, data: Mnist, shards: list[torch.Tensor], config: TrainConfig,
-                should_stop: Callable[[], bool] | None = None) -> FlowerPool:
+    def connect(
+        model,
+        data: Mnist,
+        shards: list[torch.Tensor],
+        config: TrainConfig,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> FlowerPool:
         if shard_dir is not None:
             for worker, shard in enumerate(shards):
                 save_shard(shard_dir / shard_file_name(worker), data.train_images[shard], data.train_labels[shard])
@@ -187,9 +215,14 @@ _simulation_slot = threading.Lock()  # Ray is one per process: simulations take 
 class FlowerEngine:
     """Runs a config with Flower's Simulation Engine, one virtual SuperNode (Ray actor) per worker."""
 
-    def run(self, config: TrainConfig, data: Mnist, on_start: Callable[[FederatedRun], None] | None = None,
-            on_round: Callable[[FederatedRun, RoundRecord], None] | None = None,
-            should_stop: Callable[[], bool] | None = None) -> FederatedRun:
+    def run(
+        self,
+        config: TrainConfig,
+        data: Mnist,
+        on_start: Callable[[FederatedRun], None] | None = None,
+        on_round: Callable[[FederatedRun, RoundRecord], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> FederatedRun:
         validate(config)
         _wait_for_slot(should_stop)
         try:
@@ -199,11 +232,23 @@ class FlowerEngine:
 
                 @server.main()
                 def main(grid: Grid, context: Context) -> None:
-                    result.append(run_federated(config, data, flower_pool_factory(grid, Path(shard_dir)),
-                                                on_start=on_start, on_round=on_round, should_stop=should_stop))
+                    result.append(
+                        run_federated(
+                            config,
+                            data,
+                            flower_pool_factory(grid, Path(shard_dir)),
+                            on_start=on_start,
+                            on_round=on_round,
+                            should_stop=should_stop,
+                        )
+                    )
 
-                run_simulation(server, client_app_for(_simulated_shard_file(shard_dir)),
-                               num_supernodes=config.workers, backend_config=simulation_backend())
+                run_simulation(
+                    server,
+                    client_app_for(_simulated_shard_file(shard_dir)),
+                    num_supernodes=config.workers,
+                    backend_config=simulation_backend(),
+                )
                 return result[0]
         finally:
             _simulation_slot.release()
@@ -221,12 +266,14 @@ def _wait_for_slot(should_stop: Callable[[], bool] | None) -> None:
 
 def simulation_backend() -> dict:
     """Ray sized for this machine: one core per virtual SuperNode, so nodes train side by side."""
-    return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": os.cpu_count() or 1, "num_gpus": 0, "logging_level": "ERROR",
-                          "log_to_driver": False}}
+    return {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {"num_cpus": os.cpu_count() or 1, "num_gpus": 0, "logging_level": "ERROR", "log_to_driver": False},
+    }
 
 
 # --- Deployment Engine components (named by fed_core/flower_app/pyproject.toml) ----------------------
+
 
 def config_from_run_config(run_config: dict) -> TrainConfig:
     """The TrainConfig of a ``flwr run``: [tool.flwr.app.config] keys, dashes for underscores."""
@@ -245,13 +292,23 @@ def deployed_main(grid: Grid, context: Context) -> None:
     if out_dir:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "run.json").write_text(json.dumps(run.to_dict(), indent=1))
-        save_model(run.model, Path(out_dir) / "model.pt", config.model,
-                   {"config": config.to_dict(), "test_accuracy": run.history[-1].test_accuracy})
+        save_model(
+            run.model,
+            Path(out_dir) / "model.pt",
+            config.model,
+            {"config": config.to_dict(), "test_accuracy": run.history[-1].test_accuracy},
+        )
 
 
 def _log_round(run: FederatedRun, record: RoundRecord) -> None:
-    log(INFO, "round %d: test accuracy %.4f, loss %.4f (%.1f s)", record.round, record.test_accuracy,
-        record.test_loss, record.seconds)
+    log(
+        INFO,
+        "round %d: test accuracy %.4f, loss %.4f (%.1f s)",
+        record.round,
+        record.test_accuracy,
+        record.test_loss,
+        record.seconds,
+    )
 
 
 client_app = client_app_for(lambda context: str(context.node_config[SHARD_FILE]))

@@ -26,10 +26,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from syft_rds import SyftRDSClient, job_matches_criteria
@@ -117,6 +117,7 @@ def quiet() -> Iterator[None]:
 
 # --- the owners' side ------------------------------------------------------------------------------
 
+
 @dataclass
 class JobRecord:
     """One job as its owner saw it: when it came, how it was approved, how long it ran."""
@@ -174,8 +175,9 @@ class DataOwner:
 
     def start(self, images: torch.Tensor, labels: torch.Tensor, staging: Path) -> None:
         """Start the owner's thread; returns once its dataset is published."""
-        self._thread = threading.Thread(target=self._work, args=(images, labels, staging),
-                                        name=f"datasite-owner{self.worker}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._work, args=(images, labels, staging), name=f"datasite-owner{self.worker}", daemon=True
+        )
         self._thread.start()
         self._published.wait()
         if self._failure:
@@ -219,13 +221,21 @@ class DataOwner:
         """Create the syft-rds dataset: random mock images for the aggregator, the shard privately."""
         staging.mkdir(parents=True)
         gen = torch.Generator().manual_seed(self.worker)
-        save_shard(staging / "mock.pt", torch.randint(0, 256, (MOCK_IMAGES, 28, 28), dtype=torch.uint8, generator=gen),
-                   torch.randint(0, 10, (MOCK_IMAGES,), generator=gen))
+        save_shard(
+            staging / "mock.pt",
+            torch.randint(0, 256, (MOCK_IMAGES, 28, 28), dtype=torch.uint8, generator=gen),
+            torch.randint(0, 10, (MOCK_IMAGES,), generator=gen),
+        )
         save_shard(staging / "private.pt", images, labels)
         self.private_images, self.private_bytes = len(labels), (staging / "private.pt").stat().st_size
         with self.drive_lock, quiet():
-            self.client.create_dataset(name=DATASET, mock_path=staging / "mock.pt", private_path=staging / "private.pt",
-                                       summary=f"MNIST shard of worker {self.worker}", users=[AGGREGATOR])
+            self.client.create_dataset(
+                name=DATASET,
+                mock_path=staging / "mock.pt",
+                private_path=staging / "private.pt",
+                summary=f"MNIST shard of worker {self.worker}",
+                users=[AGGREGATOR],
+            )
         shutil.rmtree(staging)  # syft keeps its own copies in the datasite
 
     def _serve_once(self) -> None:
@@ -247,8 +257,12 @@ class DataOwner:
         """
         with self._lock:
             record = self._records.setdefault(job.name, JobRecord(job.name, _round_of(job), time.time()))
-            if not job_matches_criteria(job, required_file_contents={SCRIPT_FILE: job_script()},
-                                        required_file_paths=list(JOB_FILES), allowed_users=[AGGREGATOR]):
+            if not job_matches_criteria(
+                job,
+                required_file_contents={SCRIPT_FILE: job_script()},
+                required_file_paths=list(JOB_FILES),
+                allowed_users=[AGGREGATOR],
+            ):
                 job.reject("Only the project's training script may run on this data.")
                 record.status = "rejected"
                 return "rejected"
@@ -262,9 +276,12 @@ class DataOwner:
     def _run_jobs(self, jobs: list) -> None:
         started = time.time()
         with quiet():  # running a job touches only the owner's own files: the Drive stays free meanwhile
-            self.client.job_runner.process_approved_jobs(stream_output=False, timeout=JOB_TIMEOUT_SECONDS,
-                                                         share_outputs_with_submitter=True,
-                                                         share_logs_with_submitter=True)
+            self.client.job_runner.process_approved_jobs(
+                stream_output=False,
+                timeout=JOB_TIMEOUT_SECONDS,
+                share_outputs_with_submitter=True,
+                share_logs_with_submitter=True,
+            )
             finished = {job.name: job.status for job in self.client.job_client.jobs}
         with self._lock:
             for job in jobs:
@@ -281,11 +298,17 @@ def _round_of(job) -> int:
 
 # --- the aggregator's side -------------------------------------------------------------------------
 
+
 class SyftPool:
     """The aggregator: one job per sampled owner per round; only the jobs' outputs come back."""
 
-    def __init__(self, clients: dict[int, SyftRDSClient], owners: dict[int, DataOwner], config: TrainConfig,
-                 should_stop: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        clients: dict[int, SyftRDSClient],
+        owners: dict[int, DataOwner],
+        config: TrainConfig,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
         self.clients = clients
         self.owners = owners
         self.config = config
@@ -320,8 +343,10 @@ class SyftPool:
                 if job.status == "done":
                     return load_update(next(p for p in job.output_paths if p.name == "update.pt"))
                 if job.status in ("failed", "rejected"):
-                    raise SyftJobFailed(f"Worker {worker}'s job {name} {job.status} on {owner_email(worker)}. "
-                                        f"{_last_error_line(job)}".strip())
+                    raise SyftJobFailed(
+                        f"Worker {worker}'s job {name} {job.status} on {owner_email(worker)}. "
+                        f"{_last_error_line(job)}".strip()
+                    )
             if self.should_stop and self.should_stop():
                 raise TrainingStopped()
             owner.replied.wait(AGGREGATOR_POLL_SECONDS)
@@ -336,6 +361,7 @@ def _last_error_line(job) -> str:
 
 # --- the engine ------------------------------------------------------------------------------------
 
+
 class SyftEngine:
     """Runs a federation of syft datasites; the Train page reads :meth:`datasites` and calls :meth:`approve`."""
 
@@ -346,17 +372,29 @@ class SyftEngine:
         self._clients: list[SyftRDSClient] = []
         self._root: Path | None = None
 
-    def run(self, config: TrainConfig, data: Mnist, on_start: Callable[[FederatedRun], None] | None = None,
-            on_round: Callable[[FederatedRun, RoundRecord], None] | None = None,
-            should_stop: Callable[[], bool] | None = None) -> FederatedRun:
+    def run(
+        self,
+        config: TrainConfig,
+        data: Mnist,
+        on_start: Callable[[FederatedRun], None] | None = None,
+        on_round: Callable[[FederatedRun, RoundRecord], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> FederatedRun:
         try:
-            return run_federated(config, data, pool_factory=self._connect, on_start=on_start, on_round=on_round,
-                                 should_stop=should_stop)
+            return run_federated(
+                config, data, pool_factory=self._connect, on_start=on_start, on_round=on_round, should_stop=should_stop
+            )
         finally:
             self.close()
 
-    def _connect(self, model, data: Mnist, shards: list[torch.Tensor], config: TrainConfig,
-                 should_stop: Callable[[], bool] | None = None) -> SyftPool:
+    def _connect(
+        self,
+        model,
+        data: Mnist,
+        shards: list[torch.Tensor],
+        config: TrainConfig,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> SyftPool:
         """Pair the aggregator with one new datasite per worker, each publishing its shard."""
         self._root = Path(tempfile.mkdtemp(prefix="fed-syft-"))
         self._owners, self._mocks = {}, {}
@@ -364,8 +402,12 @@ class SyftEngine:
         for worker, shard in enumerate(shards):
             with quiet():
                 clients[worker], owner_client = SyftRDSClient.pair_with_mock_drive_service_connection(
-                    email1=owner_email(worker), email2=AGGREGATOR, base_path1=str(self._root / f"owner{worker}"),
-                    base_path2=str(self._root / f"aggregator-{worker}"), use_in_memory_cache=False)
+                    email1=owner_email(worker),
+                    email2=AGGREGATOR,
+                    base_path1=str(self._root / f"owner{worker}"),
+                    base_path2=str(self._root / f"aggregator-{worker}"),
+                    use_in_memory_cache=False,
+                )
             self._clients += [clients[worker], owner_client]
             owner = DataOwner(worker, owner_client, self.manual_approval)
             self._owners = {**self._owners, worker: owner}  # a new dict, so the page never sees one change
@@ -377,8 +419,11 @@ class SyftEngine:
         return SyftPool(clients, self._owners, config, should_stop)
 
     def datasites(self) -> list[DatasiteView]:
-        return [DatasiteView(w, owner_email(w), *self._mocks[w], o.private_images, o.private_bytes, o.records())
-                for w, o in sorted(self._owners.items()) if w in self._mocks]
+        return [
+            DatasiteView(w, owner_email(w), *self._mocks[w], o.private_images, o.private_bytes, o.records())
+            for w, o in sorted(self._owners.items())
+            if w in self._mocks
+        ]
 
     def approve(self, worker: int, job_name: str) -> None:
         self._owners[worker].approve(job_name)

@@ -51,11 +51,20 @@ class LocalTask:
     clip_norm: float
 
     @classmethod
-    def for_round(cls, config: "TrainConfig", worker: int, round_idx: int) -> "LocalTask":
+    def for_round(cls, config: TrainConfig, worker: int, round_idx: int) -> LocalTask:
         """The task of ``worker`` in round ``round_idx`` of a run of ``config``."""
         s = config.local
-        return cls(worker, round_idx, worker_seed(config.seed, round_idx, worker), config.model,
-                   s.epochs, s.batch_size, s.lr, s.momentum, s.clip_norm)
+        return cls(
+            worker,
+            round_idx,
+            worker_seed(config.seed, round_idx, worker),
+            config.model,
+            s.epochs,
+            s.batch_size,
+            s.lr,
+            s.momentum,
+            s.clip_norm,
+        )
 
     @property
     def settings(self) -> LocalSettings:
@@ -65,7 +74,7 @@ class LocalTask:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "LocalTask":
+    def from_dict(cls, values: dict) -> LocalTask:
         return cls(**{name: values[name] for name in cls.__dataclass_fields__})
 
 
@@ -79,8 +88,9 @@ def load_shard(path: Path | str) -> tuple[torch.Tensor, torch.Tensor]:
     return saved["images"], saved["labels"]
 
 
-def train_local(task: LocalTask, global_vector: torch.Tensor, images: torch.Tensor,
-                labels: torch.Tensor) -> WorkerUpdate:
+def train_local(
+    task: LocalTask, global_vector: torch.Tensor, images: torch.Tensor, labels: torch.Tensor
+) -> WorkerUpdate:
     """Train the global model on one worker's whole shard, exactly as the in-process pool does."""
     trainer = BatchedTrainer(build_model(task.model), images, labels, task.settings)
     return trainer.train(global_vector, [task.worker], [torch.arange(len(labels))], [task.seed])[0]
@@ -120,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     out = job_file.parent / UPDATE_FILE
     out.parent.mkdir(exist_ok=True)
     save_update(out, update)
-    print(f"worker {task.worker}, round {task.round}: {update.num_examples} examples, "
-          f"loss {update.loss_before:.4f} -> {update.loss_after:.4f}")
+    print(
+        f"worker {task.worker}, round {task.round}: {update.num_examples} examples, "
+        f"loss {update.loss_before:.4f} -> {update.loss_after:.4f}"
+    )
     return 0
 
 

@@ -9,9 +9,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -21,10 +22,15 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
-
 ROOT = Path(__file__).resolve().parents[2]
-CHROME_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--window-size=1400,1800")
+CHROME_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--window-size=1400,1800",
+)
 
 
 def free_port() -> int:
@@ -60,9 +66,23 @@ def streamlit_server(log: IO) -> Iterator[tuple[str, subprocess.Popen]]:
     """`streamlit run app.py` on a free loopback port; yields (url, process) once healthy, stops it after."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -83,7 +103,7 @@ class Page:
         self.driver = driver
         self.wait = WebDriverWait(driver, timeout, poll_frequency=0.2)
 
-    def open(self, url: str) -> "Page":
+    def open(self, url: str) -> Page:
         self.driver.get(url)
         self.wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "[data-testid='stApp']")))
         self.wait_idle()
@@ -91,24 +111,28 @@ class Page:
 
     def wait_idle(self) -> None:
         """Until Streamlit reports the script run finished (no 'running' status widget)."""
-        self.wait.until(lambda d: d.execute_script(
-            "return document.querySelector('[data-testid=\"stStatusWidget\"]') === null"))
+        self.wait.until(
+            lambda d: d.execute_script("return document.querySelector('[data-testid=\"stStatusWidget\"]') === null")
+        )
 
     def wait_text(self, text: str, timeout: float | None = None) -> WebElement:
         wait = WebDriverWait(self.driver, timeout or self.wait._timeout, poll_frequency=0.2)
-        return wait.until(EC.presence_of_element_located(
-            (By.XPATH, f"//*[contains(normalize-space(.), {xpath_literal(text)}) and not(*[contains(normalize-space(.), {xpath_literal(text)})])]")))
+        contains = f"contains(normalize-space(.), {xpath_literal(text)})"
+        # The innermost element holding the text, so the caller gets the element the text is in.
+        return wait.until(EC.presence_of_element_located((By.XPATH, f"//*[{contains} and not(*[{contains}])]")))
 
     def button(self, label: str) -> WebElement:
-        return self.wait.until(EC.element_to_be_clickable(
-            (By.XPATH, f"//button[normalize-space(.)={xpath_literal(label)}]")))
+        return self.wait.until(
+            EC.element_to_be_clickable((By.XPATH, f"//button[normalize-space(.)={xpath_literal(label)}]"))
+        )
 
     def click(self, label: str) -> None:
         self.button(label).click()
 
     def set_number(self, label: str, value: float) -> None:
-        field = self.wait.until(EC.presence_of_element_located(
-            (By.CSS_SELECTOR, f"input[aria-label={css_string(label)}]")))
+        field = self.wait.until(
+            EC.presence_of_element_located((By.CSS_SELECTOR, f"input[aria-label={css_string(label)}]"))
+        )
         field.send_keys(Keys.CONTROL, "a")
         field.send_keys(str(value), Keys.ENTER)
         self.wait.until(lambda d: field.get_attribute("value") == str(value))

@@ -12,7 +12,7 @@ from browser_helpers import new_browser, streamlit_server
 
 @pytest.fixture(scope="session")
 def app_url():
-    log = tempfile.NamedTemporaryFile(prefix="streamlit-", suffix=".log", delete=False)
+    log = tempfile.NamedTemporaryFile(prefix="streamlit-", suffix=".log", delete=False)  # noqa: SIM115 (the server writes to it until the end)
     with streamlit_server(log) as (url, _):
         yield url
     print(f"\nstreamlit server log: {log.name}")

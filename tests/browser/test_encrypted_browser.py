@@ -1,5 +1,6 @@
 """Draw and Encrypted Test pages in a real browser: mouse strokes on the canvas, encrypted answers."""
 
+import itertools
 import re
 
 import pytest
@@ -16,7 +17,7 @@ def draw(page: Page, strokes: list[list[tuple[int, int]]]) -> None:
     canvas = find_canvas(page.driver)
     for stroke in strokes:
         actions = ActionChains(page.driver).move_to_element_with_offset(canvas, *stroke[0]).click_and_hold()
-        for (x0, y0), (x1, y1) in zip(stroke, stroke[1:]):
+        for (x0, y0), (x1, y1) in itertools.pairwise(stroke):
             steps = max(1, max(abs(x1 - x0), abs(y1 - y0)) // 40)
             for _ in range(steps):
                 actions.move_by_offset((x1 - x0) // steps, (y1 - y0) // steps)
@@ -29,8 +30,9 @@ SCRIBBLE = [[(x, y) for y in range(-60, 61, 12) for x in (-60, 60)]]  # one zigz
 
 
 def choose(page: Page, option_text: str) -> None:
-    page.wait.until(lambda d: next((el for el in d.find_elements(By.TAG_NAME, "label") if option_text in el.text),
-                                   False)).click()
+    page.wait.until(
+        lambda d: next((el for el in d.find_elements(By.TAG_NAME, "label") if option_text in el.text), False)
+    ).click()
     page.wait_idle()
 
 
@@ -63,11 +65,14 @@ def test_drawn_seven_is_classified_under_he_and_mpc(browser, app_url, screenshot
     page.assert_no_traceback()
 
 
-@pytest.mark.parametrize("strokes, message", [
-    ([], "The canvas is empty"),
-    (DOT, "only a dot"),
-    (SCRIBBLE, "looks like a scribble"),
-])
+@pytest.mark.parametrize(
+    "strokes, message",
+    [
+        ([], "The canvas is empty"),
+        (DOT, "only a dot"),
+        (SCRIBBLE, "looks like a scribble"),
+    ],
+)
 def test_bad_drawings_get_a_friendly_message(browser, app_url, strokes, message):
     page = Page(browser, timeout=120).open(f"{app_url}/Draw")
     page.click("Use the small pretrained model")

@@ -3,9 +3,8 @@
 import re
 
 import pytest
-from selenium.webdriver.support.ui import WebDriverWait
-
 from browser_helpers import Page, new_browser
+from selenium.webdriver.support.ui import WebDriverWait
 
 pytestmark = pytest.mark.browser
 
@@ -51,7 +50,9 @@ def test_train_three_workers_three_rounds_then_stop_a_second_run(browser, app_ur
 
     page.set_number("Rounds", 50)
     page.click("Start")
-    WebDriverWait(browser, 120, poll_frequency=0.2).until(lambda d: accuracy_points(page) >= 1 and "of 50" in page.text())
+    WebDriverWait(browser, 120, poll_frequency=0.2).until(
+        lambda d: accuracy_points(page) >= 1 and "of 50" in page.text()
+    )
     page.click("Stop")
     page.wait_text("Stopped by you")
     rounds_done = int(re.search(r"Round (\d+) of 50", page.text()).group(1))
