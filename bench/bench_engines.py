@@ -27,9 +27,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from fed_core.config import TrainConfig  # noqa: E402
 from fed_core.data import load_mnist  # noqa: E402
-from fed_core.server import FederatedRun, run_federated  # noqa: E402
-
-ENGINES = ("inprocess", "flower", "syft")
+from fed_core.engines import ENGINES, engine_for  # noqa: E402
+from fed_core.server import FederatedRun  # noqa: E402
 
 # What a syft job process pays before it trains, measured in a fresh interpreter like the job's.
 IMPORT_PROBE = """
@@ -46,7 +45,7 @@ def timed_run(config: TrainConfig) -> tuple[FederatedRun, float]:
     """The run and its start-up seconds (call to the start of round 1)."""
     called = time.perf_counter()
     started: list[float] = []
-    run = run_federated(config, load_mnist(), on_start=lambda run: started.append(time.perf_counter()))
+    run = engine_for(config).run(load_mnist(), on_start=lambda run: started.append(time.perf_counter()))
     return run, started[0] - called
 
 
@@ -63,7 +62,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--train-size", type=int, default=60_000)
-    parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
+    parser.add_argument("--engines", nargs="+", choices=list(ENGINES), default=list(ENGINES))
     args = parser.parse_args()
     base = TrainConfig(workers=args.workers, rounds=args.rounds, train_size=args.train_size)
     print(

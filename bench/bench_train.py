@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fed_core.config import TrainConfig
 from fed_core.data import load_mnist, normalize
+from fed_core.engines import engine_for
 from fed_core.models import new_model
-from fed_core.server import run_federated
 
 THRESHOLDS = (0.97, 0.98)
 
@@ -56,7 +56,7 @@ def time_to(points: list[tuple[float, float]], threshold: float) -> str:
 
 
 def federated_points(config: TrainConfig) -> list[tuple[float, float]]:
-    run = run_federated(config, load_mnist())
+    run = engine_for(config).run(load_mnist())
     return [(r.elapsed, r.test_accuracy) for r in run.history]
 
 
@@ -87,7 +87,7 @@ def bench_scale() -> None:
     print("== scale: same 60k examples held by 10 vs 100 workers (C=1, E=1, 2 rounds)")
     seconds = {}
     for workers in (10, 100):
-        run = run_federated(TrainConfig(workers=workers, rounds=2, batch_size=32), load_mnist())
+        run = engine_for(TrainConfig(workers=workers, rounds=2, batch_size=32)).run(load_mnist())
         seconds[workers] = run.history[-1].seconds
         print(f"{workers:>3} workers: {seconds[workers]:.2f} s per round, accuracy {run.history[-1].test_accuracy:.2%}")
     print(f"ratio 100/10: {seconds[100] / seconds[10]:.2f}x")
@@ -142,7 +142,7 @@ def bench_paper(max_rounds: int) -> None:
                 f"  {partition} round {record.round}: {record.test_accuracy:.2%} ({record.elapsed:.0f} s)", flush=True
             )
 
-        run = run_federated(config, load_mnist(), on_round=watch)
+        run = engine_for(config).run(load_mnist(), on_round=watch)
         print(
             f"{partition}: rounds to 99%: {reached or f'not within {max_rounds}'}; "
             f"final {run.history[-1].test_accuracy:.2%}, {run.wall_seconds:.0f} s"

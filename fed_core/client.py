@@ -11,7 +11,7 @@ whose epoch is over stops moving while the others finish theirs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -35,11 +35,21 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass(frozen=True)
 class LocalSettings:
+    """How every worker of a run trains: what the server sends along with the weights each round."""
+
+    model: str
     epochs: int
     batch_size: int
     lr: float
     momentum: float
     clip_norm: float  # per-worker gradient norm cap; square activations blow up without it
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> LocalSettings:
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
 
 
 @dataclass

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 from .client import LocalSettings
 from .models import INIT_METHODS, MODELS
 from .partition import MIN_EXAMPLES_PER_WORKER, PARTITIONS
 
-ENGINES = ("inprocess", "syft", "flower")
 TRAIN_SIZE = 60_000
 # Measured with bench/bench_train.py on the 2-core reference machine: training examples per second
 # (one local epoch of every worker counts its shard once) and seconds per full test-set evaluation.
@@ -41,11 +42,12 @@ class TrainConfig:
     server_momentum: float = 0.0
     train_size: int = TRAIN_SIZE  # first n training images (smaller for quick tests)
     contribution_subset: int = 1000  # test images used for the leave-one-out contribution score
-    engine: str = "inprocess"
+    engine: str = "inprocess"  # where workers train: a name of fed_core.engines.ENGINES, checked by engine_for
+    manual_approval: bool = False  # syft only: each owner waits for a person to approve every job
 
     @property
     def local(self) -> LocalSettings:
-        return LocalSettings(self.local_epochs, self.batch_size, self.lr, self.momentum, self.clip_norm)
+        return LocalSettings(self.model, self.local_epochs, self.batch_size, self.lr, self.momentum, self.clip_norm)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,7 +68,19 @@ LIMITS = {  # name: (low, high), inclusive
     "contribution_subset": (0, 10_000),
     "seed": (0, 2**31 - 1),
 }
-INT_FIELDS = tuple(LIMITS)
+
+
+# name: (what a user calls it, the allowed interval as they read it, the test); every value must also be finite.
+REAL_RANGES: dict[str, tuple[str, str, Callable[[float], bool]]] = {
+    "fraction": ("fraction C", "in (0, 1]", lambda v: 0 < v <= 1),
+    "lr": ("learning rate", "in (0, 10]", lambda v: 0 < v <= 10),
+    "momentum": ("local momentum", "in [0, 1)", lambda v: 0 <= v < 1),
+    "server_lr": ("server learning rate", "in (0, 10]", lambda v: 0 < v <= 10),
+    "server_momentum": ("server momentum", "in [0, 1)", lambda v: 0 <= v < 1),
+    "dropout": ("dropout rate", "in [0, 1)", lambda v: 0 <= v < 1),
+    "clip_norm": ("gradient clip norm", "positive", lambda v: v > 0),
+    "alpha": ("Dirichlet alpha", "in (0, 1000]", lambda v: 0 < v <= 1000),
+}
 
 
 def problems(config: TrainConfig) -> list[str]:
@@ -78,21 +92,15 @@ def problems(config: TrainConfig) -> list[str]:
             out.append(f"{name.replace('_', ' ')} must be a whole number, got {value!r}.")
         elif not low <= value <= high:
             out.append(f"{name.replace('_', ' ')} must be between {low} and {high}, got {value}.")
-    if not 0 < config.fraction <= 1:
-        out.append(f"fraction C must be in (0, 1], got {config.fraction}.")
-    if not 0 < config.lr <= 10:
-        out.append(f"learning rate must be in (0, 10], got {config.lr}.")
-    if not 0 <= config.momentum < 1 or not 0 <= config.server_momentum < 1:
-        out.append("momentum must be in [0, 1).")
-    if not 0 <= config.dropout < 1:
-        out.append(f"dropout rate must be in [0, 1), got {config.dropout}.")
-    if not 0 < config.server_lr <= 10:
-        out.append(f"server learning rate must be in (0, 10], got {config.server_lr}.")
-    if config.clip_norm <= 0:
-        out.append(f"gradient clip norm must be positive, got {config.clip_norm}.")
-    if config.partition == "dirichlet" and config.alpha <= 0:
-        out.append(f"Dirichlet alpha must be positive, got {config.alpha}.")
-    for name, allowed in (("partition", PARTITIONS), ("init", INIT_METHODS), ("model", MODELS), ("engine", ENGINES)):
+    for name, (label, interval, allowed) in REAL_RANGES.items():
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            out.append(f"{label} must be a finite number, got {value!r}.")
+        elif not allowed(value):
+            out.append(f"{label} must be {interval}, got {value}.")
+    if config.manual_approval and config.engine != "syft":
+        out.append("manual approval of jobs needs the syft engine, whose data owners approve each job.")
+    for name, allowed in (("partition", PARTITIONS), ("init", INIT_METHODS), ("model", MODELS)):
         if getattr(config, name) not in allowed:
             out.append(f"{name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}.")
     if not out:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from fed_core.he import HeClient, HeServer, seal_to_bytes
-from fed_core.models import ENCRYPTABLE_MODELS, MODEL_LABELS
+from fed_core.models import ENCRYPTABLE_MODELS, MODEL_LABELS, is_encryptable
 from fed_core.mpc import FRAC_BITS, MpcClassifier
 
 SCHEMES = {
@@ -47,7 +47,7 @@ class NotEncryptableError(ValueError):
 
 
 def require_encryptable(model: nn.Module) -> None:
-    if getattr(model, "encryptable", False):
+    if is_encryptable(model):
         return
     name = getattr(model, "model_name", type(model).__name__)
     accepted = "; ".join(f"{n}: {MODEL_LABELS[n]}" for n in ENCRYPTABLE_MODELS)

@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from .client import TrainingStopped
-from .config import TrainConfig, estimate_seconds, validate
+from .config import estimate_seconds
 from .data import Mnist, load_mnist
-from .server import FederatedRun, RoundRecord, cumulative_contributions, run_federated
+from .engines import Engine
+from .server import FederatedRun, RoundRecord, cumulative_contributions
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +47,14 @@ class JobSnapshot:
 class TrainingJob:
     """One federated run. ``start()`` launches it; ``stop()`` asks it to stop between batches."""
 
-    def __init__(
-        self,
-        config: TrainConfig,
-        load_data: Callable[[], Mnist] = load_mnist,
-        runner: Callable[..., FederatedRun] = run_federated,
-        torch_threads: int = 1,
-    ) -> None:
-        self.config = validate(config)
+    def __init__(self, engine: Engine, load_data: Callable[[], Mnist] = load_mnist, torch_threads: int = 1) -> None:
+        self.engine = engine  # from fed_core.engines.engine_for, which validated its config
+        self.config = engine.config
         # One intra-op thread per run: two OpenMP threads that share the cores with a browser, another run
         # or a web server spin-wait for each other, measured here at 5-10x slower rounds; one thread is not.
         self.torch_threads = torch_threads
         self.job_id = uuid.uuid4().hex[:12]
         self._load_data = load_data
-        self._runner = runner
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._status = PENDING
@@ -70,7 +65,6 @@ class TrainingJob:
         self._started_at = 0.0
         self._finished_at: float | None = None
         self._thread = threading.Thread(target=self._work, name="federated-run", daemon=True)
-        self.on_finish: Callable[[TrainingJob], None] | None = None
 
     def start(self) -> TrainingJob:
         self._started_at = time.perf_counter()
@@ -87,8 +81,7 @@ class TrainingJob:
     def _work(self) -> None:
         torch.set_num_threads(self.torch_threads)  # applies to this thread only
         try:
-            self._runner(
-                self.config,
+            self.engine.run(
                 self._load_data(),
                 on_start=self._attach,
                 on_round=self._record,
@@ -116,8 +109,6 @@ class TrainingJob:
         with self._lock:
             self._status, self._error = status, error
             self._finished_at = time.perf_counter()
-        if self.on_finish:
-            self.on_finish(self)
 
     def snapshot(self) -> JobSnapshot:
         with self._lock:

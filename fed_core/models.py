@@ -19,8 +19,6 @@ from torch import nn
 class CryptoCNN(nn.Module):
     """Conv 8x7x7 stride 3 -> square -> 512->128 -> square -> 128->10 (TenSEAL's MNIST design, wider)."""
 
-    encryptable = True
-
     def __init__(self, channels: int = 8, hidden: int = 128) -> None:
         super().__init__()
         self.conv = nn.Conv2d(1, channels, kernel_size=7, stride=3)
@@ -37,8 +35,6 @@ class CryptoCNN(nn.Module):
 
 class PoolingCNN(nn.Module):
     """Two 5x5 conv + ReLU + 2x2 max-pool blocks, then two linear layers; plaintext only."""
-
-    encryptable = False
 
     def __init__(self, channels: tuple[int, int], padding: int, hidden: int) -> None:
         super().__init__()
@@ -75,8 +71,13 @@ MODEL_LABELS = {
     "relu_cnn": "ReLU CNN of the PySyft tutorials (plaintext only)",
     "fedavg_cnn": "CNN of the FedAvg paper (plaintext only)",
 }
-ENCRYPTABLE_MODELS = ("crypto_cnn",)  # polynomial activations only: what MPC and CKKS can evaluate
+# Polynomial activations only: what MPC and CKKS can evaluate.
+ENCRYPTABLE_MODELS = tuple(name for name, make in MODELS.items() if make is CryptoCNN)
 INIT_METHODS = ("default", "kaiming", "xavier", "uniform")
+
+
+def is_encryptable(model: nn.Module) -> bool:
+    return isinstance(model, CryptoCNN)
 
 
 def build_model(name: str) -> nn.Module:
@@ -118,13 +119,18 @@ def save_model(model: nn.Module, path: Path | str | BinaryIO, name: str, meta: d
     torch.save({"model": name, "state_dict": model.state_dict(), "meta": meta or {}}, path)
 
 
-def load_model(path: Path | str) -> tuple[nn.Module, dict]:
+def load_model(path: Path | str | BinaryIO) -> tuple[nn.Module, dict]:
     """Load a file written by :func:`save_model`; returns the model (eval mode) and its metadata."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        model = build_model(saved["model"])
+    except Exception as exc:  # torch reports a non-PyTorch file with whatever its unpickler tripped on
+        raise ValueError(f"{path} is not a model file saved by fed_core: it is not a PyTorch file.") from exc
+    if not isinstance(saved, dict) or not {"model", "state_dict"} <= saved.keys():
+        raise ValueError(f"{path} is a PyTorch file, but not a model saved by fed_core (no model name and weights).")
+    model = build_model(saved["model"])
+    try:
         model.load_state_dict(saved["state_dict"])
-    except (KeyError, TypeError, RuntimeError, ValueError) as exc:
-        raise ValueError(f"{path} is not a model saved by fed_core ({exc}).") from exc
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: its weights do not fit the {saved['model']} model.") from exc
     model.eval()
-    return model, {"model": saved["model"], **saved["meta"]}
+    return model, {"model": saved["model"], **saved.get("meta", {})}

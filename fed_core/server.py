@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from .client import BatchedTrainer, Params, WorkerUpdate, flatten, model_params, unflatten, worker_seed
-from .config import TrainConfig, validate
+from .client import Params, WorkerUpdate, flatten, model_params, unflatten
+from .config import TrainConfig
 from .data import Mnist, normalize
 from .models import new_model
 from .partition import label_histogram, make_partition
@@ -32,30 +32,9 @@ from .strategy import ServerOptimizer, cosine_to, fedavg, leave_one_out_averages
 
 
 class WorkerPool(Protocol):
-    """Where local training happens: in this process, as syft jobs, or as Flower clients."""
+    """Where local training happens: in this process, as syft jobs, or as Flower clients (fed_core/engines)."""
 
     def train(self, global_vector: torch.Tensor, workers: list[int], round_idx: int) -> list[WorkerUpdate]: ...
-
-
-class InProcessPool:
-    """All workers in this process, trained together by one vmapped trainer."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        data: Mnist,
-        shards: list[torch.Tensor],
-        config: TrainConfig,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> None:
-        self.trainer = BatchedTrainer(model, data.train_images, data.train_labels, config.local)
-        self.shards = shards
-        self.seed = config.seed
-        self.should_stop = should_stop
-
-    def train(self, global_vector: torch.Tensor, workers: list[int], round_idx: int) -> list[WorkerUpdate]:
-        seeds = [worker_seed(self.seed, round_idx, w) for w in workers]
-        return self.trainer.train(global_vector, workers, [self.shards[w] for w in workers], seeds, self.should_stop)
 
 
 @dataclass
@@ -213,21 +192,16 @@ class FederatedRun:
 def run_federated(
     config: TrainConfig,
     data: Mnist,
-    pool_factory: Callable[..., WorkerPool] | None = None,
+    pool_factory: Callable[..., WorkerPool],
     on_start: Callable[[FederatedRun], None] | None = None,
     on_round: Callable[[FederatedRun, RoundRecord], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> FederatedRun:
-    """Run every round of ``config``; stops with TrainingStopped when ``should_stop`` says so.
+    """Run every round of a validated ``config``; stops with TrainingStopped when ``should_stop`` says so.
 
-    Without a ``pool_factory``, ``config.engine`` says where workers train (see fed_core/engines).
+    ``pool_factory(model, data, shards, config, should_stop)`` says where workers train: an engine
+    (fed_core/engines) passes its own, after :func:`fed_core.engines.engine_for` validated the config.
     """
-    validate(config)
-    if pool_factory is None and config.engine != "inprocess":
-        from .engines import run_engine  # imports syft or flwr, so only runs that use them pay for it
-
-        return run_engine(config, data, on_start=on_start, on_round=on_round, should_stop=should_stop)
-    pool_factory = pool_factory or InProcessPool
     started = time.perf_counter()
     shards = partition_for(config, data)
     model = new_model(config.model, config.init, config.seed)

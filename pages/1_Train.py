@@ -1,18 +1,18 @@
 """Train: watch a federation of workers learn MNIST, round by round."""
 
-import logging
-
 import streamlit as st
 
 from fed_core.config import LIMITS, TrainConfig, estimate_seconds, problems
 from fed_core.data import MnistFileError, load_mnist
+from fed_core.engines import engine_for
 from fed_core.job import TrainingJob
 from fed_core.models import INIT_METHODS, MODEL_LABELS
-from ui import engine_views
+from ui import engine_views, session
 from ui import train_views as views
+from ui.common import CHART_CONFIG, format_duration, shown_safely
 from ui.nav import sidebar_nav
+from ui.runs import current_job, job_slots, keep_trained_model
 
-log = logging.getLogger(__name__)
 D = TrainConfig()
 INIT_LABELS = {
     "default": "PyTorch default",
@@ -36,7 +36,7 @@ st.caption(
 )
 
 
-def settings_form() -> tuple[TrainConfig, bool]:
+def settings_form() -> TrainConfig:
     c1, c2, c3, c4 = st.columns(4)
     workers = c1.number_input("Workers", *LIMITS["workers"], D.workers, help="how many data owners (1-100)")
     rounds = c2.number_input("Rounds", *LIMITS["rounds"], D.rounds, help="communication rounds (1-200)")
@@ -85,40 +85,41 @@ def settings_form() -> tuple[TrainConfig, bool]:
         server_lr=float(server_lr),
         server_momentum=float(server_momentum),
         engine=engine,
-    ), manual_approval
+        manual_approval=manual_approval,
+    )
 
 
-def start(config: TrainConfig, manual_approval: bool) -> bool:
+def start(config: TrainConfig) -> bool:
     """Start a run for this session; on failure say why on the page and return False."""
     try:
         load_mnist()  # fail here, with the file named, rather than inside the run
     except MnistFileError as exc:
         st.error(f"The MNIST data could not be loaded: {exc}")
         return False
-    job = engine_views.new_job(config, manual_approval)
-    slots = views.job_slots()
+    job = TrainingJob(engine_for(config))
+    slots = job_slots()
     if not slots.try_start(job):
         st.warning(
             f"The server is busy: {slots.capacity} runs are training right now. A slot should free up "
-            f"in about {views.format_seconds(slots.wait_estimate())}; please try again then."
+            f"in about {format_duration(slots.wait_estimate())}; please try again then."
         )
         return False
-    st.session_state["job"] = job
-    st.query_params["run"] = job.job_id
+    st.session_state[session.JOB] = job
+    st.query_params[session.RUN_PARAM] = job.job_id
     return True
 
 
-config, manual_approval = settings_form()
-job = views.current_job()
+config = settings_form()
+job = current_job()
 running = job is not None and not job.snapshot().finished
 found = problems(config)
 if found:
     st.error("These settings can't run yet:\n\n" + "\n".join(f"- {p}" for p in found))
 else:
-    st.caption(f"Estimated time on a 2-core machine: about {views.format_seconds(estimate_seconds(config))}.")
+    st.caption(f"Estimated time on a 2-core machine: about {format_duration(estimate_seconds(config))}.")
 
 b1, b2, _ = st.columns([1, 1, 6])
-if b1.button("Start", type="primary", disabled=running or bool(found)) and start(config, manual_approval):
+if b1.button("Start", type="primary", disabled=running or bool(found)) and start(config):
     st.rerun()
 if b2.button("Stop", disabled=not running):
     job.stop()
@@ -126,7 +127,7 @@ if b2.button("Stop", disabled=not running):
 
 @st.fragment(run_every=1.0 if running else None)
 def live_view() -> None:
-    job = views.current_job()
+    job = current_job()
     if job is None:
         st.info("Choose the settings above and press **Start** to train.")
         return
@@ -137,10 +138,10 @@ def live_view() -> None:
     engine_views.datasite_panels(job)
     if snapshot.history:
         accuracy, contributions, heatmap, table = views.round_views(job, snapshot)
-        st.plotly_chart(accuracy, width="stretch", config=views.CHART_CONFIG)
+        st.plotly_chart(accuracy, width="stretch", config=CHART_CONFIG)
         left, right = st.columns([3, 2])
-        left.plotly_chart(contributions, width="stretch", config=views.CHART_CONFIG)
-        right.plotly_chart(heatmap, width="stretch", config=views.CHART_CONFIG)
+        left.plotly_chart(contributions, width="stretch", config=CHART_CONFIG)
+        right.plotly_chart(heatmap, width="stretch", config=CHART_CONFIG)
         st.subheader(f"Workers in round {snapshot.round}")
         st.caption(
             "Contribution: test-accuracy points (on 1,000 fixed test images) that the round's model "
@@ -152,9 +153,9 @@ def live_view() -> None:
 
 
 def show_progress(snapshot) -> None:
-    text = f"Round {snapshot.round} of {snapshot.total_rounds} · {views.format_seconds(snapshot.elapsed)} elapsed"
+    text = f"Round {snapshot.round} of {snapshot.total_rounds} · {format_duration(snapshot.elapsed)} elapsed"
     if snapshot.eta is not None:
-        text += f" · about {views.format_seconds(snapshot.eta)} left"
+        text += f" · about {format_duration(snapshot.eta)} left"
     st.progress(snapshot.round / snapshot.total_rounds, text=text)
     if snapshot.status == "failed":
         st.error(f"The run stopped with an error: {snapshot.error}")
@@ -163,7 +164,7 @@ def show_progress(snapshot) -> None:
     elif snapshot.status == "done":
         st.success(
             f"Done: {snapshot.history[-1]['test_accuracy']:.2%} test accuracy after "
-            f"{snapshot.round} rounds in {views.format_seconds(snapshot.elapsed)}."
+            f"{snapshot.round} rounds in {format_duration(snapshot.elapsed)}."
         )
 
 
@@ -174,15 +175,12 @@ def show_results(job: TrainingJob, snapshot) -> None:
     d1.download_button("Metrics (CSV)", views.metrics_csv(snapshot.history), "federated_metrics.csv", "text/csv")
     d2.download_button("Run (JSON)", views.metrics_json(job, snapshot), "federated_run.json", "application/json")
     if job.model is not None:
-        views.keep_trained_model(job, snapshot)
+        keep_trained_model(job, snapshot)
         d3.download_button("Trained model (.pt)", views.model_bytes(job, snapshot), "global_model.pt")
         st.info(
             "The trained global model is kept for this session: try it on the **Draw** and **Encrypted Test** pages."
         )
 
 
-try:
+with shown_safely("showing the run"):
     live_view()
-except Exception:  # never show a traceback on the page; the log has it
-    log.exception("Train page failed")
-    st.error("Something went wrong while showing the run. The details are in the server log.")

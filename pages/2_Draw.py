@@ -1,18 +1,16 @@
 """Draw: a digit drawn on the canvas is encrypted, classified by the server, and decrypted by you."""
 
-import logging
-
 import streamlit as st
 from streamlit_drawable_canvas import st_canvas
 
 from fed_core.encrypted_eval import DigitResult, classify_digit
 from fed_core.preprocess import DrawingError, PreparedDigit, prepare_digit
 from ui import encrypted_views as views
-from ui.encrypted_common import encryptable_model, format_bytes, format_duration, he_client, he_server, scheme_picker
+from ui import session
+from ui.common import CHART_CONFIG, format_bytes, format_duration, shown_safely
+from ui.encrypted_common import encryptable_model, he_client, he_server, scheme_picker
 from ui.nav import sidebar_nav
-from ui.train_views import CHART_CONFIG
 
-log = logging.getLogger(__name__)
 CANVAS_SIDE, STROKE_WIDTH = 280, 18
 
 st.set_page_config(page_title="Draw · Encrypted inference", page_icon=":material/draw:", layout="wide")
@@ -27,29 +25,26 @@ st.caption(
 
 def canvas_key() -> str:
     """Clearing swaps in a fresh canvas by changing its key."""
-    return f"canvas_{st.session_state.get('canvas_version', 0)}"
+    return f"canvas_{st.session_state.get(session.CANVAS_VERSION, 0)}"
 
 
 def clear() -> None:
-    st.session_state["canvas_version"] = st.session_state.get("canvas_version", 0) + 1
-    st.session_state.pop("draw_result", None)
+    st.session_state[session.CANVAS_VERSION] = st.session_state.get(session.CANVAS_VERSION, 0) + 1
+    st.session_state.pop(session.DRAW_RESULT, None)
 
 
 def classify(model, image_data, scheme: str) -> None:
     """Prepare and classify the drawing; keep the outcome for the reruns that follow."""
-    try:
-        if image_data is None:
-            raise DrawingError("The canvas is empty: draw a digit first.")
-        digit = prepare_digit(image_data)
-        keys = {"he_client": he_client(), "he_server": he_server(model)} if scheme == "he" else {}
-        st.session_state["draw_result"] = (digit, classify_digit(model, digit.tensor, scheme, **keys))
-    except DrawingError as exc:
-        st.session_state.pop("draw_result", None)
-        st.warning(str(exc))
-    except Exception:  # never a traceback on the page; the log has it
-        log.exception("Encrypted classification failed")
-        st.session_state.pop("draw_result", None)
-        st.error("Something went wrong while classifying your digit. The details are in the server log.")
+    st.session_state.pop(session.DRAW_RESULT, None)
+    with shown_safely("classifying your digit"):
+        try:
+            if image_data is None:
+                raise DrawingError("The canvas is empty: draw a digit first.")
+            digit = prepare_digit(image_data)
+            keys = {"he_client": he_client(), "he_server": he_server(model)} if scheme == "he" else {}
+            st.session_state[session.DRAW_RESULT] = (digit, classify_digit(model, digit.tensor, scheme, **keys))
+        except DrawingError as exc:
+            st.warning(str(exc))
 
 
 def show_encrypted_input(digit: PreparedDigit, result: DigitResult) -> None:
@@ -110,9 +105,9 @@ def show_answer(result: DigitResult) -> None:
     shown = [(label, result.seconds[key]) for key, label in steps if key in result.seconds]
     for column, (label, seconds) in zip(st.columns(len(shown)), shown):
         column.metric(label, format_duration(seconds))
-    if result.scheme == "he" and "he_server" in st.session_state:
-        keygen = st.session_state["he_client"].keygen_seconds
-        setup = st.session_state["he_server"][1].setup_seconds
+    if result.scheme == "he" and session.HE_SERVER in st.session_state:
+        keygen = st.session_state[session.HE_CLIENT].keygen_seconds
+        setup = st.session_state[session.HE_SERVER][1].setup_seconds
         st.caption(
             f"Once per browser session: your keys were made in {format_duration(keygen)}, and the server "
             f"loaded them with the model in {format_duration(setup)}."
@@ -164,11 +159,8 @@ with right:
     if clicked:
         with st.spinner("Encrypting and classifying…"):
             classify(model, canvas.image_data, scheme)
-    if "draw_result" in st.session_state:
-        try:
-            show_result(*st.session_state["draw_result"])
-        except Exception:
-            log.exception("Showing the encrypted classification failed")
-            st.error("Something went wrong while showing the result. The details are in the server log.")
+    if session.DRAW_RESULT in st.session_state:
+        with shown_safely("showing the result"):
+            show_result(*st.session_state[session.DRAW_RESULT])
     elif not clicked:
         st.info("Draw one digit (0–9) large in the black square, then press **Classify**.")

@@ -1,7 +1,5 @@
 """Encrypted Test: the model on MNIST test images while images, weights and answers stay encrypted."""
 
-import logging
-
 import streamlit as st
 
 from fed_core.data import MnistFileError, load_mnist, normalize
@@ -15,11 +13,11 @@ from fed_core.encrypted_eval import (
     he_passes,
 )
 from ui import encrypted_views as views
-from ui.encrypted_common import encryptable_model, format_bytes, format_duration, scheme_picker
+from ui import session
+from ui.common import CHART_CONFIG, ProgressBar, format_bytes, format_duration, shown_safely
+from ui.encrypted_common import encryptable_model, scheme_picker
 from ui.nav import sidebar_nav
-from ui.train_views import CHART_CONFIG
 
-log = logging.getLogger(__name__)
 MAX_IMAGES = 10_000
 
 st.set_page_config(page_title="Encrypted Test · Encrypted inference", page_icon=":material/lock:", layout="wide")
@@ -48,20 +46,6 @@ def estimate_text(scheme: str, n: int) -> str:
     )
 
 
-class ProgressBar:
-    """st.progress that redraws only when the whole percentage changes."""
-
-    def __init__(self, label: str) -> None:
-        self.label, self.percent = label, -1
-        self.bar = st.progress(0.0, text=label)
-
-    def __call__(self, fraction: float) -> None:
-        percent = int(fraction * 100)
-        if percent != self.percent:
-            self.percent = percent
-            self.bar.progress(percent / 100, text=f"{self.label} {percent}%")
-
-
 def run(model, scheme: str, n: int) -> None:
     try:
         mnist = load_mnist()
@@ -69,13 +53,10 @@ def run(model, scheme: str, n: int) -> None:
         st.error(f"The MNIST data could not be loaded: {exc}")
         return
     progress = ProgressBar(f"Evaluating {n:,} encrypted images…")
-    try:
-        st.session_state["encrypted_eval"] = evaluate_encrypted(
+    with shown_safely("running the encrypted evaluation"):
+        st.session_state[session.ENCRYPTED_EVAL] = evaluate_encrypted(
             model, normalize(mnist.test_images[:n]), mnist.test_labels[:n], scheme, progress=progress
         )
-    except Exception:  # never a traceback on the page; the log has it
-        log.exception("Encrypted evaluation failed")
-        st.error("Something went wrong during the encrypted evaluation. The details are in the server log.")
 
 
 def show_metrics(result: EvalResult) -> None:
@@ -169,9 +150,6 @@ n = int(
 st.caption(estimate_text(scheme, n))
 if st.button("Run encrypted evaluation", type="primary"):
     run(model, scheme, n)
-if "encrypted_eval" in st.session_state:
-    try:
-        show(st.session_state["encrypted_eval"])
-    except Exception:
-        log.exception("Showing the encrypted evaluation failed")
-        st.error("Something went wrong while showing the results. The details are in the server log.")
+if session.ENCRYPTED_EVAL in st.session_state:
+    with shown_safely("showing the results"):
+        show(st.session_state[session.ENCRYPTED_EVAL])

@@ -35,7 +35,9 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from fed_core.config import TrainConfig, validate  # noqa: E402
 from fed_core.data import load_mnist  # noqa: E402
+from fed_core.engines.flower_engine import shard_file_name  # noqa: E402
 from fed_core.engines.worker_job import save_shard  # noqa: E402
+from fed_core.flower_app.app import OUT_DIR, run_config_of  # noqa: E402
 from fed_core.server import partition_for  # noqa: E402
 
 APP_DIR = REPO_ROOT / "fed_core" / "flower_app"
@@ -55,27 +57,15 @@ def write_shards(config: TrainConfig, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for worker, shard in enumerate(partition_for(config, data)):
-        paths.append(folder / f"worker-{worker}.pt")
+        paths.append(folder / shard_file_name(worker))
         save_shard(paths[-1], data.train_images[shard], data.train_labels[shard])
     return paths
 
 
 def run_config_overrides(config: TrainConfig, out_dir: Path) -> str:
-    keys = (
-        "workers",
-        "rounds",
-        "fraction",
-        "local_epochs",
-        "batch_size",
-        "lr",
-        "partition",
-        "seed",
-        "model",
-        "train_size",
-        "contribution_subset",
-    )
-    pairs = [f"{k.replace('_', '-')}={json.dumps(getattr(config, k))}" for k in keys]
-    return " ".join([*pairs, f"out-dir={json.dumps(str(out_dir))}"])
+    """The whole config as `flwr run --run-config` pairs (TOML values), so the deployed run trains as asked."""
+    pairs = {**run_config_of(config), OUT_DIR: str(out_dir)}
+    return " ".join(f"{key}={json.dumps(value)}" for key, value in pairs.items())
 
 
 @dataclass

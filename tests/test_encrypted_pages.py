@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from fed_core.data import load_mnist
 from fed_core.models import build_model
+from ui import session
 from ui.encrypted_common import PRETRAINED_PATH
 from ui.encrypted_views import showcase_indices
 
@@ -76,7 +77,7 @@ def test_without_a_model_one_click_loads_the_pretrained_one():
     assert "no trained model" in at.info[0].value
     assert not any(b.label == "Classify" for b in at.button)
     button(at, "Use the small pretrained model").click().run()
-    assert at.session_state["trained_model"]["meta"]["model"] == "crypto_cnn"
+    assert at.session_state[session.TRAINED_MODEL]["meta"]["model"] == "crypto_cnn"
     assert any("pretrained" in c.value for c in at.caption)
     assert button(at, "Classify")
 
@@ -84,7 +85,7 @@ def test_without_a_model_one_click_loads_the_pretrained_one():
 @pytest.mark.parametrize("path", ["pages/2_Draw.py", "pages/3_Encrypted_Test.py"])
 def test_a_non_encryptable_model_is_refused_with_the_accepted_ones(path):
     at = page(path)
-    at.session_state["trained_model"] = {"model": build_model("relu_cnn").eval(), "meta": {"model": "relu_cnn"}}
+    at.session_state[session.TRAINED_MODEL] = {"model": build_model("relu_cnn").eval(), "meta": {"model": "relu_cnn"}}
     at.run()
     assert not at.exception
     assert "accept only: Crypto-friendly CNN" in at.info[0].value
@@ -103,7 +104,9 @@ def test_drawn_digit_is_classified_encrypted_step_by_step(draw_page, seven, sche
     subheaders = [s.value for s in at.subheader]
     assert subheaders[0] == "1 · What the model sees" and subheaders[-1] == "4 · Decrypted on your side"
     if scheme == "he":
-        assert "he_client" in at.session_state and "he_server" in at.session_state  # kept for the next digit
+        assert (
+            session.HE_CLIENT in at.session_state and session.HE_SERVER in at.session_state
+        )  # kept for the next digit
         assert at.code  # a glimpse of the ciphertext
         assert "secret key included: **False**" in "".join(m.value for m in at.markdown)
     else:
@@ -129,10 +132,10 @@ def test_clear_swaps_in_a_fresh_canvas_and_drops_the_result(draw_page, seven):
     at.radio[0].set_value("mpc")
     at.session_state["canvas_0"] = canvas_value(drawing(seven))
     button(at.run(), "Classify").click().run()
-    assert "draw_result" in at.session_state
+    assert session.DRAW_RESULT in at.session_state
     button(at, "Clear").click().run()
-    assert "draw_result" not in at.session_state
-    assert at.session_state["canvas_version"] == 1
+    assert session.DRAW_RESULT not in at.session_state
+    assert at.session_state[session.CANVAS_VERSION] == 1
 
 
 def test_encrypted_test_page_runs_a_small_mpc_evaluation():
@@ -147,7 +150,7 @@ def test_encrypted_test_page_runs_a_small_mpc_evaluation():
     assert metric(at, "Plaintext accuracy") == metric(at, "Encrypted accuracy")
     assert "Each compute party sent" in "".join(m.value for m in at.markdown)
     assert len(at.get("plotly_chart")) == 1  # the confusion matrix
-    result = at.session_state["encrypted_eval"]
+    result = at.session_state[session.ENCRYPTED_EVAL]
     assert result.n == 32 and sum(map(sum, result.confusion)) == 32
 
 

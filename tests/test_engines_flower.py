@@ -3,21 +3,20 @@
 import pytest
 
 from fed_core.config import ConfigError, TrainConfig
-from fed_core.engines.flower_engine import config_from_run_config
-from fed_core.server import run_federated
+from fed_core.engines import engine_for
+from fed_core.flower_app.app import config_from_run_config
 
 SMALL = dict(workers=3, rounds=3, train_size=3000, contribution_subset=200, fraction=0.67, seed=3)
 
 
 def test_flower_reaches_the_inprocess_accuracy_with_the_same_workers_each_round(mnist):
     started, rounds = [], []
-    flower = run_federated(
-        TrainConfig(engine="flower", **SMALL),
+    flower = engine_for(TrainConfig(engine="flower", **SMALL)).run(
         mnist,
         on_start=started.append,
         on_round=lambda run, record: rounds.append(record.round),
     )
-    inprocess = run_federated(TrainConfig(**SMALL), mnist)
+    inprocess = engine_for(TrainConfig(**SMALL)).run(mnist)
 
     assert len(started) == 1 and rounds == [1, 2, 3]  # the page's callbacks see every round
     assert [r.sampled for r in flower.history] == [r.sampled for r in inprocess.history]

@@ -13,10 +13,14 @@ import pytest
 
 from fed_core.client import TrainingStopped
 from fed_core.config import TrainConfig
+from fed_core.engines import engine_for
 from fed_core.engines.syft_engine import SyftEngine
-from fed_core.server import run_federated
+from ui import session
 
 SMALL = dict(rounds=2, train_size=4000, contribution_subset=200)
+ONE_OWNER_BY_HAND = TrainConfig(
+    workers=1, rounds=1, train_size=1000, contribution_subset=100, engine="syft", manual_approval=True
+)
 
 # Python's audit hooks see every open() in this process (syft's, torch's, ours) and cannot be removed,
 # so one hook records into whichever list a test hands it.
@@ -46,15 +50,14 @@ def wait_for(condition, timeout: float = 60.0) -> None:
 
 def test_two_owners_train_like_inprocess_and_the_aggregator_never_opens_private_files(mnist):
     global _opened
-    config = TrainConfig(workers=2, engine="syft", **SMALL)
-    engine = SyftEngine()
+    engine = engine_for(TrainConfig(workers=2, engine="syft", **SMALL))
     _opened = []
     try:
-        run = engine.run(config, mnist)
+        run = engine.run(mnist)
     finally:
         opened, _opened = _opened, None
 
-    expected = run_federated(TrainConfig(workers=2, **SMALL), mnist)
+    expected = engine_for(TrainConfig(workers=2, **SMALL)).run(mnist)
     accuracies = [r.test_accuracy for r in expected.history]
     assert [r.test_accuracy for r in run.history] == pytest.approx(accuracies, abs=0.005)
     assert run.history[-1].test_accuracy > 0.8
@@ -78,14 +81,12 @@ def test_two_owners_train_like_inprocess_and_the_aggregator_never_opens_private_
     assert not Path(root).exists(), "the datasites' folders are deleted after the run"
 
 
-def run_in_thread(
-    engine: SyftEngine, config: TrainConfig, data, stop: threading.Event
-) -> tuple[threading.Thread, dict]:
+def run_in_thread(engine: SyftEngine, data, stop: threading.Event) -> tuple[threading.Thread, dict]:
     outcome: dict = {}
 
     def work() -> None:
         try:
-            outcome["run"] = engine.run(config, data, should_stop=stop.is_set)
+            outcome["run"] = engine.run(data, should_stop=stop.is_set)
         except BaseException as exc:
             outcome["error"] = exc
 
@@ -95,11 +96,9 @@ def run_in_thread(
 
 
 def test_manual_approval_holds_the_round_until_the_owner_approves(mnist):
-    engine = SyftEngine(manual_approval=True)
+    engine = engine_for(ONE_OWNER_BY_HAND)
     stop = threading.Event()
-    thread, outcome = run_in_thread(
-        engine, TrainConfig(workers=1, rounds=1, train_size=1000, contribution_subset=100, engine="syft"), mnist, stop
-    )
+    thread, outcome = run_in_thread(engine, mnist, stop)
     try:
         wait_for(lambda: engine.datasites() and engine.datasites()[0].awaiting_approval)
         time.sleep(1.5)
@@ -118,11 +117,9 @@ def test_manual_approval_holds_the_round_until_the_owner_approves(mnist):
 
 def test_stop_while_awaiting_approval_ends_the_run_its_owners_and_syfts_threads(mnist):
     before = set(threading.enumerate())
-    engine = SyftEngine(manual_approval=True)
+    engine = engine_for(ONE_OWNER_BY_HAND)
     stop = threading.Event()
-    thread, outcome = run_in_thread(
-        engine, TrainConfig(workers=1, rounds=1, train_size=1000, contribution_subset=100, engine="syft"), mnist, stop
-    )
+    thread, outcome = run_in_thread(engine, mnist, stop)
     wait_for(lambda: engine.datasites() and engine.datasites()[0].awaiting_approval)
     stop.set()
     thread.join(60)
@@ -146,7 +143,7 @@ def test_train_page_shows_the_datasites_and_approves_jobs_with_a_button(mnist):
     next(w for w in at.number_input if w.label == "Workers").set_value(2)
     next(w for w in at.number_input if w.label == "Rounds").set_value(1)
     next(b for b in at.button if b.label == "Start").click().run()
-    job = at.session_state["job"]
+    job = at.session_state[session.JOB]
     try:
         assert (job.config.engine, job.config.workers) == ("syft", 2)
 

@@ -34,7 +34,7 @@ def test_server_sgd_lr_one_is_plain_averaging_and_momentum_accumulates():
 
 
 def test_one_worker_with_all_data_equals_plain_local_sgd(tiny_data):
-    settings = LocalSettings(epochs=2, batch_size=64, lr=0.02, momentum=0.9, clip_norm=1.0)
+    settings = LocalSettings(model="crypto_cnn", epochs=2, batch_size=64, lr=0.02, momentum=0.9, clip_norm=1.0)
     model = new_model("crypto_cnn", "default", seed=3)
     shard = torch.arange(500)
     update = BatchedTrainer(model, tiny_data.train_images, tiny_data.train_labels, settings).train(
@@ -59,7 +59,7 @@ def test_one_worker_with_all_data_equals_plain_local_sgd(tiny_data):
 
 def test_workers_in_one_batch_train_as_if_alone(tiny_data):
     """Stacking workers must not mix their data: each matches a solo run on its own shard."""
-    settings = LocalSettings(epochs=1, batch_size=32, lr=0.02, momentum=0.9, clip_norm=1.0)
+    settings = LocalSettings(model="crypto_cnn", epochs=1, batch_size=32, lr=0.02, momentum=0.9, clip_norm=1.0)
     model = new_model("crypto_cnn", "default", seed=0)
     trainer = BatchedTrainer(model, tiny_data.train_images, tiny_data.train_labels, settings)
     start = flatten(model_params(model))

@@ -6,7 +6,25 @@ import pytest
 from fed_core.config import TrainConfig
 from scripts.flower_deployment import LocalFederation, write_shards
 
-CONFIG = TrainConfig(workers=2, rounds=2, train_size=4000, contribution_subset=200, engine="flower")
+# Every setting away from its default, so a field the deployment dropped would show.
+CONFIG = TrainConfig(
+    workers=2,
+    rounds=2,
+    train_size=4000,
+    contribution_subset=200,
+    engine="flower",
+    lr=0.03,
+    batch_size=64,
+    momentum=0.8,
+    clip_norm=2.0,
+    server_lr=0.9,
+    server_momentum=0.1,
+    alpha=0.7,
+    shards_per_worker=3,
+    init="xavier",
+    dropout=0.05,
+    seed=1,
+)
 
 
 def running(pid: int) -> bool:
@@ -33,3 +51,5 @@ def test_superlink_and_two_supernodes_run_a_job_that_learns(federation, tmp_path
     assert len(accuracies) == 2 and accuracies[1] > accuracies[0] > 0.5
     assert [[w["worker"] for w in r["workers"]] for r in run["rounds"]] == [[0, 1], [0, 1]]
     assert (tmp_path / "result" / "model.pt").stat().st_size > 0
+    for name, asked in CONFIG.to_dict().items():
+        assert run["config"][name] == asked, f"the deployed run trained with another {name}"

@@ -1,10 +1,13 @@
+import threading
+
 import pytest
 import torch
 
 from fed_core.client import TrainingDiverged, TrainingStopped
 from fed_core.config import ConfigError, TrainConfig, estimate_seconds, problems
 from fed_core.data import Mnist
-from fed_core.server import partition_for, run_federated, sample_workers
+from fed_core.engines import engine_for
+from fed_core.server import partition_for, sample_workers
 
 SMALL = dict(train_size=2000, contribution_subset=200, batch_size=32, lr=0.02)
 
@@ -26,8 +29,8 @@ def test_dropout_removes_sampled_workers_at_about_the_rate():
 
 def test_run_learns_and_is_deterministic(tiny_data):
     config = TrainConfig(workers=4, rounds=3, **SMALL)
-    first = run_federated(config, tiny_data)
-    second = run_federated(config, tiny_data)
+    first = engine_for(config).run(tiny_data)
+    second = engine_for(config).run(tiny_data)
     accuracies = [r.test_accuracy for r in first.history]
     assert accuracies == [r.test_accuracy for r in second.history]
     assert accuracies[-1] > 0.9
@@ -38,9 +41,9 @@ def test_run_learns_and_is_deterministic(tiny_data):
     assert all(r["loss_after"] < r["loss_before"] for r in first.history[0].workers)
 
 
-def test_round_completes_without_dropped_workers(tiny_data):
+def test_dropped_workers_are_left_out_of_their_round(tiny_data):
     config = TrainConfig(workers=10, rounds=4, dropout=0.5, seed=1, **SMALL)
-    run = run_federated(config, tiny_data)
+    run = engine_for(config).run(tiny_data)
     dropped = [w for r in run.history for w in r.dropped]
     assert dropped, "with dropout 0.5 some worker should fail to report"
     for record in run.history:
@@ -54,7 +57,7 @@ def test_worker_with_shuffled_labels_has_the_lowest_contribution(mnist):
     labels = mnist.train_labels.clone()
     labels[noisy] = labels[noisy][torch.randperm(len(noisy), generator=torch.Generator().manual_seed(0))]
     poisoned = Mnist(mnist.train_images, labels, mnist.test_images, mnist.test_labels)
-    run = run_federated(config, poisoned)
+    run = engine_for(config).run(poisoned)
     totals = run.to_dict()["cumulative_contributions"]
     assert min(totals, key=totals.get) == 2
     assert totals[2] < 0
@@ -63,19 +66,15 @@ def test_worker_with_shuffled_labels_has_the_lowest_contribution(mnist):
 def test_diverging_run_is_an_error_not_a_flat_line(tiny_data):
     config = TrainConfig(workers=2, rounds=2, clip_norm=1e9, **{**SMALL, "lr": 10.0})
     with pytest.raises(TrainingDiverged, match="diverged"):
-        run_federated(config, tiny_data)
+        engine_for(config).run(tiny_data)
 
 
-def test_stop_request_interrupts_between_batches(tiny_data):
-    calls = []
-
-    def stop_after_a_few() -> bool:
-        calls.append(1)
-        return len(calls) > 3
-
+def test_stop_request_ends_the_run_within_the_round(tiny_data):
+    started, stop = [], threading.Event()
+    engine = engine_for(TrainConfig(workers=2, rounds=5, **SMALL))
     with pytest.raises(TrainingStopped):
-        run_federated(TrainConfig(workers=2, rounds=5, **SMALL), tiny_data, should_stop=stop_after_a_few)
-    assert len(calls) == 4
+        engine.run(tiny_data, on_start=started.append, on_round=lambda run, record: stop.set(), should_stop=stop.is_set)
+    assert [r.round for r in started[0].history] == [1], "asked to stop after round 1, round 2 never finished"
 
 
 @pytest.mark.parametrize(
@@ -97,7 +96,7 @@ def test_out_of_range_settings_are_explained(change, message):
     found = " ".join(problems(TrainConfig(**change)))
     assert message in found
     with pytest.raises(ConfigError):
-        run_federated(TrainConfig(**change), Mnist(*[torch.zeros(1)] * 4))
+        engine_for(TrainConfig(**change))
 
 
 def test_estimate_grows_with_the_work():

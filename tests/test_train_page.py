@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from ui import session
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -23,7 +25,7 @@ def widget(widgets, label):
 def train_page():
     at = train_page_app()
     yield at
-    job = at.session_state.get("job", None)
+    job = at.session_state.get(session.JOB, None)
     if job is not None:  # AppTest leaves threads running unless stopped here
         job.stop()
         job.join(60)
@@ -44,7 +46,7 @@ def test_tiny_run_shows_live_charts_table_and_downloads(train_page):
     widget(at.number_input, "Rounds").set_value(2)
     widget(at.button, "Start").click()
     at.run()
-    job = at.session_state["job"]
+    job = at.session_state[session.JOB]
     assert job.config.workers == 3 and job.config.rounds == 2
     assert at.query_params["run"] == [job.job_id] or at.query_params["run"] == job.job_id
     job.join(120)
@@ -55,7 +57,7 @@ def test_tiny_run_shows_live_charts_table_and_downloads(train_page):
     assert len(charts) == 3  # accuracy, contributions, label heatmap
     assert len(at.dataframe) == 1 and len(at.dataframe[0].value) == 3
     assert len(at.get("download_button")) == 3
-    assert at.session_state["trained_model"]["meta"]["model"] == "crypto_cnn"
+    assert at.session_state[session.TRAINED_MODEL]["meta"]["model"] == "crypto_cnn"
 
 
 def test_big_run_shows_its_estimate_before_start(train_page):
@@ -75,7 +77,7 @@ def test_impossible_split_is_explained_not_a_traceback(train_page):
     widget(at.number_input, "alpha (smaller = more skew)").set_value(0.01)
     widget(at.button, "Start").click()
     at.run()
-    at.session_state["job"].join(60)
+    at.session_state[session.JOB].join(60)
     at.run()
     assert not at.exception
     assert any("fewer than 10 examples" in e.value and "raise alpha" in e.value for e in at.error)
@@ -88,7 +90,7 @@ def test_stop_during_the_first_round(train_page):
     at.run()
     widget(at.button, "Stop").click()
     at.run()
-    job = at.session_state["job"]
+    job = at.session_state[session.JOB]
     job.join(60)
     at.run()
     assert job.snapshot().status == "stopped"
@@ -104,16 +106,16 @@ def test_full_server_says_busy_with_an_estimate():
             widget(at.number_input, "Rounds").set_value(200)
             widget(at.button, "Start").click()
             at.run()
-        assert all("job" in at.session_state for at in sessions[:2])
+        assert all(session.JOB in at.session_state for at in sessions[:2])
         third = sessions[2]
         assert not third.exception and "job" not in third.session_state
         busy = next(w.value for w in third.warning if "busy" in w.value)
         assert "2 runs are training" in busy and "about" in busy and "try again" in busy
     finally:
         for at in sessions[:2]:
-            if "job" in at.session_state:
-                at.session_state["job"].stop()
-                at.session_state["job"].join(60)
+            if session.JOB in at.session_state:
+                at.session_state[session.JOB].stop()
+                at.session_state[session.JOB].join(60)
 
 
 def test_corrupted_data_file_is_named_on_the_page(monkeypatch, tmp_path):
@@ -132,4 +134,4 @@ def test_corrupted_data_file_is_named_on_the_page(monkeypatch, tmp_path):
     assert not at.exception
     message = next(e.value for e in at.error if "MNIST" in e.value)
     assert "train-labels-idx1-ubyte.gz is corrupted" in message and "git checkout" in message
-    assert "job" not in at.session_state
+    assert session.JOB not in at.session_state

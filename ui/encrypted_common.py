@@ -9,7 +9,8 @@ import streamlit as st
 from torch import nn
 
 from fed_core.he import HeClient, HeServer
-from fed_core.models import ENCRYPTABLE_MODELS, MODEL_LABELS, load_model
+from fed_core.models import ENCRYPTABLE_MODELS, MODEL_LABELS, is_encryptable, load_model
+from ui import session
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ SCHEME_LABELS = {
 def load_pretrained() -> None:
     """Put the shipped model where the Train page puts its trained one."""
     model, meta = load_model(PRETRAINED_PATH)
-    st.session_state["trained_model"] = {"model": model, "meta": {**meta, "source": PRETRAINED_SOURCE}}
+    st.session_state[session.TRAINED_MODEL] = {"model": model, "meta": {**meta, "source": PRETRAINED_SOURCE}}
 
 
 def _offer_pretrained(reason: str) -> None:
@@ -47,7 +48,7 @@ def _offer_pretrained(reason: str) -> None:
 
 def encryptable_model() -> nn.Module | None:
     """The session's model if it can run encrypted; otherwise explain and offer the pretrained one."""
-    entry = st.session_state.get("trained_model")
+    entry = st.session_state.get(session.TRAINED_MODEL)
     accepted = ", ".join(MODEL_LABELS[name] for name in ENCRYPTABLE_MODELS)
     if entry is None:
         _offer_pretrained(
@@ -56,7 +57,7 @@ def encryptable_model() -> nn.Module | None:
         )
         return None
     meta = entry.get("meta", {})
-    if not getattr(entry["model"], "encryptable", False):
+    if not is_encryptable(entry["model"]):
         name = MODEL_LABELS.get(meta.get("model"), meta.get("model", "this model"))
         _offer_pretrained(
             f"Your trained model ({name}) has layers (ReLU, max-pooling) that these encrypted "
@@ -81,32 +82,15 @@ def scheme_picker(key: str, default: str = "he") -> str:
 
 def he_client() -> HeClient:
     """This browser session's HE keys: made once, reused for every digit."""
-    if "he_client" not in st.session_state:
+    if session.HE_CLIENT not in st.session_state:
         with st.spinner("Making your encryption keys (once per session)…"):
-            st.session_state["he_client"] = HeClient()
-    return st.session_state["he_client"]
+            st.session_state[session.HE_CLIENT] = HeClient()
+    return st.session_state[session.HE_CLIENT]
 
 
 def he_server(model: nn.Module) -> HeServer:
     """The server side for this session's keys and this model, kept while the model stays the same."""
-    cached = st.session_state.get("he_server")
+    cached = st.session_state.get(session.HE_SERVER)
     if cached is None or cached[0] is not model:
-        st.session_state["he_server"] = (model, HeServer(model, he_client().public_context))
-    return st.session_state["he_server"][1]
-
-
-def format_bytes(size: float) -> str:
-    for unit, factor in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if size >= factor:
-            return f"{size / factor:.1f} {unit}"
-    return f"{size:.0f} B"
-
-
-def format_duration(seconds: float) -> str:
-    if seconds < 0.01:
-        return f"{seconds * 1000:.1f} ms"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    return f"{seconds / 60:.1f} min"
+        st.session_state[session.HE_SERVER] = (model, HeServer(model, he_client().public_context))
+    return st.session_state[session.HE_SERVER][1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from ui.train_views import ACCENT, SECOND
+from ui.common import ACCENT, SECOND
 
 DIGITS = [str(d) for d in range(10)]
 

@@ -8,10 +8,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from fed_core.config import ENGINES, TrainConfig
-from fed_core.engines import engine_for
+from fed_core.engines import ENGINES
 from fed_core.job import TrainingJob
-from ui.train_views import job_slots
 
 if TYPE_CHECKING:
     from fed_core.engines.syft_engine import DatasiteView, SyftEngine
@@ -45,7 +43,7 @@ JOB_COLUMNS = {
 
 def engine_settings(column) -> tuple[str, bool]:
     """The engine select box and, for syft, the manual-approval toggle; returns (engine, manual approval)."""
-    engine = column.selectbox("Where workers train", ENGINES, format_func=ENGINE_LABELS.get)
+    engine = column.selectbox("Where workers train", list(ENGINES), format_func=ENGINE_LABELS.get)
     manual = engine == "syft" and column.toggle(
         "Approve jobs manually", help="each owner waits until you press Approve on its job"
     )
@@ -53,30 +51,11 @@ def engine_settings(column) -> tuple[str, bool]:
     return engine, manual
 
 
-@st.cache_resource
-def _syft_engines() -> dict[str, SyftEngine]:
-    """The syft engine of each job, by job id, so any session showing the job can approve its jobs."""
-    return {}
-
-
-def new_job(config: TrainConfig, manual_approval: bool) -> TrainingJob:
-    """A TrainingJob for ``config``; a syft run keeps its engine so the page can show and approve its jobs."""
-    if config.engine != "syft":
-        return TrainingJob(config)
-    engine = engine_for("syft", manual_approval=manual_approval)
-    job = TrainingJob(config, runner=engine.run)
-    engines = _syft_engines()
-    for job_id in [j for j in engines if job_slots().find(j) is None]:  # forget runs the slots forgot
-        del engines[job_id]
-    engines[job.job_id] = engine
-    return job
-
-
 def datasite_panels(job: TrainingJob) -> None:
     """Each syft datasite: the mock data the aggregator sees, the size of the private data, the jobs run."""
-    engine = _syft_engines().get(job.job_id)
-    if engine is None:
+    if job.config.engine != "syft":
         return
+    engine = job.engine
     sites = engine.datasites()
     waiting = sum(len(site.awaiting_approval) for site in sites)
     if waiting:

@@ -1,4 +1,4 @@
-"""Figures, tables and session plumbing of the Train page (Streamlit and plotly, no training logic)."""
+"""Figures, tables and downloads of the Train page (plotly and pandas, no training logic)."""
 
 from __future__ import annotations
 
@@ -10,42 +10,10 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from fed_core.job import JobSlots, JobSnapshot, TrainingJob
+from fed_core.job import JobSnapshot, TrainingJob
 from fed_core.models import save_model
-
-MAX_CONCURRENT_RUNS = 2
-ACCENT, SECOND = "#4C6EF5", "#F59F00"
-
-
-@st.cache_resource
-def job_slots() -> JobSlots:
-    """One cap for the whole server: every browser session shares these slots."""
-    return JobSlots(MAX_CONCURRENT_RUNS)
-
-
-def current_job() -> TrainingJob | None:
-    """This session's run; after a page reload, the run named in the URL is found again."""
-    job = st.session_state.get("job")
-    if job is None and "run" in st.query_params:
-        job = job_slots().find(st.query_params["run"])
-        st.session_state["job"] = job
-    return job
-
-
-def keep_trained_model(job: TrainingJob, snapshot: JobSnapshot) -> None:
-    """Hand the finished global model to the encrypted pages (same session)."""
-    if job.model is None or st.session_state.get("trained_model_job") == job.job_id:
-        return
-    st.session_state["trained_model"] = {
-        "model": job.model,
-        "meta": {
-            "model": job.config.model,
-            "test_accuracy": snapshot.history[-1]["test_accuracy"],
-            "source": f"your federated run ({snapshot.round} rounds)",
-            "config": job.config.to_dict(),
-        },
-    }
-    st.session_state["trained_model_job"] = job.job_id
+from ui import session
+from ui.common import ACCENT, SECOND
 
 
 def accuracy_figure(history: list[dict]) -> go.Figure:
@@ -134,8 +102,6 @@ WORKER_COLUMNS = {
     "cosine_to_aggregate": "cosine to aggregate",
     "contribution": "contribution",
 }
-# Plotly's hover toolbar covers the titles on a projector; zoom and pan stay available by mouse.
-CHART_CONFIG = {"displayModeBar": False}
 
 
 def worker_table(history: list[dict], cumulative: dict[int, float]) -> pd.DataFrame:
@@ -148,7 +114,7 @@ def worker_table(history: list[dict], cumulative: dict[int, float]) -> pd.DataFr
 def round_views(job: TrainingJob, snapshot: JobSnapshot) -> tuple[go.Figure, go.Figure, go.Figure, pd.DataFrame]:
     """The charts and table of the latest round, built once per round rather than on every poll."""
     key = (job.job_id, snapshot.round)
-    cached = st.session_state.get("round_views")
+    cached = st.session_state.get(session.ROUND_VIEWS)
     if cached is None or cached[0] != key:
         history, cumulative = snapshot.history, snapshot.cumulative_contributions
         cached = (
@@ -160,7 +126,7 @@ def round_views(job: TrainingJob, snapshot: JobSnapshot) -> tuple[go.Figure, go.
                 worker_table(history, cumulative),
             ),
         )
-        st.session_state["round_views"] = cached
+        st.session_state[session.ROUND_VIEWS] = cached
     return cached[1]
 
 
@@ -196,12 +162,3 @@ def model_bytes(job: TrainingJob, snapshot: JobSnapshot) -> bytes:
         {"config": job.config.to_dict(), "test_accuracy": snapshot.history[-1]["test_accuracy"]},
     )
     return buffer.getvalue()
-
-
-def format_seconds(seconds: float) -> str:
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

@@ -1,21 +1,30 @@
 """Where local training runs: in this process, as syft jobs on data owners' datasites, or on Flower SuperNodes.
 
-Every engine runs the same server loop (``fed_core.server.run_federated``) and the same worker
-training (``fed_core.client.BatchedTrainer``); they differ only in where a worker's training happens
-and how its update travels. ``run_federated`` hands a config whose engine is not "inprocess" to
-:func:`run_engine`. The engine modules import syft or flwr, so they are imported only when a run
-asks for them and the default path stays fast.
+Every engine runs the same server loop (:func:`fed_core.server.run_federated`) and the same worker training
+(:class:`fed_core.client.BatchedTrainer`); they differ only in where a worker's training happens and how its
+update travels. :func:`engine_for` is the one place a run's engine is chosen and its settings are validated.
+
+To add an engine, write a module with a class ``Name(config)`` that has the :class:`Engine` methods and add one
+line to ``ENGINES``. Engine modules import their frameworks (syft, flwr), so only a run that uses one pays for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib import import_module
 from typing import TYPE_CHECKING, Protocol
 
+from fed_core.config import ConfigError, TrainConfig, validate
+
 if TYPE_CHECKING:
-    from fed_core.config import TrainConfig
     from fed_core.data import Mnist
     from fed_core.server import FederatedRun, RoundRecord
+
+ENGINES = {  # name: "module:class"
+    "inprocess": "fed_core.engines.inprocess:InProcessEngine",
+    "syft": "fed_core.engines.syft_engine:SyftEngine",
+    "flower": "fed_core.engines.flower_engine:FlowerEngine",
+}
 
 
 class EngineError(RuntimeError):
@@ -23,9 +32,12 @@ class EngineError(RuntimeError):
 
 
 class Engine(Protocol):
+    """A federated run of one config: ``run`` trains every round and returns the run."""
+
+    config: TrainConfig
+
     def run(
         self,
-        config: TrainConfig,
         data: Mnist,
         on_start: Callable[[FederatedRun], None] | None = None,
         on_round: Callable[[FederatedRun, RoundRecord], None] | None = None,
@@ -33,25 +45,10 @@ class Engine(Protocol):
     ) -> FederatedRun: ...
 
 
-def engine_for(name: str, manual_approval: bool = False) -> Engine:
-    """The engine called ``name``; ``manual_approval`` makes syft owners wait for a person to approve each job."""
-    if name == "syft":
-        from .syft_engine import SyftEngine
-
-        return SyftEngine(manual_approval=manual_approval)
-    if name == "flower":
-        from .flower_engine import FlowerEngine
-
-        return FlowerEngine()
-    raise ValueError(f"There is no engine called {name!r} besides the in-process one; choose syft or flower.")
-
-
-def run_engine(
-    config: TrainConfig,
-    data: Mnist,
-    on_start: Callable[[FederatedRun], None] | None = None,
-    on_round: Callable[[FederatedRun, RoundRecord], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> FederatedRun:
-    """Run ``config`` on the engine it names, with owners approving jobs automatically."""
-    return engine_for(config.engine).run(config, data, on_start=on_start, on_round=on_round, should_stop=should_stop)
+def engine_for(config: TrainConfig) -> Engine:
+    """The engine ``config.engine`` names, for ``config``; raises ConfigError if the config cannot run."""
+    if config.engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {config.engine!r}.")
+    validate(config)
+    module, name = ENGINES[config.engine].split(":")
+    return getattr(import_module(module), name)(config)

@@ -13,34 +13,29 @@ Two ways to run it:
   worker in Ray actors on this machine. The ServerApp runs in a thread of this process, so the
   Train page's callbacks see every round.
 - ``flwr run fed_core/flower_app``: the Deployment Engine, a SuperLink and one ``flower-supernode``
-  per worker, each given its own shard file by node config (``scripts/flower_deployment.py``). The
-  components below, ``server_app`` and ``client_app``, are what ``fed_core/flower_app/pyproject.toml``
-  names.
+  per worker, each given its own shard file by node config (``scripts/flower_deployment.py``). Its
+  ``server_app`` and ``client_app`` live in ``fed_core/flower_app/app.py``, built only when Flower loads them.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from functools import lru_cache
-from logging import INFO
 from pathlib import Path
 
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
 from fed_core.client import TrainingStopped, WorkerUpdate
-from fed_core.config import TrainConfig, validate
-from fed_core.data import Mnist, load_mnist
-from fed_core.models import save_model
+from fed_core.config import TrainConfig
+from fed_core.data import Mnist
 from fed_core.server import FederatedRun, RoundRecord, run_federated
 
 from . import EngineError
@@ -215,15 +210,16 @@ _simulation_slot = threading.Lock()  # Ray is one per process: simulations take 
 class FlowerEngine:
     """Runs a config with Flower's Simulation Engine, one virtual SuperNode (Ray actor) per worker."""
 
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+
     def run(
         self,
-        config: TrainConfig,
         data: Mnist,
         on_start: Callable[[FederatedRun], None] | None = None,
         on_round: Callable[[FederatedRun, RoundRecord], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> FederatedRun:
-        validate(config)
         _wait_for_slot(should_stop)
         try:
             with tempfile.TemporaryDirectory(prefix="fed-flower-") as shard_dir:
@@ -232,21 +228,13 @@ class FlowerEngine:
 
                 @server.main()
                 def main(grid: Grid, context: Context) -> None:
-                    result.append(
-                        run_federated(
-                            config,
-                            data,
-                            flower_pool_factory(grid, Path(shard_dir)),
-                            on_start=on_start,
-                            on_round=on_round,
-                            should_stop=should_stop,
-                        )
-                    )
+                    pools = flower_pool_factory(grid, Path(shard_dir))
+                    result.append(run_federated(self.config, data, pools, on_start, on_round, should_stop))
 
                 run_simulation(
                     server,
                     client_app_for(_simulated_shard_file(shard_dir)),
-                    num_supernodes=config.workers,
+                    num_supernodes=self.config.workers,
                     backend_config=simulation_backend(),
                 )
                 return result[0]
@@ -270,45 +258,3 @@ def simulation_backend() -> dict:
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {"num_cpus": os.cpu_count() or 1, "num_gpus": 0, "logging_level": "ERROR", "log_to_driver": False},
     }
-
-
-# --- Deployment Engine components (named by fed_core/flower_app/pyproject.toml) ----------------------
-
-
-def config_from_run_config(run_config: dict) -> TrainConfig:
-    """The TrainConfig of a ``flwr run``: [tool.flwr.app.config] keys, dashes for underscores."""
-    values = {key.replace("-", "_"): value for key, value in run_config.items()}
-    return validate(TrainConfig.from_dict({**values, "engine": "flower"}))
-
-
-server_app = ServerApp()
-
-
-@server_app.main()
-def deployed_main(grid: Grid, context: Context) -> None:
-    config = config_from_run_config(dict(context.run_config))
-    run = run_federated(config, load_mnist(), flower_pool_factory(grid), on_round=_log_round)
-    out_dir = str(context.run_config.get("out-dir", ""))
-    if out_dir:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(out_dir) / "run.json").write_text(json.dumps(run.to_dict(), indent=1))
-        save_model(
-            run.model,
-            Path(out_dir) / "model.pt",
-            config.model,
-            {"config": config.to_dict(), "test_accuracy": run.history[-1].test_accuracy},
-        )
-
-
-def _log_round(run: FederatedRun, record: RoundRecord) -> None:
-    log(
-        INFO,
-        "round %d: test accuracy %.4f, loss %.4f (%.1f s)",
-        record.round,
-        record.test_accuracy,
-        record.test_loss,
-        record.seconds,
-    )
-
-
-client_app = client_app_for(lambda context: str(context.node_config[SHARD_FILE]))

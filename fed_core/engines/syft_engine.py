@@ -26,8 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -83,36 +82,24 @@ def job_script() -> str:
 
 # --- syft's progress prints ------------------------------------------------------------------------
 
-_quiet_threads: set[int] = set()
+SYFT_PACKAGES = ("syft", "syft_rds", "syft_job", "syft_dataset")
 
 
-class _RoutedStdout:
-    """syft reports progress with print(): the prints of threads inside :func:`quiet` go to the log."""
-
-    def __init__(self, target) -> None:
-        self.target = target
-
-    def write(self, text: str) -> int:
-        if threading.get_ident() not in _quiet_threads:
-            return self.target.write(text)
-        if text.strip():
-            log.debug("syft: %s", text.rstrip())
-        return len(text)
-
-    def __getattr__(self, name: str):
-        return getattr(self.target, name)
+def _print_to_log(*values: object, sep: str | None = " ", end: str | None = "\n", **_: object) -> None:
+    text = (sep or " ").join(map(str, values)).strip()
+    if text:
+        log.debug("syft: %s", text)
 
 
-@contextmanager
-def quiet() -> Iterator[None]:
-    # sys.stdout is shared by every thread, so it is wrapped once and routed by thread, never swapped back.
-    if not isinstance(sys.stdout, _RoutedStdout):
-        sys.stdout = _RoutedStdout(sys.stdout)
-    _quiet_threads.add(threading.get_ident())
-    try:
-        yield
-    finally:
-        _quiet_threads.discard(threading.get_ident())
+def send_syft_prints_to_log() -> None:
+    """syft reports progress with print(); in a server or behind a progress bar those lines belong in the log.
+
+    Each syft module's own name ``print`` is pointed at the log, so nothing else in the process changes
+    (sys.stdout stays as it is). Modules syft imports later keep printing; calling this again covers them.
+    """
+    for name, module in list(sys.modules.items()):
+        if name.split(".")[0] in SYFT_PACKAGES and module is not None:
+            module.print = _print_to_log
 
 
 # --- the owners' side ------------------------------------------------------------------------------
@@ -228,7 +215,7 @@ class DataOwner:
         )
         save_shard(staging / "private.pt", images, labels)
         self.private_images, self.private_bytes = len(labels), (staging / "private.pt").stat().st_size
-        with self.drive_lock, quiet():
+        with self.drive_lock:
             self.client.create_dataset(
                 name=DATASET,
                 mock_path=staging / "mock.pt",
@@ -239,14 +226,14 @@ class DataOwner:
         shutil.rmtree(staging)  # syft keeps its own copies in the datasite
 
     def _serve_once(self) -> None:
-        with self.drive_lock, quiet():
+        with self.drive_lock:
             pending = [job for job in self.client.jobs if job.status == "pending"]
             verdicts = [self._review(job) for job in pending]
         approved = [job for job, verdict in zip(pending, verdicts) if verdict == "approved"]
         if approved:
             self._run_jobs(approved)
         if approved or "rejected" in verdicts:
-            with self.drive_lock, quiet():
+            with self.drive_lock:
                 self.client.sync()  # shares the outputs, logs and rejections with the aggregator
             self.replied.set()
 
@@ -275,14 +262,14 @@ class DataOwner:
 
     def _run_jobs(self, jobs: list) -> None:
         started = time.time()
-        with quiet():  # running a job touches only the owner's own files: the Drive stays free meanwhile
-            self.client.job_runner.process_approved_jobs(
-                stream_output=False,
-                timeout=JOB_TIMEOUT_SECONDS,
-                share_outputs_with_submitter=True,
-                share_logs_with_submitter=True,
-            )
-            finished = {job.name: job.status for job in self.client.job_client.jobs}
+        # Running a job touches only the owner's own files: the Drive stays free meanwhile.
+        self.client.job_runner.process_approved_jobs(
+            stream_output=False,
+            timeout=JOB_TIMEOUT_SECONDS,
+            share_outputs_with_submitter=True,
+            share_logs_with_submitter=True,
+        )
+        finished = {job.name: job.status for job in self.client.job_client.jobs}
         with self._lock:
             for job in jobs:
                 record = self._records[job.name]
@@ -324,7 +311,7 @@ class SyftPool:
     def _submit(self, worker: int, task: LocalTask, weights: str, threads: int) -> str:
         name = f"round-{task.round:03d}-worker-{worker}"
         client = self.clients[worker]
-        with self.owners[worker].drive_lock, quiet():
+        with self.owners[worker].drive_lock:
             # submit_bash_job only carries the script: the task and the weights are added to the job's
             # code folder before its files are pushed.
             job_dir = client.job_client.submit_bash_job(owner_email(worker), job_script(), job_name=name)
@@ -338,7 +325,7 @@ class SyftPool:
     def _collect(self, worker: int, name: str) -> WorkerUpdate:
         owner = self.owners[worker]
         while True:
-            with owner.drive_lock, quiet():
+            with owner.drive_lock:
                 job = next(j for j in self.clients[worker].jobs if j.name == name)
                 if job.status == "done":
                     return load_update(next(p for p in job.output_paths if p.name == "update.pt"))
@@ -365,8 +352,9 @@ def _last_error_line(job) -> str:
 class SyftEngine:
     """Runs a federation of syft datasites; the Train page reads :meth:`datasites` and calls :meth:`approve`."""
 
-    def __init__(self, manual_approval: bool = False) -> None:
-        self.manual_approval = manual_approval
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.manual_approval = config.manual_approval
         self._owners: dict[int, DataOwner] = {}
         self._mocks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._clients: list[SyftRDSClient] = []
@@ -374,16 +362,14 @@ class SyftEngine:
 
     def run(
         self,
-        config: TrainConfig,
         data: Mnist,
         on_start: Callable[[FederatedRun], None] | None = None,
         on_round: Callable[[FederatedRun, RoundRecord], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> FederatedRun:
+        send_syft_prints_to_log()
         try:
-            return run_federated(
-                config, data, pool_factory=self._connect, on_start=on_start, on_round=on_round, should_stop=should_stop
-            )
+            return run_federated(self.config, data, self._connect, on_start, on_round, should_stop)
         finally:
             self.close()
 
@@ -400,20 +386,19 @@ class SyftEngine:
         self._owners, self._mocks = {}, {}
         clients = {}
         for worker, shard in enumerate(shards):
-            with quiet():
-                clients[worker], owner_client = SyftRDSClient.pair_with_mock_drive_service_connection(
-                    email1=owner_email(worker),
-                    email2=AGGREGATOR,
-                    base_path1=str(self._root / f"owner{worker}"),
-                    base_path2=str(self._root / f"aggregator-{worker}"),
-                    use_in_memory_cache=False,
-                )
+            clients[worker], owner_client = SyftRDSClient.pair_with_mock_drive_service_connection(
+                email1=owner_email(worker),
+                email2=AGGREGATOR,
+                base_path1=str(self._root / f"owner{worker}"),
+                base_path2=str(self._root / f"aggregator-{worker}"),
+                use_in_memory_cache=False,
+            )
             self._clients += [clients[worker], owner_client]
             owner = DataOwner(worker, owner_client, self.manual_approval)
             self._owners = {**self._owners, worker: owner}  # a new dict, so the page never sees one change
             # The demo hands each owner its shard; from here on only the owner's thread touches it.
             owner.start(data.train_images[shard], data.train_labels[shard], self._root / f"staging{worker}")
-            with owner.drive_lock, quiet():  # what the aggregator sees of the dataset
+            with owner.drive_lock:  # what the aggregator sees of the dataset
                 mock = clients[worker].datasets.get(DATASET, datasite=owner_email(worker)).mock_files[0]
             self._mocks[worker] = load_shard(mock)
         return SyftPool(clients, self._owners, config, should_stop)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,39 +43,20 @@ class LocalTask:
     worker: int
     round: int
     seed: int
-    model: str
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float
-    clip_norm: float
+    settings: LocalSettings
 
     @classmethod
     def for_round(cls, config: TrainConfig, worker: int, round_idx: int) -> LocalTask:
         """The task of ``worker`` in round ``round_idx`` of a run of ``config``."""
-        s = config.local
-        return cls(
-            worker,
-            round_idx,
-            worker_seed(config.seed, round_idx, worker),
-            config.model,
-            s.epochs,
-            s.batch_size,
-            s.lr,
-            s.momentum,
-            s.clip_norm,
-        )
-
-    @property
-    def settings(self) -> LocalSettings:
-        return LocalSettings(self.epochs, self.batch_size, self.lr, self.momentum, self.clip_norm)
+        return cls(worker, round_idx, worker_seed(config.seed, round_idx, worker), config.local)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Flat, so a Flower ConfigRecord can carry it as well as a syft job's JSON file."""
+        return {"worker": self.worker, "round": self.round, "seed": self.seed, **self.settings.to_dict()}
 
     @classmethod
     def from_dict(cls, values: dict) -> LocalTask:
-        return cls(**{name: values[name] for name in cls.__dataclass_fields__})
+        return cls(values["worker"], values["round"], values["seed"], LocalSettings.from_dict(values))
 
 
 def save_shard(path: Path | str, images: torch.Tensor, labels: torch.Tensor) -> None:
@@ -92,7 +73,7 @@ def train_local(
     task: LocalTask, global_vector: torch.Tensor, images: torch.Tensor, labels: torch.Tensor
 ) -> WorkerUpdate:
     """Train the global model on one worker's whole shard, exactly as the in-process pool does."""
-    trainer = BatchedTrainer(build_model(task.model), images, labels, task.settings)
+    trainer = BatchedTrainer(build_model(task.settings.model), images, labels, task.settings)
     return trainer.train(global_vector, [task.worker], [torch.arange(len(labels))], [task.seed])[0]
 
 

@@ -1,20 +1,15 @@
-"""The ``encrypted-eval`` and ``classify`` subcommands (wired into ``python -m fed_core``).
-
-Bad input ends with a one-line message on stderr and exit code 2.
-"""
+"""``python -m fed_core encrypted-eval`` and ``classify``: what the Encrypted Test and Draw pages do."""
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
 
-from fed_core.data import MnistFileError, load_mnist, normalize
+from fed_core.cli.common import FractionBar, check_writable, positive_int
+from fed_core.data import load_mnist, normalize
 from fed_core.encrypted_eval import (
     HE_PACKINGS,
     SCHEMES,
@@ -26,7 +21,6 @@ from fed_core.models import load_model
 from fed_core.preprocess import prepare_digit, read_image
 
 TEST_IMAGES = 10_000
-USAGE_ERROR = 2
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--scheme", choices=SCHEMES, default="mpc")
     evaluate.add_argument("--n", type=int, default=TEST_IMAGES, help="test images (1-10000)")
     evaluate.add_argument("--out", type=Path, help="write the full result as JSON here")
-    evaluate.add_argument("--batch-size", type=int, help="images per MPC batch / HE pass")
+    evaluate.add_argument("--batch-size", type=positive_int, help="images per MPC batch / HE pass")
     evaluate.add_argument("--he-packing", choices=HE_PACKINGS, default="auto")
     evaluate.set_defaults(func=run_encrypted_eval)
 
@@ -46,20 +40,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     classify.set_defaults(func=run_classify)
 
 
-def user_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Report bad input as one line on stderr with exit code 2, without a traceback."""
-
-    @functools.wraps(command)
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except (OSError, ValueError, MnistFileError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return USAGE_ERROR
-
-    return wrapper
-
-
 def load_encryptable(path: Path) -> nn.Module:
     if not path.is_file():
         raise FileNotFoundError(f"Model file {path} does not exist.")
@@ -68,42 +48,31 @@ def load_encryptable(path: Path) -> nn.Module:
     return model
 
 
-class StderrProgress:
-    """Prints whole percentages on one stderr line."""
-
-    def __init__(self, label: str) -> None:
-        self.label, self.last = label, -1
-
-    def __call__(self, fraction: float) -> None:
-        percent = int(fraction * 100)
-        if percent != self.last:
-            self.last = percent
-            end = "\n" if percent >= 100 else ""
-            print(f"\r{self.label}: {percent:3d}%", end=end, file=sys.stderr, flush=True)
-
-
-@user_errors
 def run_encrypted_eval(args: argparse.Namespace) -> int:
     if not 1 <= args.n <= TEST_IMAGES:
         raise ValueError(f"--n must be between 1 and {TEST_IMAGES}, got {args.n}.")
+    check_writable("--out", args.out)
     model = load_encryptable(args.model)
     mnist = load_mnist()
-    result = evaluate_encrypted(
-        model,
-        normalize(mnist.test_images[: args.n]),
-        mnist.test_labels[: args.n],
-        scheme=args.scheme,
-        batch_size=args.batch_size,
-        progress=StderrProgress(f"{args.scheme.upper()} evaluation"),
-        he_packing=args.he_packing,
-    )
+    progress = FractionBar(f"{args.scheme.upper()} evaluation")
+    try:
+        result = evaluate_encrypted(
+            model,
+            normalize(mnist.test_images[: args.n]),
+            mnist.test_labels[: args.n],
+            scheme=args.scheme,
+            batch_size=args.batch_size,
+            progress=progress,
+            he_packing=args.he_packing,
+        )
+    finally:
+        progress.close()
     if args.out:
         args.out.write_text(json.dumps(result.to_dict(), indent=1))
     print(result.summary())
     return 0
 
 
-@user_errors
 def run_classify(args: argparse.Namespace) -> int:
     model = load_encryptable(args.model)
     digit = prepare_digit(read_image(args.image))

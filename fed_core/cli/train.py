@@ -1,0 +1,132 @@
+"""``python -m fed_core train``: a federated run, as the Train page starts it.
+
+An interrupted (Ctrl-C) or failed run keeps what it has: the metrics so far and the model of its last good round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from fed_core.cli.common import check_writable
+from fed_core.client import TrainingDiverged
+from fed_core.config import TrainConfig
+from fed_core.data import load_mnist
+from fed_core.engines import ENGINES, EngineError, engine_for
+from fed_core.models import INIT_METHODS, MODELS, save_model
+from fed_core.partition import PARTITIONS
+from fed_core.server import FederatedRun, RoundRecord
+
+DEFAULTS = TrainConfig()
+RUN_FAILED, INTERRUPTED = 1, 130
+RESCUE_ROOT = Path("runs")  # where an interrupted or failed run's results go when no --out/--save-model was given
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="run federated training on MNIST")
+    p.add_argument("--workers", type=int, default=DEFAULTS.workers, help="number of workers (1-100)")
+    p.add_argument("--rounds", type=int, default=DEFAULTS.rounds, help="number of rounds (1-200)")
+    p.add_argument("--fraction", type=float, default=DEFAULTS.fraction, help="share C of workers sampled per round")
+    p.add_argument("--local-epochs", type=int, default=DEFAULTS.local_epochs)
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    p.add_argument("--lr", type=float, default=DEFAULTS.lr, help="local learning rate")
+    p.add_argument("--momentum", type=float, default=DEFAULTS.momentum, help="local SGD momentum")
+    p.add_argument("--clip-norm", type=float, default=DEFAULTS.clip_norm, help="per-worker gradient norm cap")
+    p.add_argument("--server-lr", type=float, default=DEFAULTS.server_lr)
+    p.add_argument("--server-momentum", type=float, default=DEFAULTS.server_momentum)
+    p.add_argument("--partition", choices=PARTITIONS, default=DEFAULTS.partition)
+    p.add_argument("--alpha", type=float, default=DEFAULTS.alpha, help="Dirichlet concentration")
+    p.add_argument("--shards-per-worker", type=int, default=DEFAULTS.shards_per_worker)
+    p.add_argument("--init", choices=INIT_METHODS, default=DEFAULTS.init)
+    p.add_argument("--dropout", type=float, default=DEFAULTS.dropout, help="chance a sampled worker fails to report")
+    p.add_argument("--model", choices=list(MODELS), default=DEFAULTS.model)
+    p.add_argument("--engine", choices=list(ENGINES), default=DEFAULTS.engine)
+    p.add_argument("--train-size", type=int, default=DEFAULTS.train_size, help="use the first N training images")
+    p.add_argument("--contribution-subset", type=int, default=DEFAULTS.contribution_subset)
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    p.add_argument("--out", type=Path, help="write every round's metrics as JSON here")
+    p.add_argument("--save-model", type=Path, help="save the trained global model (.pt) here")
+    p.set_defaults(func=train_command)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    names = TrainConfig.__dataclass_fields__
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def train_command(args: argparse.Namespace) -> int:
+    engine = engine_for(config_from_args(args))
+    for flag, path in (("--out", args.out), ("--save-model", args.save_model)):
+        check_writable(flag, path)
+    started: list[FederatedRun] = []
+    bar = tqdm(total=engine.config.rounds, desc="rounds", unit="round", file=sys.stderr)
+
+    def show(run: FederatedRun, record: RoundRecord) -> None:
+        bar.set_postfix(accuracy=f"{record.test_accuracy:.4f}")
+        bar.update(1)
+
+    try:
+        run = engine.run(load_mnist(), on_start=started.append, on_round=show)
+    except KeyboardInterrupt:
+        bar.close()
+        return rescue(started, args, "interrupted", "Stopped by Ctrl-C", INTERRUPTED)
+    except (TrainingDiverged, EngineError) as exc:
+        bar.close()
+        return rescue(started, args, "failed", str(exc), RUN_FAILED)
+    bar.close()
+    last = run.history[-1]
+    print(
+        f"{run.config.workers} workers x {run.config.rounds} rounds ({run.config.engine}, {run.config.model}): "
+        f"test accuracy {last.test_accuracy:.2%}, loss {last.test_loss:.4f}, wall time {run.wall_seconds:.1f} s"
+    )
+    save_results(run, args.out, args.save_model, "done")
+    return 0
+
+
+def rescue(started: list[FederatedRun], args: argparse.Namespace, status: str, reason: str, code: int) -> int:
+    """Keep what an unfinished run has: the metrics so far and the model of its last good round."""
+    run = started[0] if started else None
+    if run is None or not run.history:
+        print(f"error: {reason}. No round had finished, so there is nothing to save.", file=sys.stderr)
+        return code
+    out, model = args.out, args.save_model
+    if out is None and model is None:
+        folder = RESCUE_ROOT / time.strftime(f"{status}-%Y%m%d-%H%M%S")
+        folder.mkdir(parents=True, exist_ok=True)
+        out, model = folder / "run.json", folder / "model.pt"
+    saved = save_results(run, out, model, status, reason)
+    print(
+        f"error: {reason}. Kept the {len(run.history)} finished round(s): {', '.join(map(str, saved))} "
+        f"(the model is the one of round {run.history[-1].round}).",
+        file=sys.stderr,
+    )
+    return code
+
+
+def save_results(
+    run: FederatedRun, out: Path | None, model_path: Path | None, status: str, error: str | None = None
+) -> list[Path]:
+    """Write the metrics and the model, each on its own: a failure to write one does not lose the other."""
+    saved, failures = [], []
+    last = run.history[-1]
+    if out is not None:
+        try:
+            out.write_text(json.dumps({**run.to_dict(), "status": status, "error": error}, indent=1))
+            saved.append(out)
+        except OSError as exc:
+            failures.append(f"could not write {out} ({exc.strerror})")
+    if model_path is not None:
+        meta = {"config": run.config.to_dict(), "test_accuracy": last.test_accuracy, "round": last.round}
+        try:
+            save_model(run.model, model_path, run.config.model, meta)
+            saved.append(model_path)
+        except OSError as exc:
+            failures.append(f"could not write {model_path} ({exc.strerror})")
+    if failures:
+        raise OSError("; ".join(failures))
+    return saved

@@ -1,0 +1,57 @@
+"""The ServerApp and ClientApp of ``flwr run fed_core/flower_app`` (Flower's Deployment Engine).
+
+``fed_core/flower_app/pyproject.toml`` names them; Flower imports this module in the SuperLink's and the
+SuperNodes' processes. The run's settings arrive as the run config: every TrainConfig field, dashes for
+underscores, plus ``out-dir``.
+"""
+
+from __future__ import annotations
+
+import json
+from logging import INFO
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.common import log
+from flwr.serverapp import Grid, ServerApp
+
+from fed_core.config import TrainConfig, validate
+from fed_core.data import load_mnist
+from fed_core.engines.flower_engine import SHARD_FILE, client_app_for, flower_pool_factory
+from fed_core.models import save_model
+from fed_core.server import FederatedRun, RoundRecord, run_federated
+
+OUT_DIR = "out-dir"  # where the ServerApp writes run.json and model.pt; empty: nowhere
+
+
+def config_from_run_config(run_config: dict) -> TrainConfig:
+    """The TrainConfig of a ``flwr run``: every [tool.flwr.app.config] key but out-dir, dashes for underscores."""
+    values = {key.replace("-", "_"): value for key, value in run_config.items() if key != OUT_DIR}
+    return validate(TrainConfig.from_dict({**values, "engine": "flower"}))
+
+
+def run_config_of(config: TrainConfig) -> dict:
+    """The inverse of :func:`config_from_run_config`: what ``flwr run --run-config`` must carry."""
+    return {key.replace("_", "-"): value for key, value in config.to_dict().items()}
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def deployed_main(grid: Grid, context: Context) -> None:
+    config = config_from_run_config(dict(context.run_config))
+    run = run_federated(config, load_mnist(), flower_pool_factory(grid), on_round=_log_round)
+    out_dir = str(context.run_config.get(OUT_DIR, ""))
+    if out_dir:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "run.json").write_text(json.dumps(run.to_dict(), indent=1))
+        meta = {"config": config.to_dict(), "test_accuracy": run.history[-1].test_accuracy}
+        save_model(run.model, Path(out_dir) / "model.pt", config.model, meta)
+
+
+def _log_round(run: FederatedRun, record: RoundRecord) -> None:
+    log(INFO, "round %d: test accuracy %.4f (%.1f s)", record.round, record.test_accuracy, record.seconds)
+
+
+client_app = client_app_for(lambda context: str(context.node_config[SHARD_FILE]))

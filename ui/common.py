@@ -1,0 +1,60 @@
+"""What every page shares: colours, chart settings, formatting, progress, and never showing a traceback."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import streamlit as st
+
+log = logging.getLogger(__name__)
+
+ACCENT, SECOND = "#4C6EF5", "#F59F00"
+# Plotly's hover toolbar covers the titles on a projector; zoom and pan stay available by mouse.
+CHART_CONFIG = {"displayModeBar": False}
+
+
+def format_duration(seconds: float) -> str:
+    """3.2 ms, 240 ms, 4.5 s, 2 min 05 s, 1 h 03 min."""
+    if seconds < 0.01:
+        return f"{seconds * 1000:.1f} ms"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
+def format_bytes(size: float) -> str:
+    for unit, factor in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= factor:
+            return f"{size / factor:.1f} {unit}"
+    return f"{size:.0f} B"
+
+
+class ProgressBar:
+    """st.progress fed with the fraction done (fed_core's progress callbacks); redraws on whole percents only."""
+
+    def __init__(self, label: str) -> None:
+        self.label, self.percent = label, -1
+        self.bar = st.progress(0.0, text=label)
+
+    def __call__(self, fraction: float) -> None:
+        percent = int(fraction * 100)
+        if percent != self.percent:
+            self.percent = percent
+            self.bar.progress(percent / 100, text=f"{self.label} {percent}%")
+
+
+@contextmanager
+def shown_safely(doing: str) -> Iterator[None]:
+    """Never a traceback on a page: the log gets it, the user one sentence ("...while {doing}")."""
+    try:
+        yield
+    except Exception:
+        log.exception("failed while %s", doing)
+        st.error(f"Something went wrong while {doing}. The details are in the server log.")
