@@ -119,6 +119,7 @@ class SecAggClient:
         self.encoded = encode(delta, count)
         self.group: list[int] = []
         self.peer_keys: dict[int, bytes] = {}  # peer -> channel public key + mask public key
+        self.channels: dict[int, bytes] = {}  # peer -> key that encrypts the shares between us
         self.held_shares: dict[int, tuple[bytes, bytes]] = {}  # owner -> (share of its b, share of its mask key)
 
     def advertise_keys(self) -> bytes:
@@ -129,16 +130,17 @@ class SecAggClient:
     def share_keys(self, peer_keys: dict[int, bytes], threshold: int) -> dict[int, bytes]:
         """Encrypted shares of the self-mask seed and of the mask key, one message per peer."""
         self.peer_keys = peer_keys
+        self.channels = {
+            peer: agree(self.channel_key, keys[:KEY_BYTES], SHARE_CHANNEL_LABEL) for peer, keys in peer_keys.items()
+        }
         self.group = sorted([*peer_keys, self.worker])
         self.self_mask_seed = secrets.token_bytes(KEY_BYTES)
         seed_shares = split_secret(self.self_mask_seed, threshold, len(self.group))
         key_shares = split_secret(self.mask_key.private_bytes_raw(), threshold, len(self.group))
-        self.held_shares[self.worker] = (
-            seed_shares[self.group.index(self.worker)],
-            key_shares[self.group.index(self.worker)],
-        )
+        mine = self.group.index(self.worker)
+        self.held_shares[self.worker] = (seed_shares[mine], key_shares[mine])
         return {
-            peer: seal(self._channel(peer), seed_share + key_share, self.worker, peer)
+            peer: seal(self.channels[peer], seed_share + key_share, self.worker, peer)
             for peer, seed_share, key_share in zip(self.group, seed_shares, key_shares)
             if peer != self.worker
         }
@@ -146,7 +148,7 @@ class SecAggClient:
     def masked_input(self, inbox: dict[int, bytes]) -> bytes:
         """Keep the shares peers sent, then send the update under the self mask and the pairwise masks."""
         for peer, message in inbox.items():
-            shares = unseal(self._channel(peer), message, peer, self.worker)
+            shares = unseal(self.channels[peer], message, peer, self.worker)
             self.held_shares[peer] = (shares[:SHARE_BYTES], shares[SHARE_BYTES:])
         masked = self.encoded + expand_mask(self.self_mask_seed, len(self.encoded))
         for peer in self.group:
@@ -165,9 +167,6 @@ class SecAggClient:
                 f"worker {self.worker} was told {sorted(survived & dropped)} both survived and dropped."
             )
         return {v: self.held_shares[v][0 if v in survived else 1] for v in sorted(survived | dropped)}
-
-    def _channel(self, peer: int) -> bytes:
-        return agree(self.channel_key, self.peer_keys[peer][:KEY_BYTES], SHARE_CHANNEL_LABEL)
 
 
 class SecAggServer:
