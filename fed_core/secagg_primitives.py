@@ -21,9 +21,9 @@
 * **Key agreement**: X25519 (``cryptography``) and HKDF-SHA256, with a label per purpose.
 * **Shamir secret sharing** over the prime field GF(2^521 - 1), with Python's C big integers.
   Flower's ``crypto.shamir.create_shares``/``combine_shares`` (PyCryptodome, GF(2^128)) are sound
-  but do field arithmetic bit by bit in Python: 4.5 ms to split and 15 ms to combine one 32-byte
-  secret 11-of-21 on the 2-core machine, about 2.4 s per 100-worker round, against microseconds
-  here (bench/private_secagg.py prints both).
+  but do field arithmetic bit by bit in Python: 11-of-21 on a 32-byte secret took 4.5-11 ms to
+  split and 15-33 ms to combine on the 2-core machine, 2.4-5.5 s per 100-worker round, against
+  0.05 ms each here (bench/private_secagg.py prints both).
 * **Share encryption** between two workers (the server forwards the shares): ChaCha20-Poly1305
   under an X25519 + HKDF key, a random nonce per message, the sender and receiver bound as
   associated data so the server can neither read nor redirect a share.
