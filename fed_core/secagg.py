@@ -318,8 +318,11 @@ def secure_sum(
         raise ValueError(
             f"dropped workers must be rows of updates (0..{num_workers - 1}), got {dropped_after_masking}."
         )
-    group_size = min(group_size or default_group_size(num_workers), num_workers)
-    server = SecAggServer(num_workers, length + 1, group_size, threshold or default_threshold(group_size))
+    if len(counts) != num_workers:
+        raise ValueError(f"one example count per update row: {num_workers} rows, {len(counts)} counts.")
+    group_size = min(default_group_size(num_workers) if group_size is None else group_size, num_workers)
+    threshold = default_threshold(group_size) if threshold is None else threshold
+    server = SecAggServer(num_workers, length + 1, group_size, threshold)
     seconds: dict[str, float] = {}
     with _timed(seconds, "encode"):
         clients = [SecAggClient(w, updates[w], counts[w]) for w in range(num_workers)]
@@ -327,9 +330,13 @@ def secure_sum(
 
 
 def run_protocol(
-    server: SecAggServer, clients: list[SecAggClient], dropped: set[int], seconds: dict[str, float]
+    server: SecAggServer, clients: list[SecAggClient], dropped: set[int], seconds: dict[str, float] | None = None
 ) -> SecureAggregate:
-    """The four stages between the server and the clients; ``dropped`` workers never deliver their masked vector."""
+    """The four stages between the server and the clients; ``dropped`` workers never deliver their masked vector.
+
+    ``seconds`` collects each stage's time (and may already hold the clients' ``encode`` time).
+    """
+    seconds = {} if seconds is None else seconds
     with _timed(seconds, "advertise_keys"):
         peer_keys = server.forward_public_keys({c.worker: c.advertise_keys() for c in clients})
     with _timed(seconds, "share_keys"):

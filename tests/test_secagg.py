@@ -115,14 +115,14 @@ def test_a_sparse_group_below_the_threshold_is_refused():
     clients = [SecAggClient(w, updates[w], counts[w]) for w in range(30)]
     dropped = set([v for v in server.groups[0] if v != 0][:5])  # worker 0 keeps 4 of its 9 share holders
     with pytest.raises(SecAggRefused, match="worker 0's self-mask seed has 4 surviving share holders"):
-        run_protocol(server, clients, dropped, {})
+        run_protocol(server, clients, dropped)
 
 
 def test_a_worker_never_reveals_both_secrets_of_a_peer():
     updates, counts = random_round(3, 10)
     server = SecAggServer(3, 11, group_size=3, threshold=2)
     clients = [SecAggClient(w, updates[w], counts[w]) for w in range(3)]
-    run_protocol(server, clients, set(), {})
+    run_protocol(server, clients, set())
     with pytest.raises(SecAggRefused, match="both survived and dropped"):
         clients[0].unmask({1, 2}, {2})
 
