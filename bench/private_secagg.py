@@ -9,15 +9,13 @@ it prints the seconds of fed_core.secagg.secure_sum (mean of the repeats, and pe
 simulation every worker's part runs in this process one after the other) against the plain
 weighted average, and what it adds to a real in-process training round of that many workers
 (measured here unless --no-training). Then the bytes each worker sends and receives, against the
-4 bytes per parameter of a plain float32 update. Last, the Shamir secret sharing of one round
-with fed_core's prime-field sharing and with Flower's ``create_shares``/``combine_shares``.
+4 bytes per parameter of a plain float32 update.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import statistics
 import sys
 import time
@@ -28,14 +26,12 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from flwr.common.secure_aggregation.crypto import shamir as flower_shamir  # noqa: E402
 
 from fed_core.config import TrainConfig  # noqa: E402
 from fed_core.data import load_mnist  # noqa: E402
+from fed_core.engines import engine_for  # noqa: E402
 from fed_core.models import build_model  # noqa: E402
 from fed_core.secagg import STAGES, SecureAggregate, default_group_size, default_threshold, secure_sum  # noqa: E402
-from fed_core.secagg_primitives import combine_shares, split_secret  # noqa: E402
-from fed_core.server import run_federated  # noqa: E402
 from fed_core.strategy import fedavg  # noqa: E402
 
 TRAIN_SIZE = 60_000
@@ -61,7 +57,7 @@ def timed(function, repeats: int) -> tuple[float, object]:
 
 def training_round_seconds(workers: int) -> float:
     """Mean seconds of the later rounds of a real in-process run (the first pays for warm-up)."""
-    run = run_federated(TrainConfig(workers=workers, rounds=3), load_mnist())
+    run = engine_for(TrainConfig(workers=workers, rounds=3)).run(load_mnist())
     return statistics.mean(r.seconds for r in run.history[1:])
 
 
@@ -93,27 +89,6 @@ def report_protocol(workers: int, dropout: float, parameters: int, repeats: int,
     )
 
 
-def report_shamir(workers: int, repeats: int) -> None:
-    """One round shares 2 secrets per worker and reconstructs about one per worker."""
-    group = default_group_size(workers)
-    threshold = default_threshold(group)
-    secret = secrets.token_bytes(32)
-    ours_split, shares = timed(lambda: split_secret(secret, threshold, group), repeats)
-    ours_combine, _ = timed(lambda: combine_shares(dict(enumerate(shares[:threshold], start=1))), repeats)
-    flower_split, flower_shares = timed(lambda: flower_shamir.create_shares(secret, threshold, group), repeats)
-    flower_combine, _ = timed(lambda: flower_shamir.combine_shares(flower_shares[:threshold]), repeats)
-    per_round = {
-        "fed_core prime field": 2 * workers * ours_split + workers * ours_combine,
-        "Flower create_shares/combine_shares": 2 * workers * flower_split + workers * flower_combine,
-    }
-    print(
-        f"Shamir {threshold}-of-{group} on a 32-byte secret: split {ours_split * 1e3:.3f} ms / combine "
-        f"{ours_combine * 1e3:.3f} ms (fed_core), {flower_split * 1e3:.2f} ms / {flower_combine * 1e3:.2f} ms "
-        f"(Flower); per {workers}-worker round: "
-        + ", ".join(f"{name} {seconds:.3f} s" for name, seconds in per_round.items())
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[10, 100])
@@ -131,7 +106,6 @@ def main() -> None:
         round_seconds = None if args.no_training else training_round_seconds(workers)
         for dropout in (0.0, args.dropout):
             report_protocol(workers, dropout, parameters, args.repeats, round_seconds)
-        report_shamir(workers, args.repeats)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -44,23 +44,26 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
 
 from .secagg_primitives import (
     FRAC_BITS,
     KEY_BYTES,
     MASK_LABEL,
     MAX_WORKERS,
+    SELF_MASK_LABEL,
     SHARE_BYTES,
     SHARE_CHANNEL_LABEL,
     EncodingOverflow,
     agree,
-    combine_shares,
     decode,
+    derive_key,
     encode,
     expand_mask,
+    mask_private_key,
+    new_seed,
     public_bytes,
     seal,
-    split_secret,
     unseal,
 )
 
@@ -124,7 +127,8 @@ class SecAggClient:
 
     def advertise_keys(self) -> bytes:
         self.channel_key = X25519PrivateKey.generate()
-        self.mask_key = X25519PrivateKey.generate()
+        self.mask_key_seed = new_seed()
+        self.mask_key = mask_private_key(self.mask_key_seed)
         return public_bytes(self.channel_key) + public_bytes(self.mask_key)
 
     def share_keys(self, peer_keys: dict[int, bytes], threshold: int) -> dict[int, bytes]:
@@ -134,9 +138,9 @@ class SecAggClient:
             peer: agree(self.channel_key, keys[:KEY_BYTES], SHARE_CHANNEL_LABEL) for peer, keys in peer_keys.items()
         }
         self.group = sorted([*peer_keys, self.worker])
-        self.self_mask_seed = secrets.token_bytes(KEY_BYTES)
-        seed_shares = split_secret(self.self_mask_seed, threshold, len(self.group))
-        key_shares = split_secret(self.mask_key.private_bytes_raw(), threshold, len(self.group))
+        self.self_mask_seed = new_seed()
+        seed_shares = create_shares(self.self_mask_seed, threshold, len(self.group))
+        key_shares = create_shares(self.mask_key_seed, threshold, len(self.group))
         mine = self.group.index(self.worker)
         self.held_shares[self.worker] = (seed_shares[mine], key_shares[mine])
         return {
@@ -150,7 +154,7 @@ class SecAggClient:
         for peer, message in inbox.items():
             shares = unseal(self.channels[peer], message, peer, self.worker)
             self.held_shares[peer] = (shares[:SHARE_BYTES], shares[SHARE_BYTES:])
-        masked = self.encoded + expand_mask(self.self_mask_seed, len(self.encoded))
+        masked = self.encoded + expand_mask(derive_key(self.self_mask_seed, SELF_MASK_LABEL), len(self.encoded))
         for peer in self.group:
             if peer != self.worker:
                 mask = expand_mask(agree(self.mask_key, self.peer_keys[peer][KEY_BYTES:], MASK_LABEL), len(masked))
@@ -221,19 +225,19 @@ class SecAggServer:
     def unmask(self, replies: dict[int, dict[int, bytes]]) -> np.ndarray:
         """The sum of the survivors' encoded updates: their masked vectors minus every mask left in them."""
         self._count("unmask", sum(map(message_bytes, replies.values())), 0)
-        shares: dict[int, dict[int, bytes]] = {}
-        for holder, reply in replies.items():
+        shares: dict[int, list[bytes]] = {}
+        for reply in replies.values():
             for owner, share in reply.items():
-                shares.setdefault(owner, {})[1 + self.groups[owner].index(holder)] = share
+                shares.setdefault(owner, []).append(share)  # Flower's shares carry their own index
         total = np.zeros(self.length, dtype=np.uint64)
         for vector in self.masked.values():
             total += vector
         for owner, owner_shares in shares.items():
-            secret = combine_shares(dict(list(owner_shares.items())[: self.threshold]))
+            seed = combine_shares(owner_shares[: self.threshold])
             if owner in self.survivors:
-                total -= expand_mask(secret, self.length)
+                total -= expand_mask(derive_key(seed, SELF_MASK_LABEL), self.length)
             else:
-                total -= self._pairwise_masks_of_dropped(owner, X25519PrivateKey.from_private_bytes(secret))
+                total -= self._pairwise_masks_of_dropped(owner, mask_private_key(seed))
         return total
 
     def _pairwise_masks_of_dropped(self, dropped: int, mask_key: X25519PrivateKey) -> np.ndarray:

@@ -19,11 +19,10 @@
   Flower's ``secaggplus_utils.pseudo_rand_gen`` is not used: it XORs the seed down to 32 bits and
   draws from numpy's MT19937, so a mask is one of 2^32 predictable streams.
 * **Key agreement**: X25519 (``cryptography``) and HKDF-SHA256, with a label per purpose.
-* **Shamir secret sharing** over the prime field GF(2^521 - 1), with Python's C big integers.
-  Flower's ``crypto.shamir.create_shares``/``combine_shares`` (PyCryptodome, GF(2^128)) are sound
-  but do field arithmetic bit by bit in Python: 11-of-21 on a 32-byte secret took 4.5-11 ms to
-  split and 15-33 ms to combine on the 2-core machine, 2.4-5.5 s per 100-worker round, against
-  0.05 ms each here (bench/private_secagg.py prints both).
+* **Shamir secret sharing**: Flower's ``crypto.shamir.create_shares``/``combine_shares`` (PyCryptodome's
+  Shamir over GF(2^128), coefficients from the OS's CSPRNG). Its field arithmetic runs bit by bit in
+  Python, so what is shared is kept small: a 16-byte seed per secret (two 16-byte blocks once padded),
+  from which HKDF derives the 32-byte self-mask key and the X25519 mask key.
 * **Share encryption** between two workers (the server forwards the shares): ChaCha20-Poly1305
   under an X25519 + HKDF key, a random nonce per message, the sender and receiver bound as
   associated data so the server can neither read nor redirect a share.
@@ -51,8 +50,10 @@ KEY_BYTES = 32
 MASK_LABEL = b"fed_core secagg pairwise mask"
 SHARE_CHANNEL_LABEL = b"fed_core secagg share encryption"
 
-SHAMIR_PRIME = 2**521 - 1  # a Mersenne prime, far above the 256-bit secrets
-SHARE_BYTES = 66  # ceil(521 / 8)
+SELF_MASK_LABEL = b"fed_core secagg self mask"
+MASK_KEY_LABEL = b"fed_core secagg mask key"
+SEED_BYTES = 16
+SHARE_BYTES = 4 + 2 * 16  # Flower's share: its index, then one 16-byte share per block of the padded seed
 NONCE_BYTES = 12
 
 
@@ -119,40 +120,18 @@ def _route(sender: int, receiver: int) -> bytes:
     return sender.to_bytes(4, "little") + receiver.to_bytes(4, "little")
 
 
-# Shamir secret sharing ------------------------------------------------------------------------
+# Seeds ----------------------------------------------------------------------------------------
 
 
-def split_secret(secret: bytes, threshold: int, holders: int) -> list[bytes]:
-    """Shares of ``secret`` for holders at x = 1..holders; any ``threshold`` of them recover it.
-
-    Fewer than ``threshold`` shares reveal nothing: the polynomial's other coefficients are uniform.
-    """
-    if not 1 <= threshold <= holders:
-        raise ValueError(f"threshold must be in 1..{holders}, got {threshold}.")
-    coefficients = [int.from_bytes(secret, "big")] + [secrets.randbelow(SHAMIR_PRIME) for _ in range(threshold - 1)]
-    return [_evaluate(coefficients, x).to_bytes(SHARE_BYTES, "big") for x in range(1, holders + 1)]
+def new_seed() -> bytes:
+    """A fresh 128-bit secret from the OS's CSPRNG: what Shamir shares, and what keys are derived from."""
+    return secrets.token_bytes(SEED_BYTES)
 
 
-def combine_shares(shares: dict[int, bytes], secret_bytes: int = KEY_BYTES) -> bytes:
-    """The secret from shares {x: share}, by Lagrange interpolation at 0.
-
-    Any ``threshold`` shares give the secret; fewer give an unrelated number (or an OverflowError
-    when it does not fit ``secret_bytes``), so callers must count shares before combining.
-    """
-    points = {x: int.from_bytes(share, "big") for x, share in shares.items()}
-    secret = 0
-    for x, y in points.items():
-        numerator, denominator = 1, 1
-        for other in points:
-            if other != x:
-                numerator = numerator * other % SHAMIR_PRIME
-                denominator = denominator * (other - x) % SHAMIR_PRIME
-        secret = (secret + y * numerator * pow(denominator, -1, SHAMIR_PRIME)) % SHAMIR_PRIME
-    return secret.to_bytes(secret_bytes, "big")
+def derive_key(seed: bytes, label: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=label).derive(seed)
 
 
-def _evaluate(coefficients: list[int], x: int) -> int:
-    value = 0
-    for c in reversed(coefficients):
-        value = (value * x + c) % SHAMIR_PRIME
-    return value
+def mask_private_key(seed: bytes) -> X25519PrivateKey:
+    """The X25519 key whose agreements give a worker's pairwise masks, rebuilt from its shared seed."""
+    return X25519PrivateKey.from_private_bytes(derive_key(seed, MASK_KEY_LABEL))

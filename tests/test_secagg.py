@@ -1,11 +1,11 @@
 """Secure aggregation: exact sums, uniform-looking masked vectors, dropouts, refusals and encoding bounds."""
 
 import random
-import secrets
 
 import numpy as np
 import pytest
 import torch
+from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
 from scipy.stats import chisquare
 
 from fed_core.secagg import (
@@ -26,10 +26,9 @@ from fed_core.secagg_primitives import (
     NONCE_BYTES,
     SHARE_BYTES,
     EncodingOverflow,
-    combine_shares,
     decode,
     encode,
-    split_secret,
+    new_seed,
 )
 from fed_core.strategy import fedavg
 
@@ -161,13 +160,17 @@ def test_encoding_refuses_what_could_wrap_and_the_worst_case_cannot_wrap():
     assert result.weighted_sum.tolist() == [3 * MAX_COUNT * DELTA_BOUND, -3 * MAX_COUNT * DELTA_BOUND]
 
 
-def test_any_threshold_shares_recover_a_secret_and_fewer_do_not():
-    secret = secrets.token_bytes(32)
-    shares = dict(enumerate(split_secret(secret, 4, 7), start=1))
-    assert combine_shares({x: shares[x] for x in (1, 3, 5, 7)}) == secret
-    assert combine_shares({x: shares[x] for x in (2, 4, 6, 7)}) == secret
-    with pytest.raises(OverflowError):  # three points give a random 521-bit number, not the 256-bit secret
-        combine_shares({x: shares[x] for x in (1, 2, 3)})
+def test_any_threshold_shares_recover_a_seed_and_fewer_do_not():
+    seed = new_seed()
+    shares = create_shares(seed, 4, 7)
+    assert all(len(share) == SHARE_BYTES for share in shares)
+    assert combine_shares([shares[i] for i in (0, 2, 4, 6)]) == seed
+    assert combine_shares([shares[i] for i in (1, 3, 5, 6)]) == seed
+    try:  # three points give an unrelated value: almost always not even a padded 16-byte block
+        recovered = combine_shares(shares[:3])
+    except ValueError:
+        recovered = None
+    assert recovered != seed
 
 
 def test_bytes_and_seconds_are_counted_per_stage():
