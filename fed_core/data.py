@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,28 +102,33 @@ def load_from_root(root: Path) -> Mnist:
     )
 
 
-def download_with_torchvision(root: Path) -> Mnist:
-    """Fallback for a data root without the files: torchvision's downloader (needs the network)."""
+def download_with_torchvision(root: Path, mirrors: Sequence[str] | None = None) -> Mnist:
+    """Fallback for a data root without the files: torchvision's downloader (checks its own MD5 sums).
+
+    ``mirrors`` replaces torchvision's list of MNIST mirrors (base URLs ending in "/").
+    """
     from torchvision.datasets import MNIST
 
-    train = MNIST(str(root), train=True, download=True)
-    test = MNIST(str(root), train=False, download=True)
+    # Same class name, so the files land where torchvision's own MNIST looks for them (root/MNIST/raw).
+    source = type("MNIST", (MNIST,), {"mirrors": list(mirrors)}) if mirrors else MNIST
+    train = source(str(root), train=True, download=True)
+    test = source(str(root), train=False, download=True)
     return Mnist(train.data, train.targets.long(), test.data, test.targets.long())
 
 
 _CACHE: dict[Path, Mnist] = {}
 
 
-def load_mnist(root: Path | str | None = None, download: bool = False) -> Mnist:
+def load_mnist(root: Path | str | None = None, download: bool = False, mirrors: Sequence[str] | None = None) -> Mnist:
     """Load and verify MNIST from ``root`` (default: the shipped copy), cached per process.
 
     With ``download=True`` and a root that holds no checksummed copy, fall back to
-    torchvision's downloader. The shipped copy never downloads.
+    torchvision's downloader (from ``mirrors`` if given). The shipped copy never downloads.
     """
     root = Path(root).resolve() if root else SHIPPED_ROOT
     if root not in _CACHE:
         if download and root != SHIPPED_ROOT and not (root / "SHA256SUMS").exists():
-            _CACHE[root] = download_with_torchvision(root)
+            _CACHE[root] = download_with_torchvision(root, mirrors)
         else:
             _CACHE[root] = load_from_root(root)
     return _CACHE[root]

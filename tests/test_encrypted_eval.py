@@ -54,7 +54,7 @@ def test_mpc_evaluation_reports_agreement_traffic_and_confusion(trained_model, t
     assert comm["rounds"] == 1 + 4 * 6 and comm["rounds_per_batch"] == 6
     assert comm["bytes_per_party"][0] == comm["bytes_per_party"][1] > comm["setup_bytes_per_party"] > 0
     assert set(result.seconds) == {"encrypt", "compute", "decrypt", "total"}
-    json.dumps(result.to_dict())
+    assert json.loads(json.dumps(result.to_dict()))["encrypted_predictions"] == result.encrypted_predictions
 
 
 def test_he_evaluation_of_a_few_images_uses_the_one_digit_packing(trained_model, test_set):
@@ -86,7 +86,7 @@ def test_classify_digit_matches_plaintext_and_shows_the_server_view(trained_mode
     else:
         share0, share1 = result.share_images
         assert share0.shape == (28, 28) and not np.array_equal(share0, share1)
-    json.dumps(result.to_dict())
+    assert json.loads(json.dumps(result.to_dict()))["prediction"] == result.prediction
 
 
 def test_classify_digit_reuses_the_sessions_keys_and_server(trained_model, test_set):

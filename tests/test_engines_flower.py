@@ -1,9 +1,13 @@
 """The Flower engine (Simulation Engine) trains like the in-process one: same partition, sampling and FedAvg."""
 
 import pytest
+import torch
+from flwr.supercore.task_identity import TaskIdentity
 
+from fed_core.client import TrainingStopped
 from fed_core.config import ConfigError, TrainConfig
 from fed_core.engines import engine_for
+from fed_core.engines.flower_engine import FlowerClientError, FlowerPool
 from fed_core.flower_app.app import config_from_run_config
 
 SMALL = dict(workers=3, rounds=3, train_size=3000, contribution_subset=200, fraction=0.67, seed=3)
@@ -33,3 +37,31 @@ def test_run_config_of_flwr_run_becomes_a_train_config():
     assert (config.workers, config.train_size, config.local_epochs, config.engine) == (4, 8000, 2, "flower")
     with pytest.raises(ConfigError, match="workers"):
         config_from_run_config({"workers": 0})
+
+
+class SilentGrid:
+    """A Grid whose SuperNodes take every message and never answer."""
+
+    def __init__(self, monkeypatch) -> None:
+        for name in ("_run_id", "_node_id", "_task_id"):  # what Flower sets in a ServerApp's process
+            monkeypatch.setattr(TaskIdentity, name, 1)
+
+    def push_messages(self, messages):
+        return [f"message-{i}" for i, _ in enumerate(messages)]
+
+    def pull_messages(self, message_ids):
+        return []
+
+
+def test_a_supernode_that_never_replies_ends_the_round_with_a_clear_error(monkeypatch):
+    pool = FlowerPool(SilentGrid(monkeypatch), TrainConfig(workers=1, engine="flower"), reply_seconds=0.3)
+    pool.nodes = {0: 7}
+    with pytest.raises(FlowerClientError, match=r"1 SuperNode\(s\) did not reply within 0.3 s"):
+        pool.train(torch.zeros(10), [0], round_idx=1)
+
+
+def test_a_stop_request_ends_the_wait_for_replies(monkeypatch):
+    pool = FlowerPool(SilentGrid(monkeypatch), TrainConfig(workers=1, engine="flower"), should_stop=lambda: True)
+    pool.nodes = {0: 7}
+    with pytest.raises(TrainingStopped):
+        pool.train(torch.zeros(10), [0], round_idx=1)

@@ -98,11 +98,23 @@ def _shard(path: str) -> tuple[torch.Tensor, torch.Tensor]:
 class FlowerPool:
     """Local training on Flower SuperNodes: one train Message per sampled worker per round."""
 
-    def __init__(self, grid: Grid, config: TrainConfig, should_stop: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        config: TrainConfig,
+        should_stop: Callable[[], bool] | None = None,
+        reply_seconds: float = REPLY_SECONDS,
+    ) -> None:
         self.grid = grid
         self.config = config
         self.should_stop = should_stop
-        self.nodes = self._find_workers(config.workers)
+        self.reply_seconds = reply_seconds
+        self.nodes: dict[int, int] = {}
+
+    def connect(self) -> FlowerPool:
+        """Find which SuperNode holds which worker's shard; returns the pool, ready to train."""
+        self.nodes = self._find_workers(self.config.workers)
+        return self
 
     def train(self, global_vector: torch.Tensor, workers: list[int], round_idx: int) -> list[WorkerUpdate]:
         weights = ArrayRecord({"global": Array(global_vector.numpy())})
@@ -147,11 +159,11 @@ class FlowerPool:
         """Send ``messages`` and wait for every reply, stopping early if the user asks to."""
         waiting = set(self.grid.push_messages(messages))
         replies: list[Message] = []
-        deadline = time.monotonic() + REPLY_SECONDS
+        deadline = time.monotonic() + self.reply_seconds
         while waiting:
             self._check_stop()
             if time.monotonic() > deadline:
-                raise FlowerClientError(f"{len(waiting)} SuperNode(s) did not reply within {REPLY_SECONDS:.0f} s.")
+                raise FlowerClientError(f"{len(waiting)} SuperNode(s) did not reply within {self.reply_seconds:g} s.")
             time.sleep(POLL_SECONDS)
             pulled = list(self.grid.pull_messages(waiting))
             replies += pulled
@@ -193,7 +205,7 @@ def flower_pool_factory(grid: Grid, shard_dir: Path | None = None) -> Callable[.
         if shard_dir is not None:
             for worker, shard in enumerate(shards):
                 save_shard(shard_dir / shard_file_name(worker), data.train_images[shard], data.train_labels[shard])
-        return FlowerPool(grid, config, should_stop)
+        return FlowerPool(grid, config, should_stop).connect()
 
     return connect
 
