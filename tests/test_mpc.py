@@ -22,9 +22,6 @@ from fed_core.mpc import (
 )
 from fed_core.mpc_prg import Prg
 
-# Chi-square critical value for 15 degrees of freedom at p = 0.001.
-CHI2_15_DOF = 37.7
-
 
 @pytest.fixture
 def prg():
@@ -37,35 +34,9 @@ def parties():
     return Dealer.simulated(channel.traffic), channel
 
 
-def chi_square(counts: torch.Tensor, expected: torch.Tensor) -> float:
-    return float(((counts - expected) ** 2 / expected).sum())
-
-
-def nibble_histogram(values: torch.Tensor, shift: int) -> torch.Tensor:
-    return torch.bincount((values >> shift) & 0xF, minlength=16).double()
-
-
 def test_reconstruction_is_exact_even_at_the_ring_edges(prg):
     secret = torch.tensor([0, 1, -1, 2**63 - 1, -(2**63), 123456789012345])
     assert torch.equal(reconstruct(share(secret, prg)), secret)
-
-
-@pytest.mark.parametrize("shift", [60, 0], ids=["high bits", "low bits"])
-def test_each_share_alone_is_uniform_whatever_the_secret(prg, shift):
-    n = 160_000
-    secrets = {"zeros": torch.zeros(n, dtype=torch.long), "constant": encode(torch.full((n,), 2.5))}
-    histograms = {}
-    for name, secret in secrets.items():
-        shared = share(secret, prg)
-        for party in (0, 1):
-            counts = nibble_histogram(shared.shares[party], shift)
-            assert chi_square(counts, torch.full((16,), n / 16)) < CHI2_15_DOF, (name, party)
-            histograms[name, party] = counts
-    for party in (0, 1):
-        # Two-sample test: the share's distribution does not depend on the secret.
-        a, b = histograms["zeros", party], histograms["constant", party]
-        pooled = (a + b) / 2
-        assert chi_square(a, pooled) + chi_square(b, pooled) < CHI2_15_DOF
 
 
 def test_truncation_is_off_by_at_most_one_unit(prg):
