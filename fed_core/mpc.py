@@ -26,7 +26,8 @@ each party shifts its own share. The result is off by at most one unit in the la
 except when the two shares wrap around the ring, which for a uniform share happens with
 probability |x| / 2^64 (x the ring value before truncation, i.e. |real| * 2^(2*FRAC_BITS)):
 2^-32 per unit of the real value, 3.5e-8 for |x| = 150. The result is then off by 2^48
-units. :mod:`fed_core.mpc_range` measures the rate and refuses models that make it likely.
+units. :mod:`fed_core.mpc_truncation` measures it: on the 10k test set with the pretrained
+model, 0 of 12.9 million truncated elements failed, 0.003 failures expected.
 
 Measured on this machine before choosing the design: int64 matmul in torch runs at
 ~14 GMAC/s on CPU (as fast as float64), so no float64-limb splitting is needed.
@@ -49,15 +50,14 @@ from typing import TypeVar
 import torch
 
 from fed_core.models import CryptoCNN
+from fed_core.mpc_model import WEIGHTS, Architecture, BilinearOp, crypto_cnn, model_parameters, squared
 from fed_core.mpc_prg import KEY_BYTES, Prg
 
 FRAC_BITS = 16
 BYTES_PER_ELEMENT = 8
 PARTIES = (0, 1)
 
-BilinearOp = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Method = TypeVar("Method", bound=Callable)
-Value = TypeVar("Value")
 
 
 def single_threaded(method: Method) -> Method:
@@ -318,67 +318,6 @@ def secure_square(x: SharedTensor, dealer: Dealer, channel: Channel) -> SharedTe
     return (a_squared + a.apply(lambda s: 2 * e * s)).add_public(e * e)
 
 
-def im2col(images: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
-    """[N, 1, H, W] -> [N, windows, kernel*kernel], for any dtype (torch's unfold views)."""
-    patches = images[:, 0].unfold(1, kernel, stride).unfold(2, kernel, stride)
-    return patches.reshape(images.shape[0], -1, kernel * kernel)
-
-
-def conv_op(kernel: int, stride: int) -> BilinearOp:
-    """images [N,1,H,W] x weights [C, k*k] -> [N, C*windows] in torch's (C, H, W) flatten order."""
-
-    def conv(images: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return (im2col(images, kernel, stride) @ weights.T).transpose(1, 2).flatten(1)
-
-    return conv
-
-
-def linear_op(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return x @ weight.T
-
-
-WEIGHTS = ("conv", "fc1", "fc2")
-
-
-def crypto_cnn(x: Value, layer: Callable[[Value, str], Value], square: Callable[[Value], Value]) -> Value:
-    """CryptoCNN's steps, written once: the parties run them on shares, the dealer on shapes."""
-    x = square(layer(x, "conv"))
-    x = square(layer(x, "fc1"))
-    return layer(x, "fc2")
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """What every party, the dealer included, knows of the model: shapes and ops, no values."""
-
-    weight_shapes: dict[str, torch.Size]
-    kernel: int
-    stride: int
-
-    @classmethod
-    def of(cls, model: CryptoCNN) -> Architecture:
-        shapes = {"conv": model.conv.weight.flatten(1).shape, "fc1": model.fc1.weight.shape}
-        shapes["fc2"] = model.fc2.weight.shape
-        return cls(shapes, model.conv.kernel_size[0], model.conv.stride[0])
-
-    def op(self, name: str) -> BilinearOp:
-        return conv_op(self.kernel, self.stride) if name == "conv" else linear_op
-
-
-def model_parameters(model: CryptoCNN) -> dict[str, torch.Tensor]:
-    """CryptoCNN's weights and biases by name, in the layout the protocol computes with."""
-    positions = model.fc1.in_features // model.conv.out_channels
-    return {
-        "conv": model.conv.weight.flatten(1),
-        # One bias per output position, in the conv output's (channel, position) order.
-        "conv_bias": model.conv.bias.repeat_interleave(positions),
-        "fc1": model.fc1.weight,
-        "fc1_bias": model.fc1.bias,
-        "fc2": model.fc2.weight,
-        "fc2_bias": model.fc2.bias,
-    }
-
-
 def share_model(model: CryptoCNN, prg: Prg, frac_bits: int) -> dict[str, SharedTensor]:
     """The model owner's step: CryptoCNN's weights and biases -> shares, by layer name."""
     return {name: share(encode(p.detach(), frac_bits), prg) for name, p in model_parameters(model).items()}
@@ -411,12 +350,13 @@ class SecureCryptoCNN:
 
     def _layer(self, x: SharedTensor, name: str) -> SharedTensor:
         product = secure_bilinear(x, self.weights[name], self.architecture.op(name), self.dealer, self.channel)
-        return self._truncate(product) + self.biases[name]
+        return self._truncate(product, name) + self.biases[name]
 
-    def _square(self, x: SharedTensor) -> SharedTensor:
-        return self._truncate(secure_square(x, self.dealer, self.channel))
+    def _square(self, x: SharedTensor, name: str) -> SharedTensor:
+        return self._truncate(secure_square(x, self.dealer, self.channel), squared(name))
 
-    def _truncate(self, x: SharedTensor) -> SharedTensor:
+    def _truncate(self, x: SharedTensor, step: str) -> SharedTensor:
+        """``step`` names the product being truncated (:mod:`fed_core.mpc_range` audits by step)."""
         return truncate(x, self.frac_bits)
 
 
@@ -426,6 +366,8 @@ class MpcClassifier:
     The simulation: owners, dealer and both compute parties in this process.
     """
 
+    network_class = SecureCryptoCNN  # a subclass may observe the steps (fed_core.mpc_range)
+
     @single_threaded
     def __init__(self, model: CryptoCNN, frac_bits: int = FRAC_BITS) -> None:
         self.frac_bits = frac_bits
@@ -434,7 +376,7 @@ class MpcClassifier:
         shared = share_model(model, Prg(), frac_bits)
         self.traffic.input_bytes += sum(2 * nbytes([s.shares[0]]) for s in shared.values())
         dealer = Dealer.simulated(self.traffic)
-        self.network = SecureCryptoCNN(Architecture.of(model), shared, dealer, self.channel, frac_bits)
+        self.network = self.network_class(Architecture.of(model), shared, dealer, self.channel, frac_bits)
 
     @property
     def traffic(self) -> Traffic:

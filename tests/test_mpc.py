@@ -9,10 +9,8 @@ from fed_core.mpc import (
     DealerLink,
     MpcClassifier,
     SimulatedChannel,
-    conv_op,
     decode,
     encode,
-    linear_op,
     mask_operands,
     reconstruct,
     secure_bilinear,
@@ -20,6 +18,7 @@ from fed_core.mpc import (
     share,
     truncate,
 )
+from fed_core.mpc_model import conv_op, linear_op
 from fed_core.mpc_prg import Prg
 
 

@@ -16,7 +16,8 @@ import torch
 
 from fed_core import mpc
 from fed_core.data import load_mnist, normalize
-from fed_core.mpc import Dealer, SharedTensor, SimulatedChannel, conv_op, encode, mask_operands, secure_bilinear, share
+from fed_core.mpc import Dealer, SharedTensor, SimulatedChannel, encode, mask_operands, secure_bilinear, share
+from fed_core.mpc_model import conv_op
 from fed_core.mpc_prg import Prg
 
 WORD = 0xFFFFFFFF
