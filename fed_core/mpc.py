@@ -28,6 +28,8 @@ probability |x| / 2^64 (x the ring value before truncation, i.e. |real| * 2^(2*F
 2^-32 per unit of the real value, 3.5e-8 for |x| = 150. The result is then off by 2^48
 units. :mod:`fed_core.mpc_truncation` measures it: on the 10k test set with the pretrained
 model, 0 of 12.9 million truncated elements failed, 0.003 failures expected.
+:mod:`fed_core.mpc_range` refuses models and images whose values could overflow the ring
+or make failures likely.
 
 Measured on this machine before choosing the design: int64 matmul in torch runs at
 ~14 GMAC/s on CPU (as fast as float64), so no float64-limb splitting is needed.
@@ -52,6 +54,7 @@ import torch
 from fed_core.models import CryptoCNN
 from fed_core.mpc_model import WEIGHTS, Architecture, BilinearOp, crypto_cnn, model_parameters, squared
 from fed_core.mpc_prg import KEY_BYTES, Prg
+from fed_core.mpc_range import check_images, check_model_range
 
 FRAC_BITS = 16
 BYTES_PER_ELEMENT = 8
@@ -363,13 +366,16 @@ class SecureCryptoCNN:
 class MpcClassifier:
     """Runs CryptoCNN on secret-shared images; only the data owner sees the logits.
 
-    The simulation: owners, dealer and both compute parties in this process.
+    The simulation: owners, dealer and both compute parties in this process. Refuses, with
+    a ``FixedPointRangeError``, a model or images whose values could break the fixed-point
+    encoding (:mod:`fed_core.mpc_range`).
     """
 
     network_class = SecureCryptoCNN  # a subclass may observe the steps (fed_core.mpc_range)
 
     @single_threaded
     def __init__(self, model: CryptoCNN, frac_bits: int = FRAC_BITS) -> None:
+        check_model_range(model, frac_bits)
         self.frac_bits = frac_bits
         self.channel = SimulatedChannel()
         self.data_owner_prg = Prg()
@@ -384,6 +390,7 @@ class MpcClassifier:
 
     def share_images(self, images: torch.Tensor) -> SharedTensor:
         """The data owner's step: normalised float images [N,1,28,28] -> shares."""
+        check_images(images)
         self.traffic.input_bytes += 2 * images.numel() * BYTES_PER_ELEMENT
         return share(encode(images, self.frac_bits), self.data_owner_prg)
 
