@@ -26,6 +26,7 @@ from fed_core.encrypted_eval import EvalResult, evaluate_encrypted  # noqa: E402
 from fed_core.he import HeClient, HeServer  # noqa: E402
 from fed_core.models import load_model  # noqa: E402
 from fed_core.mpc import FRAC_BITS, MpcClassifier  # noqa: E402
+from fed_core.mpc_truncation import measure_truncation  # noqa: E402
 
 PRETRAINED = ROOT / "assets" / "pretrained_crypto_cnn.pt"
 
@@ -88,6 +89,20 @@ def bench_mpc_single(model: torch.nn.Module, image: torch.Tensor, repeats: int =
     )
 
 
+def bench_mpc_truncation(model: torch.nn.Module, images: torch.Tensor) -> None:
+    steps = measure_truncation(model, images)
+    total = steps.pop("all")
+    print(
+        f"  truncation: {total.elements:,} truncated elements over {len(images):,} images, {total.failures} off by "
+        f"more than one unit against the exact fixed-point floor (rate {total.rate:.2g}, 95% upper bound "
+        f"{total.rate_upper_95:.1g}); expected {total.expected_failures:.2g} (sum over elements of |x| / 2^64)"
+    )
+    print(
+        "  per step, largest |value| before truncation and expected failures: "
+        + "; ".join(f"{step} {s.max_abs_value:.3g}, {s.expected_failures:.1g}" for step, s in steps.items())
+    )
+
+
 def bench_he_single(model: torch.nn.Module, images: torch.Tensor) -> None:
     start = time.perf_counter()
     client = HeClient()
@@ -142,6 +157,7 @@ def main() -> None:
     print("MPC, full test set:")
     report(evaluate_encrypted(model, images, labels, "mpc"))
     bench_mpc_single(model, images[:1])
+    bench_mpc_truncation(model, images)
 
     print("HE, one digit at a time:")
     bench_he_single(model, images[: args.digits])

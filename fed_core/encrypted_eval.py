@@ -371,7 +371,7 @@ def _digit_mpc(model: nn.Module, x: torch.Tensor, watch: Stopwatch):
     with watch("decrypt"):
         logits = classifier.reveal(shared_logits)[0]
     # The low byte of a share is as uniform as the share: a fair picture of what a party sees.
-    shares = tuple((s[0, 0] & 0xFF).to(torch.uint8).numpy() for s in shared.shares)
+    shares = tuple((s[0, 0] & 0xFF).to(torch.uint8).numpy() for s in shared.shares.values())
     traffic = classifier.traffic
     view = {
         "party_0_share_glimpse": [int(v) for v in shared.shares[0].flatten()[400:403]],

@@ -8,6 +8,14 @@ Roles:
   * a dealer deals correlated randomness (Beaver triples) that is independent of the data;
   * only the logits are reconstructed, by the data owner.
 
+Randomness: every share, mask and triple is drawn from a ChaCha20 keystream keyed with 32
+bytes from ``secrets`` (:class:`fed_core.mpc_prg.Prg`), so a party's shares are uniform and
+unpredictable even given all its earlier ones. The owners each key their own stream. The
+dealer draws one key per compute party and sends it once (CrypTen's and SPDZ's seeded
+dealer): party i then draws its shares of every mask b and every a itself, party 0 also its
+share of every product c, and the dealer, who holds both keys and so draws the same values,
+sends party 1 only c - c_0. That halves the dealer's traffic and is what ``Traffic`` counts.
+
 Arithmetic is in the ring Z_(2^64): torch int64 tensors with their native wraparound.
 Reals are fixed point with ``FRAC_BITS`` fractional bits. 16 bits give 1.5e-5 resolution,
 while the largest product before truncation (the second square, |x| < 150 for the
@@ -15,24 +23,28 @@ pretrained CryptoCNN) stays below 2^(8+32) = 2^40, far from the 2^63 of the ring
 
 Truncation after each product is SecureML's local truncation (Mohassel & Zhang, 2017):
 each party shifts its own share. The result is off by at most one unit in the last place,
-and with probability about |x| * 2^(2*FRAC_BITS) / 2^63 per element (x the real value
-before truncation: 2^-23 for |x| = 150) it is wildly wrong. Summed over every truncated
-element of the 10k test set (mean |x| ~1 over ~1,350 elements per image) that is an
-expected 0.006 wrong elements per full run.
+except when the two shares wrap around the ring, which for a uniform share happens with
+probability |x| / 2^64 (x the ring value before truncation, i.e. |real| * 2^(2*FRAC_BITS)):
+2^-32 per unit of the real value, 3.5e-8 for |x| = 150. The result is then off by 2^48
+units. :mod:`fed_core.mpc_truncation` measures it: on the 10k test set with the pretrained
+model, 0 of 12.9 million truncated elements failed, 0.003 failures expected.
+:mod:`fed_core.mpc_range` refuses models and images whose values could overflow the ring
+or make failures likely.
 
 Measured on this machine before choosing the design: int64 matmul in torch runs at
 ~14 GMAC/s on CPU (as fast as float64), so no float64-limb splitting is needed.
 
-A simulation in one process: both parties' shares live in one ``SharedTensor``, but every
-operation touches share i only with party i's data and the values the two parties open.
-Randomness comes from torch's generator seeded from the OS; a deployment would use a
-cryptographic PRG (and pairwise seeds to shrink the dealer's traffic).
+The protocol code is written once for two forms. A ``SharedTensor`` holds the shares of
+whoever runs the code: both in ``MpcClassifier``, the simulation in one process (every
+operation still touches share i only with party i's data and the values both open), and
+one in a party's own process (:mod:`fed_core.mpc_processes`). Channels and the dealer's
+link differ between the forms; the layers do not.
 """
 
 from __future__ import annotations
 
 import functools
-import secrets
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -40,12 +52,14 @@ from typing import TypeVar
 import torch
 
 from fed_core.models import CryptoCNN
+from fed_core.mpc_model import WEIGHTS, Architecture, BilinearOp, crypto_cnn, model_parameters, squared
+from fed_core.mpc_prg import KEY_BYTES, Prg
+from fed_core.mpc_range import check_images, check_model_range
 
 FRAC_BITS = 16
-RING_MIN, RING_MAX = -(2**63), 2**63 - 1
 BYTES_PER_ELEMENT = 8
+PARTIES = (0, 1)
 
-BilinearOp = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Method = TypeVar("Method", bound=Callable)
 
 
@@ -78,46 +92,43 @@ def decode(ring: torch.Tensor, frac_bits: int = FRAC_BITS) -> torch.Tensor:
     return ring.double() / 2.0**frac_bits
 
 
-def random_ring(shape: torch.Size | tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-    """Uniform elements of Z_(2^64) (as int64)."""
-    return torch.randint(RING_MIN, RING_MAX, tuple(shape), dtype=torch.int64, generator=generator)
-
-
-def new_generator() -> torch.Generator:
-    return torch.Generator().manual_seed(secrets.randbits(63))
+def nbytes(tensors: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> int:
+    return sum(t.numel() for t in tensors) * BYTES_PER_ELEMENT
 
 
 @dataclass(frozen=True)
 class SharedTensor:
     """Additive shares of a ring tensor: ``shares[0] + shares[1]`` (mod 2^64) is the secret.
 
-    ``shares[i]`` is held by compute party i.
+    ``shares`` maps each party whose share this process holds to that share: both parties
+    in the simulation, one in a party's own process.
     """
 
-    shares: tuple[torch.Tensor, torch.Tensor]
+    shares: dict[int, torch.Tensor]
 
     @property
     def shape(self) -> torch.Size:
-        return self.shares[0].shape
+        return next(iter(self.shares.values())).shape
 
     def __add__(self, other: SharedTensor) -> SharedTensor:
-        return SharedTensor((self.shares[0] + other.shares[0], self.shares[1] + other.shares[1]))
+        return SharedTensor({i: s + other.shares[i] for i, s in self.shares.items()})
 
     def __sub__(self, other: SharedTensor) -> SharedTensor:
-        return SharedTensor((self.shares[0] - other.shares[0], self.shares[1] - other.shares[1]))
+        return SharedTensor({i: s - other.shares[i] for i, s in self.shares.items()})
 
     def add_public(self, value: torch.Tensor) -> SharedTensor:
         """Add a value both parties know: only party 0 adds it, or it would count twice."""
-        return SharedTensor((self.shares[0] + value, self.shares[1]))
+        return SharedTensor({i: s + value if i == 0 else s for i, s in self.shares.items()})
 
     def apply(self, linear: Callable[[torch.Tensor], torch.Tensor]) -> SharedTensor:
         """Apply a public linear map (reshape, unfold, scaling by an integer) share-wise."""
-        return SharedTensor((linear(self.shares[0]), linear(self.shares[1])))
+        return SharedTensor({i: linear(s) for i, s in self.shares.items()})
 
 
-def share(secret: torch.Tensor, generator: torch.Generator) -> SharedTensor:
-    mask = random_ring(secret.shape, generator)
-    return SharedTensor((secret - mask, mask))
+def share(secret: torch.Tensor, prg: Prg) -> SharedTensor:
+    """An owner's step: split a ring tensor into two shares, the second a fresh uniform mask."""
+    mask = prg.ring(secret.shape)
+    return SharedTensor({0: secret - mask, 1: mask})
 
 
 def reconstruct(shared: SharedTensor) -> torch.Tensor:
@@ -126,31 +137,40 @@ def reconstruct(shared: SharedTensor) -> torch.Tensor:
 
 def truncate(shared: SharedTensor, bits: int = FRAC_BITS) -> SharedTensor:
     """SecureML local truncation: divide the secret by 2^bits without communication."""
-    return SharedTensor((shared.shares[0] >> bits, -((-shared.shares[1]) >> bits)))
+    return SharedTensor({i: s >> bits if i == 0 else -((-s) >> bits) for i, s in shared.shares.items()})
 
 
 @dataclass
 class Traffic:
-    """What the parties send: online openings between the compute parties, and the rest."""
+    """What is sent: online openings between the compute parties, and the rest."""
 
     sent_by_party: list[int] = field(default_factory=lambda: [0, 0])  # bytes, online phase
     rounds: int = 0  # online communication rounds, the final reveal included
     input_bytes: int = 0  # shares of images and weights sent by their owners
-    dealer_bytes: int = 0  # correlated randomness sent by the dealer (offline phase)
+    dealer_bytes: int = 0  # keys and correlated randomness sent by the dealer (offline phase)
 
     @property
     def online_bytes(self) -> int:
         return sum(self.sent_by_party)
 
 
-class Channel:
-    """The link between the two compute parties; counts what each opening costs."""
+class Channel(ABC):
+    """The link between the two compute parties."""
+
+    traffic: Traffic
+
+    @abstractmethod
+    def open(self, *masked: SharedTensor) -> list[torch.Tensor]:
+        """Both parties send their shares of each tensor to the other (one round); each gets the sums."""
+
+
+class SimulatedChannel(Channel):
+    """Both parties in this process: an opening adds the shares and counts what sending them costs."""
 
     def __init__(self) -> None:
         self.traffic = Traffic()
 
     def open(self, *masked: SharedTensor) -> list[torch.Tensor]:
-        """Both parties send their shares of each tensor to the other: one round."""
         self._count(masked)
         return [reconstruct(m) for m in masked]
 
@@ -160,42 +180,106 @@ class Channel:
         return reconstruct(shared)
 
     def _count(self, tensors: tuple[SharedTensor, ...]) -> None:
-        size = sum(t.shares[0].numel() for t in tensors) * BYTES_PER_ELEMENT
+        size = nbytes([t.shares[0] for t in tensors])
         self.traffic.sent_by_party = [sent + size for sent in self.traffic.sent_by_party]
         self.traffic.rounds += 1
 
 
-class BeaverDealer:
-    """The third party: deals shared random values with known products, never sees data.
+class DealerLink(ABC):
+    """The one-way link from the dealer to party 1, which carries party 1's shares of products."""
+
+    @abstractmethod
+    def send(self, share_1: torch.Tensor) -> None:
+        """The dealer's end."""
+
+    @abstractmethod
+    def receive(self, shape: torch.Size) -> torch.Tensor:
+        """Party 1's end: the next share, of a known shape."""
+
+
+class SimulatedDealerLink(DealerLink):
+    """The simulation holds both streams, so party 1's share is at hand: only count its bytes."""
+
+    def __init__(self, traffic: Traffic) -> None:
+        self.traffic = traffic
+
+    def send(self, share_1: torch.Tensor) -> None:
+        self.traffic.dealer_bytes += nbytes([share_1])
+
+    def receive(self, shape: torch.Size) -> torch.Tensor:
+        raise RuntimeError("In the simulation party 1's shares come straight from the dealer.")
+
+
+def _meta(shape: torch.Size) -> torch.Tensor:
+    return torch.empty(shape, dtype=torch.int64, device="meta")
+
+
+class Dealer:
+    """The third party's correlated randomness, drawn from streams keyed pairwise with the parties.
+
+    One class for each role, told apart by the streams it holds (``streams[i]`` is the stream
+    keyed with party i): the dealer (and the simulation) holds both and computes the products;
+    party 0's process holds stream 0 and draws its shares of a, b and c; party 1's holds stream
+    1, draws its shares of a and b and receives its shares of c over ``link``. Every holder
+    draws in the same order, so the streams stay in step.
 
     Each weight gets one fixed random mask b; every triple for that weight reuses it, so
     the parties open w - b only once however many batches follow (w and b never change,
     so opening it again would reveal nothing new, and would cost traffic).
     """
 
-    def __init__(self, traffic: Traffic, generator: torch.Generator | None = None) -> None:
-        self.traffic = traffic
-        self.generator = generator or new_generator()
-        self._masks: dict[str, torch.Tensor] = {}  # the dealer's own record of each b
+    def __init__(self, streams: dict[int, Prg], link: DealerLink) -> None:
+        self.streams = streams
+        self.link = link
+        self._masks: dict[str, torch.Tensor] = {}  # b itself (the dealer) or its shape, on "meta" (a party)
+
+    @classmethod
+    def simulated(cls, traffic: Traffic) -> Dealer:
+        """The dealer and both parties' draws in one process; the two keys count as sent."""
+        traffic.dealer_bytes += len(PARTIES) * KEY_BYTES
+        return cls({i: Prg() for i in PARTIES}, SimulatedDealerLink(traffic))
+
+    @property
+    def is_dealer(self) -> bool:
+        return len(self.streams) == len(PARTIES)
 
     def mask(self, name: str, shape: torch.Size) -> SharedTensor:
-        """Shares of a new random mask b for the operand called ``name``."""
-        self._masks[name] = random_ring(shape, self.generator)
-        return self._deal(self._masks[name])[0]
+        """Shares of a new random mask b for the operand called ``name``; nothing is sent."""
+        b = self._draw(shape)
+        self._masks[name] = reconstruct(b) if self.is_dealer else _meta(shape)
+        return b
 
     def triple(self, name: str, x_shape: torch.Size, op: BilinearOp) -> tuple[SharedTensor, SharedTensor]:
         """Shares of a fresh random a and of c = op(a, b), b the mask of ``name``."""
-        a = random_ring(x_shape, self.generator)
-        return self._deal(a, op(a, self._masks[name]))
+        a = self._draw(x_shape)
+        b = self._masks[name]
+        if self.is_dealer:
+            return a, self._product(op(reconstruct(a), b))
+        return a, self._product_share(op(_meta(x_shape), b).shape)
 
     def square_pair(self, shape: torch.Size) -> tuple[SharedTensor, SharedTensor]:
         """Shares of random a and of a * a."""
-        a = random_ring(shape, self.generator)
-        return self._deal(a, a * a)
+        a = self._draw(shape)
+        if self.is_dealer:
+            whole = reconstruct(a)
+            return a, self._product(whole * whole)
+        return a, self._product_share(shape)
 
-    def _deal(self, *values: torch.Tensor) -> tuple[SharedTensor, ...]:
-        self.traffic.dealer_bytes += 2 * sum(v.numel() for v in values) * BYTES_PER_ELEMENT
-        return tuple(share(v, self.generator) for v in values)
+    def _draw(self, shape: torch.Size) -> SharedTensor:
+        return SharedTensor({i: stream.ring(shape) for i, stream in self.streams.items()})
+
+    def _product(self, c: torch.Tensor) -> SharedTensor:
+        """The dealer's step: party 0 draws its share, party 1 is sent the rest."""
+        c_0 = self.streams[0].ring(c.shape)
+        c_1 = c - c_0
+        self.link.send(c_1)
+        return SharedTensor({0: c_0, 1: c_1})
+
+    def _product_share(self, shape: torch.Size) -> SharedTensor:
+        """A party's step: draw (party 0) or receive (party 1) its share of a product."""
+        if 0 in self.streams:
+            return SharedTensor({0: self.streams[0].ring(shape)})
+        return SharedTensor({1: self.link.receive(shape)})
 
 
 @dataclass(frozen=True)
@@ -207,9 +291,7 @@ class MaskedOperand:
     opened: torch.Tensor
 
 
-def mask_operands(
-    operands: dict[str, SharedTensor], dealer: BeaverDealer, channel: Channel
-) -> dict[str, MaskedOperand]:
+def mask_operands(operands: dict[str, SharedTensor], dealer: Dealer, channel: Channel) -> dict[str, MaskedOperand]:
     """Open every y - b in one round."""
     masks = {name: dealer.mask(name, y.shape) for name, y in operands.items()}
     opened = channel.open(*(y - masks[name] for name, y in operands.items()))
@@ -217,7 +299,7 @@ def mask_operands(
 
 
 def secure_bilinear(
-    x: SharedTensor, y: MaskedOperand, op: BilinearOp, dealer: BeaverDealer, channel: Channel
+    x: SharedTensor, y: MaskedOperand, op: BilinearOp, dealer: Dealer, channel: Channel
 ) -> SharedTensor:
     """Shares of op(x, y) for any op linear in each argument (matmul, convolution).
 
@@ -226,69 +308,81 @@ def secure_bilinear(
     """
     a, c = dealer.triple(y.name, x.shape, op)
     (e,) = channel.open(x - a)
-    f, b = y.opened, y.mask.shares
-    party_b = (b[0] + f, b[1])
-    return SharedTensor(tuple(c.shares[i] + op(e, party_b[i]) + op(a.shares[i], f) for i in range(2)))
+    f = y.opened
+    return SharedTensor(
+        {i: c.shares[i] + op(e, b + f if i == 0 else b) + op(a.shares[i], f) for i, b in y.mask.shares.items()}
+    )
 
 
-def secure_square(x: SharedTensor, dealer: BeaverDealer, channel: Channel) -> SharedTensor:
+def secure_square(x: SharedTensor, dealer: Dealer, channel: Channel) -> SharedTensor:
     """Shares of x * x from a pair (a, a^2): x^2 = a^2 + 2 e a + e^2 with e = x - a opened."""
     a, a_squared = dealer.square_pair(x.shape)
     (e,) = channel.open(x - a)
     return (a_squared + a.apply(lambda s: 2 * e * s)).add_public(e * e)
 
 
-def im2col(images: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
-    """[N, 1, H, W] -> [N, windows, kernel*kernel], for any dtype (torch's unfold views)."""
-    patches = images[:, 0].unfold(1, kernel, stride).unfold(2, kernel, stride)
-    return patches.reshape(images.shape[0], -1, kernel * kernel)
-
-
-def conv_op(kernel: int, stride: int) -> BilinearOp:
-    """images [N,1,H,W] x weights [C, k*k] -> [N, C*windows] in torch's (C, H, W) flatten order."""
-
-    def conv(images: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return (im2col(images, kernel, stride) @ weights.T).transpose(1, 2).flatten(1)
-
-    return conv
-
-
-def linear_op(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return x @ weight.T
-
-
-WEIGHTS = ("conv", "fc1", "fc2")
-
-
-def share_model(model: CryptoCNN, generator: torch.Generator, frac_bits: int) -> dict[str, SharedTensor]:
+def share_model(model: CryptoCNN, prg: Prg, frac_bits: int) -> dict[str, SharedTensor]:
     """The model owner's step: CryptoCNN's weights and biases -> shares, by layer name."""
-    positions = model.fc1.in_features // model.conv.out_channels
-    params = {
-        "conv": model.conv.weight.flatten(1),
-        # One bias per output position, in the conv output's (channel, position) order.
-        "conv_bias": model.conv.bias.repeat_interleave(positions),
-        "fc1": model.fc1.weight,
-        "fc1_bias": model.fc1.bias,
-        "fc2": model.fc2.weight,
-        "fc2_bias": model.fc2.bias,
-    }
-    return {name: share(encode(p.detach(), frac_bits), generator) for name, p in params.items()}
+    return {name: share(encode(p.detach(), frac_bits), prg) for name, p in model_parameters(model).items()}
+
+
+class SecureCryptoCNN:
+    """The compute parties' side: shared weights, masked once, and the forward pass on shares.
+
+    Holds whichever shares its process holds (both in the simulation, one in a party's process).
+    """
+
+    def __init__(
+        self,
+        architecture: Architecture,
+        shared_parameters: dict[str, SharedTensor],
+        dealer: Dealer,
+        channel: Channel,
+        frac_bits: int = FRAC_BITS,
+    ) -> None:
+        self.architecture = architecture
+        self.dealer = dealer
+        self.channel = channel
+        self.frac_bits = frac_bits
+        self.biases = {name: shared_parameters[f"{name}_bias"] for name in WEIGHTS}
+        self.weights = mask_operands({name: shared_parameters[name] for name in WEIGHTS}, dealer, channel)
+
+    def forward(self, x: SharedTensor) -> SharedTensor:
+        """Shared images [N,1,28,28] -> shared logits (fixed point)."""
+        return crypto_cnn(x, self._layer, self._square)
+
+    def _layer(self, x: SharedTensor, name: str) -> SharedTensor:
+        product = secure_bilinear(x, self.weights[name], self.architecture.op(name), self.dealer, self.channel)
+        return self._truncate(product, name) + self.biases[name]
+
+    def _square(self, x: SharedTensor, name: str) -> SharedTensor:
+        return self._truncate(secure_square(x, self.dealer, self.channel), squared(name))
+
+    def _truncate(self, x: SharedTensor, step: str) -> SharedTensor:
+        """``step`` names the product being truncated (:mod:`fed_core.mpc_range` audits by step)."""
+        return truncate(x, self.frac_bits)
 
 
 class MpcClassifier:
-    """Runs CryptoCNN on secret-shared images; only the data owner sees the logits."""
+    """Runs CryptoCNN on secret-shared images; only the data owner sees the logits.
+
+    The simulation: owners, dealer and both compute parties in this process. Refuses, with
+    a ``FixedPointRangeError``, a model or images whose values could break the fixed-point
+    encoding (:mod:`fed_core.mpc_range`).
+    """
+
+    network_class = SecureCryptoCNN  # a subclass may observe the steps (fed_core.mpc_range)
 
     @single_threaded
     def __init__(self, model: CryptoCNN, frac_bits: int = FRAC_BITS) -> None:
+        check_model_range(model, frac_bits)
         self.frac_bits = frac_bits
-        self.channel = Channel()
-        self.dealer = BeaverDealer(self.channel.traffic)
-        self.generator = new_generator()
-        self.conv = conv_op(model.conv.kernel_size[0], model.conv.stride[0])
-        shared = share_model(model, self.generator, frac_bits)
-        self.traffic.input_bytes += sum(2 * s.shares[0].numel() for s in shared.values()) * BYTES_PER_ELEMENT
-        self.biases = {name: shared[f"{name}_bias"] for name in WEIGHTS}
-        self.weights = mask_operands({name: shared[name] for name in WEIGHTS}, self.dealer, self.channel)
+        self.channel = SimulatedChannel()
+        self.data_owner_prg = Prg()
+        shared = share_model(model, Prg(), frac_bits)
+        self.traffic.input_bytes += sum(2 * nbytes([s.shares[0]]) for s in shared.values())
+        dealer = Dealer.simulated(self.traffic)
+        self.network = self.network_class(Architecture.of(model), shared, dealer, self.channel, frac_bits)
 
     @property
     def traffic(self) -> Traffic:
@@ -296,17 +390,14 @@ class MpcClassifier:
 
     def share_images(self, images: torch.Tensor) -> SharedTensor:
         """The data owner's step: normalised float images [N,1,28,28] -> shares."""
+        check_images(images)
         self.traffic.input_bytes += 2 * images.numel() * BYTES_PER_ELEMENT
-        return share(encode(images, self.frac_bits), self.generator)
+        return share(encode(images, self.frac_bits), self.data_owner_prg)
 
     @single_threaded
     def forward(self, x: SharedTensor) -> SharedTensor:
         """The compute parties' step: shared images -> shared logits (fixed point)."""
-        x = self._layer(x, "conv", self.conv)
-        x = truncate(secure_square(x, self.dealer, self.channel), self.frac_bits)
-        x = self._layer(x, "fc1", linear_op)
-        x = truncate(secure_square(x, self.dealer, self.channel), self.frac_bits)
-        return self._layer(x, "fc2", linear_op)
+        return self.network.forward(x)
 
     def reveal(self, shared_logits: SharedTensor) -> torch.Tensor:
         """The parties send their shares to the data owner, who decodes float64 logits."""
@@ -315,7 +406,3 @@ class MpcClassifier:
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Share, evaluate and reveal: float images [N,1,28,28] -> float64 logits [N, 10]."""
         return self.reveal(self.forward(self.share_images(images)))
-
-    def _layer(self, x: SharedTensor, name: str, op: BilinearOp) -> SharedTensor:
-        product = secure_bilinear(x, self.weights[name], op, self.dealer, self.channel)
-        return truncate(product, self.frac_bits) + self.biases[name]
