@@ -11,6 +11,8 @@ from .models import INIT_METHODS, MODELS
 from .partition import MIN_EXAMPLES_PER_WORKER, PARTITIONS
 
 TRAIN_SIZE = 60_000
+DP_MODES = ("none", "example", "client")
+SECURE_AGGREGATION_ENGINES = ("inprocess",)
 # Measured with bench/bench_train.py on the 2-core reference machine: training examples per second
 # (one local epoch of every worker counts its shard once) and seconds per full test-set evaluation.
 EXAMPLES_PER_SECOND = {"crypto_cnn": 30_000, "relu_cnn": 3_000, "fedavg_cnn": 900}
@@ -44,6 +46,12 @@ class TrainConfig:
     contribution_subset: int = 1000  # test images used for the leave-one-out contribution score
     engine: str = "inprocess"  # where workers train: a name of fed_core.engines.ENGINES, checked by engine_for
     manual_approval: bool = False  # syft only: each owner waits for a person to approve every job
+    # Privacy (fed_core/aggregation.py, secagg.py, dp.py):
+    secure_aggregation: bool = False  # the server holds only masked updates and learns only their sum
+    dp: str = "none"  # "example": DP-SGD inside each worker; "client": DP-FedAvg on the workers' updates
+    dp_clip: float = 1.0  # S: the per-example gradient (example) or per-worker update (client) norm cap
+    dp_noise: float = 1.0  # z: Gaussian noise of standard deviation z * S on the clipped sum
+    dp_delta: float = 1e-5  # the delta of the (epsilon, delta) guarantee reported after every round
 
     @property
     def local(self) -> LocalSettings:
@@ -80,6 +88,9 @@ REAL_RANGES: dict[str, tuple[str, str, Callable[[float], bool]]] = {
     "dropout": ("dropout rate", "in [0, 1)", lambda v: 0 <= v < 1),
     "clip_norm": ("gradient clip norm", "positive", lambda v: v > 0),
     "alpha": ("Dirichlet alpha", "in (0, 1000]", lambda v: 0 < v <= 1000),
+    "dp_clip": ("DP clip norm S", "in (0, 1000]", lambda v: 0 < v <= 1000),
+    "dp_noise": ("DP noise multiplier z", "in [0, 100]", lambda v: 0 <= v <= 100),
+    "dp_delta": ("DP delta", "in (0, 0.1]", lambda v: 0 < v <= 0.1),
 }
 
 
@@ -100,7 +111,12 @@ def problems(config: TrainConfig) -> list[str]:
             out.append(f"{label} must be {interval}, got {value}.")
     if config.manual_approval and config.engine != "syft":
         out.append("manual approval of jobs needs the syft engine, whose data owners approve each job.")
-    for name, allowed in (("partition", PARTITIONS), ("init", INIT_METHODS), ("model", MODELS)):
+    if config.secure_aggregation and config.engine not in SECURE_AGGREGATION_ENGINES:
+        out.append(
+            f"secure aggregation runs on these engines only: {', '.join(SECURE_AGGREGATION_ENGINES)}; "
+            f"not on {config.engine}."
+        )
+    for name, allowed in (("partition", PARTITIONS), ("init", INIT_METHODS), ("model", MODELS), ("dp", DP_MODES)):
         if getattr(config, name) not in allowed:
             out.append(f"{name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}.")
     if not out:

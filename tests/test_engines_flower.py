@@ -1,5 +1,8 @@
 """The Flower engine (Simulation Engine) trains like the in-process one: same partition, sampling and FedAvg."""
 
+import tomllib
+from pathlib import Path
+
 import pytest
 import torch
 from flwr.supercore.task_identity import TaskIdentity
@@ -8,8 +11,9 @@ from fed_core.client import TrainingStopped
 from fed_core.config import ConfigError, TrainConfig
 from fed_core.engines import engine_for
 from fed_core.engines.flower_engine import FlowerClientError, FlowerPool
-from fed_core.flower_app.app import config_from_run_config
+from fed_core.flower_app.app import config_from_run_config, run_config_of
 
+ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(workers=3, rounds=3, train_size=3000, contribution_subset=200, fraction=0.67, seed=3)
 
 
@@ -65,3 +69,10 @@ def test_a_stop_request_ends_the_wait_for_replies(monkeypatch):
     pool.nodes = {0: 7}
     with pytest.raises(TrainingStopped):
         pool.train(torch.zeros(10), [0], round_idx=1)
+
+
+def test_the_flower_app_declares_every_setting_with_its_default():
+    declared = tomllib.loads((ROOT / "fed_core" / "flower_app" / "pyproject.toml").read_text())
+    run_config = declared["tool"]["flwr"]["app"]["config"]
+    assert set(run_config) == set(run_config_of(TrainConfig())) | {"out-dir"}, "flwr run refuses undeclared keys"
+    assert config_from_run_config(run_config) == TrainConfig(engine="flower")
