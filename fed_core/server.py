@@ -23,12 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
+from .aggregation import Aggregate, aggregate
 from .client import Params, WorkerUpdate, flatten, model_params, unflatten
 from .config import TrainConfig
 from .data import Mnist, normalize
 from .models import new_model
 from .partition import label_histogram, make_partition
-from .strategy import ServerOptimizer, cosine_to, fedavg, leave_one_out_averages
+from .strategy import ServerOptimizer, cosine_to, leave_one_out_averages
 
 
 class WorkerPool(Protocol):
@@ -47,9 +48,20 @@ class RoundRecord:
     seconds: float
     elapsed: float
     workers: list[dict] = field(default_factory=list)
+    upload_bytes: float = 0.0  # mean bytes a sampled worker sent the server
+    note: str | None = None  # why the global model did not move this round, if it did not
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class ServerView:
+    """One worker's update beside what the server received from it (the same vector, unless masked)."""
+
+    worker: int
+    update: torch.Tensor
+    received: torch.Tensor
 
 
 def sample_workers(config: TrainConfig, round_idx: int) -> tuple[list[int], list[int]]:
@@ -93,6 +105,19 @@ class Evaluator:
         return (logits.argmax(-1) == self.y[self.subset]).float().mean(1)
 
 
+@dataclass
+class RoundOutcome:
+    """What one round did: the new global model, who took part, and what the server saw."""
+
+    global_vector: torch.Tensor
+    reporting: list[int]
+    dropped: list[int]
+    rows: list[dict]
+    upload_bytes: float = 0.0
+    note: str | None = None
+    view: ServerView | None = None
+
+
 def run_round(
     config: TrainConfig,
     round_idx: int,
@@ -100,52 +125,52 @@ def run_round(
     pool: WorkerPool,
     optimizer: ServerOptimizer,
     evaluator: Evaluator,
-) -> tuple[torch.Tensor, list[int], list[int], list[dict]]:
-    """One round: sample, train locally, aggregate, apply, score contributions. Returns the new model."""
+) -> RoundOutcome:
+    """One round: sample, train locally, aggregate, apply, score contributions."""
     reporting, dropped = sample_workers(config, round_idx)
     updates = pool.train(global_vector, reporting, round_idx) if reporting else []
     if not updates:  # everybody dropped out: the global model stays as it is
-        return global_vector, reporting, dropped, []
-    deltas = torch.stack([u.delta for u in updates])
-    counts = torch.tensor([u.num_examples for u in updates])
-    average = fedavg(deltas, counts)
-    contributions = contribution_scores(global_vector, average, deltas, counts, optimizer, evaluator)
-    new_vector = optimizer.step(global_vector, average)
-    return new_vector, reporting, dropped, worker_rows(updates, deltas, counts, average, contributions, config)
+        return RoundOutcome(global_vector, reporting, dropped, [], note="every sampled worker dropped out")
+    combined = aggregate(updates, dropped, config)
+    view = ServerView(updates[0].worker, updates[0].delta, combined.received)
+    if combined.average is None:  # secure aggregation refused the round: never a wrong model
+        return RoundOutcome(global_vector, reporting, dropped, [], combined.upload_bytes, combined.refused, view)
+    contributions = contribution_scores(global_vector, combined, optimizer, evaluator)
+    new_vector = optimizer.step(global_vector, combined.average)
+    rows = worker_rows(updates, combined, contributions, config)
+    return RoundOutcome(new_vector, reporting, dropped, rows, combined.upload_bytes, view=view)
 
 
 def contribution_scores(
-    global_vector: torch.Tensor,
-    average: torch.Tensor,
-    deltas: torch.Tensor,
-    counts: torch.Tensor,
-    optimizer: ServerOptimizer,
-    evaluator: Evaluator,
-) -> torch.Tensor:
-    """Accuracy of the round's model minus the accuracy it would have without each worker's update."""
-    if len(evaluator.subset) == 0:
-        return torch.full((len(deltas),), float("nan"))
-    with_all, _ = optimizer.propose(global_vector, average)
+    global_vector: torch.Tensor, combined: Aggregate, optimizer: ServerOptimizer, evaluator: Evaluator
+) -> torch.Tensor | None:
+    """Accuracy of the round's model minus the accuracy it would have without each worker's update.
+
+    None when the server cannot tell: it never sees a single update (secure aggregation) or scoring is off.
+    """
+    if combined.visible is None or len(evaluator.subset) == 0:
+        return None
+    deltas, counts = combined.visible, combined.counts
+    with_all, _ = optimizer.propose(global_vector, combined.average)
     without_each, _ = optimizer.propose(global_vector, leave_one_out_averages(deltas, counts))
     accuracies = evaluator.subset_accuracies(torch.cat([with_all.unsqueeze(0), without_each]))
     return accuracies[0] - accuracies[1:]
 
 
 def worker_rows(
-    updates: list[WorkerUpdate],
-    deltas: torch.Tensor,
-    counts: torch.Tensor,
-    average: torch.Tensor,
-    contributions: torch.Tensor,
-    config: TrainConfig,
+    updates: list[WorkerUpdate], combined: Aggregate, contributions: torch.Tensor | None, config: TrainConfig
 ) -> list[dict]:
-    weights = counts / counts.sum()
-    cosines = cosine_to(deltas, average)
-    norms = deltas.norm(dim=1)
+    """Each reporting worker's figures; the ones made from its update are NaN when the server never saw it."""
+    unknown = torch.full((len(updates),), float("nan"))
+    seen = combined.visible is not None
+    weights = combined.counts / combined.counts.sum() if seen else unknown
+    cosines = cosine_to(combined.visible, combined.average) if seen else unknown
+    norms = combined.visible.norm(dim=1) if seen else unknown
+    contributions = unknown if contributions is None else contributions
     return [
         {
             "worker": u.worker,
-            "examples": u.num_examples * config.local_epochs,
+            "examples": u.num_examples * config.local_epochs if seen else float("nan"),
             "weight": weights[i].item(),
             "loss_before": u.loss_before,
             "loss_after": u.loss_after,
@@ -175,6 +200,7 @@ class FederatedRun:
     history: list[RoundRecord] = field(default_factory=list)
     model: nn.Module | None = None
     wall_seconds: float = 0.0
+    server_view: ServerView | None = None  # of the latest round that had a reporting worker
 
     def to_dict(self) -> dict:
         return {
@@ -214,16 +240,26 @@ def run_federated(
         on_start(run)
     for round_idx in range(1, config.rounds + 1):
         round_start = time.perf_counter()
-        global_vector, reporting, dropped, rows = run_round(
-            config, round_idx, global_vector, pool, optimizer, evaluator
-        )
+        outcome = run_round(config, round_idx, global_vector, pool, optimizer, evaluator)
+        global_vector = outcome.global_vector
         accuracy, loss = evaluator.evaluate(global_vector)
         load_vector(model, global_vector)
         now = time.perf_counter()
+        sampled = sorted(outcome.reporting + outcome.dropped)
         record = RoundRecord(
-            round_idx, accuracy, loss, sorted(reporting + dropped), dropped, now - round_start, now - started, rows
+            round_idx,
+            accuracy,
+            loss,
+            sampled,
+            outcome.dropped,
+            now - round_start,
+            now - started,
+            outcome.rows,
+            outcome.upload_bytes,
+            outcome.note,
         )
         run.history.append(record)
+        run.server_view = outcome.view or run.server_view
         run.wall_seconds = now - started
         if on_round:
             on_round(run, record)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -12,6 +11,7 @@ from plotly.subplots import make_subplots
 
 from fed_core.job import JobSnapshot, TrainingJob
 from fed_core.models import save_model
+from fed_core.report import json_text
 from ui import session
 from ui.common import ACCENT, SECOND
 
@@ -140,7 +140,7 @@ def metrics_csv(history: list[dict]) -> str:
 
 
 def metrics_json(job: TrainingJob, snapshot: JobSnapshot) -> str:
-    return json.dumps(
+    return json_text(
         {
             "config": job.config.to_dict(),
             "status": snapshot.status,
@@ -148,8 +148,7 @@ def metrics_json(job: TrainingJob, snapshot: JobSnapshot) -> str:
             "label_histogram": snapshot.label_histogram,
             "cumulative_contributions": snapshot.cumulative_contributions,
             "wall_seconds": snapshot.elapsed,
-        },
-        indent=1,
+        }
     )
 
 

@@ -6,7 +6,6 @@ An interrupted (Ctrl-C) or failed run keeps what it has: the metrics so far and 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from fed_core.data import load_mnist
 from fed_core.engines import ENGINES, EngineError, engine_for
 from fed_core.models import INIT_METHODS, MODELS, save_model
 from fed_core.partition import PARTITIONS
+from fed_core.report import json_text
 from fed_core.server import FederatedRun, RoundRecord
 
 DEFAULTS = TrainConfig()
@@ -49,6 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train-size", type=int, default=DEFAULTS.train_size, help="use the first N training images")
     p.add_argument("--contribution-subset", type=int, default=DEFAULTS.contribution_subset)
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    p.add_argument(
+        "--secure-agg",
+        dest="secure_aggregation",
+        action="store_true",
+        help="the server holds only masked updates and learns only their sum",
+    )
     p.add_argument("--out", type=Path, help="write every round's metrics as JSON here")
     p.add_argument("--save-model", type=Path, help="save the trained global model (.pt) here")
     p.set_defaults(func=train_command)
@@ -116,7 +122,7 @@ def save_results(
     last = run.history[-1]
     if out is not None:
         try:
-            out.write_text(json.dumps({**run.to_dict(), "status": status, "error": error}, indent=1))
+            out.write_text(json_text({**run.to_dict(), "status": status, "error": error}))
             saved.append(out)
         except OSError as exc:
             failures.append(f"could not write {out} ({exc.strerror})")
