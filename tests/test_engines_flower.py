@@ -247,6 +247,17 @@ def test_a_plain_train_is_refused_when_the_run_is_secure(monkeypatch):
         pool.train(torch.zeros(10), [0], round_idx=1)
 
 
+def test_silent_supernodes_drop_out_of_a_secure_round_and_stop_ends_the_wait(monkeypatch):
+    config = TrainConfig(workers=2, engine="flower", secure_aggregation=True)
+    pool = FlowerPool(SilentGrid(monkeypatch), config, reply_seconds=0.3)
+    pool.nodes = {0: 7, 1: 8}
+    result = pool.train_aggregate(torch.zeros(10), [0, 1], round_idx=1)
+    assert result.average is None and result.dropped == {0: "no reply within 0.3 s", 1: "no reply within 0.3 s"}
+    pool.should_stop = lambda: True
+    with pytest.raises(TrainingStopped):
+        pool.train_aggregate(torch.zeros(10), [0, 1], round_idx=1)
+
+
 def test_counts_are_masked_without_rounding_and_out_of_range_updates_are_refused():
     values = np.array([count_code(n) for n in (1, 999, 60_000)])
     assert quantize([values], CLIPPING_RANGE, QUANTIZATION_RANGE)[0].tolist() == [1, 999, 60_000]

@@ -10,8 +10,10 @@ when that output is 2^32 - 1), so one known entry singles out the seed among the
 In a round of two workers the server learns each survivor's self-mask seed in the unmask stage (that is how
 SecAgg+ removes self masks), which leaves one pairwise mask on each masked vector. The vector's first entry
 is the weight factor, a value the server knows, so trying the 2^32 seeds (:func:`find_seeds`) strips the mask
-and gives the server each worker's update. With more workers a vector carries one pairwise mask per group
-neighbour: each still has only 32 bits, and a worker colluding with the server knows its own.
+and gives the server each worker's update. The same holds when all but two of a round's workers drop out
+after masking, since the server then removes the dropped workers' masks as the protocol intends. With more
+workers a vector carries one pairwise mask per group neighbour: each still has only 32 bits, and a worker
+colluding with the server knows its own.
 
 fed_core's in-process secure aggregation (secagg_primitives.py) keys every mask with 256 bits (ChaCha20
 keyed through X25519), where no such search exists. ``python -m fed_core.engines.flower_mask_seed`` measures
@@ -29,11 +31,11 @@ import numpy as np
 SEED_SPACE = 2**32
 # What the Train page shows when secure aggregation runs on the flower engine.
 FLOWER_SECURE_AGGREGATION_NOTE = (
-    "Flower's SecAgg+ (flwr 1.42): the server receives only masked updates and unmasks only their weighted "
-    "sum, and workers that drop out mid-round are recovered from Shamir shares, but Flower draws every mask "
-    "from numpy's MT19937 with a 32-bit seed, so a server that tries all 2^32 seeds (under an hour on one core) can "
-    "strip the masks and read each worker's update in a round of two workers, and every mask offers 32 bits "
-    "rather than the 256 of the in-process engine's ChaCha20 masks keyed through X25519."
+    "Flower's SecAgg+ (flwr 1.42): the server receives only masked updates and unmasks only their weighted sum, "
+    "and workers that drop out mid-round are recovered from Shamir shares; but Flower draws every mask from "
+    "numpy's MT19937 with a 32-bit seed, so a server that tries all 2^32 seeds (about an hour on one CPU core) "
+    "can remove the masks and read each worker's update whenever two workers are left in a round, and no mask "
+    "is stronger than 32 bits, against 256 for the in-process engine's ChaCha20 masks keyed through X25519."
 )
 
 _MULTIPLIER = np.uint32(1812433253)  # MT19937's initialisation (init_genrand)
