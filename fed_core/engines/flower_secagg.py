@@ -102,8 +102,11 @@ def train_reply(msg: Message, images: torch.Tensor, labels: torch.Tensor) -> Mes
     (global_weights,) = parameters_to_ndarrays(parameters)
     update = train_local(LocalTask.from_dict(config), torch.from_numpy(global_weights), images, labels)
     arrays = weighted_input(update.delta.numpy(), update.num_examples, float(config[WEIGHT_SCALE]))
-    metrics = {"loss-before": update.loss_before, "loss-after": update.loss_after}
-    metrics["accuracy-after"] = update.accuracy_after
+    metrics = {
+        "loss-before": update.loss_before,
+        "loss-after": update.loss_after,
+        "accuracy-after": update.accuracy_after,
+    }
     fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), 1, metrics)
     return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)
 
