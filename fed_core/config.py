@@ -12,7 +12,7 @@ from .partition import MIN_EXAMPLES_PER_WORKER, PARTITIONS
 
 TRAIN_SIZE = 60_000
 DP_MODES = ("none", "example", "client")
-SECURE_AGGREGATION_ENGINES = ("inprocess",)
+SECURE_AGGREGATION_ENGINES = ("inprocess", "flower")
 # Measured with bench/bench_train.py on the 2-core reference machine: training examples per second
 # (one local epoch of every worker counts its shard once) and seconds per full test-set evaluation.
 EXAMPLES_PER_SECOND = {"crypto_cnn": 30_000, "relu_cnn": 3_000, "fedavg_cnn": 900}

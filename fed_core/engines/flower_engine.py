@@ -7,6 +7,10 @@ weights (an ArrayRecord) and the round's task (a ConfigRecord), to the SuperNode
 worker's shard; the ClientApp trains on it and replies with the weight delta, the number of examples
 and the metrics.
 
+With ``secure_aggregation`` on, the round's updates travel through Flower's own SecAgg+ instead
+(flower_secagg.py): :meth:`FlowerPool.train_aggregate` runs ``SecAggPlusWorkflow``, the ClientApp
+answers its four stages through ``secaggplus_mod``, and the server gets only the weighted sum.
+
 Two ways to run it:
 
 - :class:`FlowerEngine` (``--engine flower``): Flower's Simulation Engine, one virtual SuperNode per
@@ -29,7 +33,9 @@ from pathlib import Path
 
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
@@ -39,6 +45,7 @@ from fed_core.data import Mnist
 from fed_core.server import FederatedRun, RoundRecord, run_federated
 
 from . import EngineError
+from .flower_secagg import SecureRound, secure_round, train_reply
 from .worker_job import LocalTask, load_shard, save_shard, train_local
 
 POLL_SECONDS = 0.1  # how often the server pulls replies (Flower's own send_and_receive waits 3 s)
@@ -56,7 +63,12 @@ class FlowerClientError(EngineError):
 
 
 def client_app_for(shard_file: Callable[[Context], str]) -> ClientApp:
-    """A ClientApp that trains on the shard file ``shard_file(context)`` of the node it runs on."""
+    """A ClientApp that trains on the shard file ``shard_file(context)`` of the node it runs on.
+
+    A train Message of a SecAgg+ stage (it carries Flower's ``secaggplus_configs``) goes through
+    ``secaggplus_mod``, which trains through :func:`train_reply` and masks the result; any other train
+    Message gets the plain update.
+    """
     app = ClientApp()
 
     @app.query()
@@ -67,6 +79,8 @@ def client_app_for(shard_file: Callable[[Context], str]) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
+        if RECORD_KEY_CONFIGS in msg.content.config_records:
+            return secaggplus_mod(msg, context, lambda m, c: train_reply(m, *_shard(shard_file(c))))
         task = LocalTask.from_dict(dict(msg.content["task"]))
         global_vector = torch.tensor(msg.content["weights"]["global"].numpy())
         update = train_local(task, global_vector, *_shard(shard_file(context)))
@@ -117,6 +131,11 @@ class FlowerPool:
         return self
 
     def train(self, global_vector: torch.Tensor, workers: list[int], round_idx: int) -> list[WorkerUpdate]:
+        """Every worker's update, in the clear; refused for a run with secure aggregation."""
+        if self.config.secure_aggregation:
+            raise FlowerClientError(
+                "this run uses secure aggregation: its updates travel only through train_aggregate."
+            )
         weights = ArrayRecord({"global": Array(global_vector.numpy())})
         messages = [
             Message(
@@ -131,6 +150,16 @@ class FlowerPool:
         ]
         replies = {reply.metadata.src_node_id: reply for reply in self._exchange(messages)}
         return [_worker_update(w, replies[self.nodes[w]]) for w in workers]
+
+    def train_aggregate(self, global_vector: torch.Tensor, workers: list[int], round_idx: int) -> SecureRound:
+        """The FedAvg average of the workers' updates through Flower's SecAgg+, never any single update.
+
+        Workers that fail or stay silent for ``reply_seconds`` during the protocol are dropped (their masks
+        are removed with their peers' shares); the result says which and why, or why no sum came out.
+        """
+        return secure_round(
+            self._send_and_collect, self.nodes, self.config, global_vector, workers, round_idx, self.reply_seconds
+        )
 
     def _find_workers(self, count: int) -> dict[int, int]:
         """Worker index -> node id: wait until ``count`` SuperNodes are connected, then ask each which it is."""
@@ -157,13 +186,21 @@ class FlowerPool:
 
     def _exchange(self, messages: list[Message]) -> list[Message]:
         """Send ``messages`` and wait for every reply, stopping early if the user asks to."""
+        replies = self._send_and_collect(messages, self.reply_seconds)
+        if len(replies) < len(messages):
+            missing = len(messages) - len(replies)
+            raise FlowerClientError(f"{missing} SuperNode(s) did not reply within {self.reply_seconds:g} s.")
+        return replies
+
+    def _send_and_collect(self, messages: list[Message], seconds: float | None) -> list[Message]:
+        """Send ``messages``; the replies that arrive within ``seconds`` (None: the pool's reply_seconds)."""
         waiting = set(self.grid.push_messages(messages))
         replies: list[Message] = []
-        deadline = time.monotonic() + self.reply_seconds
+        deadline = time.monotonic() + (self.reply_seconds if seconds is None else seconds)
         while waiting:
             self._check_stop()
             if time.monotonic() > deadline:
-                raise FlowerClientError(f"{len(waiting)} SuperNode(s) did not reply within {self.reply_seconds:g} s.")
+                break
             time.sleep(POLL_SECONDS)
             pulled = list(self.grid.pull_messages(waiting))
             replies += pulled
@@ -232,26 +269,39 @@ class FlowerEngine:
         on_round: Callable[[FederatedRun, RoundRecord], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> FederatedRun:
-        _wait_for_slot(should_stop)
-        try:
-            with tempfile.TemporaryDirectory(prefix="fed-flower-") as shard_dir:
-                result: list[FederatedRun] = []
-                server = ServerApp()
+        result: list[FederatedRun] = []
 
-                @server.main()
-                def main(grid: Grid, context: Context) -> None:
-                    pools = flower_pool_factory(grid, Path(shard_dir))
-                    result.append(run_federated(self.config, data, pools, on_start, on_round, should_stop))
+        def serve(grid: Grid, shard_dir: Path) -> None:
+            pools = flower_pool_factory(grid, shard_dir)
+            result.append(run_federated(self.config, data, pools, on_start, on_round, should_stop))
 
-                run_simulation(
-                    server,
-                    client_app_for(_simulated_shard_file(shard_dir)),
-                    num_supernodes=self.config.workers,
-                    backend_config=simulation_backend(),
-                )
-                return result[0]
-        finally:
-            _simulation_slot.release()
+        simulate(self.config.workers, serve, should_stop)
+        return result[0]
+
+
+def simulate(workers: int, serve: Callable[[Grid, Path], None], should_stop: Callable[[], bool] | None = None) -> None:
+    """Run ``serve(grid, shard_dir)`` as a ServerApp's main, with ``workers`` virtual SuperNodes.
+
+    Node ``i`` reads its shard from ``shard_dir / shard_file_name(i)``, which
+    ``flower_pool_factory(grid, shard_dir)`` writes.
+    """
+    _wait_for_slot(should_stop)
+    try:
+        with tempfile.TemporaryDirectory(prefix="fed-flower-") as shard_dir:
+            server = ServerApp()
+
+            @server.main()
+            def main(grid: Grid, context: Context) -> None:
+                serve(grid, Path(shard_dir))
+
+            run_simulation(
+                server,
+                client_app_for(_simulated_shard_file(shard_dir)),
+                num_supernodes=workers,
+                backend_config=simulation_backend(),
+            )
+    finally:
+        _simulation_slot.release()
 
 
 def _simulated_shard_file(shard_dir: str) -> Callable[[Context], str]:

@@ -2,7 +2,8 @@
 
 ``fed_core/flower_app/pyproject.toml`` names them; Flower imports this module in the SuperLink's and the
 SuperNodes' processes. The run's settings arrive as the run config: every TrainConfig field, dashes for
-underscores, plus ``out-dir``.
+underscores, plus ``out-dir``. With ``secure-aggregation=true`` the rounds run Flower's SecAgg+
+(fed_core/engines/flower_secagg.py); the same ClientApp answers both kinds of round.
 """
 
 from __future__ import annotations
