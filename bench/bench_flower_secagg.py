@@ -58,7 +58,7 @@ def main() -> None:
             fedavg(torch.stack([u.delta for u in updates]), torch.tensor([u.num_examples for u in updates]))
             seconds["plain"].append(time.perf_counter() - started)
             started = time.perf_counter()
-            result = secure.train_aggregate(vector, workers, round_idx)
+            result = secure.run_secure_round(vector, workers, round_idx)
             seconds["secure"].append(time.perf_counter() - started)
             upload.append(result.upload_bytes)
             vector = vector + result.average

@@ -4,12 +4,14 @@
   every worker's update, which is what gradient inversion attacks feed on (attack.py).
 * Secure aggregation (secagg.py): every sampled worker masks its update; the server holds only masked
   vectors and learns only their weighted sum. Workers that drop out after masking are recovered through
-  Shamir shares; with too few survivors the round is refused and the global model stays as it was.
+  Shamir shares; with too few survivors the round is refused and the global model stays as it was. An
+  engine that runs a protocol of its own (Flower's SecAgg+) hands back the same :class:`Aggregate`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -26,29 +28,58 @@ class Aggregate:
     """The outcome of one round's aggregation, as the server has it."""
 
     average: torch.Tensor | None  # the update the server applies; None if the round was refused
-    visible: torch.Tensor | None  # [K, P] each worker's update as the server received it; None if it never sees one
-    counts: torch.Tensor  # [K] the examples behind each reporting worker's update
-    received: torch.Tensor  # [P] what the server received from the round's first reporting worker
+    reports: list[dict]  # each reporting worker's own account: worker, loss_before, loss_after, local_accuracy
+    visible: torch.Tensor | None  # [K, P] the updates as the server received them; None if it never sees one
+    counts: torch.Tensor | None  # [K] the examples behind each update, when the server knows them
+    received: torch.Tensor | None  # [P] what the server received from the first reporting worker
+    first_update: torch.Tensor | None  # that worker's own update: the simulation knows it, a secure server does not
     upload_bytes: float  # mean bytes one sampled worker sent
-    refused: str | None = None  # why no aggregate came out (secure aggregation below its threshold)
+    lost: dict[int, str] = field(default_factory=dict)  # workers that left during the protocol, and why
+    refused: str | None = None  # why no aggregate came out
+
+
+class SecureAggregatingPool(Protocol):
+    """A pool whose engine runs secure aggregation itself, and so never hands over a single update."""
+
+    def train_aggregate(self, global_vector: torch.Tensor, workers: list[int], round_idx: int) -> Aggregate: ...
+
+
+def collect(
+    pool, global_vector: torch.Tensor, reporting: list[int], dropped: list[int], round_idx: int, config: TrainConfig
+) -> Aggregate:
+    """Train the reporting workers and combine their updates as the config asks."""
+    if config.secure_aggregation and hasattr(pool, "train_aggregate"):
+        return pool.train_aggregate(global_vector, reporting, round_idx)
+    return aggregate(pool.train(global_vector, reporting, round_idx), dropped, config)
 
 
 def aggregate(updates: list[WorkerUpdate], dropped: list[int], config: TrainConfig) -> Aggregate:
     """Combine the reporting workers' updates; ``dropped`` workers were sampled but never sent theirs."""
     deltas = torch.stack([u.delta for u in updates])
     counts = torch.tensor([u.num_examples for u in updates])
+    reports = [report_of(u) for u in updates]
     if config.secure_aggregation:
-        return _secure(deltas, counts, len(dropped))
+        return _secure(deltas, counts, reports, len(dropped))
     upload = deltas.shape[1] * FLOAT_BYTES + 8  # the update and its example count
-    return Aggregate(fedavg(deltas, counts), deltas, counts, deltas[0], upload)
+    return Aggregate(fedavg(deltas, counts), reports, deltas, counts, deltas[0], deltas[0], upload)
 
 
-def _secure(deltas: torch.Tensor, counts: torch.Tensor, dropped: int) -> Aggregate:
+def report_of(update: WorkerUpdate) -> dict:
+    return {
+        "worker": update.worker,
+        "loss_before": update.loss_before,
+        "loss_after": update.loss_after,
+        "local_accuracy": update.accuracy_after,
+    }
+
+
+def _secure(deltas: torch.Tensor, counts: torch.Tensor, reports: list[dict], dropped: int) -> Aggregate:
     """Dropped workers took part in the key stages, then vanished before sending their masked vector."""
     rows = torch.cat([deltas, torch.zeros(dropped, deltas.shape[1])])
     lost = range(len(deltas), len(rows))
     try:
         result = secure_sum(rows, counts.tolist() + [1] * dropped, dropped_after_masking=lost)
     except SecAggRefused as exc:
-        return Aggregate(None, None, counts, torch.zeros(deltas.shape[1]), 0.0, refused=str(exc))
-    return Aggregate(result.average(), None, counts, result.server_view(0), float(result.bytes_per_worker().up))
+        return Aggregate(None, reports, None, None, None, deltas[0], 0.0, refused=str(exc))
+    upload = float(result.bytes_per_worker().up)
+    return Aggregate(result.average(), reports, None, None, result.server_view(0), deltas[0], upload)

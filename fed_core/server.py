@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from .aggregation import Aggregate, aggregate
+from .aggregation import Aggregate, collect
 from .client import Params, WorkerUpdate, flatten, model_params, unflatten
 from .config import TrainConfig
 from .data import Mnist, normalize
@@ -57,11 +57,11 @@ class RoundRecord:
 
 @dataclass(frozen=True)
 class ServerView:
-    """One worker's update beside what the server received from it (the same vector, unless masked)."""
+    """One worker's own update (where the simulation has it) beside what the server received from it."""
 
     worker: int
-    update: torch.Tensor
-    received: torch.Tensor
+    update: torch.Tensor | None
+    received: torch.Tensor | None
 
 
 def sample_workers(config: TrainConfig, round_idx: int) -> tuple[list[int], list[int]]:
@@ -128,17 +128,18 @@ def run_round(
 ) -> RoundOutcome:
     """One round: sample, train locally, aggregate, apply, score contributions."""
     reporting, dropped = sample_workers(config, round_idx)
-    updates = pool.train(global_vector, reporting, round_idx) if reporting else []
-    if not updates:  # everybody dropped out: the global model stays as it is
+    if not reporting:  # everybody dropped out: the global model stays as it is
         return RoundOutcome(global_vector, reporting, dropped, [], note="every sampled worker dropped out")
-    combined = aggregate(updates, dropped, config)
-    view = ServerView(updates[0].worker, updates[0].delta, combined.received)
+    combined = collect(pool, global_vector, reporting, dropped, round_idx, config)
+    reporting, dropped = [w for w in reporting if w not in combined.lost], sorted(dropped + list(combined.lost))
+    view = ServerView(reporting[0], combined.first_update, combined.received) if reporting else None
+    lost = "; ".join(f"worker {w} left during secure aggregation: {why}" for w, why in combined.lost.items())
     if combined.average is None:  # secure aggregation refused the round: never a wrong model
         return RoundOutcome(global_vector, reporting, dropped, [], combined.upload_bytes, combined.refused, view)
     contributions = contribution_scores(global_vector, combined, optimizer, evaluator)
     new_vector = optimizer.step(global_vector, combined.average)
-    rows = worker_rows(updates, combined, contributions, config)
-    return RoundOutcome(new_vector, reporting, dropped, rows, combined.upload_bytes, view=view)
+    rows = worker_rows(combined, contributions, config)
+    return RoundOutcome(new_vector, reporting, dropped, rows, combined.upload_bytes, lost or None, view)
 
 
 def contribution_scores(
@@ -150,36 +151,32 @@ def contribution_scores(
     """
     if combined.visible is None or len(evaluator.subset) == 0:
         return None
-    deltas, counts = combined.visible, combined.counts
     with_all, _ = optimizer.propose(global_vector, combined.average)
-    without_each, _ = optimizer.propose(global_vector, leave_one_out_averages(deltas, counts))
+    without_each, _ = optimizer.propose(global_vector, leave_one_out_averages(combined.visible, combined.counts))
     accuracies = evaluator.subset_accuracies(torch.cat([with_all.unsqueeze(0), without_each]))
     return accuracies[0] - accuracies[1:]
 
 
-def worker_rows(
-    updates: list[WorkerUpdate], combined: Aggregate, contributions: torch.Tensor | None, config: TrainConfig
-) -> list[dict]:
+def worker_rows(combined: Aggregate, contributions: torch.Tensor | None, config: TrainConfig) -> list[dict]:
     """Each reporting worker's figures; the ones made from its update are NaN when the server never saw it."""
-    unknown = torch.full((len(updates),), float("nan"))
-    seen = combined.visible is not None
-    weights = combined.counts / combined.counts.sum() if seen else unknown
-    cosines = cosine_to(combined.visible, combined.average) if seen else unknown
-    norms = combined.visible.norm(dim=1) if seen else unknown
+    unknown = torch.full((len(combined.reports),), float("nan"))
+    if combined.visible is None:
+        counts = norms = cosines = unknown
+    else:
+        counts, norms = combined.counts.double(), combined.visible.norm(dim=1)
+        cosines = cosine_to(combined.visible, combined.average)
     contributions = unknown if contributions is None else contributions
+    weights = counts / counts.sum()
     return [
         {
-            "worker": u.worker,
-            "examples": u.num_examples * config.local_epochs if seen else float("nan"),
+            **report,
+            "examples": counts[i].item() * config.local_epochs,
             "weight": weights[i].item(),
-            "loss_before": u.loss_before,
-            "loss_after": u.loss_after,
-            "local_accuracy": u.accuracy_after,
             "update_norm": norms[i].item(),
             "cosine_to_aggregate": cosines[i].item(),
             "contribution": contributions[i].item(),
         }
-        for i, u in enumerate(updates)
+        for i, report in enumerate(combined.reports)
     ]
 
 

@@ -1,5 +1,6 @@
 """The Flower engine (Simulation Engine) trains like the in-process one: same partition, sampling and FedAvg."""
 
+import math
 import os
 import tomllib
 from copy import deepcopy
@@ -156,7 +157,7 @@ def secure_simulation(mnist) -> SecureSimulation:
     """A secure run of SECURE on Flower's Simulation Engine, after one round where worker 2 drops out.
 
     The server loop is fed_core's pieces (sampling, server optimizer, evaluation) around
-    FlowerPool.train_aggregate: what run_federated does once it calls train_aggregate for a secure pool.
+    FlowerPool.run_secure_round: what run_federated does through train_aggregate for a secure pool.
     """
     config = TrainConfig(engine="flower", secure_aggregation=True, **SECURE)
     out = SecureSimulation()
@@ -168,7 +169,7 @@ def secure_simulation(mnist) -> SecureSimulation:
         # Worker 2's data is missing when it comes to train: it leaves after the key stages.
         shard = torch.load(shard_dir / shard_file_name(2), weights_only=True)
         (shard_dir / shard_file_name(2)).unlink()
-        out.dropout_round = pool.train_aggregate(vector, [0, 1, 2], round_idx=1)
+        out.dropout_round = pool.run_secure_round(vector, [0, 1, 2], round_idx=1)
         torch.save(shard, shard_dir / shard_file_name(2))
         evaluator, optimizer = (
             Evaluator(model, mnist, config),
@@ -176,7 +177,7 @@ def secure_simulation(mnist) -> SecureSimulation:
         )
         for round_idx in range(1, config.rounds + 1):
             reporting, _ = sample_workers(config, round_idx)
-            out.rounds.append(pool.train_aggregate(vector, reporting, round_idx))
+            out.rounds.append(pool.run_secure_round(vector, reporting, round_idx))
             vector = optimizer.step(vector, out.rounds[-1].average)
             out.accuracies.append(evaluator.evaluate(vector)[0])
 
@@ -191,6 +192,18 @@ def secure_simulation(mnist) -> SecureSimulation:
         patch.setattr(InMemoryGrid, "pull_messages", recording_pull)
         simulate(config.workers, serve)
     return out
+
+
+def test_the_server_loop_runs_flowers_secure_aggregation_and_sees_no_single_update(mnist):
+    run = engine_for(TrainConfig(engine="flower", secure_aggregation=True, **SECURE)).run(mnist)
+    inprocess = engine_for(TrainConfig(**SECURE)).run(mnist)
+    assert [r.test_accuracy for r in run.history] == pytest.approx(
+        [r.test_accuracy for r in inprocess.history], abs=0.005
+    )
+    for record in run.history:
+        assert record.note is None and len(record.workers) == len(record.sampled)
+        assert all(math.isnan(row["update_norm"]) and math.isnan(row["examples"]) for row in record.workers)
+    assert run.server_view.update is None and run.server_view.received is not None
 
 
 def test_a_secure_flower_run_reaches_the_inprocess_accuracy(secure_simulation, mnist):
@@ -251,11 +264,11 @@ def test_silent_supernodes_drop_out_of_a_secure_round_and_stop_ends_the_wait(mon
     config = TrainConfig(workers=2, engine="flower", secure_aggregation=True)
     pool = FlowerPool(SilentGrid(monkeypatch), config, reply_seconds=0.3)
     pool.nodes = {0: 7, 1: 8}
-    result = pool.train_aggregate(torch.zeros(10), [0, 1], round_idx=1)
+    result = pool.run_secure_round(torch.zeros(10), [0, 1], round_idx=1)
     assert result.average is None and result.dropped == {0: "no reply within 0.3 s", 1: "no reply within 0.3 s"}
     pool.should_stop = lambda: True
     with pytest.raises(TrainingStopped):
-        pool.train_aggregate(torch.zeros(10), [0, 1], round_idx=1)
+        pool.run_secure_round(torch.zeros(10), [0, 1], round_idx=1)
 
 
 def test_counts_are_masked_without_rounding_and_out_of_range_updates_are_refused():
@@ -317,10 +330,10 @@ def test_two_workers_where_one_drops_out_release_no_sum(monkeypatch, tmp_path, m
     config = TrainConfig(**TWO)
     pool, _ = loopback_pool(monkeypatch, tmp_path, config, mnist)
     (tmp_path / shard_file_name(1)).unlink()
-    result = pool.train_aggregate(initial_vector(config), [0, 1], round_idx=1)
+    result = pool.run_secure_round(initial_vector(config), [0, 1], round_idx=1)
     assert result.average is None and list(result.dropped) == [1]
     assert "released no sum" in result.refused and "worker 1" in result.refused
-    alone = pool.train_aggregate(initial_vector(config), [0], round_idx=1)
+    alone = pool.run_secure_round(initial_vector(config), [0], round_idx=1)
     assert alone.average is None and "at least 2" in alone.refused
 
 
@@ -334,7 +347,7 @@ def test_a_flower_mask_is_one_of_2_to_the_32(monkeypatch, tmp_path, mnist):
     """
     config = TrainConfig(**TWO)
     pool, grid = loopback_pool(monkeypatch, tmp_path, config, mnist)
-    pool.train_aggregate(initial_vector(config), [0, 1], round_idx=1)
+    pool.run_secure_round(initial_vector(config), [0, 1], round_idx=1)
     stages = [  # (sender, what it sent) for every SecAgg+ reply the server received
         (r.metadata.src_node_id, r.content.config_records[RECORD_KEY_CONFIGS])
         for r in grid.received

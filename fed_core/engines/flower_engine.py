@@ -39,6 +39,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
+from fed_core.aggregation import Aggregate
 from fed_core.client import TrainingStopped, WorkerUpdate
 from fed_core.config import TrainConfig
 from fed_core.data import Mnist
@@ -151,7 +152,11 @@ class FlowerPool:
         replies = {reply.metadata.src_node_id: reply for reply in self._exchange(messages)}
         return [_worker_update(w, replies[self.nodes[w]]) for w in workers]
 
-    def train_aggregate(self, global_vector: torch.Tensor, workers: list[int], round_idx: int) -> SecureRound:
+    def train_aggregate(self, global_vector: torch.Tensor, workers: list[int], round_idx: int) -> Aggregate:
+        """A round of Flower's SecAgg+, as fed_core's server loop takes it (aggregation.SecureAggregatingPool)."""
+        return self.run_secure_round(global_vector, workers, round_idx).as_aggregate()
+
+    def run_secure_round(self, global_vector: torch.Tensor, workers: list[int], round_idx: int) -> SecureRound:
         """The FedAvg average of the workers' updates through Flower's SecAgg+, never any single update.
 
         Workers that fail or stay silent for ``reply_seconds`` during the protocol are dropped (their masks

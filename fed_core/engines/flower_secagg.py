@@ -54,6 +54,7 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
 
+from fed_core.aggregation import Aggregate
 from fed_core.config import TrainConfig
 from fed_core.secagg import default_group_size, default_threshold
 
@@ -125,6 +126,13 @@ class SecureRound:
     received: torch.Tensor | None  # float32 [P]: the first survivor's masked vector, read as its update
     upload_bytes: float  # mean bytes a sampled worker sent over the four stages
     refused: str | None = None  # why no sum came out
+
+    def as_aggregate(self) -> Aggregate:
+        """What fed_core's server loop takes from any secure round: no update of any single worker."""
+        reports = [{"worker": w, **metrics} for w, metrics in sorted(self.worker_metrics.items())]
+        return Aggregate(
+            self.average, reports, None, None, self.received, None, self.upload_bytes, self.dropped, self.refused
+        )
 
 
 @dataclass(frozen=True)
