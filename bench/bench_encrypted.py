@@ -110,6 +110,8 @@ def report_wire(result: EvalResult) -> None:
     print("  on the wire: " + ", ".join(f"{link} {count / 1e6:.1f} MB" for link, count in links.items()))
     traffic = Traffic(rounds=comm["rounds"], links=links)
     seconds = result.seconds["total"]
+    steps = sum(v for k, v in result.seconds.items() if k != "total")
+    print(f"  setup (starting the processes, sharing and masking the weights): {seconds - steps:.2f} s")
     for network in (LAN, WAN):
         print(
             f"  projected on a {network.name}: {projected_seconds(seconds, traffic, network):.1f} s "

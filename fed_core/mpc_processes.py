@@ -2,10 +2,13 @@
 
 The calling process plays the model owner and the data owner: it shares the weights and
 each batch of images, and reconstructs the logits. Every other role runs in its own
-process, forked from this one, and holds only what that role holds: a compute party its
-shares, its stream key and what it receives; the dealer its two stream keys and the public
-architecture. They run the same protocol code as the simulation (:class:`SecureCryptoCNN`,
-:class:`Dealer`); only the channel and the dealer's link are sockets here.
+process and holds only what that role holds: a compute party its shares, its stream key
+and what it receives; the dealer its two stream keys and the public architecture. The
+processes come from multiprocessing's fork server, a clean interpreter that imported this
+module but never saw the model or the images (forking the caller would copy them into every
+role's memory). They run the same protocol code as the simulation
+(:class:`SecureCryptoCNN`, :class:`Dealer`); only the channel and the dealer's link are
+sockets here.
 
 Links (each a TCP connection; bytes and rounds are counted on them, see :mod:`fed_core.mpc_wire`):
 owner <-> party 0, owner <-> party 1, owner -> dealer (batch sizes), party 0 <-> party 1
@@ -79,7 +82,7 @@ class SocketDealerLink(DealerLink):
 
 @dataclass
 class Listeners:
-    """One listening socket per link, made before forking so that no process waits for another to listen."""
+    """One listening socket per link, made before the processes start so that none waits for another to listen."""
 
     owner: tuple[socket.socket, socket.socket]  # accepted by party 0, party 1
     dealer: tuple[socket.socket, socket.socket]  # accepted by party 0, party 1
@@ -150,7 +153,9 @@ def run_dealer(architecture: Architecture, listeners: Listeners) -> None:
 class ProcessMpcClassifier:
     """``MpcClassifier``'s interface with each role in its own process; use it as a context manager.
 
-    Traffic is what the sockets carried, as of the last answer from the parties.
+    Traffic is what the sockets carried, as of the last answer from the parties. As with any
+    multiprocessing start method but fork, each role's process imports the calling script,
+    which must therefore guard its entry point with ``if __name__ == "__main__":``.
     """
 
     def __init__(self, model: CryptoCNN, frac_bits: int = FRAC_BITS) -> None:
@@ -159,7 +164,9 @@ class ProcessMpcClassifier:
         self.data_owner_prg = Prg()
         architecture = Architecture.of(model)
         listeners = Listeners.open()
-        context = multiprocessing.get_context("fork")
+        context = multiprocessing.get_context("forkserver")
+        # The fork server imports torch once; each role is then forked from it in milliseconds.
+        context.set_forkserver_preload([__name__])
         self.processes = [
             context.Process(target=run_party, args=(party, architecture, frac_bits, listeners), daemon=True)
             for party in PARTIES
