@@ -14,7 +14,8 @@ unpredictable even given all its earlier ones. The owners each key their own str
 dealer draws one key per compute party and sends it once (CrypTen's and SPDZ's seeded
 dealer): party i then draws its shares of every mask b and every a itself, party 0 also its
 share of every product c, and the dealer, who holds both keys and so draws the same values,
-sends party 1 only c - c_0. That halves the dealer's traffic and is what ``Traffic`` counts.
+sends party 1 only c - c_0: 103 MB for the 10k test set instead of 537 MB for both shares
+of every a, b and c. ``Traffic`` counts what is really sent. torch's generator plays no part.
 
 Arithmetic is in the ring Z_(2^64): torch int64 tensors with their native wraparound.
 Reals are fixed point with ``FRAC_BITS`` fractional bits. 16 bits give 1.5e-5 resolution,

@@ -82,7 +82,11 @@ class SocketDealerLink(DealerLink):
 
 @dataclass
 class Listeners:
-    """One listening socket per link, made before the processes start so that none waits for another to listen."""
+    """One listening socket per link, made before the processes start so that none waits for another to listen.
+
+    Every process gets a copy of each; it accepts on its own and closes all of them before it
+    connects anywhere, so that a connection to a process that died is refused, not left hanging.
+    """
 
     owner: tuple[socket.socket, socket.socket]  # accepted by party 0, party 1
     dealer: tuple[socket.socket, socket.socket]  # accepted by party 0, party 1
@@ -107,8 +111,13 @@ def run_party(party: int, architecture: Architecture, frac_bits: int, listeners:
     torch.set_num_threads(1)
     owner = Link.accept(listeners.owner[party])
     dealer_link = Link.accept(listeners.dealer[party])
-    peer = Link.accept(listeners.peer) if party == 1 else Link.connect(listeners.peer)
-    listeners.close()
+    if party == 1:
+        peer = Link.accept(listeners.peer)
+        listeners.close()
+    else:
+        peer_address = listeners.peer.getsockname()
+        listeners.close()
+        peer = Link.connect(peer_address)
     key = bytearray(KEY_BYTES)
     dealer_link.receive_into(memoryview(key))
     dealer = Dealer({party: Prg(bytes(key))}, SocketDealerLink(dealer_link))
@@ -135,9 +144,10 @@ def deal_batch(dealer: Dealer, architecture: Architecture, batch_shape: torch.Si
 def run_dealer(architecture: Architecture, listeners: Listeners) -> None:
     """The dealer's process: send each party its stream key, then deal for each batch the owner announces."""
     torch.set_num_threads(1)
-    to_party = [Link.connect(listeners.dealer[party]) for party in PARTIES]
+    party_addresses = [server.getsockname() for server in listeners.dealer]
     owner = Link.accept(listeners.dealer_owner)
     listeners.close()
+    to_party = [Link.connect(address) for address in party_addresses]
     streams = {party: Prg() for party in PARTIES}
     for party in PARTIES:
         to_party[party].send(streams[party].key)
@@ -174,9 +184,12 @@ class ProcessMpcClassifier:
         self.processes.append(context.Process(target=run_dealer, args=(architecture, listeners), daemon=True))
         for process in self.processes:
             process.start()
+        party_addresses = [server.getsockname() for server in listeners.owner]
+        dealer_address = listeners.dealer_owner.getsockname()
+        listeners.close()
         try:
-            self.parties = [Link.connect(listeners.owner[party]) for party in PARTIES]
-            self.dealer = Link.connect(listeners.dealer_owner)
+            self.parties = [Link.connect(address) for address in party_addresses]
+            self.dealer = Link.connect(dealer_address)
             for shared in share_model(model, Prg(), frac_bits).values():
                 for party, link in enumerate(self.parties):
                     link.send_tensor(shared.shares[party])
@@ -184,8 +197,6 @@ class ProcessMpcClassifier:
         except BaseException:
             self._stop_processes(0.0)
             raise
-        finally:
-            listeners.close()
 
     def __enter__(self) -> ProcessMpcClassifier:
         return self

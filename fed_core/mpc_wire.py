@@ -44,8 +44,8 @@ class Link:
         self._awaiting_answer = False  # something was sent since the last receive
 
     @classmethod
-    def connect(cls, server: socket.socket) -> Link:
-        return cls(socket.create_connection(server.getsockname()))
+    def connect(cls, address: tuple[str, int]) -> Link:
+        return cls(socket.create_connection(address))
 
     @classmethod
     def accept(cls, server: socket.socket) -> Link:

@@ -9,7 +9,7 @@ from fed_core.data import load_mnist, normalize
 from fed_core.encrypted_eval import evaluate_encrypted
 from fed_core.models import save_model
 from fed_core.mpc import Traffic
-from fed_core.mpc_processes import LAN, WAN, busiest_direction_bytes, projected_seconds
+from fed_core.mpc_processes import LAN, WAN, ProcessMpcClassifier, busiest_direction_bytes, projected_seconds
 from fed_core.mpc_wire import Link, listener
 
 BYTES = 8
@@ -26,7 +26,7 @@ def test_exchange_swaps_large_tensors_without_deadlock_and_counts_them():
     links = {}
     accept = threading.Thread(target=lambda: links.setdefault("b", Link.accept(server)))
     accept.start()
-    links["a"] = Link.connect(server)
+    links["a"] = Link.connect(server.getsockname())
     accept.join()
     big = {name: torch.full((2_000_000,), value) for name, value in (("a", 1), ("b", 2))}  # 16 MB each way
     received = {}
@@ -71,6 +71,14 @@ def test_the_cli_runs_the_parties_as_processes(tmp_path, trained_model):
     result = json.loads(out.read_text())
     assert result["communication"]["parties"] == "processes"
     assert result["agreement"] == 1.0
+
+
+def test_a_role_that_dies_makes_an_error_not_a_hang(trained_model):
+    with ProcessMpcClassifier(trained_model) as classifier:
+        classifier.processes[1].kill()
+        classifier.processes[1].join()
+        with pytest.raises(OSError):
+            classifier.logits(normalize(load_mnist().test_images[:3]))
 
 
 def test_projection_adds_latency_per_round_and_the_busiest_direction():
