@@ -1,6 +1,7 @@
 """Encrypted-inference benchmarks: prints the figures quoted for MPC and HE.
 
-    python bench/bench_encrypted.py                   # MPC on 10k, one digit both ways, HE batch on 1,000
+    python bench/bench_encrypted.py                   # MPC on 10k (in one process and as processes),
+                                                      # one digit both ways, HE batch on 1,000
     python bench/bench_encrypted.py --he-batch-n 10000  # the full test set under HE too (a few minutes)
     python bench/bench_encrypted.py --he-batch-n 0      # skip the HE batch run
 
@@ -25,7 +26,9 @@ from fed_core.data import load_mnist, normalize  # noqa: E402
 from fed_core.encrypted_eval import EvalResult, evaluate_encrypted  # noqa: E402
 from fed_core.he import HeClient, HeServer  # noqa: E402
 from fed_core.models import load_model  # noqa: E402
-from fed_core.mpc import FRAC_BITS, MpcClassifier  # noqa: E402
+from fed_core.mpc import FRAC_BITS, Traffic  # noqa: E402
+from fed_core.mpc_processes import LAN, WAN, busiest_direction_bytes, mpc_classifier, projected_seconds  # noqa: E402
+from fed_core.mpc_range import MAX_FAILURE_PER_IMAGE, check_model_range  # noqa: E402
 from fed_core.mpc_truncation import measure_truncation  # noqa: E402
 
 PRETRAINED = ROOT / "assets" / "pretrained_crypto_cnn.pt"
@@ -67,26 +70,61 @@ def report(result: EvalResult) -> None:
         )
 
 
-def bench_mpc_single(model: torch.nn.Module, image: torch.Tensor, repeats: int = 50) -> None:
-    classifier = MpcClassifier(model)
-    setup_bytes = classifier.traffic.online_bytes
+def bench_mpc_single(model: torch.nn.Module, image: torch.Tensor, parties: str, repeats: int = 50) -> None:
     share, compute, reveal, total = [], [], [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        shared = classifier.share_images(image)
-        t1 = time.perf_counter()
-        shared_logits = classifier.forward(shared)
-        t2 = time.perf_counter()
-        classifier.reveal(shared_logits)
-        t3 = time.perf_counter()
-        share.append(t1 - t0), compute.append(t2 - t1), reveal.append(t3 - t2), total.append(t3 - t0)
-    traffic = classifier.traffic
+    with mpc_classifier(model, parties) as classifier:
+        setup_bytes, setup_rounds = classifier.traffic.online_bytes, classifier.traffic.rounds
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            shared = classifier.share_images(image)
+            t1 = time.perf_counter()
+            shared_logits = classifier.forward(shared)
+            t2 = time.perf_counter()
+            classifier.reveal(shared_logits)
+            t3 = time.perf_counter()
+            share.append(t1 - t0), compute.append(t2 - t1), reveal.append(t3 - t2), total.append(t3 - t0)
+        traffic = classifier.traffic
     per_image = (traffic.online_bytes - setup_bytes) / repeats
     print(
         f"  one image (median of {repeats}): {median_ms(total)} = share {median_ms(share)} + compute "
         f"{median_ms(compute)} + reveal {median_ms(reveal)}; {per_image / 1e3:.1f} kB online (both parties), "
-        f"{traffic.rounds // repeats} rounds (+ {setup_bytes / 1e3:.0f} kB once, opening the masked weights)"
+        f"{(traffic.rounds - setup_rounds) / repeats:.0f} rounds (+ {setup_bytes / 1e3:.0f} kB and "
+        f"{setup_rounds} rounds once, to set up)"
     )
+
+
+def bench_mpc_range(model: torch.nn.Module) -> None:
+    bounds = check_model_range(model, FRAC_BITS)
+    failures = sum(b.failure_chance(FRAC_BITS) for b in bounds)
+    print(
+        "  range check, largest |value| before each truncation over every valid image: "
+        + "; ".join(f"{b.step} {b.bound:.3g}" for b in bounds)
+        + f" (ring limit {2.0 ** (63 - 2 * FRAC_BITS):.2g}); truncation failures per image with every value at "
+        f"its bound {failures:.2g} (limit {MAX_FAILURE_PER_IMAGE})"
+    )
+
+
+def report_wire(result: EvalResult) -> None:
+    comm = result.communication
+    links = comm["bytes_by_link"]
+    print("  on the wire: " + ", ".join(f"{link} {count / 1e6:.1f} MB" for link, count in links.items()))
+    traffic = Traffic(rounds=comm["rounds"], links=links)
+    # The steps (share, compute, reveal) run on the network; starting the processes (chiefly a fresh
+    # interpreter importing torch) does not, but sharing and masking the weights does: their bytes
+    # and rounds are in the counts.
+    steps = sum(v for k, v in result.seconds.items() if k != "total")
+    setup = result.seconds["total"] - steps
+    print(
+        f"  {result.n:,} images in {steps:.1f} s after {setup:.1f} s of setup (starting the processes, "
+        f"sharing and masking the weights); {comm['rounds']} rounds"
+    )
+    for network in (LAN, WAN):
+        print(
+            f"  projected on a {network.name}: {projected_seconds(steps, traffic, network):.1f} s "
+            f"({projected_seconds(steps, traffic, network, online_only=True):.1f} s with the dealer's "
+            f"randomness dealt in advance) = loopback {steps:.1f} s + {comm['rounds']} rounds x RTT + "
+            f"{busiest_direction_bytes(links) / 1e6:.0f} MB through the busiest interface, plus setup"
+        )
 
 
 def bench_mpc_truncation(model: torch.nn.Module, images: torch.Tensor) -> None:
@@ -154,10 +192,17 @@ def main() -> None:
     images, labels = normalize(mnist.test_images), mnist.test_labels
     print(f"torch threads: {torch.get_num_threads()}; fixed point: {FRAC_BITS} fractional bits")
 
-    print("MPC, full test set:")
+    print("MPC, full test set, every party simulated in this process:")
     report(evaluate_encrypted(model, images, labels, "mpc"))
-    bench_mpc_single(model, images[:1])
+    bench_mpc_single(model, images[:1], "in-process")
     bench_mpc_truncation(model, images)
+    bench_mpc_range(model)
+
+    print("MPC, full test set, party 0, party 1 and the dealer as processes over loopback TCP:")
+    result = evaluate_encrypted(model, images, labels, "mpc", mpc_parties="processes")
+    report(result)
+    report_wire(result)
+    bench_mpc_single(model, images[:1], "processes")
 
     print("HE, one digit at a time:")
     bench_he_single(model, images[: args.digits])

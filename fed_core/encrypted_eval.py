@@ -23,6 +23,7 @@ from torch import nn
 from fed_core.he import HeClient, HeServer, seal_to_bytes
 from fed_core.models import ENCRYPTABLE_MODELS, MODEL_LABELS, is_encryptable
 from fed_core.mpc import FRAC_BITS, MpcClassifier
+from fed_core.mpc_processes import mpc_classifier
 
 SCHEMES = {
     "mpc": "Secure multi-party computation (secret sharing)",
@@ -146,8 +147,13 @@ def evaluate_encrypted(
     batch_size: int | None = None,
     progress: Progress | None = None,
     he_packing: str = "auto",
+    mpc_parties: str = "in-process",
 ) -> EvalResult:
-    """Run ``model`` on normalised images [N,1,28,28] in plaintext and encrypted, and compare."""
+    """Run ``model`` on normalised images [N,1,28,28] in plaintext and encrypted, and compare.
+
+    ``mpc_parties`` is "in-process" (both parties simulated here) or "processes" (each role
+    its own process, over loopback TCP: :mod:`fed_core.mpc_processes`).
+    """
     require_encryptable(model)
     _require_scheme(scheme)
     report = progress or (lambda fraction: None)
@@ -155,7 +161,7 @@ def evaluate_encrypted(
         plain_logits = model(images).double().numpy()
     start = time.perf_counter()
     if scheme == "mpc":
-        run = _run_mpc(model, images, batch_size or MPC_BATCH, report)
+        run = _run_mpc(model, images, batch_size or MPC_BATCH, report, mpc_parties)
     elif choose_he_packing(len(images), he_packing) == "image":
         run = _run_he_images(model, images, report)
     else:
@@ -186,23 +192,24 @@ def _compare(scheme: str, run: _Run, plain_logits: np.ndarray, labels: np.ndarra
     )
 
 
-def _run_mpc(model: nn.Module, images: torch.Tensor, batch_size: int, report: Progress) -> _Run:
+def _run_mpc(model: nn.Module, images: torch.Tensor, batch_size: int, report: Progress, parties: str) -> _Run:
     watch = Stopwatch()
-    classifier = MpcClassifier(model)
-    # Opening the weights' masked values happens once, before the first batch.
-    setup_rounds, setup_bytes = classifier.traffic.rounds, classifier.traffic.sent_by_party[0]
-    logits, done = [], 0
-    for batch in images.split(batch_size):
-        with watch("encrypt"):
-            shared = classifier.share_images(batch)
-        with watch("compute"):
-            shared_logits = classifier.forward(shared)
-        with watch("decrypt"):
-            logits.append(classifier.reveal(shared_logits).numpy())
-        done += len(batch)
-        report(done / len(images))
-    traffic = classifier.traffic
+    with mpc_classifier(model, parties) as classifier:
+        # Opening the weights' masked values happens once, before the first batch.
+        setup_rounds, setup_bytes = classifier.traffic.rounds, classifier.traffic.sent_by_party[0]
+        logits, done = [], 0
+        for batch in images.split(batch_size):
+            with watch("encrypt"):
+                shared = classifier.share_images(batch)
+            with watch("compute"):
+                shared_logits = classifier.forward(shared)
+            with watch("decrypt"):
+                logits.append(classifier.reveal(shared_logits).numpy())
+            done += len(batch)
+            report(done / len(images))
+        traffic = classifier.traffic
     communication = {
+        "parties": parties,
         "bytes_per_party": traffic.sent_by_party,
         "online_bytes": traffic.online_bytes,
         "online_bytes_per_image": traffic.online_bytes / len(images),
@@ -211,6 +218,7 @@ def _run_mpc(model: nn.Module, images: torch.Tensor, batch_size: int, report: Pr
         "rounds_per_batch": (traffic.rounds - setup_rounds) // len(logits),
         "dealer_bytes": traffic.dealer_bytes,
         "input_bytes": traffic.input_bytes,
+        "bytes_by_link": traffic.links,  # measured on the sockets ("processes" only)
         "fixed_point_fractional_bits": FRAC_BITS,
     }
     return _Run("shares", np.concatenate(logits), dict(watch.seconds), communication)

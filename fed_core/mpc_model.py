@@ -60,13 +60,13 @@ def crypto_cnn(x: Value, layer: Callable[[Value, str], Value], square: Callable[
 class Architecture:
     """What every party, the dealer included, knows of the model: shapes and ops, no values."""
 
-    weight_shapes: dict[str, torch.Size]
+    shapes: dict[str, torch.Size]  # of the weights and biases, by name (``model_parameters``)
     kernel: int
     stride: int
 
     @classmethod
     def of(cls, model: CryptoCNN) -> Architecture:
-        shapes = {name: p.shape for name, p in model_parameters(model).items() if name in WEIGHTS}
+        shapes = {name: p.shape for name, p in model_parameters(model).items()}
         return cls(shapes, model.conv.kernel_size[0], model.conv.stride[0])
 
     def op(self, name: str) -> BilinearOp:

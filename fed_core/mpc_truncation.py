@@ -54,10 +54,10 @@ class TruncationStats:
 
     @property
     def rate_upper_95(self) -> float:
-        """The rate's 95% upper bound: the rule of three when no failure was seen."""
+        """About the rate's 95% upper bound: the rule of three with no failure seen, else rate + 2 sigma."""
         if not self.elements:
             return 0.0
-        return 3.0 / self.elements if not self.failures else (self.failures + 2 * self.failures**0.5) / self.elements
+        return (self.failures + max(3.0, 2 * self.failures**0.5)) / self.elements
 
 
 class AuditedCryptoCNN(SecureCryptoCNN):

@@ -18,6 +18,7 @@ from fed_core.encrypted_eval import (
     require_encryptable,
 )
 from fed_core.models import load_model
+from fed_core.mpc_processes import PARTY_FORMS
 from fed_core.preprocess import prepare_digit, read_image
 
 TEST_IMAGES = 10_000
@@ -31,6 +32,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--out", type=Path, help="write the full result as JSON here")
     evaluate.add_argument("--batch-size", type=positive_int, help="images per MPC batch / HE pass")
     evaluate.add_argument("--he-packing", choices=HE_PACKINGS, default="auto")
+    evaluate.add_argument(
+        "--parties",
+        choices=PARTY_FORMS,
+        default="in-process",
+        help="MPC: simulate every party in this process, or run party 0, party 1 and the dealer as "
+        "separate processes over loopback TCP (bytes and rounds counted on the wire)",
+    )
     evaluate.set_defaults(func=run_encrypted_eval)
 
     classify = subparsers.add_parser("classify", help="Classify one digit image encrypted; prints JSON.")
@@ -64,6 +72,7 @@ def run_encrypted_eval(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             progress=progress,
             he_packing=args.he_packing,
+            mpc_parties=args.parties,
         )
     finally:
         progress.close()
