@@ -25,7 +25,9 @@ from fed_core.dp import (
 )
 from fed_core.models import new_model
 
-ONE_STEP = LocalSettings(epochs=1, batch_size=1000, lr=1.0, momentum=0.0, clip_norm=1e9)  # B >= shard: q = 1
+ONE_STEP = LocalSettings(
+    model="crypto_cnn", epochs=1, batch_size=1000, lr=1.0, momentum=0.0, clip_norm=1e9
+)  # B >= shard: q = 1
 
 
 def train_private(data, shards, dp, settings=ONE_STEP, seed=3):
@@ -110,7 +112,7 @@ def test_one_examples_contribution_is_bounded_by_the_clip(tiny_data):
 def test_dp_sgd_noise_has_std_z_s_over_the_expected_batch_and_empty_batches_still_step(tiny_data, monkeypatch):
     # Every Poisson batch comes out empty: each of the worker's steps is pure noise N(0, (zS)^2) / E[batch].
     monkeypatch.setattr(fed_core.client, "poisson_batches", lambda shards, rates, rng: [s[:0] for s in shards])
-    settings = LocalSettings(epochs=1, batch_size=10, lr=0.5, momentum=0.0, clip_norm=1.0)
+    settings = LocalSettings(model="crypto_cnn", epochs=1, batch_size=10, lr=0.5, momentum=0.0, clip_norm=1.0)
     shard = torch.arange(40)  # 4 steps at q = 1/4, expected batch 10
     _, delta = train_private(tiny_data, [shard], ExampleDP(clip=2.0, noise_multiplier=1.5), settings)
     std = 0.5 * 1.5 * 2.0 / 10 * math.sqrt(4)
