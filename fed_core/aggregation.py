@@ -6,6 +6,9 @@
   vectors and learns only their weighted sum. Workers that drop out after masking are recovered through
   Shamir shares; with too few survivors the round is refused and the global model stays as it was. An
   engine that runs a protocol of its own (Flower's SecAgg+) hands back the same :class:`Aggregate`.
+* Client-level DP (dp.py, DP-FedAvg): each worker clips its update to norm S, all weigh the same, and the
+  server adds Gaussian noise to the sum (in the clear or out of secure aggregation) before dividing by the
+  expected number of workers.
 """
 
 from __future__ import annotations
@@ -17,8 +20,16 @@ import torch
 
 from .client import WorkerUpdate
 from .config import TrainConfig
+from .dp import (
+    ClientAccountant,
+    ClientDP,
+    ExampleAccountant,
+    ExampleDP,
+    SecureRandom,
+    clip_rows,
+    private_fedavg,
+)
 from .secagg import SecAggRefused, secure_sum
-from .strategy import fedavg
 
 FLOAT_BYTES = 4
 
@@ -58,10 +69,21 @@ def aggregate(updates: list[WorkerUpdate], dropped: list[int], config: TrainConf
     deltas = torch.stack([u.delta for u in updates])
     counts = torch.tensor([u.num_examples for u in updates])
     reports = [report_of(u) for u in updates]
+    first_update = deltas[0]
+    if config.dp == "client":  # bounded sensitivity: each update clipped to S, every worker weighs the same
+        deltas, counts = clip_rows(deltas, config.dp_clip), torch.ones_like(counts)
     if config.secure_aggregation:
-        return _secure(deltas, counts, reports, len(dropped))
-    upload = deltas.shape[1] * FLOAT_BYTES + 8  # the update and its example count
-    return Aggregate(fedavg(deltas, counts), reports, deltas, counts, deltas[0], deltas[0], upload)
+        combined = _secure(deltas, counts, reports, len(dropped))
+    else:
+        upload = deltas.shape[1] * FLOAT_BYTES + 8  # the update and its example count
+        total = (counts.to(deltas.dtype).unsqueeze(1) * deltas).sum(0)
+        combined = Aggregate(total / counts.sum(), reports, deltas, counts, deltas[0], None, upload)
+    combined.first_update = first_update
+    if config.dp == "client" and combined.average is not None:
+        clipped_sum = combined.average * counts.sum()  # the sum over the survivors, each weighing 1
+        dp, expected = ClientDP(config.dp_clip, config.dp_noise), config.fraction * config.workers
+        combined.average = private_fedavg(clipped_sum, dp, expected, SecureRandom())
+    return combined
 
 
 def report_of(update: WorkerUpdate) -> dict:
@@ -80,6 +102,16 @@ def _secure(deltas: torch.Tensor, counts: torch.Tensor, reports: list[dict], dro
     try:
         result = secure_sum(rows, counts.tolist() + [1] * dropped, dropped_after_masking=lost)
     except SecAggRefused as exc:
-        return Aggregate(None, reports, None, None, None, deltas[0], 0.0, refused=str(exc))
+        return Aggregate(None, reports, None, None, None, None, 0.0, refused=str(exc))
     upload = float(result.bytes_per_worker().up)
-    return Aggregate(result.average(), reports, None, None, result.server_view(0), deltas[0], upload)
+    return Aggregate(result.average(), reports, None, None, result.server_view(0), None, upload)
+
+
+def accountant_for(config: TrainConfig) -> ExampleAccountant | ClientAccountant | None:
+    """The epsilon the run's DP has spent, kept up to date after every round; None without DP."""
+    if config.dp == "example":
+        dp = ExampleDP(config.dp_clip, config.dp_noise)
+        return ExampleAccountant(dp, config.batch_size, config.local_epochs, config.dp_delta)
+    if config.dp == "client":
+        return ClientAccountant(ClientDP(config.dp_clip, config.dp_noise), config.fraction, config.dp_delta)
+    return None

@@ -52,6 +52,12 @@ class LocalSettings:
     lr: float
     momentum: float
     clip_norm: float  # per-worker gradient norm cap; square activations blow up without it
+    dp_clip: float = 0.0  # when positive, example-level DP-SGD: each example's gradient norm cap S
+    dp_noise: float = 0.0  # and the noise multiplier z (noise std z * S on each step's sum)
+
+    @property
+    def example_dp(self) -> ExampleDP | None:
+        return ExampleDP(self.dp_clip, self.dp_noise) if self.dp_clip > 0 else None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,13 +114,12 @@ class BatchedTrainer:
         images: torch.Tensor,
         labels: torch.Tensor,
         settings: LocalSettings,
-        dp: ExampleDP | None = None,
     ):
         self.model = model
         self.images = images  # uint8 [N, 28, 28], the whole training set
         self.labels = labels
         self.settings = settings
-        self.dp = dp
+        self.dp = settings.example_dp
         self.template = model_params(model)
         self.num_params = sum(p.numel() for p in self.template.values())
         self._grad_step = vmap(grad_and_value(self._batch_loss))
@@ -122,7 +127,7 @@ class BatchedTrainer:
         # [K workers, b examples] -> one gradient per example; params are shared by a worker's examples.
         self._example_grads = vmap(vmap(grad(self._example_loss), in_dims=(None, 0, 0)))
         self._weighted_grads = vmap(grad(self._weighted_loss))
-        self._rng = SecureRandom() if dp else None
+        self._rng = SecureRandom() if self.dp else None
 
     def _logits(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.model, params, (x,))

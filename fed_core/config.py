@@ -55,7 +55,10 @@ class TrainConfig:
 
     @property
     def local(self) -> LocalSettings:
-        return LocalSettings(self.model, self.local_epochs, self.batch_size, self.lr, self.momentum, self.clip_norm)
+        example_dp = (self.dp_clip, self.dp_noise) if self.dp == "example" else (0.0, 0.0)
+        return LocalSettings(
+            self.model, self.local_epochs, self.batch_size, self.lr, self.momentum, self.clip_norm, *example_dp
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,6 +114,8 @@ def problems(config: TrainConfig) -> list[str]:
             out.append(f"{label} must be {interval}, got {value}.")
     if config.manual_approval and config.engine != "syft":
         out.append("manual approval of jobs needs the syft engine, whose data owners approve each job.")
+    if config.dp == "client" and config.secure_aggregation and config.engine != "inprocess":
+        out.append("client-level DP with secure aggregation runs on the inprocess engine only.")
     if config.secure_aggregation and config.engine not in SECURE_AGGREGATION_ENGINES:
         out.append(
             f"secure aggregation runs on these engines only: {', '.join(SECURE_AGGREGATION_ENGINES)}; "

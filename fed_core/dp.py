@@ -6,10 +6,10 @@ Two guarantees, because they protect different things:
   clips each example's gradient to norm S and adds N(0, z^2 S^2) to the sum. It
   protects one training image of a worker against anyone who sees that worker's
   updates, the server included. The trainer (client.py) does the clipping.
-* **Client-level DP-FedAvg** (McMahan et al. 2018): the server clips each worker's
-  whole update to norm S and adds N(0, z^2 S^2) to the sum. It protects everything
-  one worker holds, but only against those who see the global models (the server
-  itself sees the raw updates).
+* **Client-level DP-FedAvg** (McMahan et al. 2018): each worker's whole update is
+  clipped to norm S and the server adds N(0, z^2 S^2) to their sum. It protects
+  everything one worker holds, but only against those who see the global models
+  (the server itself sees the clipped updates, or with secure aggregation their sum).
 
 Epsilon comes from Opacus's RDP accountant for the Poisson-subsampled Gaussian
 mechanism, so the sampling here is Poisson: each example joins each step's batch
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,8 +124,8 @@ def clip_rows(rows: torch.Tensor, clip: float) -> torch.Tensor:
     return rows * (clip / (rows.norm(dim=1, keepdim=True) + 1e-6)).clamp(max=1.0)
 
 
-def private_fedavg(deltas: torch.Tensor, dp: ClientDP, expected_clients: float, rng: SecureRandom) -> torch.Tensor:
-    """DP-FedAvg aggregate of the updates [K, P]: (sum of clipped updates + N(0, z^2 S^2)) / (C * workers).
+def private_fedavg(clipped_sum: torch.Tensor, dp: ClientDP, expected_clients: float, rng: SecureRandom) -> torch.Tensor:
+    """DP-FedAvg aggregate from the sum of the clipped updates: (sum + N(0, z^2 S^2)) / (C * workers).
 
     Both FedAvg choices that would make one worker's influence unbounded are replaced,
     as in McMahan et al. 2018's fixed-denominator estimator: every worker weighs the
@@ -132,12 +133,13 @@ def private_fedavg(deltas: torch.Tensor, dp: ClientDP, expected_clients: float, 
     and reveal its size), and the divisor is the expected number of reporting workers
     C * W, a constant, instead of the number that actually reported, which depends on
     whether the protected worker took part. Adding or removing one worker then moves
-    the sum by at most S, the sensitivity the noise is scaled to.
+    the sum by at most S, the sensitivity the noise is scaled to. Each worker clips its
+    own update (clip_rows), so the sum may also come out of secure aggregation.
     """
     if expected_clients <= 0:
         raise ValueError(f"expected_clients must be positive, got {expected_clients}.")
-    noise = rng.normal((deltas.shape[1],), dp.noise_multiplier * dp.clip)
-    return (clip_rows(deltas, dp.clip).sum(0) + noise) / expected_clients
+    noise = rng.normal((clipped_sum.shape[0],), dp.noise_multiplier * dp.clip)
+    return (clipped_sum + noise) / expected_clients
 
 
 def _epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
@@ -178,12 +180,12 @@ class ExampleAccountant:
             plan = poisson_plan(size, self.batch_size, self.epochs)
             _add_steps(self.histories.setdefault(worker, []), self.dp.noise_multiplier, plan.sample_rate, plan.steps)
 
-    def epsilon(self, worker: int) -> float:
+    def epsilon_of(self, worker: int) -> float:
         return _epsilon(self.histories.get(worker, []), self.delta)
 
-    def worst_epsilon(self) -> float:
-        """Largest epsilon over all workers so far (0 before any training)."""
-        return max((self.epsilon(w) for w in self.histories), default=0.0)
+    def epsilon(self) -> float:
+        """The federation's figure: the largest epsilon over all workers so far (0 before any training)."""
+        return max((self.epsilon_of(w) for w in self.histories), default=0.0)
 
 
 class ClientAccountant:
@@ -203,7 +205,7 @@ class ClientAccountant:
         self.rounds = 0
         self.participation: dict[int, int] = {}
 
-    def record_round(self, participants: list[int]) -> None:
+    def record_round(self, participants: Iterable[int]) -> None:
         """Call after every round (also one nobody reported in) with the workers whose update was aggregated."""
         self.rounds += 1
         for worker in participants:

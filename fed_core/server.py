@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from .aggregation import Aggregate, collect
+from .aggregation import Aggregate, accountant_for, collect
 from .client import Params, WorkerUpdate, flatten, model_params, unflatten
 from .config import TrainConfig
 from .data import Mnist, normalize
+from .dp import SecureRandom, poisson_sample_workers
 from .models import new_model
 from .partition import label_histogram, make_partition
 from .strategy import ServerOptimizer, cosine_to, leave_one_out_averages
@@ -50,6 +51,7 @@ class RoundRecord:
     workers: list[dict] = field(default_factory=list)
     upload_bytes: float = 0.0  # mean bytes a sampled worker sent the server
     note: str | None = None  # why the global model did not move this round, if it did not
+    epsilon: float | None = None  # the DP guarantee spent so far (at the config's delta); None without DP
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -65,10 +67,17 @@ class ServerView:
 
 
 def sample_workers(config: TrainConfig, round_idx: int) -> tuple[list[int], list[int]]:
-    """(reporting, dropped) workers of a round; the same for a given seed on every engine."""
+    """(reporting, dropped) workers of a round; the same for a given seed on every engine.
+
+    Under client-level DP each worker joins with probability C, drawn secretly: the epsilon of
+    DP-FedAvg counts on nobody outside the server knowing who took part.
+    """
     rng = np.random.default_rng([config.seed, round_idx, 1])
-    count = max(1, round(config.fraction * config.workers))
-    sampled = sorted(rng.choice(config.workers, size=count, replace=False).tolist())
+    if config.dp == "client":
+        sampled = poisson_sample_workers(config.workers, config.fraction, SecureRandom())
+    else:
+        count = max(1, round(config.fraction * config.workers))
+        sampled = sorted(rng.choice(config.workers, size=count, replace=False).tolist())
     fails = rng.random(len(sampled)) < config.dropout
     return [w for w, f in zip(sampled, fails) if not f], [w for w, f in zip(sampled, fails) if f]
 
@@ -232,6 +241,7 @@ def run_federated(
     pool = pool_factory(model, data, shards, config, should_stop)
     evaluator = Evaluator(model, data, config)
     optimizer = ServerOptimizer(config.server_lr, config.server_momentum)
+    accountant = accountant_for(config)
     global_vector = flatten(model_params(model))
     if on_start:
         on_start(run)
@@ -241,6 +251,8 @@ def run_federated(
         global_vector = outcome.global_vector
         accuracy, loss = evaluator.evaluate(global_vector)
         load_vector(model, global_vector)
+        if accountant:  # a round that released nothing is counted too: that only overstates epsilon
+            accountant.record_round({w: len(shards[w]) for w in outcome.reporting})
         now = time.perf_counter()
         sampled = sorted(outcome.reporting + outcome.dropped)
         record = RoundRecord(
@@ -254,6 +266,7 @@ def run_federated(
             outcome.rows,
             outcome.upload_bytes,
             outcome.note,
+            accountant.epsilon() if accountant else None,
         )
         run.history.append(record)
         run.server_view = outcome.view or run.server_view

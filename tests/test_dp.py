@@ -1,6 +1,7 @@
 """Differential privacy: clipping bounds every contribution, the noise is right and secret, epsilon is Opacus's."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from fed_core.dp import (
     ExampleAccountant,
     ExampleDP,
     SecureRandom,
+    clip_rows,
     poisson_batches,
     poisson_plan,
     poisson_sample_workers,
@@ -32,7 +34,9 @@ ONE_STEP = LocalSettings(
 
 def train_private(data, shards, dp, settings=ONE_STEP, seed=3):
     model = new_model("crypto_cnn", "default", seed)
-    trainer = BatchedTrainer(model, data.train_images, data.train_labels, settings, dp)
+    if dp is not None:
+        settings = replace(settings, dp_clip=dp.clip, dp_noise=dp.noise_multiplier)
+    trainer = BatchedTrainer(model, data.train_images, data.train_labels, settings)
     updates = trainer.train(flatten(model_params(model)), list(range(len(shards))), shards, [0] * len(shards))
     return model, torch.stack([u.delta for u in updates])
 
@@ -154,15 +158,17 @@ def test_poisson_sample_workers_draws_each_worker_at_rate_c():
 
 def test_private_fedavg_clips_each_worker_and_divides_by_the_expected_count():
     deltas = torch.stack([torch.full((4,), 5.0), torch.full((4,), 0.1), torch.tensor([3.0, 0.0, 0.0, 4.0])])
-    aggregate = private_fedavg(deltas, ClientDP(clip=1.0, noise_multiplier=0.0), 4.0, SecureRandom())
+    clipped = clip_rows(deltas, 1.0)
+    assert clipped.norm(dim=1).max() <= 1.0 + 1e-6
+    aggregate = private_fedavg(clipped.sum(0), ClientDP(clip=1.0, noise_multiplier=0.0), 4.0, SecureRandom())
     by_hand = (torch.full((4,), 0.5) + torch.full((4,), 0.1) + torch.tensor([0.6, 0.0, 0.0, 0.8])) / 4.0
     assert torch.allclose(aggregate, by_hand, atol=1e-6)
-    alone = private_fedavg(deltas[:1] * 1e6, ClientDP(clip=1.0, noise_multiplier=0.0), 4.0, SecureRandom())
+    alone = private_fedavg(clip_rows(deltas[:1] * 1e6, 1.0).sum(0), ClientDP(1.0, 0.0), 4.0, SecureRandom())
     assert alone.norm() <= 1.0 / 4.0
 
 
 def test_private_fedavg_noise_has_std_z_s_over_the_expected_count():
-    aggregate = private_fedavg(torch.zeros(3, 100_000), ClientDP(clip=2.0, noise_multiplier=1.5), 4.0, SecureRandom())
+    aggregate = private_fedavg(torch.zeros(100_000), ClientDP(clip=2.0, noise_multiplier=1.5), 4.0, SecureRandom())
     assert abs(aggregate.std().item() / 0.75 - 1) < 5 / math.sqrt(2 * 100_000)
 
 
@@ -177,14 +183,14 @@ def opacus_epsilon(noise: float, rate: float, steps: int, delta: float) -> float
 def test_example_epsilon_is_opacus_for_the_rounds_a_worker_trained_in():
     accountant = ExampleAccountant(ExampleDP(clip=1.0, noise_multiplier=1.1), batch_size=64, epochs=2, delta=1e-5)
     accountant.record_round({0: 6000, 1: 6000})
-    first = accountant.epsilon(0)
+    first = accountant.epsilon_of(0)
     accountant.record_round({0: 6000})
     accountant.record_round({0: 6000})
     # 6000 examples, B = 64: 94 steps per epoch at q = 1/94; worker 0 trained 3 rounds of 2 epochs.
-    assert accountant.epsilon(0) == pytest.approx(opacus_epsilon(1.1, 1 / 94, 3 * 2 * 94, 1e-5), rel=1e-9)
-    assert accountant.epsilon(1) == pytest.approx(first, rel=1e-9) and first < accountant.epsilon(0)
-    assert accountant.epsilon(2) == 0  # never sampled: spent nothing
-    assert accountant.worst_epsilon() == accountant.epsilon(0)
+    assert accountant.epsilon_of(0) == pytest.approx(opacus_epsilon(1.1, 1 / 94, 3 * 2 * 94, 1e-5), rel=1e-9)
+    assert accountant.epsilon_of(1) == pytest.approx(first, rel=1e-9) and first < accountant.epsilon_of(0)
+    assert accountant.epsilon_of(2) == 0  # never sampled: spent nothing
+    assert accountant.epsilon() == accountant.epsilon_of(0)
 
 
 def test_example_epsilon_shrinks_with_more_noise_and_is_infinite_without():
@@ -192,7 +198,7 @@ def test_example_epsilon_shrinks_with_more_noise_and_is_infinite_without():
         accountant = ExampleAccountant(ExampleDP(1.0, noise), batch_size=128, epochs=1, delta=1e-5)
         for _ in range(5):
             accountant.record_round({0: 6000})
-        return accountant.worst_epsilon()
+        return accountant.epsilon()
 
     assert after_five_rounds(0.8) > after_five_rounds(1.2) > after_five_rounds(2.0) > 0
     assert after_five_rounds(0.0) == math.inf

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fed_core.config import TrainConfig
+from fed_core.dp import ExampleAccountant, ExampleDP
 from fed_core.engines import engine_for
 from fed_core.server import sample_workers
 
@@ -48,3 +49,30 @@ def test_too_few_survivors_refuse_the_round_and_keep_the_model(tiny_data):
     recovered = [rec for rec in run.history if dropped[rec.round] == 1]
     assert recovered, "this seed should also lose one worker after masking in some round"
     assert all(rec.note is None and len(rec.workers) == 3 - len(rec.dropped) for rec in recovered)
+
+
+def test_example_level_dp_reports_the_accountants_epsilon_after_every_round(tiny_data):
+    config = TrainConfig(dp="example", dp_clip=1.0, dp_noise=1.1, **{**SMALL, "train_size": 1500, "rounds": 2})
+    run = engine_for(config).run(tiny_data)
+    by_hand = ExampleAccountant(ExampleDP(1.0, 1.1), config.batch_size, config.local_epochs, config.dp_delta)
+    epsilons = []
+    for record in run.history:
+        by_hand.record_round({w: 500 for w in record.sampled})  # 1500 images, 3 IID workers
+        epsilons.append(by_hand.epsilon())
+        assert all(math.isnan(row["loss_after"]) for row in record.workers)  # a private shard's loss would leak
+    assert [r.epsilon for r in run.history] == pytest.approx(epsilons, rel=1e-9)
+    assert 0 < run.history[0].epsilon < run.history[1].epsilon
+
+
+def test_client_level_dp_clips_every_update_and_samples_secretly(tiny_data):
+    config = TrainConfig(dp="client", dp_clip=0.05, dp_noise=0.5, fraction=0.5, **{**SMALL, "workers": 6, "rounds": 4})
+    run = engine_for(config).run(tiny_data)
+    norms = [row["update_norm"] for record in run.history for row in record.workers]
+    assert norms and max(norms) <= 0.05 + 1e-6
+    assert all(
+        row["weight"] == pytest.approx(1 / len(record.workers)) for record in run.history for row in record.workers
+    )
+    epsilons = [r.epsilon for r in run.history]
+    assert epsilons == sorted(epsilons) and epsilons[0] > 0
+    again = engine_for(config).run(tiny_data)
+    assert [r.sampled for r in run.history] != [r.sampled for r in again.history], "Poisson draws from a CSPRNG"

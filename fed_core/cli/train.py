@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from fed_core.cli.common import check_writable
 from fed_core.client import TrainingDiverged
-from fed_core.config import TrainConfig
+from fed_core.config import DP_MODES, TrainConfig
 from fed_core.data import load_mnist
 from fed_core.engines import ENGINES, EngineError, engine_for
 from fed_core.models import INIT_METHODS, MODELS, save_model
@@ -55,6 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="the server holds only masked updates and learns only their sum",
     )
+    p.add_argument(
+        "--dp", choices=DP_MODES, default=DEFAULTS.dp, help="example: DP-SGD in each worker; client: DP-FedAvg"
+    )
+    p.add_argument("--clip", dest="dp_clip", type=float, default=DEFAULTS.dp_clip, help="DP clip norm S")
+    p.add_argument("--noise", dest="dp_noise", type=float, default=DEFAULTS.dp_noise, help="DP noise multiplier z")
+    p.add_argument("--delta", dest="dp_delta", type=float, default=DEFAULTS.dp_delta, help="DP delta")
     p.add_argument("--out", type=Path, help="write every round's metrics as JSON here")
     p.add_argument("--save-model", type=Path, help="save the trained global model (.pt) here")
     p.set_defaults(func=train_command)
