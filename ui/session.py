@@ -10,3 +10,4 @@ HE_SERVER = "he_server"  # (model, HeServer): the server side for those keys and
 DRAW_RESULT = "draw_result"  # (PreparedDigit, DigitResult) of the last classified drawing
 CANVAS_VERSION = "canvas_version"  # bumped to swap in an empty canvas
 ENCRYPTED_EVAL = "encrypted_eval"  # the last EvalResult of the Encrypted Test page
+FINISHED_RUNS = "finished_runs"  # {job id: one summary line} of this session's finished runs, to compare their cost

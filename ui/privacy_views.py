@@ -1,0 +1,153 @@
+"""The Train page's privacy choice and what it shows of it: epsilon, what the server sees, and each run's cost."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+import torch
+from plotly.subplots import make_subplots
+
+from fed_core.client import model_params, unflatten
+from fed_core.config import TrainConfig
+from fed_core.engines.flower_mask_seed import FLOWER_SECURE_AGGREGATION_NOTE
+from fed_core.models import build_model
+from fed_core.server import ServerView
+from ui import session
+from ui.common import ACCENT, SECOND, format_bytes
+
+D = TrainConfig()
+CHOICES = {
+    "none": "None",
+    "secure": "Secure aggregation",
+    "dp": "Differential privacy",
+    "both": "Both",
+}
+DP_KINDS = {
+    "example": "each training image (DP-SGD inside every worker)",
+    "client": "each worker's whole data (DP-FedAvg)",
+}
+SECURE_NOTE = (
+    "**Secure aggregation.** Every worker adds random masks to its update that cancel out in the sum: the server "
+    "learns the sum of the round's updates and nothing about any single one, so the per-worker update figures "
+    "below go blank. It hides no more than that: the sum and the trained model still say something about the data."
+)
+DP_NOTES = {
+    "example": "**Example-level DP (DP-SGD).** Each worker clips every training image's gradient to norm S and adds "
+    "Gaussian noise of z·S to each step. ε bounds what anyone who sees that worker's updates, the server included, "
+    "can learn about any one image. Workers then keep their local loss and accuracy to themselves.",
+    "client": "**Client-level DP (DP-FedAvg).** Each worker's update is clipped to norm S, workers weigh the same "
+    "and the server adds Gaussian noise of z·S to the sum. ε bounds what anyone who sees the global models can learn "
+    "about one worker's whole data set; the server itself sees the clipped updates (or only their sum with secure "
+    "aggregation). It needs thousands of workers per round: with 10 or 100 the noise for a small ε drowns the "
+    "updates, and you will see accuracy suffer.",
+}
+
+
+def privacy_settings(engine: str) -> dict:
+    """The Privacy widgets; returns the TrainConfig fields they set."""
+    with st.expander("Privacy: secure aggregation and differential privacy"):
+        choice = st.radio("Privacy", list(CHOICES), format_func=CHOICES.get, horizontal=True)
+        values = {"secure_aggregation": choice in ("secure", "both"), "dp": "none"}
+        if values["secure_aggregation"]:
+            st.markdown(SECURE_NOTE)
+            if engine == "flower":
+                st.warning(FLOWER_SECURE_AGGREGATION_NOTE)
+        if choice in ("dp", "both"):
+            c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
+            values["dp"] = c1.radio("Protect", list(DP_KINDS), format_func=DP_KINDS.get)
+            values["dp_clip"] = float(c2.number_input("Clip norm S", 0.001, 1000.0, D.dp_clip, 0.1, format="%.3f"))
+            values["dp_noise"] = float(c3.number_input("Noise multiplier z", 0.0, 100.0, D.dp_noise, 0.1))
+            values["dp_delta"] = float(c4.number_input("δ", 1e-9, 0.1, D.dp_delta, format="%.0e"))
+            st.markdown(DP_NOTES[values["dp"]])
+    return values
+
+
+def privacy_label(config: TrainConfig) -> str:
+    parts = ["secure aggregation"] if config.secure_aggregation else []
+    if config.dp != "none":
+        parts.append(f"{config.dp}-level DP (S={config.dp_clip:g}, z={config.dp_noise:g})")
+    return " + ".join(parts) or "none"
+
+
+def epsilon_text(history: list[dict], config: TrainConfig) -> str | None:
+    """One line on the DP guarantee spent so far, or None without DP."""
+    epsilon = history[-1].get("epsilon") if history else None
+    if config.dp == "none" or epsilon is None:
+        return None
+    whom = "one training image of any worker" if config.dp == "example" else "one worker's whole data"
+    value = "∞ (no noise)" if not math.isfinite(epsilon) else f"{epsilon:.2f}"
+    return f"Privacy spent so far: ε = {value} at δ = {config.dp_delta:g}, for {whom}."
+
+
+def server_view_figure(view: ServerView, model_name: str) -> go.Figure:
+    """The first layer's filters of the worker's own update beside what the server received, and both histograms."""
+    template = model_params(build_model(model_name))
+    first = next(iter(template))
+    rows = [("its own update", view.update), ("what the server received", view.received)]
+    rows = [(title, vector) for title, vector in rows if vector is not None]
+    fig = make_subplots(
+        rows=len(rows), cols=2, column_widths=[0.6, 0.4], subplot_titles=[t for title, _ in rows for t in (title, "")]
+    )
+    for row, (_, vector) in enumerate(rows, start=1):
+        filters = unflatten(vector, template)[first].reshape(-1, *template[first].shape[-2:])[:8]
+        fig.add_trace(go.Heatmap(z=_tile(filters).numpy(), colorscale="RdBu", showscale=False), row=row, col=1)
+        fig.add_trace(
+            go.Histogram(
+                x=vector[:: max(1, len(vector) // 20_000)].numpy(), marker_color=ACCENT if row == 1 else SECOND
+            ),
+            row=row,
+            col=2,
+        )
+    fig.update_layout(
+        title=f"What the server sees of worker W{view.worker}: first layer's filters and all values",
+        height=230 * len(rows) + 60,
+        showlegend=False,
+        margin=dict(t=70, b=20),
+    )
+    fig.update_yaxes(autorange="reversed", showticklabels=False, col=1)
+    fig.update_xaxes(showticklabels=False, col=1)
+    return fig
+
+
+def _tile(filters: torch.Tensor) -> torch.Tensor:
+    """[n, h, w] -> one [h, n * (w + 1)] strip, a blank column between filters."""
+    n, h, w = filters.shape
+    padded = torch.cat([filters, torch.full((n, h, 1), float("nan"))], dim=2)
+    return padded.permute(1, 0, 2).reshape(h, n * (w + 1))
+
+
+def remember_run(job_id: str, config: TrainConfig, history: list[dict], status: str) -> None:
+    """Keep one line per finished run of this session, to compare what each privacy setting cost."""
+    runs = st.session_state.setdefault(session.FINISHED_RUNS, {})
+    if job_id in runs or not history:
+        return
+    rounds = len(history)
+    runs[job_id] = {
+        "privacy": privacy_label(config),
+        "engine": config.engine,
+        "workers × rounds": f"{config.workers} × {rounds}",
+        "seed": config.seed,
+        "seconds per round": history[-1]["elapsed"] / rounds,
+        "upload per worker per round": format_bytes(sum(r.get("upload_bytes", 0.0) for r in history) / rounds),
+        "final accuracy": f"{history[-1]['test_accuracy']:.2%}",
+        "ε": epsilon_value(history[-1].get("epsilon")),
+        "status": status,
+    }
+
+
+def epsilon_value(epsilon: float | None) -> str:
+    if epsilon is None:
+        return "—"
+    return "∞" if not math.isfinite(epsilon) else f"{epsilon:.2f}"
+
+
+def runs_table() -> pd.DataFrame | None:
+    runs = st.session_state.get(session.FINISHED_RUNS)
+    if not runs:
+        return None
+    frame = pd.DataFrame(list(runs.values()))
+    frame["seconds per round"] = frame["seconds per round"].map(lambda s: f"{s:.2f} s")
+    return frame
