@@ -358,35 +358,39 @@ class DataOwner:
         """Run the approved jobs with a warm worker, once one of the server's pool is free."""
         with self.pool.borrow(give_up=self._closed) as warm_worker:
             started = time.time()
-            self._update_records(jobs, status="running", started=started)
-            finished = threading.Event()
-            handoffs = threading.Thread(
-                target=self._serve_handoffs, args=(warm_worker, finished), name=f"datasite-owner{self.worker}-handoff"
-            )
-            handoffs.start()
-            try:
-                # Running a job touches only the owner's own files: the Drive stays free meanwhile.
-                self.client.job_runner.process_approved_jobs(
-                    stream_output=False,
-                    timeout=JOB_TIMEOUT_SECONDS,
-                    share_outputs_with_submitter=True,
-                    share_logs_with_submitter=True,
-                )
-            finally:
-                finished.set()
-                handoffs.join()
+            with self._lock:
+                for job in jobs:
+                    self._records[job.name].status, self._records[job.name].started = "running", started
+            self._run_approved(warm_worker)
+            seconds = time.time() - started
         statuses = {job.name: job.status for job in self.client.job_client.jobs}
         with self._lock:
             for job in jobs:
                 self._approved.pop(job.code_dir.resolve(), None)  # an approval runs once
                 record = self._records[job.name]
-                record.status, record.seconds = statuses.get(job.name, "failed"), time.time() - started
+                record.status, record.seconds = statuses.get(job.name, "failed"), seconds
 
-    def _update_records(self, jobs: list, **values) -> None:
-        with self._lock:
-            for job in jobs:
-                for name, value in values.items():
-                    setattr(self._records[job.name], name, value)
+    def _run_approved(self, warm_worker: WarmWorker) -> None:
+        """syft's job runner runs the approved jobs; meanwhile a thread hands what they ask for to ``warm_worker``."""
+        finished = threading.Event()
+        handoffs = threading.Thread(
+            target=self._serve_handoffs, args=(warm_worker, finished), name=f"datasite-owner{self.worker}-handoff"
+        )
+        handoffs.start()
+        try:
+            # Running a job touches only the owner's own files: the Drive stays free meanwhile.
+            self.client.job_runner.process_approved_jobs(
+                stream_output=False,
+                timeout=JOB_TIMEOUT_SECONDS,
+                share_outputs_with_submitter=True,
+                share_logs_with_submitter=True,
+            )
+        finally:
+            finished.set()
+            handoffs.join(HANDOFF_READ_SECONDS)
+            if handoffs.is_alive():  # syft's runner killed a job (timeout) whose training goes on: stop it
+                warm_worker.close()
+                handoffs.join()
 
     def _serve_handoffs(self, warm_worker: WarmWorker, finished: threading.Event) -> None:
         """Answer the jobs syft's runner starts, one at a time, until it has run them all."""
