@@ -40,8 +40,11 @@ from fed_core.engines.syft_warm_pool import SYFT_CONCURRENT_JOBS  # noqa: E402
 from fed_core.server import FederatedRun, RoundRecord  # noqa: E402
 
 # Later rounds of the default run (5 workers x 3 rounds, 60,000 images) when every syft job was a new
-# Python process: docs/engines.md, measured with this script at commit 1776d3b.
+# Python process (commit 1776d3b): wall seconds on the quiet reference machine (docs/engines.md), and
+# CPU seconds measured with this script's meter, run on a checkout of that commit, on the loaded shared
+# machine (load average 12; load inflates CPU seconds too: the same run with warm workers took 5.5 there).
 SYFT_ROUND_BEFORE_WARM_WORKERS = 13.7
+SYFT_ROUND_CPU_BEFORE_WARM_WORKERS = 31.8
 
 # What a fresh training process pays before it trains, measured in a fresh interpreter.
 IMPORT_PROBE = """
@@ -135,11 +138,12 @@ def handoff_start_seconds(repeats: int = 5) -> float:
 
 
 def print_syft_extras(args: argparse.Namespace, meter: Meter, later_round: float) -> None:
-    default_run = (args.workers, args.train_size) == (5, 60_000)
-    if default_run:
+    if (args.workers, args.train_size) == (5, 60_000):
+        cpu = later(meter.this_process) + later(meter.children)
         print(
-            f"     syft: later rounds {later_round:.2f} s now, {SYFT_ROUND_BEFORE_WARM_WORKERS:.1f} s with a new "
-            f"process per job ({SYFT_ROUND_BEFORE_WARM_WORKERS / later_round:.1f}x faster)"
+            f"     syft, later rounds: {later_round:.2f} s and {cpu:.1f} CPU-s now; with a new process per job "
+            f"{SYFT_ROUND_BEFORE_WARM_WORKERS:.1f} s on a quiet machine and {SYFT_ROUND_CPU_BEFORE_WARM_WORKERS:.1f} "
+            "CPU-s"
         )
     for pid, peak in meter.warm_workers.items():
         print(
@@ -178,7 +182,9 @@ def main() -> None:
             f"child processes {later(meter.children):.2f} s"
         )
         if engine == "syft":
-            print("     syft rounds: " + ", ".join(f"{s:.2f}" for s in seconds) + " s")
+            cpu = [a + b for a, b in zip(meter.this_process, meter.children)]
+            print("     syft rounds (s): " + ", ".join(f"{s:.2f}" for s in seconds))
+            print("     syft rounds (CPU-s): " + ", ".join(f"{c:.2f}" for c in cpu))
             print_syft_extras(args, meter, later_rounds[engine])
     if "inprocess" in later_rounds:
         for engine in [e for e in later_rounds if e != "inprocess"]:

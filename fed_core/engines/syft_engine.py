@@ -44,6 +44,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from syft_perms import SyftPermContext
 from syft_rds import SyftRDSClient, job_matches_criteria
 
 from fed_core.client import TrainingStopped, WorkerUpdate
@@ -73,6 +74,7 @@ DATASET = "mnist-shard"
 SCRIPT_FILE = "script.sh"  # syft's name for a bash job's script inside the job's code folder
 RUN_FILE = "run.sh"  # the copy of the script, next to the code folder, that syft's job runner executes
 JOB_FILES = (SCRIPT_FILE, JOB_FILE, GLOBAL_MODEL_FILE)
+SHARED_LOGS = ("stdout.txt", "stderr.txt", "returncode.txt")  # the files syft's share_logs opens to the aggregator
 MOCK_IMAGES = 16
 # Each side wakes the other when it has sent something (a stand-in for the Drive polling of a real
 # deployment), so an owner's own polling is only a fallback: each of its syncs costs CPU. A waiting
@@ -102,7 +104,7 @@ def job_script() -> str:
 
     It is the same text every round (round, seed and settings travel in job.json), so an owner can
     approve it automatically by comparing it with this exact script. ``-I -S`` keep the handoff to the
-    standard library: no site-packages, no environment variables, no torch.
+    standard library: no site-packages, no PYTHON* variables, no torch.
     """
     return (
         "#!/bin/bash\n"
@@ -201,8 +203,9 @@ class DataOwner:
     """A syft data owner: publishes its shard, then reviews and runs the aggregator's jobs, in its own thread.
 
     The thread plays the owner's own computer, where a real owner runs this job loop: every syft call
-    of this owner and every read of its files happen in it (its warm worker reads the private file).
-    The aggregator's calls on the Drive they share wait for ``drive_lock``.
+    of this owner and every read of its files happen in it, or, while a job runs, in its handoff thread
+    (and its warm worker, a process, reads the private file). The aggregator's calls on the Drive they
+    share wait for ``drive_lock``.
     """
 
     def __init__(self, worker: int, client: SyftRDSClient, manual_approval: bool, pool: WarmPool):
@@ -243,8 +246,9 @@ class DataOwner:
         if self._thread:
             self._thread.join(timeout)
         if self._listener is not None:
+            path = self._listener.getsockname()
             self._listener.close()
-            Path(self._listener_path).unlink(missing_ok=True)
+            Path(path).unlink(missing_ok=True)
 
     def wake(self) -> None:
         """New jobs were sent. (A real owner's job loop polls Drive instead.)"""
@@ -301,9 +305,8 @@ class DataOwner:
 
     def _listen(self) -> None:
         """Open the socket the owner's approved jobs hand their folder to (see syft_handoff)."""
-        self._listener_path = str(owner_socket(self.client.syftbox_folder))
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(self._listener_path)
+        self._listener.bind(str(owner_socket(self.client.syftbox_folder)))
         self._listener.listen()
         self._listener.settimeout(HANDOFF_POLL_SECONDS)
 
@@ -322,17 +325,25 @@ class DataOwner:
                 self.client.sync()  # shares the outputs, logs and rejections with the aggregator
             self.replied.set()
 
-    @staticmethod
-    def _delete_collected(jobs: list) -> None:
-        """Delete the folders of the jobs that ran: the aggregator collected their outputs before sending more.
+    def _delete_collected(self, jobs: list) -> None:
+        """Delete the jobs that ran, and the read rules syft added for their outputs and logs.
 
-        syft re-reads every job's files on each sync and job listing, so keeping them would make every round
-        slower than the last. The owner's own record of each job (:meth:`records`) stays.
+        The aggregator collected their outputs before it sent more jobs. syft re-reads every job's files,
+        and its permission files, many times on each sync, so keeping them would make every round slower
+        than the last. The owner's own record of each job (:meth:`records`) stays.
         """
-        for job in jobs:
-            if job.status in ("done", "failed"):
-                shutil.rmtree(job.job_submission_path, ignore_errors=True)
-                shutil.rmtree(job.job_review_path, ignore_errors=True)
+        finished = [job for job in jobs if job.status in ("done", "failed")]
+        if not finished:
+            return
+        datasite = self.client.syftbox_folder / owner_email(self.worker)
+        rules = SyftPermContext(datasite).modifier
+        for job in finished:
+            review = job.job_review_path.relative_to(datasite)
+            rules.remove_all_rules(str(review / "outputs"), is_folder=True)  # what share_outputs added
+            for log_file in SHARED_LOGS:  # and share_logs
+                rules.remove_all_rules(str(review / log_file))
+            shutil.rmtree(job.job_submission_path, ignore_errors=True)
+            shutil.rmtree(job.job_review_path, ignore_errors=True)
 
     def _review(self, job) -> str:
         """Approve ``job`` if policy allows (:func:`follows_policy`) and, if asked for, a person.
