@@ -143,14 +143,19 @@ def test_manual_approval_holds_the_round_until_the_owner_approves(mnist):
     assert job.status == "done" and job.approval == "manual" and job.waited >= 1.5
 
 
-def test_stop_while_awaiting_approval_ends_the_run_its_owners_and_syfts_threads(mnist):
+@pytest.mark.parametrize("stop_when", ["awaiting approval", "running"])
+def test_stop_ends_the_run_its_owners_warm_workers_and_syfts_threads(mnist, stop_when):
     before = set(threading.enumerate())
     engine = engine_for(ONE_OWNER_BY_HAND)
     stop = threading.Event()
     thread, outcome = run_in_thread(engine, mnist, stop)
     wait_for(lambda: engine.datasites() and engine.datasites()[0].awaiting_approval)
+    if stop_when == "running":
+        [job_name] = engine.datasites()[0].awaiting_approval
+        engine.approve(0, job_name)
+        wait_for(lambda: engine.datasites()[0].jobs[0].status == "running")
     stop.set()
-    thread.join(60)
+    thread.join(120)
     assert not thread.is_alive()
     assert isinstance(outcome.pop("error"), TrainingStopped)
 
@@ -159,7 +164,7 @@ def test_stop_while_awaiting_approval_ends_the_run_its_owners_and_syfts_threads(
         return [t.name for t in set(threading.enumerate()) - before]
 
     wait_for(lambda: not leftover_threads(), timeout=10)
-    assert syft_processes() == [], "the warm worker started for the run is stopped"
+    assert syft_processes() == [], "no warm worker or job process outlives a stopped run"
 
 
 def test_train_page_shows_the_datasites_and_approves_jobs_with_a_button(mnist):

@@ -64,7 +64,7 @@ class TrainingRequest:
         task, threads = message["task"], message["threads"]
         if not isinstance(task, dict) or sorted(task) != sorted(TASK_KEYS):
             raise RequestRefused(f"a task holds exactly {', '.join(TASK_KEYS)}")
-        if task["model"] not in MODELS:
+        if not isinstance(task["model"], str) or task["model"] not in MODELS:
             raise RequestRefused(f"unknown model {task['model']!r}")
         if not isinstance(threads, int) or not 1 <= threads <= (os.cpu_count() or 1):
             raise RequestRefused(f"threads must be 1 to {os.cpu_count()}")
