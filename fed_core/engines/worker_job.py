@@ -1,23 +1,15 @@
 """One worker's local training, as its data owner runs it; shared by the syft and Flower engines.
 
-The syft engine runs this module as the job script of every approved job::
-
-    python -m fed_core.engines.worker_job job.json
-
-in the job's code folder, next to the global model the aggregator sent (``global_model.b64``). It
-trains on the owner's private shard and writes only the update (weight delta, sample count and
-metrics) to ``outputs/update.pt``. The Flower ClientApp calls :func:`train_local` on its node's
-shard file.
-
-Every syft job is a fresh Python process, so each import here is paid on every round: this module
-imports torch and fed_core's client and models, and syft only to find the private file.
+:func:`train_local` trains the global model on one worker's whole shard, exactly as the in-process pool
+does. A syft owner's warm worker (``fed_core.engines.syft_warm_worker``) calls it for every approved job,
+reading the global model the aggregator sent (``global_model.b64``) and writing only the update (weight
+delta, sample count and metrics) to the job's ``outputs/update.pt``. The Flower ClientApp calls it on
+its node's shard file.
 """
 
 from __future__ import annotations
 
 import base64
-import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -91,32 +83,3 @@ def save_update(path: Path | str, update: WorkerUpdate) -> None:
 
 def load_update(path: Path | str) -> WorkerUpdate:
     return WorkerUpdate(**torch.load(path, weights_only=True))
-
-
-def private_shard_path(dataset: str) -> Path:
-    """The owner's private file of ``dataset``; syft resolves it only inside an approved job."""
-    import syft as sy  # the job's one syft import, kept here so the rest stays torch-only
-
-    return Path(sy.resolve_dataset_file_path(dataset))
-
-
-def main(argv: list[str] | None = None) -> int:
-    job_file = Path((argv if argv is not None else sys.argv[1:] or [JOB_FILE])[0])
-    job = json.loads(job_file.read_text())
-    torch.set_num_threads(job["threads"])
-    task = LocalTask.from_dict(job["task"])
-    global_vector = decode_vector((job_file.parent / GLOBAL_MODEL_FILE).read_text())
-    images, labels = load_shard(private_shard_path(job["dataset"]))
-    update = train_local(task, global_vector, images, labels)
-    out = job_file.parent / UPDATE_FILE
-    out.parent.mkdir(exist_ok=True)
-    save_update(out, update)
-    print(
-        f"worker {task.worker}, round {task.round}: {update.num_examples} examples, "
-        f"loss {update.loss_before:.4f} -> {update.loss_after:.4f}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
