@@ -25,8 +25,8 @@ ENGINE_NOTES = {
     "part only readable by approved jobs) and runs the aggregator's training job each round. Owners and "
     "aggregator talk over syft's in-memory Drive service, the one syft's own tests use, so everything runs "
     "offline in this server; a real deployment gives every owner its own Google account (docs/engines.md). "
-    "Each job is a new Python process (about 4 s of CPU), so with 5 owners a round takes about 12 s "
-    "on a 2-core machine.",
+    "Each approved job hands its folder to one of the server's warm training processes (at most 2 train at "
+    "once), so with 5 owners a round takes a few seconds. Secure aggregation does not run on this engine.",
     "flower": "Flower's Simulation Engine: one virtual SuperNode per worker, in Ray processes on this machine; "
     "start-up takes about 10 s. On real machines the same ClientApp and ServerApp run with "
     "flower-superlink and one flower-supernode per worker (docs/engines.md).",
