@@ -29,7 +29,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
-from opacus.accountants import RDPAccountant
 
 
 @dataclass(frozen=True)
@@ -145,6 +144,9 @@ def private_fedavg(clipped_sum: torch.Tensor, dp: ClientDP, expected_clients: fl
 def _epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
     if any(z == 0 for z, _, _ in history):
         return math.inf
+    # Here, not at the top: opacus imports its whole privacy engine (seconds), and every worker imports this module.
+    from opacus.accountants import RDPAccountant
+
     accountant = RDPAccountant()
     accountant.history = list(history)
     return accountant.get_epsilon(delta=delta)

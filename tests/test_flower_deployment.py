@@ -45,7 +45,7 @@ def federation(tmp_path):
 def test_superlink_and_two_supernodes_run_a_job_that_learns(federation, tmp_path):
     assert len(federation.processes) == 3  # one SuperLink, two SuperNodes
 
-    run = federation.run(CONFIG, tmp_path / "result", timeout=110)
+    run = federation.run(CONFIG, tmp_path / "result", timeout=300)
 
     accuracies = [r["test_accuracy"] for r in run["rounds"]]
     assert len(accuracies) == 2 and accuracies[1] > accuracies[0] > 0.5

@@ -37,7 +37,6 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.serverapp import Grid, ServerApp
-from flwr.simulation import run_simulation
 
 from fed_core.aggregation import Aggregate
 from fed_core.client import TrainingStopped, WorkerUpdate
@@ -290,6 +289,9 @@ def simulate(workers: int, serve: Callable[[Grid, Path], None], should_stop: Cal
     Node ``i`` reads its shard from ``shard_dir / shard_file_name(i)``, which
     ``flower_pool_factory(grid, shard_dir)`` writes.
     """
+    # Here, not at the top: it imports Ray (seconds), which deployed SuperNodes and ServerApps never use.
+    from flwr.simulation import run_simulation
+
     _wait_for_slot(should_stop)
     try:
         with tempfile.TemporaryDirectory(prefix="fed-flower-") as shard_dir:
