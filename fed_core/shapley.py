@@ -9,9 +9,12 @@ values, and a worker who never changes v gets zero.
 The value v(S) of a coalition S is the accuracy, on the evaluator's fixed test subset, of the model the
 server would propose from the FedAvg (example-weighted) aggregate of S's updates; the empty coalition
 (and one whose examples sum to zero) keeps the round's starting model, as a round where every worker
-drops out does. Up to EXACT_MAX_WORKERS workers every one of the 2^K coalitions is evaluated, vmapped
-in chunks; above that, random orders are sampled (Castro et al. 2009) and each value comes with the
-half-width of its 95% confidence interval.
+drops out does. So with server momentum, the step the momentum carries over from earlier rounds is part
+of every other coalition's gain, and is shared equally.
+
+Up to EXACT_MAX_WORKERS workers every one of the 2^K coalitions is evaluated, vmapped in chunks; above
+that, random orders are sampled (Castro et al. 2009) and each value comes with the half-width of its 95%
+confidence interval.
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ from .strategy import ServerOptimizer
 if TYPE_CHECKING:  # server.py calls into this module
     from .server import Evaluator
 
-EXACT_MAX_WORKERS = 8  # 2^8 = 256 coalition models: about half a second for crypto_cnn on 1,000 images
+# 2^8 = 256 coalition models: 0.7 s of CPU for crypto_cnn on 1,000 images, but a minute for relu_cnn
+# (bench/bench_shapley.py): heavier models need a lower limit.
+EXACT_MAX_WORKERS = 8
 PERMUTATIONS = 32  # random orders sampled above that
 CHUNK = 8  # coalition models per vmapped evaluation: the fastest for crypto_cnn on 1,000 images (16+ is slower)
-Z_95 = 1.96  # normal quantile: the mean over orders is a sum of independent draws
+Z_95 = 1.96  # normal quantile for a mean of independent orders; it covered ~93% at 32-60 orders (tests)
 SHAPLEY_KEY, SHAPLEY_CI_KEY = "shapley", "shapley_ci"  # the fields a worker row carries
 
 ValueFunction = Callable[[torch.Tensor], torch.Tensor]  # bool coalition masks [M, K] -> values [M]
@@ -61,6 +66,7 @@ def shapley_values(
 ) -> ShapleyResult:
     """Shapley value of each of the round's K >= 1 updates; exact up to ``exact_max_workers``, else sampled.
 
+    Call it before ``optimizer.step``, as contribution_scores is: proposals use the current momentum.
     ``samples`` random orders (at least 2) are drawn with ``generator`` when sampling. With no test subset
     (contribution_subset = 0) the values are NaN, as the leave-one-out scores are.
     """

@@ -62,10 +62,15 @@ def round_gain(global_vector, deltas, counts, optimizer, evaluator) -> float:
     return (accuracies[0] - accuracies[1]).item()
 
 
-def test_exact_values_add_up_to_the_rounds_gain(round_parts):
-    result = shapley_values(*round_parts)
+@pytest.mark.parametrize("momentum", [0.0, 0.9], ids=["FedAvg", "FedAvgM"])
+def test_exact_values_add_up_to_the_rounds_gain(round_parts, momentum):
+    global_vector, deltas, counts, _, evaluator = round_parts
+    optimizer = ServerOptimizer(momentum=momentum)
+    optimizer.velocity = deltas.mean(0) if momentum else None  # as if earlier rounds had moved the model
+    parts = global_vector, deltas, counts, optimizer, evaluator
+    result = shapley_values(*parts)
     assert result.exact and result.ci_halfwidth is None
-    gain = round_gain(*round_parts)
+    gain = round_gain(*parts)  # with momentum, v(empty) is still the start model, not a momentum-only step
     assert gain > 0.3  # the round teaches the untrained model a lot: the values are not all trivially zero
     assert result.values.sum().item() == pytest.approx(gain, abs=1e-5)
 
