@@ -1,7 +1,7 @@
 """How often the Draw page refuses a real digit, and how often it refuses a scribble, before and after a change.
 
-    python bench/bench_drawing.py                      # all 10k test digits; the rule now and at --before
-    python bench/bench_drawing.py --limit 1000         # a quicker look
+    python bench/bench_drawing.py                      # all 10k test digits, the rule now and at --before: 25 CPU min
+    python bench/bench_drawing.py --limit 1000         # a quicker look: 3 CPU min
     python bench/bench_drawing.py --before <git rev>   # compare with that revision's fed_core/preprocess.py
 
 Digits are redrawn the way the canvas records a drawing (pages/2_Draw.py: a 280x280 canvas, white strokes
