@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from fed_core.data import load_mnist, normalize
 from fed_core.preprocess import DrawingError, prepare_digit, read_image
@@ -76,6 +76,50 @@ def blob_canvas(size: int) -> np.ndarray:
     canvas[..., 3] = 255
     canvas[100 : 100 + size, 100 : 100 + size, :3] = 255
     return canvas
+
+
+def brushed(points: list[tuple[int, int]], width: int) -> np.ndarray:
+    """An opaque canvas with one white stroke of a round brush through the points, as the Draw page records it."""
+    image = Image.new("L", (CANVAS, CANVAS))
+    draw = ImageDraw.Draw(image)
+    draw.line(points, fill=255, width=width, joint="curve")
+    for x, y in (points[0], points[-1]):
+        draw.ellipse((x - width / 2, y - width / 2, x + width / 2, y + width / 2), fill=255)
+    canvas = np.zeros((CANVAS, CANVAS, 4), dtype=np.uint8)
+    canvas[..., :3] = np.asarray(image)[..., None]
+    canvas[..., 3] = 255
+    return canvas
+
+
+def zigzag(left: int, top: int, width: int, height: int, brush: int) -> np.ndarray:
+    """A scribble: back and forth across a box, each pass overlapping the last."""
+    points = []
+    for i, y in enumerate(range(top, top + height + 1, brush - 4)):
+        ends = (left, left + width) if i % 2 == 0 else (left + width, left)
+        points += [(ends[0], y), (ends[1], y)]
+    return brushed(points, brush)
+
+
+@pytest.mark.parametrize("index", [8065, 8078, 2473], ids=["bold 8", "bold 1", "bold slanted 1"])
+def test_bold_mnist_digits_are_not_scribbles(mnist, index):
+    """MNIST test digits written with a broad pen: they fill 86-93% of their box."""
+    digit = mnist.test_images[index].numpy()
+    assert prepare_digit(canvas_with(digit, 10, 0, 0)).pixels.max() > 200
+
+
+def test_short_bold_one_is_not_a_scribble():
+    # A 30 px brush, 50 px down: a bar 81 x 31 px that fills 90% of its box, all but the corners.
+    assert prepare_digit(brushed([(140, 115), (140, 165)], 30)).pixels.max() > 200
+
+
+@pytest.mark.parametrize(
+    "left,top,width,height,brush",
+    [(80, 80, 120, 120, 18), (110, 50, 60, 180, 18), (60, 110, 160, 60, 24), (100, 90, 70, 100, 30)],
+    ids=["square", "upright band, shaped like a bold 1", "level band", "small, broad brush"],
+)
+def test_brushed_scribbles_are_refused(left, top, width, height, brush):
+    with pytest.raises(DrawingError, match="scribble"):
+        prepare_digit(zigzag(left, top, width, height, brush))
 
 
 @pytest.mark.parametrize(
