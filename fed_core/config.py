@@ -44,6 +44,7 @@ class TrainConfig:
     server_momentum: float = 0.0
     train_size: int = TRAIN_SIZE  # first n training images (smaller for quick tests)
     contribution_subset: int = 1000  # test images used for the leave-one-out contribution score
+    shapley: bool = True  # also each worker's Shapley value of the round (exact up to 8 workers, else sampled)
     engine: str = "inprocess"  # where workers train: a name of fed_core.engines.ENGINES, checked by engine_for
     manual_approval: bool = False  # syft only: each owner waits for a person to approve every job
     # Privacy (fed_core/aggregation.py, secagg.py, dp.py):
@@ -158,5 +159,14 @@ def estimate_seconds(config: TrainConfig) -> float:
     examples = config.rounds * sampled * (1 - config.dropout) * config.train_size * config.local_epochs
     # Small batches cost more per example (more steps); 128 is the reference.
     batch_factor = max(1.0, (128 / config.batch_size) ** 0.5)
-    per_round_eval = EVAL_SECONDS[config.model] * (1 + config.contribution_subset / 10_000 * config.workers * sampled)
+    per_round_eval = EVAL_SECONDS[config.model] * (1 + config.contribution_subset / 10_000 * scored_models(config))
     return examples / EXAMPLES_PER_SECOND[config.model] * batch_factor + config.rounds * per_round_eval
+
+
+def scored_models(config: TrainConfig) -> int:
+    """Models each round scores on the contribution subset: leave-one-out's, and Shapley's coalitions."""
+    workers = max(1, round(config.fraction * config.workers))
+    if config.secure_aggregation or config.contribution_subset == 0:
+        return 0
+    shapley = 0 if not config.shapley else 2**workers if workers <= 8 else 32 * workers  # shapley.py's defaults
+    return workers + 1 + shapley

@@ -30,6 +30,7 @@ from .data import Mnist, normalize
 from .dp import SecureRandom, poisson_sample_workers
 from .models import new_model
 from .partition import label_histogram, make_partition
+from .shapley import cumulative_shapley, shapley_values
 from .strategy import ServerOptimizer, cosine_to, leave_one_out_averages
 
 
@@ -145,28 +146,48 @@ def run_round(
     lost = "; ".join(f"worker {w} left during secure aggregation: {why}" for w, why in combined.lost.items())
     if combined.average is None:  # secure aggregation refused the round: never a wrong model
         return RoundOutcome(global_vector, reporting, dropped, [], combined.upload_bytes, combined.refused, view)
-    contributions = contribution_scores(global_vector, combined, optimizer, evaluator)
+    scores = contribution_scores(config, round_idx, global_vector, combined, optimizer, evaluator)
     new_vector = optimizer.step(global_vector, combined.average)
-    rows = worker_rows(combined, contributions, config)
+    rows = worker_rows(combined, scores, config)
     return RoundOutcome(new_vector, reporting, dropped, rows, combined.upload_bytes, lost or None, view)
 
 
 def contribution_scores(
-    global_vector: torch.Tensor, combined: Aggregate, optimizer: ServerOptimizer, evaluator: Evaluator
-) -> torch.Tensor | None:
-    """Accuracy of the round's model minus the accuracy it would have without each worker's update.
+    config: TrainConfig,
+    round_idx: int,
+    global_vector: torch.Tensor,
+    combined: Aggregate,
+    optimizer: ServerOptimizer,
+    evaluator: Evaluator,
+) -> dict[str, torch.Tensor]:
+    """Each worker's contribution to the round, as columns of its row (NaN where the server cannot tell).
 
-    None when the server cannot tell: it never sees a single update (secure aggregation) or scoring is off.
+    ``contribution``: the accuracy the round's model would lose without the worker's update (leave-one-out);
+    ``shapley`` (and ``shapley_ci``): its Shapley value, the accuracy it adds on average over every order in
+    which the round's workers could have joined (shapley.py). Neither exists when the server never sees a single
+    update (secure aggregation) or scoring is off.
     """
+    unknown = torch.full((len(combined.reports),), float("nan"))
     if combined.visible is None or len(evaluator.subset) == 0:
-        return None
+        return {"contribution": unknown, "shapley": unknown, "shapley_ci": unknown}
     with_all, _ = optimizer.propose(global_vector, combined.average)
     without_each, _ = optimizer.propose(global_vector, leave_one_out_averages(combined.visible, combined.counts))
     accuracies = evaluator.subset_accuracies(torch.cat([with_all.unsqueeze(0), without_each]))
-    return accuracies[0] - accuracies[1:]
+    scores = {"contribution": accuracies[0] - accuracies[1:], "shapley": unknown, "shapley_ci": unknown}
+    if config.shapley:
+        # Seeded, so a run repeats: the sampled orders are simulation randomness, not a secret.
+        orders = torch.Generator().manual_seed(
+            int(np.random.SeedSequence([config.seed, round_idx, 11]).generate_state(1)[0])
+        )
+        shapley = shapley_values(
+            global_vector, combined.visible, combined.counts, optimizer, evaluator, generator=orders
+        )
+        scores["shapley"] = shapley.values
+        scores["shapley_ci"] = unknown if shapley.ci_halfwidth is None else shapley.ci_halfwidth
+    return scores
 
 
-def worker_rows(combined: Aggregate, contributions: torch.Tensor | None, config: TrainConfig) -> list[dict]:
+def worker_rows(combined: Aggregate, scores: dict[str, torch.Tensor], config: TrainConfig) -> list[dict]:
     """Each reporting worker's figures; the ones made from its update are NaN when the server never saw it."""
     unknown = torch.full((len(combined.reports),), float("nan"))
     if combined.visible is None:
@@ -174,7 +195,6 @@ def worker_rows(combined: Aggregate, contributions: torch.Tensor | None, config:
     else:
         counts, norms = combined.counts.double(), combined.visible.norm(dim=1)
         cosines = cosine_to(combined.visible, combined.average)
-    contributions = unknown if contributions is None else contributions
     weights = counts / counts.sum()
     return [
         {
@@ -183,7 +203,7 @@ def worker_rows(combined: Aggregate, contributions: torch.Tensor | None, config:
             "weight": weights[i].item(),
             "update_norm": norms[i].item(),
             "cosine_to_aggregate": cosines[i].item(),
-            "contribution": contributions[i].item(),
+            **{name: column[i].item() for name, column in scores.items()},
         }
         for i, report in enumerate(combined.reports)
     ]
@@ -209,13 +229,13 @@ class FederatedRun:
     server_view: ServerView | None = None  # of the latest round that had a reporting worker
 
     def to_dict(self) -> dict:
+        rows = [r.workers for r in self.history]
         return {
             "config": self.config.to_dict(),
             "label_histogram": self.label_histogram,
             "rounds": [r.to_dict() for r in self.history],
-            "cumulative_contributions": cumulative_contributions(
-                self.config.workers, [r.workers for r in self.history]
-            ),
+            "cumulative_contributions": cumulative_contributions(self.config.workers, rows),
+            "cumulative_shapley": cumulative_shapley(self.config.workers, rows),
             "final_test_accuracy": self.history[-1].test_accuracy if self.history else None,
             "wall_seconds": self.wall_seconds,
         }

@@ -86,3 +86,7 @@ def test_leave_one_out_scores_a_helpful_update_up_and_its_opposite_down(tiny_dat
     helpful, harmful = (row["contribution"] for row in run.history[0].workers)
     # Together they cancel; without the helpful one the model takes the harmful step, and the other way round.
     assert helpful > 0 > harmful
+    # Shapley shares out the round's gain, here none: what one adds, the other takes away.
+    good_value, bad_value = (row["shapley"] for row in run.history[0].workers)
+    assert good_value > 0 > bad_value and good_value + bad_value == pytest.approx(0, abs=1e-6)
+    assert set(run.to_dict()["cumulative_shapley"]) == {0, 1}

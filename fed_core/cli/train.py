@@ -49,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train-size", type=int, default=DEFAULTS.train_size, help="use the first N training images")
     p.add_argument("--contribution-subset", type=int, default=DEFAULTS.contribution_subset)
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    p.add_argument("--no-shapley", dest="shapley", action="store_false", help="skip the Shapley values of the workers")
     p.add_argument(
         "--secure-agg",
         dest="secure_aggregation",
