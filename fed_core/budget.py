@@ -9,6 +9,7 @@ environment at start-up. Nothing here imports Streamlit.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -39,7 +40,7 @@ class Budget:
     runs_per_server: int = 2  # training runs at once, all sessions together
     runs_per_session: int = 1  # training runs at once started by one browser
     run_seconds: float = 600.0  # estimated wall time a run may take (fed_core.config.estimate_seconds)
-    training_memory_mb: int = 450  # peak memory one in-process run may add to the server
+    training_memory_mb: int = 500  # peak memory one in-process run may add to the server
     encrypted_evals_at_once: int = 1  # Encrypted Test evaluations at once, all sessions together
     encrypted_wait_seconds: float = 20.0  # how long a request waits for that slot before it is refused
     he_images_per_request: int = 4096  # one HE pass (one image per slot); about 50 s on 2 cores
@@ -79,41 +80,34 @@ def load_budget(environ: Mapping[str, str] | None = None) -> Budget:
 
 
 # --- memory of an in-process run ---------------------------------------------------------------------------
-# Measured on this machine with tracked peak RSS (bench/bench_app.py --estimator checks the sum against whole
-# runs). A "trained" example is one image in one worker's vmapped SGD step (input, saved activations and their
-# gradients); a "scored" example is one image through one model without gradients.
-BYTES_PER_TRAINED_EXAMPLE = {"crypto_cnn": 23_000, "relu_cnn": 260_000, "fedavg_cnn": 700_000}
-BYTES_PER_SCORED_EXAMPLE = {"crypto_cnn": 4_200, "relu_cnn": 60_000, "fedavg_cnn": 190_000}
-PARAM_COPIES = 4  # per worker: its weights, momentum, gradients and its update
+# Measured on the 2-core machine from the growth of peak RSS around fed_core's own trainer and evaluator (one
+# torch thread); ``python bench/bench_app.py estimator`` compares the estimate with whole runs. A "trained"
+# example is one image in one worker's vmapped SGD step (input, saved activations and their gradients); a
+# "scored" example is one image through one model without gradients.
+BYTES_PER_TRAINED_EXAMPLE = {"crypto_cnn": 25_000, "relu_cnn": 255_000, "fedavg_cnn": 610_000}
+BYTES_PER_SCORED_EXAMPLE = {"crypto_cnn": 4_200, "relu_cnn": 120_000, "fedavg_cnn": 240_000}
+PARAM_COPIES = 5  # per worker: its weights, momentum, gradients, their clipped copy and its update
 PROBE_EXAMPLES = 512  # fed_core.client.EVAL_SAMPLE: each worker scores itself on this many of its images
+PROBE_INPUT_BYTES = 2 * 28 * 28 * 4  # a probe image is the worker's own: gathered, then normalised
 EVAL_CHUNK = 2500  # fed_core.server.Evaluator.evaluate's chunk of the test set
 TEST_SET_BYTES = 10_000 * 28 * 28 * 4  # the normalised test set the evaluator keeps
 
 
-def parameter_count(model: str) -> int:
+@functools.cache
+def _parameters(model: str) -> int:
     return sum(p.numel() for p in MODELS[model]().parameters())
 
 
-_PARAMETERS: dict[str, int] = {}
-
-
-def _parameters(model: str) -> int:
-    if model not in _PARAMETERS:
-        _PARAMETERS[model] = parameter_count(model)
-    return _PARAMETERS[model]
-
-
 def worker_batch_bytes(model: str, batch_size: int) -> int:
-    """Bytes one more worker adds to a vmapped local-training step with this batch size.
+    """Bytes one more worker adds to vmapped local training with this batch size.
 
-    Its copies of the weights, its probe of its own examples, and its batch's activations and gradients. A
-    trainer that trains workers in groups fits ``training_memory_budget() // worker_batch_bytes(...)`` at once.
+    Its copies of the weights, plus the larger of its two phases: scoring itself on its probe examples, and
+    one SGD step on a batch. A trainer that trains workers in groups can fit
+    ``training_memory_budget() // worker_batch_bytes(model, batch_size)`` of them at once.
     """
-    return (
-        PARAM_COPIES * 4 * _parameters(model)
-        + PROBE_EXAMPLES * BYTES_PER_SCORED_EXAMPLE[model]
-        + batch_size * BYTES_PER_TRAINED_EXAMPLE[model]
-    )
+    probe = PROBE_EXAMPLES * (BYTES_PER_SCORED_EXAMPLE[model] + PROBE_INPUT_BYTES)
+    step = batch_size * BYTES_PER_TRAINED_EXAMPLE[model]
+    return PARAM_COPIES * 4 * _parameters(model) + max(probe, step)
 
 
 def sampled_workers(config: TrainConfig) -> int:
@@ -140,7 +134,7 @@ def estimate_run_bytes(config: TrainConfig, workers_at_once: int | None = None) 
 
 
 def training_memory_budget(budget: Budget | None = None) -> int:
-    """Bytes one training run may use on this server (FEDMNIST_TRAINING_MEMORY_MB, 450 MB by default)."""
+    """Bytes one training run may use on this server (FEDMNIST_TRAINING_MEMORY_MB, 500 MB by default)."""
     return (budget or load_budget()).training_memory_bytes
 
 

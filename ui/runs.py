@@ -35,7 +35,7 @@ def owner_token() -> str | None:
     token = st.session_state.get(session.OWNER_TOKEN)
     if token is None:
         cookie = st.context.cookies.get(session.OWNER_COOKIE)
-        if cookie and TOKEN_SHAPE.fullmatch(cookie):
+        if isinstance(cookie, str) and TOKEN_SHAPE.fullmatch(cookie):
             token = st.session_state[session.OWNER_TOKEN] = cookie
     return token
 
