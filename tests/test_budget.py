@@ -1,6 +1,8 @@
-"""The server's budget: limits from the environment, the run estimators, refusals that say what to change."""
+"""What keeps a shared server usable: the budget's limits from the environment, the run estimators, refusals
+that say what to change, the gates and key cache, and a web server Streamlit does not warn about."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,7 @@ from fed_core.budget import (
 from fed_core.config import TrainConfig, estimate_seconds
 
 DEFAULT = TrainConfig()
+REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
 
 
 def test_defaults_fit_a_small_instance_and_the_environment_raises_them():
@@ -96,3 +99,29 @@ def test_session_cache_drops_idle_entries_and_the_least_recently_used():
     now[0] = 100  # a was last used at 15, c at 20: both idle for more than 60 s
     cache.sweep()
     assert len(cache) == 0 and cache.get("a") is None
+
+
+def pinned(name: str) -> str:
+    line = next(x for x in REQUIREMENTS.read_text().splitlines() if x.startswith(f"{name}=="))
+    return line.split("==")[1].strip()
+
+
+def proxy_warnings(monkeypatch, versions: dict[str, str] | None = None) -> list:
+    """Run Streamlit's own start-up check of the uvicorn/websockets pair; the warnings it would log."""
+    from streamlit.web.server.starlette import starlette_server
+
+    logged = []
+    monkeypatch.setattr(starlette_server._LOGGER, "warning", lambda *args, **kwargs: logged.append(args))
+    if versions is not None:
+        monkeypatch.setattr(starlette_server, "_package_version", versions.__getitem__)
+    starlette_server._maybe_warn_uvicorn_websockets_mismatch()
+    return logged
+
+
+def test_streamlit_does_not_warn_about_the_pinned_uvicorn_and_websockets(monkeypatch):
+    assert proxy_warnings(monkeypatch, {"uvicorn": "0.49.0", "websockets": "17.4"})  # the check does warn
+    assert proxy_warnings(monkeypatch, {"uvicorn": pinned("uvicorn"), "websockets": pinned("websockets")}) == []
+
+
+def test_streamlit_does_not_warn_about_the_installed_uvicorn_and_websockets(monkeypatch):
+    assert proxy_warnings(monkeypatch) == []
