@@ -24,9 +24,10 @@ from .models import MODELS
 ENV_PREFIX = "FEDMNIST_"
 MB = 1_000_000
 
-# A syft data owner runs at most this many approved jobs at once. Each job is a new Python process that
-# imports torch (about 500 MB resident with the CUDA wheel, a core for about 4 s), so two fill a 2-core machine.
-SYFT_OWNER_JOBS_AT_ONCE = 2
+# Approved syft training jobs running at once on this server, all data owners together. Each job is a new
+# Python process that imports torch: about 4 s of a core and 530 MB resident (measured here with the CUDA wheel),
+# so a second one at once would not fit beside two runs in 2.5 GB.
+SYFT_OWNER_JOBS_AT_ONCE = 1
 
 
 class BudgetError(ValueError):
