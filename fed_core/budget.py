@@ -69,7 +69,7 @@ def load_budget(environ: Mapping[str, str] | None = None) -> Budget:
         text = environ.get(env_name(f.name))
         if text is None:
             continue
-        kind = int if f.type == "int" else float
+        kind = type(f.default)  # int or float
         try:
             value = kind(text)
         except ValueError:
@@ -181,7 +181,11 @@ def _duration(seconds: float) -> str:
 
 
 def budget_problems(config: TrainConfig, budget: Budget) -> list[str]:
-    """Why this server will not run ``config`` (time or memory over its budget) and what to lower; empty if fine."""
+    """Why this server will not run ``config`` and what to lower; empty if it fits.
+
+    Time is checked for every engine (the estimate is the in-process one: syft and Flower take longer); memory
+    only for the in-process engine, whose workers live in this server's process.
+    """
     out = []
     seconds = estimate_seconds(config)
     if seconds > budget.run_seconds:
