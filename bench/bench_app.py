@@ -1,7 +1,8 @@
 """The app as a visitor meets it: cold start, the server's memory, and the memory estimator against real runs.
 
     python bench/bench_app.py              # cold start; peak server memory: a default run, then a Draw (HE)
-                                           # classification; then the worst settings the default budget allows
+                                           # classification; then the worst case the default budget allows
+    python bench/bench_app.py worst        # only that worst case
     python bench/bench_app.py estimator    # fed_core.budget.estimate_run_bytes vs measured peak RSS of real runs
 
 Starts `streamlit run app.py` on a free loopback port and drives it with headless Chromium.
@@ -122,25 +123,44 @@ def browser_main() -> None:
 
 
 def worst_case(url: str, pid: int) -> None:
-    """Two visitors start the biggest run the default budget allows while a third classifies under HE."""
+    """Two visitors start the biggest run the default budget allows; meanwhile as many visitors as may hold HE
+    keys classify a drawn digit, and one runs the largest HE evaluation allowed on the Encrypted Test page."""
     config = worst_allowed(Budget())
     print(
         f"worst allowed run: {config.model}, {config.workers} workers, C={config.fraction}, B={config.batch_size} "
         f"(estimate {estimate_run_bytes(config) / MB:.0f} MB)"
     )
-    browsers = [new_browser() for _ in range(3)]
+    budget = Budget()
+    browsers = [new_browser() for _ in range(3 + budget.he_key_sets)]
     try:
         with PeakMemory(pid) as memory:
-            pages = [Page(b, timeout=900) for b in browsers]
+            pages = [Page(b, timeout=1800) for b in browsers]
             for page in pages[:2]:
                 start_run(page, url, config)
-            classify_drawn_digit(pages[2], url)
-            for page in pages[:2]:
-                WebDriverWait(page.driver, 1800, poll_frequency=0.5).until(lambda d, p=page: "Done:" in p.text())
-        print(f"two worst allowed runs and a Draw (HE) classification: peak server memory {memory.peak / MB:.0f} MB")
+            start_he_evaluation(pages[2], url, budget.he_images_per_request)
+            for page in pages[3:]:
+                classify_drawn_digit(page, url)
+            for page in pages[:3]:
+                WebDriverWait(page.driver, 3600, poll_frequency=1).until(
+                    lambda d, p=page: "Done:" in p.text() or "HE (" in p.text()
+                )
+        print(
+            f"two worst allowed runs, an HE evaluation of {budget.he_images_per_request:,} test images and "
+            f"{budget.he_key_sets} Draw (HE) classifications at once: peak server memory {memory.peak / MB:.0f} MB"
+        )
     finally:
         for b in browsers:
             b.quit()
+
+
+def start_he_evaluation(page: Page, url: str, images: int) -> None:
+    from test_encrypted_browser import choose
+
+    page.open(f"{url}/Encrypted_Test")
+    page.click("Use the small pretrained model")
+    choose(page, "Homomorphic encryption")
+    page.set_number("Test images", images)
+    page.click("Run encrypted evaluation")
 
 
 def start_run(page: Page, url: str, config: TrainConfig) -> None:
@@ -215,5 +235,12 @@ def estimator_main() -> None:
         )
 
 
+def worst_main() -> None:
+    log = tempfile.NamedTemporaryFile(prefix="streamlit-bench-", suffix=".log", delete=False)  # noqa: SIM115 (the server writes to it until the end)
+    with streamlit_server(log) as (url, process):
+        worst_case(url, process.pid)
+
+
 if __name__ == "__main__":
-    estimator_main() if sys.argv[1:] == ["estimator"] else browser_main()
+    modes = {"estimator": estimator_main, "worst": worst_main}
+    modes.get(sys.argv[1] if sys.argv[1:] else "", browser_main)()

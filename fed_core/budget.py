@@ -41,13 +41,13 @@ class Budget:
     runs_per_server: int = 2  # training runs at once, all sessions together
     runs_per_session: int = 1  # training runs at once started by one browser
     run_seconds: float = 600.0  # estimated wall time a run may take (fed_core.config.estimate_seconds)
-    training_memory_mb: int = 500  # peak memory one in-process run may add to the server
+    training_memory_mb: int = 400  # peak memory one in-process run may add to the server
     encrypted_evals_at_once: int = 1  # Encrypted Test evaluations at once, all sessions together
     encrypted_wait_seconds: float = 20.0  # how long a request waits for that slot before it is refused
     he_images_per_request: int = 4096  # one HE pass (one image per slot); about 50 s on 2 cores
     mpc_images_per_request: int = 10_000  # the whole test set: MPC does thousands of images a second
     he_key_idle_seconds: float = 600.0  # a session's HE keys are released after this long unused
-    he_key_sets: int = 3  # sessions holding HE keys at once (about 160 MB each); the least recently used goes
+    he_key_sets: int = 2  # sessions holding HE keys at once (about 160 MB each); the least recently used goes
 
     @property
     def training_memory_bytes(self) -> int:
@@ -135,7 +135,7 @@ def estimate_run_bytes(config: TrainConfig, workers_at_once: int | None = None) 
 
 
 def training_memory_budget(budget: Budget | None = None) -> int:
-    """Bytes one training run may use on this server (FEDMNIST_TRAINING_MEMORY_MB, 500 MB by default)."""
+    """Bytes one training run may use on this server (FEDMNIST_TRAINING_MEMORY_MB, 400 MB by default)."""
     return (budget or load_budget()).training_memory_bytes
 
 
