@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "browser"))
 
 from browser_helpers import Page, new_browser, streamlit_server
+from selenium.webdriver.common.by import By
+from test_encrypted_browser import SEVEN, choose, classify, draw
 
 from fed_core.budget import Budget, estimate_run_bytes
 from fed_core.config import TrainConfig
@@ -86,13 +88,7 @@ def train_in_browser(page: Page, url: str, workers: int, rounds: int) -> float:
 
 
 def classify_drawn_digit(page: Page, url: str) -> None:
-    from test_encrypted_browser import SEVEN, classify, draw
-
-    page.open(f"{url}/Draw")
-    page.click("Use the small pretrained model")
-    page.button("Classify")
-    draw(page, SEVEN)
-    page.wait_text("Preview: what the model will see")
+    set_up_drawing(page, url)
     classify(page, "secret key included")
 
 
@@ -124,26 +120,33 @@ def browser_main() -> None:
 
 def worst_case(url: str, pid: int) -> None:
     """Two visitors start the biggest run the default budget allows; meanwhile as many visitors as may hold HE
-    keys classify a drawn digit, and one runs the largest HE evaluation allowed on the Encrypted Test page."""
-    config = worst_allowed(Budget())
+    keys classify a drawn digit, and one runs the largest HE evaluation allowed on the Encrypted Test page.
+
+    Every page is opened and set up first: a server busy with two runs is slow to serve new pages.
+    """
+    budget = Budget()
+    config = worst_allowed(budget)
     print(
         f"worst allowed run: {config.model}, {config.workers} workers, C={config.fraction}, B={config.batch_size} "
         f"(estimate {estimate_run_bytes(config) / MB:.0f} MB)"
     )
-    budget = Budget()
     browsers = [new_browser() for _ in range(3 + budget.he_key_sets)]
     try:
+        pages = [Page(b, timeout=1800) for b in browsers]
+        trainers, tester, drawers = pages[:2], pages[2], pages[3:]
+        for page in trainers:
+            set_up_run(page, url, config)
+        set_up_he_evaluation(tester, url, budget.he_images_per_request)
+        for page in drawers:
+            set_up_drawing(page, url)
         with PeakMemory(pid) as memory:
-            pages = [Page(b, timeout=1800) for b in browsers]
-            for page in pages[:2]:
-                start_run(page, url, config)
-            start_he_evaluation(pages[2], url, budget.he_images_per_request)
-            for page in pages[3:]:
-                classify_drawn_digit(page, url)
-            for page in pages[:3]:
-                WebDriverWait(page.driver, 3600, poll_frequency=1).until(
-                    lambda d, p=page: "Done:" in p.text() or "HE (" in p.text()
-                )
+            for page in (*trainers, tester):
+                page.click("Start" if page in trainers else "Run encrypted evaluation")
+            for page in drawers:
+                classify(page, "secret key included")
+            for page in trainers:
+                WebDriverWait(page.driver, 3600, poll_frequency=1).until(lambda d, p=page: "Done:" in p.text())
+            WebDriverWait(tester.driver, 3600, poll_frequency=1).until(lambda d: "HE (" in tester.text())
         print(
             f"two worst allowed runs, an HE evaluation of {budget.he_images_per_request:,} test images and "
             f"{budget.he_key_sets} Draw (HE) classifications at once: peak server memory {memory.peak / MB:.0f} MB"
@@ -153,26 +156,27 @@ def worst_case(url: str, pid: int) -> None:
             b.quit()
 
 
-def start_he_evaluation(page: Page, url: str, images: int) -> None:
-    from test_encrypted_browser import choose
-
+def set_up_he_evaluation(page: Page, url: str, images: int) -> None:
     page.open(f"{url}/Encrypted_Test")
     page.click("Use the small pretrained model")
     choose(page, "Homomorphic encryption")
     page.set_number("Test images", images)
-    page.click("Run encrypted evaluation")
 
 
-def start_run(page: Page, url: str, config: TrainConfig) -> None:
-    from selenium.webdriver.common.by import By
-
+def set_up_run(page: Page, url: str, config: TrainConfig) -> None:
     page.open(f"{url}/Train")
     page.set_number("Workers", config.workers)
     page.set_number("Rounds", config.rounds)
     page.driver.find_element(By.XPATH, "//summary[contains(., 'More settings')]").click()
     page.set_number("Batch size B", config.batch_size)
-    page.click("Start")
-    page.wait_text("of 2")
+
+
+def set_up_drawing(page: Page, url: str) -> None:
+    page.open(f"{url}/Draw")
+    page.click("Use the small pretrained model")
+    page.button("Classify")
+    draw(page, SEVEN)
+    page.wait_text("Preview: what the model will see")
 
 
 # --- the estimator against real runs ----------------------------------------------------------------------------
