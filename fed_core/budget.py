@@ -44,7 +44,9 @@ class Budget:
     training_memory_mb: int = 400  # peak memory one in-process run may add to the server
     encrypted_evals_at_once: int = 1  # Encrypted Test evaluations at once, all sessions together
     encrypted_wait_seconds: float = 20.0  # how long a request waits for that slot before it is refused
-    he_images_per_request: int = 4096  # one HE pass (one image per slot); about 50 s on 2 cores
+    # Few enough that HE encrypts one image at a time (about 200 MB, 0.35 s an image): packing one image per slot
+    # needs about 1.7 GB more however few images a pass holds (measured with 512), which a 2.5 GB server lacks.
+    he_images_per_request: int = 100
     mpc_images_per_request: int = 10_000  # the whole test set: MPC does thousands of images a second
     he_key_idle_seconds: float = 600.0  # a session's HE keys are released after this long unused
     he_key_sets: int = 2  # sessions holding HE keys at once (about 160 MB each); the least recently used goes

@@ -192,8 +192,8 @@ def test_encrypted_test_page_refuses_more_images_than_the_server_allows():
     at = page("pages/3_Encrypted_Test.py").run()
     button(at, "Use the small pretrained model").click().run()
     at.radio[0].set_value("he")
-    at.number_input[0].set_value(5000).run()
-    assert "at most 4,096 images per request under HE" in at.error[0].value
+    at.number_input[0].set_value(500).run()
+    assert "at most 100 images per request under HE" in at.error[0].value
     assert button(at, "Run encrypted evaluation").disabled
 
 
