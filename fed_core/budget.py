@@ -75,7 +75,8 @@ def load_budget(environ: Mapping[str, str] | None = None) -> Budget:
         try:
             value = kind(text)
         except ValueError:
-            raise BudgetError(f"{env_name(f.name)} must be a {kind.__name__} number, got {text!r}.") from None
+            expected = "a whole number" if kind is int else "a number"
+            raise BudgetError(f"{env_name(f.name)} must be {expected}, got {text!r}.") from None
         if not (math.isfinite(value) and value > 0):
             raise BudgetError(f"{env_name(f.name)} must be positive, got {text!r}.")
         values[f.name] = value
