@@ -1,41 +1,58 @@
-"""The app as a visitor meets it: cold start to first paint, and the server's memory during a default run.
+"""The app as a visitor meets it: cold start, the server's memory, and the memory estimator against real runs.
 
-    python bench/bench_app.py
+    python bench/bench_app.py              # cold start; peak server memory: a default run, then a Draw (HE)
+                                           # classification; then the worst case the default budget allows
+    python bench/bench_app.py worst        # only that worst case
+    python bench/bench_app.py estimator    # fed_core.budget.estimate_run_bytes vs measured peak RSS of real runs
 
 Starts `streamlit run app.py` on a free loopback port and drives it with headless Chromium.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
 from selenium.webdriver.support.ui import WebDriverWait
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "browser"))
 
 from browser_helpers import Page, new_browser, streamlit_server
+from selenium.webdriver.common.by import By
+from test_encrypted_browser import SEVEN, choose, classify, draw
+
+from fed_core.budget import Budget, estimate_run_bytes
+from fed_core.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+MB = 1e6
 
 
-def tree_rss_mb(pid: int) -> float:
+def tree_rss(pid: int) -> float:
+    """Resident bytes of a process and its children."""
     process = psutil.Process(pid)
-    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**20
+    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
 
 
 class PeakMemory:
-    """Samples the server's resident memory (with its children) every 0.1 s in a thread."""
+    """Samples a process tree's resident memory every 50 ms in a thread; ``peak`` in bytes."""
 
     def __init__(self, pid: int) -> None:
         self.pid, self.peak, self._stop = pid, 0.0, threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
-        while not self._stop.wait(0.1):
-            self.peak = max(self.peak, tree_rss_mb(self.pid))
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, tree_rss(self.pid))
 
     def __enter__(self) -> PeakMemory:
         self._thread.start()
@@ -46,29 +63,188 @@ class PeakMemory:
         self._thread.join()
 
 
-def main() -> None:
+# --- in the browser -------------------------------------------------------------------------------------------
+
+
+def worst_allowed(budget: Budget) -> TrainConfig:
+    """The crypto-CNN run (every worker sampled) with the largest memory estimate the budget accepts."""
+    candidates = [
+        TrainConfig(workers=workers, batch_size=batch, rounds=2)
+        for workers in (5, 10, 20, 50, 80, 100)
+        for batch in (32, 64, 128, 256, 512, 1024)
+    ]
+    allowed = [c for c in candidates if estimate_run_bytes(c) <= budget.training_memory_bytes]
+    return max(allowed, key=estimate_run_bytes)
+
+
+def train_in_browser(page: Page, url: str, workers: int, rounds: int) -> float:
+    page.open(f"{url}/Train")
+    page.set_number("Workers", workers)
+    page.set_number("Rounds", rounds)
+    started = time.perf_counter()
+    page.click("Start")
+    WebDriverWait(page.driver, 900, poll_frequency=0.2).until(lambda d: "Done:" in page.text())
+    return time.perf_counter() - started
+
+
+def classify_drawn_digit(page: Page, url: str) -> None:
+    set_up_drawing(page, url)
+    classify(page, "secret key included")
+
+
+def browser_main() -> None:
     browser = new_browser()  # started first: its own start-up is not the app's cold start
     log = tempfile.NamedTemporaryFile(prefix="streamlit-bench-", suffix=".log", delete=False)  # noqa: SIM115 (the server writes to it until the end)
     try:
         started = time.perf_counter()
         with streamlit_server(log) as (url, process):
             healthy = time.perf_counter() - started
-            page = Page(browser, timeout=120)
+            page = Page(browser, timeout=300)
             browser.get(url)
             page.wait_text("Private machine learning, live")
             first_paint = time.perf_counter() - started
             print(f"cold start: server healthy after {healthy:.1f} s, landing page painted after {first_paint:.1f} s")
-            print(f"server memory idle: {tree_rss_mb(process.pid):.0f} MB")
-            page.open(f"{url}/Train")
+            print(f"server memory idle: {tree_rss(process.pid) / MB:.0f} MB")
             with PeakMemory(process.pid) as memory:
-                run_started = time.perf_counter()
-                page.click("Start")
-                WebDriverWait(browser, 600, poll_frequency=0.2).until(lambda d: "Done:" in page.text())
-                seconds = time.perf_counter() - run_started
-            print(f"default run in the browser: {seconds:.1f} s; peak server memory {memory.peak:.0f} MB")
+                seconds = train_in_browser(page, url, TrainConfig().workers, TrainConfig().rounds)
+                after_run = memory.peak
+                classify_drawn_digit(page, url)
+            print(
+                f"default run in the browser: {seconds:.1f} s; peak server memory {after_run / MB:.0f} MB during "
+                f"the run, {memory.peak / MB:.0f} MB with the Draw (HE) classification after it (goal: 1,000 MB)"
+            )
+            worst_case(url, process.pid)
     finally:
         browser.quit()
 
 
+def worst_case(url: str, pid: int) -> None:
+    """Two visitors start the biggest run the default budget allows; meanwhile as many visitors as may hold HE
+    keys classify a drawn digit, and one runs the largest HE evaluation allowed on the Encrypted Test page.
+
+    Every page is opened and set up first: a server busy with two runs is slow to serve new pages.
+    """
+    budget = Budget()
+    config = worst_allowed(budget)
+    print(
+        f"worst allowed run: {config.model}, {config.workers} workers, C={config.fraction}, B={config.batch_size} "
+        f"(estimate {estimate_run_bytes(config) / MB:.0f} MB)"
+    )
+    browsers = [new_browser() for _ in range(3 + budget.he_key_sets)]
+    try:
+        pages = [Page(b, timeout=1800) for b in browsers]
+        trainers, tester, drawers = pages[:2], pages[2], pages[3:]
+        for page in trainers:
+            set_up_run(page, url, config)
+        set_up_he_evaluation(tester, url, budget.he_images_per_request)
+        for page in drawers:
+            set_up_drawing(page, url)
+        with PeakMemory(pid) as memory:
+            for page in (*trainers, tester):
+                page.click("Start" if page in trainers else "Run encrypted evaluation")
+            for page in drawers:
+                classify(page, "secret key included")
+            for page in trainers:
+                WebDriverWait(page.driver, 3600, poll_frequency=1).until(lambda d, p=page: "Done:" in p.text())
+            WebDriverWait(tester.driver, 3600, poll_frequency=1).until(lambda d: "HE (" in tester.text())
+        print(
+            f"two worst allowed runs, an HE evaluation of {budget.he_images_per_request:,} test images and "
+            f"{budget.he_key_sets} Draw (HE) classifications at once: peak server memory {memory.peak / MB:.0f} MB"
+        )
+    finally:
+        for b in browsers:
+            b.quit()
+
+
+def set_up_he_evaluation(page: Page, url: str, images: int) -> None:
+    page.open(f"{url}/Encrypted_Test")
+    page.click("Use the small pretrained model")
+    choose(page, "Homomorphic encryption")
+    page.set_number("Test images", images)
+
+
+def set_up_run(page: Page, url: str, config: TrainConfig) -> None:
+    page.open(f"{url}/Train")
+    page.set_number("Workers", config.workers)
+    page.set_number("Rounds", config.rounds)
+    page.driver.find_element(By.XPATH, "//summary[contains(., 'More settings')]").click()
+    page.set_number("Batch size B", config.batch_size)
+
+
+def set_up_drawing(page: Page, url: str) -> None:
+    page.open(f"{url}/Draw")
+    page.click("Use the small pretrained model")
+    page.button("Classify")
+    draw(page, SEVEN)
+    page.wait_text("Preview: what the model will see")
+
+
+# --- the estimator against real runs ----------------------------------------------------------------------------
+
+ESTIMATOR_SETTINGS = [
+    TrainConfig(),
+    TrainConfig(workers=100),
+    TrainConfig(workers=20, batch_size=1024),
+    TrainConfig(workers=50, batch_size=512, contribution_subset=0),
+    TrainConfig(model="relu_cnn", fraction=0.4),
+    TrainConfig(model="fedavg_cnn", fraction=0.2, batch_size=64),
+]
+
+MEASURE_ONE = """
+import json, resource, sys, threading, time, psutil, torch
+torch.set_num_threads(1)
+from fed_core.config import TrainConfig
+from fed_core.data import load_mnist
+from fed_core.engines import engine_for
+config = TrainConfig.from_dict(json.loads(sys.argv[1]))
+data = load_mnist()
+process, peak, done = psutil.Process(), [0], threading.Event()
+cold = process.memory_info().rss
+# The first run of a process maps torch's kernels in: paid once per server, not per run. Warm up, then measure.
+engine_for(TrainConfig(workers=2, rounds=1, train_size=2000, model=config.model, contribution_subset=10)).run(data)
+warm = process.memory_info().rss
+engine = engine_for(config)
+def sample():
+    while not done.wait(0.005):
+        peak[0] = max(peak[0], process.memory_info().rss)
+before = process.memory_info().rss
+thread = threading.Thread(target=sample); thread.start()
+engine.run(data)
+done.set(); thread.join()
+print(json.dumps({"before": before, "peak": peak[0], "warm_up": warm - cold}))
+"""
+
+
+def estimator_main() -> None:
+    print("settings | estimate | measured peak RSS growth | measured / estimate | one-time warm-up of the process")
+    for config in ESTIMATOR_SETTINGS:
+        config = replace(config, rounds=1)
+        reply = subprocess.run(
+            [sys.executable, "-c", MEASURE_ONE, json.dumps(config.to_dict())],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        figures = json.loads(reply.stdout.strip().splitlines()[-1])
+        measured, estimate = figures["peak"] - figures["before"], estimate_run_bytes(config)
+        label = (
+            f"{config.model}, {config.workers} workers, C={config.fraction}, B={config.batch_size}, "
+            f"contribution subset {config.contribution_subset}"
+        )
+        print(
+            f"{label} | {estimate / MB:.0f} MB | {measured / MB:.0f} MB | {measured / estimate:.2f} | "
+            f"{figures['warm_up'] / MB:.0f} MB"
+        )
+
+
+def worst_main() -> None:
+    log = tempfile.NamedTemporaryFile(prefix="streamlit-bench-", suffix=".log", delete=False)  # noqa: SIM115 (the server writes to it until the end)
+    with streamlit_server(log) as (url, process):
+        worst_case(url, process.pid)
+
+
 if __name__ == "__main__":
-    main()
+    modes = {"estimator": estimator_main, "worst": worst_main}
+    modes.get(sys.argv[1] if sys.argv[1:] else "", browser_main)()

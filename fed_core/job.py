@@ -1,11 +1,13 @@
 """A federated run in a background thread, watched through thread-safe snapshots.
 
-The thread never touches any UI: a page (or the CLI) polls :meth:`TrainingJob.snapshot`.
-:class:`JobSlots` caps how many runs share the machine at once.
+The thread never touches any UI: a page (or the CLI) polls :meth:`TrainingJob.snapshot`. A run belongs to
+whoever holds its secret owner token: only they may stop it or take its model; anyone with its id may watch.
+:class:`JobSlots` caps how many runs share the machine at once, and how many one owner runs.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 import time
@@ -25,6 +27,7 @@ from .server import FederatedRun, RoundRecord, cumulative_contributions
 log = logging.getLogger(__name__)
 
 PENDING, RUNNING, DONE, STOPPED, FAILED = "pending", "running", "done", "stopped", "failed"
+BUSY, OWNER_BUSY = "busy", "owner_busy"  # why JobSlots.try_start refused a job
 
 
 @dataclass
@@ -47,9 +50,16 @@ class JobSnapshot:
 class TrainingJob:
     """One federated run. ``start()`` launches it; ``stop()`` asks it to stop between batches."""
 
-    def __init__(self, engine: Engine, load_data: Callable[[], Mnist] = load_mnist, torch_threads: int = 1) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        load_data: Callable[[], Mnist] = load_mnist,
+        torch_threads: int = 1,
+        owner_token: str | None = None,
+    ) -> None:
         self.engine = engine  # from fed_core.engines.engine_for, which validated its config
         self.config = engine.config
+        self._owner_token = owner_token  # a secret (secrets.token_urlsafe) of the session that started the run
         # One intra-op thread per run: two OpenMP threads that share the cores with a browser, another run
         # or a web server spin-wait for each other, measured here at 5-10x slower rounds; one thread is not.
         self.torch_threads = torch_threads
@@ -65,6 +75,15 @@ class TrainingJob:
         self._started_at = 0.0
         self._finished_at: float | None = None
         self._thread = threading.Thread(target=self._work, name="federated-run", daemon=True)
+
+    def is_owner(self, token: str | None) -> bool:
+        """Whether ``token`` is this run's owner token, compared in constant time; a run without one has no owner."""
+        if not token or not self._owner_token:
+            return False
+        return hmac.compare_digest(token.encode(), self._owner_token.encode())
+
+    def same_owner(self, other: TrainingJob) -> bool:
+        return other.is_owner(self._owner_token)
 
     def start(self) -> TrainingJob:
         self._started_at = time.perf_counter()
@@ -135,24 +154,31 @@ class TrainingJob:
         return max(0.0, per_round * self.config.rounds - elapsed)
 
     def result(self) -> FederatedRun | None:
-        """The finished run (model and history), or None while running or if it failed to start."""
+        """The finished run, or None while it runs or if no round finished.
+
+        A stopped or failed run keeps what it had: its history and the model of its last finished round (the
+        server loop writes the model only once a round is complete, so a failure inside a round leaves it as is).
+        """
         with self._lock:
-            return self._run if self._status in (DONE, STOPPED) else None
+            finished = self._status in (DONE, STOPPED, FAILED)
+            return self._run if finished and self._run is not None and self._run.history else None
 
     @property
     def model(self) -> nn.Module | None:
+        """The global model of the last finished round, once the run is over."""
         run = self.result()
-        return run.model if run and run.history else None
+        return run.model if run else None
 
 
 class JobSlots:
-    """A global cap on concurrent runs, shared by every browser session of one server.
+    """Caps on concurrent runs, shared by every browser session of one server: in all, and per owner token.
 
-    It also remembers every job it started by id, so a reloaded page can find its run again.
+    It also remembers every job it started by id, so a reloaded page (or a shared link) can find the run.
     """
 
-    def __init__(self, capacity: int = 2) -> None:
+    def __init__(self, capacity: int = 2, per_owner: int = 1) -> None:
         self.capacity = capacity
+        self.per_owner = per_owner
         self._lock = threading.Lock()
         self._running: list[TrainingJob] = []
         self._by_id: dict[str, TrainingJob] = {}
@@ -161,17 +187,20 @@ class JobSlots:
         with self._lock:
             return self._by_id.get(job_id)
 
-    def try_start(self, job: TrainingJob) -> bool:
-        """Start ``job`` if a slot is free; False means busy (see :meth:`wait_estimate`)."""
+    def try_start(self, job: TrainingJob) -> str | None:
+        """Start ``job``, or say why not: :data:`BUSY` (every slot taken, see :meth:`wait_estimate`) or
+        :data:`OWNER_BUSY` (its owner already runs ``per_owner`` jobs)."""
         with self._lock:
             self._running = [j for j in self._running if not j.snapshot().finished]
+            if sum(job.same_owner(j) for j in self._running) >= self.per_owner:
+                return OWNER_BUSY
             if len(self._running) >= self.capacity:
-                return False
+                return BUSY
             self._running.append(job)
             self._by_id[job.job_id] = job
             self._forget_oldest_finished()
         job.start()
-        return True
+        return None
 
     def _forget_oldest_finished(self, keep: int = 32) -> None:
         finished = [i for i, j in self._by_id.items() if j not in self._running]

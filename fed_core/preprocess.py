@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -39,15 +40,26 @@ class PreparedDigit:
     tensor: torch.Tensor  # float [1, 1, 28, 28], normalised like training
 
 
-def read_image(path: Path | str) -> np.ndarray:
-    """An image file -> uint8 array: HxWx4 if it has transparency, else HxWx3."""
+def read_image(source: Path | str | BinaryIO) -> np.ndarray:
+    """An image file (a path, or an open binary file such as a canvas's PNG) -> uint8 array: HxWx4 if it has
+    transparency, else HxWx3.
+
+    The size in the file's header is checked before any pixel is decoded: a small file can claim to be
+    20000x20000 (a "decompression bomb") and would need gigabytes once decoded.
+    """
+    name = str(source) if isinstance(source, (str, Path)) else "The image"
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
+            width, height = image.size
+            if width > MAX_SIDE or height > MAX_SIDE:
+                raise DrawingError(f"{name} is {width}x{height} px; use one at most {MAX_SIDE} px a side.")
             array = np.asarray(image.convert("RGBA"))
     except FileNotFoundError as exc:
-        raise DrawingError(f"Image file {path} does not exist.") from exc
+        raise DrawingError(f"Image file {name} does not exist.") from exc
+    except Image.DecompressionBombError as exc:
+        raise DrawingError(f"{name} claims to be far too large to open; use one at most {MAX_SIDE} px a side.") from exc
     except (UnidentifiedImageError, OSError) as exc:
-        raise DrawingError(f"{path} is not an image file PIL can read.") from exc
+        raise DrawingError(f"{name} is not an image file PIL can read.") from exc
     # An opaque file is a photo or scan, not a canvas: let the border decide what is ink.
     return array if array[..., 3].min() < 255 else array[..., :3]
 

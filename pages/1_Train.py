@@ -2,16 +2,17 @@
 
 import streamlit as st
 
+from fed_core.budget import budget_problems, estimate_run_bytes, load_budget
 from fed_core.config import LIMITS, TrainConfig, estimate_seconds, problems
 from fed_core.data import MnistFileError, load_mnist
 from fed_core.engines import engine_for
-from fed_core.job import TrainingJob
+from fed_core.job import BUSY, OWNER_BUSY, JobSnapshot, TrainingJob
 from fed_core.models import INIT_METHODS, MODEL_LABELS
 from ui import engine_views, session
 from ui import train_views as views
 from ui.common import CHART_CONFIG, format_duration, shown_safely
 from ui.nav import sidebar_nav
-from ui.runs import current_job, job_slots, keep_trained_model
+from ui.runs import current_job, ensure_owner_token, job_slots, keep_trained_model, owns, remember_owner
 
 D = TrainConfig()
 INIT_LABELS = {
@@ -90,15 +91,19 @@ def settings_form() -> TrainConfig:
 
 
 def start(config: TrainConfig) -> bool:
-    """Start a run for this session; on failure say why on the page and return False."""
+    """Start a run owned by this session; on failure say why on the page and return False."""
     try:
         load_mnist()  # fail here, with the file named, rather than inside the run
     except MnistFileError as exc:
         st.error(f"The MNIST data could not be loaded: {exc}")
         return False
-    job = TrainingJob(engine_for(config))
     slots = job_slots()
-    if not slots.try_start(job):
+    job = TrainingJob(engine_for(config), owner_token=ensure_owner_token())
+    refused = slots.try_start(job)
+    if refused == OWNER_BUSY:
+        st.warning("You already have a run training: stop it, or wait for it to finish, before starting another.")
+        return False
+    if refused == BUSY:
         st.warning(
             f"The server is busy: {slots.capacity} runs are training right now. A slot should free up "
             f"in about {format_duration(slots.wait_estimate())}; please try again then."
@@ -109,58 +114,47 @@ def start(config: TrainConfig) -> bool:
     return True
 
 
-config = settings_form()
-job = current_job()
-running = job is not None and not job.snapshot().finished
-found = problems(config)
-if found:
-    st.error("These settings can't run yet:\n\n" + "\n".join(f"- {p}" for p in found))
-else:
-    st.caption(f"Estimated time on a 2-core machine: about {format_duration(estimate_seconds(config))}.")
-
-b1, b2, _ = st.columns([1, 1, 6])
-if b1.button("Start", type="primary", disabled=running or bool(found)) and start(config):
-    st.rerun()
-if b2.button("Stop", disabled=not running):
-    job.stop()
+def settings_check(config: TrainConfig) -> list[str]:
+    """Show why the settings cannot run here (invalid, or over this server's budget), or what they will cost."""
+    found = problems(config) or budget_problems(config, load_budget())
+    if found:
+        st.error("These settings can't run here:\n\n" + "\n".join(f"- {p}" for p in found))
+    else:
+        text = f"Estimated time on a 2-core machine: about {format_duration(estimate_seconds(config))}"
+        if config.engine == "inprocess":
+            text += f"; memory about {estimate_run_bytes(config) / 1e6:,.0f} MB"
+        st.caption(text + ".")
+    return found
 
 
-@st.fragment(run_every=1.0 if running else None)
-def live_view() -> None:
-    job = current_job()
-    if job is None:
-        st.info("Choose the settings above and press **Start** to train.")
-        return
-    snapshot = job.snapshot()
-    if running and snapshot.finished:
-        st.rerun()  # one full rerun ends the polling and shows the downloads
-    show_progress(snapshot)
-    engine_views.datasite_panels(job)
-    if snapshot.history:
-        accuracy, contributions, heatmap, table = views.round_views(job, snapshot)
-        st.plotly_chart(accuracy, width="stretch", config=CHART_CONFIG)
-        left, right = st.columns([3, 2])
-        left.plotly_chart(contributions, width="stretch", config=CHART_CONFIG)
-        right.plotly_chart(heatmap, width="stretch", config=CHART_CONFIG)
-        st.subheader(f"Workers in round {snapshot.round}")
-        st.caption(
-            "Contribution: test-accuracy points (on 1,000 fixed test images) that the round's model "
-            "would lose if this worker's update were left out; cumulative sums it over the rounds."
+def controls(config: TrainConfig, job: TrainingJob | None, found: list[str]) -> bool:
+    """Start for everyone, Stop for the owner of a live run; True if the view should poll for new rounds."""
+    live = job is not None and not job.snapshot().finished
+    mine = job is not None and owns(job)
+    b1, b2, _ = st.columns([1, 1, 6])
+    if b1.button("Start", type="primary", disabled=(live and mine) or bool(found)) and start(config):
+        st.rerun()
+    if mine and b2.button("Stop", disabled=not live):
+        job.stop()
+    if job is not None and not mine:
+        st.info(
+            "You are watching a run started in another browser: read-only (only its owner can stop it, "
+            "download its results or use its model)."
         )
-        st.dataframe(table, width="stretch")
-    if snapshot.finished:
-        show_results(job, snapshot)
+    return live
 
 
-def show_progress(snapshot) -> None:
+def show_progress(snapshot: JobSnapshot, mine: bool) -> None:
     text = f"Round {snapshot.round} of {snapshot.total_rounds} · {format_duration(snapshot.elapsed)} elapsed"
     if snapshot.eta is not None:
         text += f" · about {format_duration(snapshot.eta)} left"
     st.progress(snapshot.round / snapshot.total_rounds, text=text)
+    kept = f" The model of round {snapshot.round}, its last finished round, is kept." if snapshot.round else ""
     if snapshot.status == "failed":
-        st.error(f"The run stopped with an error: {snapshot.error}")
+        st.error(f"The run stopped with an error in round {snapshot.round + 1}: {snapshot.error}{kept}")
     elif snapshot.status == "stopped":
-        st.warning(f"Stopped by you after {snapshot.round} round(s).")
+        who = "you" if mine else "its owner"
+        st.warning(f"Stopped by {who} after {snapshot.round} round(s).{kept}")
     elif snapshot.status == "done":
         st.success(
             f"Done: {snapshot.history[-1]['test_accuracy']:.2%} test accuracy after "
@@ -168,7 +162,8 @@ def show_progress(snapshot) -> None:
         )
 
 
-def show_results(job: TrainingJob, snapshot) -> None:
+def show_results(job: TrainingJob, snapshot: JobSnapshot) -> None:
+    """The owner's downloads, and the model handed to the encrypted pages (the last finished round's)."""
     if not snapshot.history:
         return
     d1, d2, d3 = st.columns(3)
@@ -176,11 +171,54 @@ def show_results(job: TrainingJob, snapshot) -> None:
     d2.download_button("Run (JSON)", views.metrics_json(job, snapshot), "federated_run.json", "application/json")
     if job.model is not None:
         keep_trained_model(job, snapshot)
-        d3.download_button("Trained model (.pt)", views.model_bytes(job, snapshot), "global_model.pt")
+        d3.download_button(
+            f"Model of round {snapshot.round} (.pt)", views.model_bytes(job, snapshot), "global_model.pt"
+        )
         st.info(
-            "The trained global model is kept for this session: try it on the **Draw** and **Encrypted Test** pages."
+            f"The global model of round {snapshot.round} is kept for this session: try it on the **Draw** and "
+            "**Encrypted Test** pages."
         )
 
 
+def live_view(poll: bool) -> None:
+    @st.fragment(run_every=1.0 if poll else None)
+    def rounds() -> None:
+        job = current_job()
+        if job is None:
+            st.info("Choose the settings above and press **Start** to train.")
+            return
+        mine = owns(job)
+        snapshot = job.snapshot()
+        if poll and snapshot.finished:
+            st.rerun()  # one full rerun ends the polling and shows the downloads
+        show_progress(snapshot, mine)
+        if mine:  # the datasites' Approve buttons are the owner's
+            engine_views.datasite_panels(job)
+        if snapshot.history:
+            show_rounds(job, snapshot)
+        if snapshot.finished and mine:
+            show_results(job, snapshot)
+
+    rounds()
+
+
+def show_rounds(job: TrainingJob, snapshot: JobSnapshot) -> None:
+    accuracy, contributions, heatmap, table = views.round_views(job, snapshot)
+    st.plotly_chart(accuracy, width="stretch", config=CHART_CONFIG)
+    left, right = st.columns([3, 2])
+    left.plotly_chart(contributions, width="stretch", config=CHART_CONFIG)
+    right.plotly_chart(heatmap, width="stretch", config=CHART_CONFIG)
+    st.subheader(f"Workers in round {snapshot.round}")
+    st.caption(
+        "Contribution: test-accuracy points (on 1,000 fixed test images) that the round's model "
+        "would lose if this worker's update were left out; cumulative sums it over the rounds."
+    )
+    st.dataframe(table, width="stretch")
+
+
+config = settings_form()
+job = current_job()
+poll = controls(config, job, settings_check(config))
 with shown_safely("showing the run"):
-    live_view()
+    live_view(poll)
+remember_owner()

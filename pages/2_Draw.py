@@ -1,14 +1,24 @@
 """Draw: a digit drawn on the canvas is encrypted, classified by the server, and decrypted by you."""
 
+import io
+
+import numpy as np
 import streamlit as st
 from streamlit_drawable_canvas import st_canvas
 
 from fed_core.encrypted_eval import DigitResult, classify_digit
-from fed_core.preprocess import DrawingError, PreparedDigit, prepare_digit
+from fed_core.preprocess import DrawingError, PreparedDigit, prepare_digit, read_image
 from ui import encrypted_views as views
 from ui import session
 from ui.common import CHART_CONFIG, format_bytes, format_duration, shown_safely
-from ui.encrypted_common import encryptable_model, he_client, he_server, scheme_picker
+from ui.encrypted_common import (
+    encryptable_model,
+    he_client,
+    he_server,
+    held_he_keys,
+    key_release_note,
+    scheme_picker,
+)
 from ui.nav import sidebar_nav
 
 CANVAS_SIDE, STROKE_WIDTH = 280, 18
@@ -33,14 +43,21 @@ def clear() -> None:
     st.session_state.pop(session.DRAW_RESULT, None)
 
 
-def classify(model, image_data, scheme: str) -> None:
+def drawn_image(canvas) -> np.ndarray | None:
+    """The canvas's PNG, decoded with the same size checks as an uploaded file (the browser sends the PNG)."""
+    png = canvas.image_bytes
+    return None if png is None else read_image(io.BytesIO(png))
+
+
+def classify(model, canvas, scheme: str) -> None:
     """Prepare and classify the drawing; keep the outcome for the reruns that follow."""
     st.session_state.pop(session.DRAW_RESULT, None)
     with shown_safely("classifying your digit"):
         try:
-            if image_data is None:
+            image = drawn_image(canvas)
+            if image is None:
                 raise DrawingError("The canvas is empty: draw a digit first.")
-            digit = prepare_digit(image_data)
+            digit = prepare_digit(image)
             keys = {"he_client": he_client(), "he_server": he_server(model)} if scheme == "he" else {}
             st.session_state[session.DRAW_RESULT] = (digit, classify_digit(model, digit.tensor, scheme, **keys))
         except DrawingError as exc:
@@ -105,21 +122,22 @@ def show_answer(result: DigitResult) -> None:
     shown = [(label, result.seconds[key]) for key, label in steps if key in result.seconds]
     for column, (label, seconds) in zip(st.columns(len(shown)), shown):
         column.metric(label, format_duration(seconds))
-    if result.scheme == "he" and session.HE_SERVER in st.session_state:
-        keygen = st.session_state[session.HE_CLIENT].keygen_seconds
-        setup = st.session_state[session.HE_SERVER][1].setup_seconds
+    keys = held_he_keys() if result.scheme == "he" else None
+    if keys is not None and "server" in keys:
+        keygen, setup = keys["client"].keygen_seconds, keys["server"][1].setup_seconds
         st.caption(
-            f"Once per browser session: your keys were made in {format_duration(keygen)}, and the server "
-            f"loaded them with the model in {format_duration(setup)}."
+            f"Once, not per digit: your keys were made in {format_duration(keygen)}, and the server loaded them "
+            f"with the model in {format_duration(setup)}. {key_release_note()}"
         )
 
 
-def show_preview(image_data) -> None:
+def show_preview(canvas) -> None:
     """As you draw: the 28x28 the model will get, or why the drawing will not do."""
-    if image_data is None:
-        return
     try:
-        digit = prepare_digit(image_data)
+        image = drawn_image(canvas)
+        if image is None:
+            return
+        digit = prepare_digit(image)
     except DrawingError as exc:
         if "empty" not in str(exc):
             st.caption(f"Preview: {exc}")
@@ -154,11 +172,11 @@ with left:
     b1, b2 = st.columns(2)
     clicked = b1.button("Classify", type="primary", width="stretch")
     b2.button("Clear", on_click=clear, width="stretch")
-    show_preview(canvas.image_data)
+    show_preview(canvas)
 with right:
     if clicked:
         with st.spinner("Encrypting and classifying…"):
-            classify(model, canvas.image_data, scheme)
+            classify(model, canvas, scheme)
     if session.DRAW_RESULT in st.session_state:
         with shown_safely("showing the result"):
             show_result(*st.session_state[session.DRAW_RESULT])

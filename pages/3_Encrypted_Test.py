@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from fed_core.budget import load_budget
 from fed_core.data import MnistFileError, load_mnist, normalize
 from fed_core.encrypted_eval import (
     HE_PASS_IMAGES,
@@ -15,7 +16,7 @@ from fed_core.encrypted_eval import (
 from ui import encrypted_views as views
 from ui import session
 from ui.common import CHART_CONFIG, ProgressBar, format_bytes, format_duration, shown_safely
-from ui.encrypted_common import encryptable_model, scheme_picker
+from ui.encrypted_common import encryptable_model, encrypted_eval_gate, scheme_picker
 from ui.nav import sidebar_nav
 
 MAX_IMAGES = 10_000
@@ -46,17 +47,38 @@ def estimate_text(scheme: str, n: int) -> str:
     )
 
 
+def over_cap(scheme: str, n: int) -> bool:
+    """Say so if this server evaluates fewer images per request under ``scheme``."""
+    cap = load_budget().images_per_request(scheme)
+    if n > cap:
+        st.error(f"This server evaluates at most {cap:,} images per request under {scheme.upper()}: lower the number.")
+    return n > cap
+
+
 def run(model, scheme: str, n: int) -> None:
+    """Evaluate once a server-wide slot is free (waiting a little for it); say how long to wait if none frees."""
     try:
         mnist = load_mnist()
     except MnistFileError as exc:
         st.error(f"The MNIST data could not be loaded: {exc}")
         return
-    progress = ProgressBar(f"Evaluating {n:,} encrypted images…")
-    with shown_safely("running the encrypted evaluation"):
-        st.session_state[session.ENCRYPTED_EVAL] = evaluate_encrypted(
-            model, normalize(mnist.test_images[:n]), mnist.test_labels[:n], scheme, progress=progress
+    gate, budget = encrypted_eval_gate(), load_budget()
+    with st.spinner("Waiting for another visitor's encrypted evaluation to finish…"):
+        ticket = gate.acquire(estimate_seconds(scheme, n), timeout=budget.encrypted_wait_seconds)
+    if ticket is None:
+        st.warning(
+            f"The server is busy with another visitor's encrypted evaluation; it should end in about "
+            f"{format_duration(gate.wait_estimate())}. Please try again then."
         )
+        return
+    try:
+        progress = ProgressBar(f"Evaluating {n:,} encrypted images…")
+        with shown_safely("running the encrypted evaluation"):
+            st.session_state[session.ENCRYPTED_EVAL] = evaluate_encrypted(
+                model, normalize(mnist.test_images[:n]), mnist.test_labels[:n], scheme, progress=progress
+            )
+    finally:
+        gate.release(ticket)
 
 
 def show_metrics(result: EvalResult) -> None:
@@ -148,7 +170,8 @@ n = int(
     st.number_input("Test images", 1, MAX_IMAGES, 1000, step=500, help="the first n of the 10,000 MNIST test images")
 )
 st.caption(estimate_text(scheme, n))
-if st.button("Run encrypted evaluation", type="primary"):
+too_many = over_cap(scheme, n)
+if st.button("Run encrypted evaluation", type="primary", disabled=too_many):
     run(model, scheme, n)
 if session.ENCRYPTED_EVAL in st.session_state:
     with shown_safely("showing the results"):

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
+from test_cli import png_claiming
 
 from fed_core.data import load_mnist
 from fed_core.models import build_model
 from ui import session
-from ui.encrypted_common import PRETRAINED_PATH
+from ui.encrypted_common import PRETRAINED_PATH, encrypted_eval_gate, he_key_cache
 from ui.encrypted_views import showcase_indices
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,9 +105,8 @@ def test_drawn_digit_is_classified_encrypted_step_by_step(draw_page, seven, sche
     subheaders = [s.value for s in at.subheader]
     assert subheaders[0] == "1 · What the model sees" and subheaders[-1] == "4 · Decrypted on your side"
     if scheme == "he":
-        assert (
-            session.HE_CLIENT in at.session_state and session.HE_SERVER in at.session_state
-        )  # kept for the next digit
+        assert he_key_cache().get(at.session_state[session.HE_KEY_ID])["server"]  # kept for the next digit
+        assert any("released after 10 min without use" in c.value for c in at.caption)
         assert at.code  # a glimpse of the ciphertext
         assert "secret key included: **False**" in "".join(m.value for m in at.markdown)
     else:
@@ -125,6 +125,31 @@ def test_bad_drawings_get_a_friendly_message(draw_page, canvas, message):
     button(at.run(), "Classify").click().run()
     assert not at.exception and not at.error
     assert message in at.warning[0].value
+
+
+def test_keys_released_by_the_server_are_made_again_and_the_page_says_so(draw_page, seven):
+    at = draw_page
+    at.session_state["canvas_0"] = canvas_value(drawing(seven))
+    button(at.run(), "Classify").click().run()
+    cache = he_key_cache()
+    first = cache.get(at.session_state[session.HE_KEY_ID])["client"]
+    idle, cache.idle_seconds = cache.idle_seconds, 0.0  # as a sweep does once the keys are idle long enough
+    cache.sweep()
+    cache.idle_seconds = idle
+    button(at, "Classify").click().run()
+    assert not at.exception and metric(at, "Prediction") == "7"
+    assert any("encryption keys were released" in i.value for i in at.info)
+    assert cache.get(at.session_state[session.HE_KEY_ID])["client"] is not first
+
+
+def test_a_canvas_image_claiming_a_huge_size_is_refused(draw_page):
+    """The browser sends the canvas as a PNG: a forged one is checked like a file before it is decoded."""
+    at = draw_page
+    url = "data:image/png;base64," + base64.b64encode(png_claiming(20_000, 20_000)).decode()
+    at.session_state["canvas_0"] = {"drawing": {"raw": {"objects": []}, "data": url}, "backgroundFit": None}
+    button(at.run(), "Classify").click().run()
+    assert not at.exception and not at.error
+    assert "at most 4096 px a side" in at.warning[0].value
 
 
 def test_clear_swaps_in_a_fresh_canvas_and_drops_the_result(draw_page, seven):
@@ -161,6 +186,33 @@ def test_encrypted_test_page_estimates_he_time_honestly():
     at.number_input[0].set_value(5000).run()
     estimate = next(c.value for c in at.caption if "Estimated time" in c.value)
     assert "4,096 images into each ciphertext" in estimate and "2 passes" in estimate
+
+
+def test_encrypted_test_page_refuses_more_images_than_the_server_allows():
+    at = page("pages/3_Encrypted_Test.py").run()
+    button(at, "Use the small pretrained model").click().run()
+    at.radio[0].set_value("he")
+    at.number_input[0].set_value(500).run()
+    assert "at most 100 images per request under HE" in at.error[0].value
+    assert button(at, "Run encrypted evaluation").disabled
+
+
+def test_encrypted_test_page_waits_for_a_busy_server_then_says_how_long(monkeypatch):
+    monkeypatch.setenv("FEDMNIST_ENCRYPTED_WAIT_SECONDS", "0.2")
+    at = page("pages/3_Encrypted_Test.py").run()
+    button(at, "Use the small pretrained model").click().run()
+    at.number_input[0].set_value(10).run()
+    gate = encrypted_eval_gate()
+    ticket = gate.acquire(expected_seconds=100)  # another visitor's evaluation
+    try:
+        button(at, "Run encrypted evaluation").click().run()
+    finally:
+        gate.release(ticket)
+    assert not at.exception and session.ENCRYPTED_EVAL not in at.session_state
+    busy = at.warning[0].value
+    assert "busy with another visitor's encrypted evaluation" in busy and "about 1 min" in busy
+    button(at, "Run encrypted evaluation").click().run()
+    assert at.session_state[session.ENCRYPTED_EVAL].n == 10
 
 
 def test_showcase_puts_disagreements_then_a_few_mistakes_first():

@@ -1,10 +1,15 @@
+import secrets
 import threading
 
 import pytest
+import torch
 
+from fed_core.client import TrainingDiverged, flatten, model_params
 from fed_core.config import ConfigError, TrainConfig
 from fed_core.engines import engine_for
-from fed_core.job import DONE, FAILED, STOPPED, JobSlots, TrainingJob
+from fed_core.engines.inprocess import InProcessPool
+from fed_core.job import BUSY, DONE, FAILED, OWNER_BUSY, STOPPED, JobSlots, TrainingJob
+from fed_core.server import run_federated
 
 SMALL = TrainConfig(workers=3, rounds=3, train_size=1500, contribution_subset=100, batch_size=32)
 
@@ -42,6 +47,62 @@ def test_errors_are_reported_not_swallowed(tiny_data):
     snap = job.snapshot()
     assert snap.status == FAILED
     assert "diverged" in snap.error
+    assert job.model is None  # no round finished: nothing to keep
+
+
+class FailsInRound3(InProcessPool):
+    def train(self, global_vector, workers, round_idx):
+        if round_idx == 3:
+            raise TrainingDiverged("Training diverged on worker(s) [1]")
+        return super().train(global_vector, workers, round_idx)
+
+
+class FailingEngine:
+    config = SMALL
+
+    def run(self, data, on_start=None, on_round=None, should_stop=None):
+        return run_federated(self.config, data, FailsInRound3, on_start, on_round, should_stop)
+
+
+def test_a_failed_run_keeps_the_model_of_its_last_good_round(tiny_data):
+    """Rounds 1 and 2 finish, round 3 fails inside local training: the run keeps round 2's model."""
+    job = TrainingJob(FailingEngine(), load_data=lambda: tiny_data)
+    record, models = job._record, []
+
+    def remember_model(run, row):
+        record(run, row)
+        models.append(flatten(model_params(run.model)).clone())
+
+    job._record = remember_model
+    job.start().join(60)
+    snap = job.snapshot()
+    assert snap.status == FAILED and snap.round == 2 and "diverged" in snap.error
+    assert len(job.result().history) == 2
+    assert torch.equal(flatten(model_params(job.model)), models[1])
+    assert not torch.equal(models[0], models[1])
+
+
+def test_a_stopped_run_keeps_its_model(tiny_data):
+    job = TrainingJob(engine_for(TrainConfig(**{**SMALL.to_dict(), "rounds": 200})), load_data=lambda: tiny_data)
+    record = job._record
+
+    def stop_after_first(run, row):
+        record(run, row)
+        job.stop()
+
+    job._record = stop_after_first
+    job.start().join(60)
+    assert job.snapshot().status == STOPPED and job.snapshot().round == 1
+    assert job.model is not None
+
+
+def test_only_the_owner_token_owns_a_run():
+    token = secrets.token_urlsafe(32)
+    job = TrainingJob(engine_for(SMALL), owner_token=token)
+    assert job.is_owner(token)
+    assert not job.is_owner(secrets.token_urlsafe(32))
+    assert not job.is_owner(None) and not job.is_owner("")
+    assert not TrainingJob(engine_for(SMALL)).is_owner(token)  # a run without a token has no owner
 
 
 def test_bad_settings_are_refused_before_a_thread_starts():
@@ -58,13 +119,32 @@ def test_slots_cap_concurrent_jobs_and_estimate_the_wait(tiny_data):
 
     slots = JobSlots(capacity=1)
     first = TrainingJob(engine_for(SMALL), load_data=gated)
-    assert slots.try_start(first)
+    assert slots.try_start(first) is None
     second = TrainingJob(engine_for(SMALL), load_data=lambda: tiny_data)
-    assert not slots.try_start(second)
+    assert slots.try_start(second) == BUSY
     assert slots.wait_estimate() > 0
     assert slots.find(first.job_id) is first
     gate.set()
     first.join(60)
-    assert slots.try_start(second)
+    assert slots.try_start(second) is None
     second.join(60)
     assert second.snapshot().status == DONE
+
+
+def test_one_owner_runs_one_job_at_a_time(tiny_data):
+    gate = threading.Event()
+
+    def gated():
+        gate.wait(30)
+        return tiny_data
+
+    slots = JobSlots(capacity=3, per_owner=1)
+    token = secrets.token_urlsafe(32)
+    first = TrainingJob(engine_for(SMALL), load_data=gated, owner_token=token)
+    assert slots.try_start(first) is None
+    assert slots.try_start(TrainingJob(engine_for(SMALL), owner_token=token)) == OWNER_BUSY
+    other = TrainingJob(engine_for(SMALL), load_data=gated, owner_token=secrets.token_urlsafe(32))
+    assert slots.try_start(other) is None
+    gate.set()
+    for job in (first, other):
+        job.join(60)

@@ -1,5 +1,6 @@
 """The landing page and the Train page, run by Streamlit's AppTest (no browser)."""
 
+import time
 from pathlib import Path
 
 import pytest
@@ -60,18 +61,23 @@ def test_tiny_run_shows_live_charts_table_and_downloads(train_page):
     assert at.session_state[session.TRAINED_MODEL]["meta"]["model"] == "crypto_cnn"
 
 
-def test_big_run_shows_its_estimate_before_start(train_page):
+def test_big_run_shows_its_estimate_before_start(train_page, monkeypatch):
+    """On a server whose budget was raised (a local user's), a big run is allowed and shows its cost."""
+    monkeypatch.setenv("FEDMNIST_RUN_SECONDS", "100000")
+    monkeypatch.setenv("FEDMNIST_TRAINING_MEMORY_MB", "100000")
     at = train_page.run()
     widget(at.number_input, "Workers").set_value(100)
     widget(at.number_input, "Rounds").set_value(200)
     at.run()
     estimate = next(c.value for c in at.caption if "Estimated time" in c.value)
     assert "min" in estimate or " h " in estimate
+    assert "memory about" in estimate
 
 
 def test_impossible_split_is_explained_not_a_traceback(train_page):
     at = train_page.run()
     widget(at.number_input, "Workers").set_value(100)
+    widget(at.slider, "Fraction C sampled per round").set_value(0.5)  # all 100 at once is over the memory budget
     widget(at.selectbox, "How data is split").set_value("dirichlet")
     at.run()
     widget(at.number_input, "alpha (smaller = more skew)").set_value(0.01)
@@ -116,6 +122,99 @@ def test_full_server_says_busy_with_an_estimate():
             if session.JOB in at.session_state:
                 at.session_state[session.JOB].stop()
                 at.session_state[session.JOB].join(60)
+
+
+def start_tiny_run(at: AppTest, rounds: int = 2) -> None:
+    at.run()
+    widget(at.number_input, "Workers").set_value(3)
+    widget(at.number_input, "Rounds").set_value(rounds)
+    widget(at.button, "Start").click()
+    at.run()
+
+
+def wait_for_first_round(job) -> None:
+    deadline = time.monotonic() + 120
+    while job.snapshot().round < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def test_another_session_opening_the_link_gets_a_read_only_view(train_page):
+    owner = train_page
+    start_tiny_run(owner)
+    job = owner.session_state[session.JOB]
+    job.join(120)
+    viewer = train_page_app()
+    viewer.query_params[session.RUN_PARAM] = job.job_id
+    viewer.run()
+    assert not viewer.exception
+    assert viewer.session_state[session.JOB] is job
+    assert any("watching a run started in another browser: read-only" in i.value for i in viewer.info)
+    assert any("Done:" in s.value for s in viewer.success)
+    assert len(viewer.get("plotly_chart")) == 3 and len(viewer.dataframe) == 1  # the live view is there
+    assert not any(b.label == "Stop" for b in viewer.button)
+    assert not viewer.get("download_button")
+    assert session.TRAINED_MODEL not in viewer.session_state
+
+
+def test_the_owner_token_re_attaches_a_new_session_to_its_run(train_page):
+    """A reload is a new session; the browser brings the owner token back (in a cookie), not the URL."""
+    owner = train_page
+    start_tiny_run(owner, rounds=50)
+    job = owner.session_state[session.JOB]
+    token = owner.session_state[session.OWNER_TOKEN]
+    assert token not in str(owner.query_params)
+    reloaded = train_page_app()
+    reloaded.query_params[session.RUN_PARAM] = job.job_id
+    reloaded.session_state[session.OWNER_TOKEN] = token  # what ui.runs.owner_token() reads from the cookie
+    reloaded.run()
+    assert not any("read-only" in i.value for i in reloaded.info)
+    wait_for_first_round(job)
+    widget(reloaded.button, "Stop").click()
+    reloaded.run()
+    job.join(60)
+    reloaded.run()
+    assert job.snapshot().status == "stopped"
+    assert len(reloaded.get("download_button")) == 3
+
+
+def test_a_second_run_of_the_same_session_waits_for_the_first(train_page):
+    at = train_page
+    start_tiny_run(at, rounds=50)
+    first = at.session_state[session.JOB]
+    other = train_page_app()
+    other.session_state[session.OWNER_TOKEN] = at.session_state[session.OWNER_TOKEN]  # another tab, same browser
+    other.run()
+    widget(other.button, "Start").click()
+    other.run()
+    assert any("You already have a run training" in w.value for w in other.warning)
+    assert session.JOB not in other.session_state
+    assert first.snapshot().status == "running"
+
+
+def test_a_stopped_run_keeps_the_model_of_its_last_round(train_page):
+    at = train_page
+    start_tiny_run(at, rounds=50)
+    job = at.session_state[session.JOB]
+    wait_for_first_round(job)
+    widget(at.button, "Stop").click()
+    at.run()
+    job.join(60)
+    at.run()
+    rounds = job.snapshot().round
+    assert rounds >= 1
+    assert any(f"The model of round {rounds}, its last finished round, is kept" in w.value for w in at.warning)
+    assert any(b.label == f"Model of round {rounds} (.pt)" for b in at.get("download_button"))
+    assert f"round {rounds} of 50" in at.session_state[session.TRAINED_MODEL]["meta"]["source"]
+
+
+def test_settings_over_the_servers_time_budget_are_refused_with_what_to_lower(train_page, monkeypatch):
+    monkeypatch.setenv("FEDMNIST_RUN_SECONDS", "60")
+    at = train_page.run()
+    widget(at.number_input, "Rounds").set_value(200)
+    at.run()
+    refusal = next(e.value for e in at.error if "can't run here" in e.value)
+    assert "this server allows 60 s per run" in refusal and "lower Rounds to " in refusal
+    assert widget(at.button, "Start").disabled
 
 
 def test_corrupted_data_file_is_named_on_the_page(monkeypatch, tmp_path):

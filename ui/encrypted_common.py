@@ -1,13 +1,17 @@
-"""What the Draw and Encrypted Test pages share: which model they run, and the user's HE keys."""
+"""What the Draw and Encrypted Test pages share: which model they run, the user's HE keys (which the server
+takes back when idle), and the server-wide gate on encrypted evaluations."""
 
 from __future__ import annotations
 
 import logging
+import secrets
+import threading
 from pathlib import Path
 
 import streamlit as st
 from torch import nn
 
+from fed_core.budget import Gate, SessionCache, load_budget
 from fed_core.he import HeClient, HeServer
 from fed_core.models import ENCRYPTABLE_MODELS, MODEL_LABELS, is_encryptable, load_model
 from ui import session
@@ -80,17 +84,64 @@ def scheme_picker(key: str, default: str = "he") -> str:
     return st.radio("Encryption scheme", schemes, schemes.index(default), format_func=SCHEME_LABELS.get, key=key)
 
 
+@st.cache_resource
+def he_key_cache() -> SessionCache:
+    """Every session's HE keys (about 160 MB each), taken back when idle or when too many sessions hold some."""
+    budget = load_budget()
+    cache = SessionCache(budget.he_key_idle_seconds, budget.he_key_sets)
+    sweep_every = min(60.0, budget.he_key_idle_seconds / 4)
+    threading.Thread(target=cache.sweep_forever, args=(sweep_every,), name="he-key-sweeper", daemon=True).start()
+    return cache
+
+
+@st.cache_resource
+def encrypted_eval_gate() -> Gate:
+    """Encrypted Test evaluations at once, for the whole server."""
+    return Gate(load_budget().encrypted_evals_at_once)
+
+
+def he_keys() -> dict:
+    """This session's entry in the key cache, {"client": HeClient, "server": (model, HeServer)}, made (again) if
+    needed, saying so when the server had taken the previous keys back."""
+    key_id = st.session_state.setdefault(session.HE_KEY_ID, secrets.token_hex(16))
+    cache = he_key_cache()
+    entry = cache.get(key_id)
+    if entry is None:
+        if st.session_state.get(session.HE_KEYS_MADE):
+            st.info(
+                "Your previous encryption keys were released to free the server's memory (unused for a while, "
+                "or other visitors needed the room); new ones are being made."
+            )
+        with st.spinner("Making your encryption keys…"):
+            entry = {"client": HeClient()}
+        cache.put(key_id, entry)
+        st.session_state[session.HE_KEYS_MADE] = True
+    return entry
+
+
+def held_he_keys() -> dict | None:
+    """This session's key-cache entry if it still has one (without making keys)."""
+    key_id = st.session_state.get(session.HE_KEY_ID)
+    return he_key_cache().get(key_id) if key_id else None
+
+
 def he_client() -> HeClient:
-    """This browser session's HE keys: made once, reused for every digit."""
-    if session.HE_CLIENT not in st.session_state:
-        with st.spinner("Making your encryption keys (once per session)…"):
-            st.session_state[session.HE_CLIENT] = HeClient()
-    return st.session_state[session.HE_CLIENT]
+    """This session's HE keys: made once, reused for every digit while they are in use."""
+    return he_keys()["client"]
 
 
 def he_server(model: nn.Module) -> HeServer:
     """The server side for this session's keys and this model, kept while the model stays the same."""
-    cached = st.session_state.get(session.HE_SERVER)
+    entry = he_keys()
+    cached = entry.get("server")
     if cached is None or cached[0] is not model:
-        st.session_state[session.HE_SERVER] = (model, HeServer(model, he_client().public_context))
-    return st.session_state[session.HE_SERVER][1]
+        entry["server"] = cached = (model, HeServer(model, entry["client"].public_context))
+    return cached[1]
+
+
+def key_release_note() -> str:
+    minutes = load_budget().he_key_idle_seconds / 60
+    return (
+        f"Your keys stay on this server while you use them and are released after {minutes:.0f} min without use "
+        "(new ones are made when you next classify)."
+    )

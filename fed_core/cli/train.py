@@ -105,7 +105,7 @@ def rescue(started: list[FederatedRun], args: argparse.Namespace, status: str, r
     """Keep what an unfinished run has: the metrics so far and the model of its last good round."""
     run = started[0] if started else None
     if run is None or not run.history:
-        print(f"error: {reason}. No round had finished, so there is nothing to save.", file=sys.stderr)
+        print(f"error: {reason.rstrip('.')}. No round had finished, so there is nothing to save.", file=sys.stderr)
         return code
     out, model = args.out, args.save_model
     if out is None and model is None:
@@ -114,7 +114,7 @@ def rescue(started: list[FederatedRun], args: argparse.Namespace, status: str, r
         out, model = folder / "run.json", folder / "model.pt"
     saved = save_results(run, out, model, status, reason)
     print(
-        f"error: {reason}. Kept the {len(run.history)} finished round(s): {', '.join(map(str, saved))} "
+        f"error: {reason.rstrip('.')}. Kept the {len(run.history)} finished round(s): {', '.join(map(str, saved))} "
         f"(the model is the one of round {run.history[-1].round}).",
         file=sys.stderr,
     )

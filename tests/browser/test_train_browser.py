@@ -3,8 +3,11 @@
 import re
 
 import pytest
-from browser_helpers import Page, new_browser
+from browser_helpers import Page, new_browser, xpath_literal
+from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
+
+from ui.session import OWNER_COOKIE
 
 pytestmark = pytest.mark.browser
 
@@ -28,7 +31,7 @@ def test_landing_page(browser, app_url, screenshot_dir):
 
 
 def test_train_three_workers_three_rounds_then_stop_a_second_run(browser, app_url, screenshot_dir):
-    page = Page(browser, timeout=120).open(f"{app_url}/Train")
+    page = Page(browser, timeout=300).open(f"{app_url}/Train")
     page.set_number("Workers", 3)
     page.set_number("Rounds", 3)
     page.click("Start")
@@ -38,19 +41,19 @@ def test_train_three_workers_three_rounds_then_stop_a_second_run(browser, app_ur
         seen.add(accuracy_points(page))
         return "Done:" in page.text()
 
-    WebDriverWait(browser, 120, poll_frequency=0.1).until(finished)
+    WebDriverWait(browser, 600, poll_frequency=0.2).until(finished)
     assert accuracy_points(page) == 3
     assert len(seen - {0}) >= 2, f"the chart should grow round by round, saw point counts {sorted(seen)}"
     accuracy = float(re.search(r"Done: ([\d.]+)% test accuracy", page.text()).group(1))
     assert accuracy > 90
-    for label in ("Metrics (CSV)", "Run (JSON)", "Trained model (.pt)"):
+    for label in ("Metrics (CSV)", "Run (JSON)", "Model of round 3 (.pt)"):
         page.button(label)
     page.shot(screenshot_dir, "train")
     page.assert_no_traceback()
 
     page.set_number("Rounds", 50)
     page.click("Start")
-    WebDriverWait(browser, 120, poll_frequency=0.2).until(
+    WebDriverWait(browser, 600, poll_frequency=0.2).until(
         lambda d: accuracy_points(page) >= 1 and "of 50" in page.text()
     )
     page.click("Stop")
@@ -66,15 +69,52 @@ def worker_rows(page: Page) -> int:
         return grid ? Number(grid.querySelector('[role="grid"]')?.getAttribute('aria-rowcount') || 0) - 1 : -1;""")
 
 
-def test_reload_during_a_run_reattaches_to_it(browser, app_url):
-    page = Page(browser, timeout=120).open(f"{app_url}/Train")
-    page.set_number("Rounds", 6)
+def has_button(page: Page, label: str) -> bool:
+    return bool(page.driver.find_elements(By.XPATH, f"//button[normalize-space(.)={xpath_literal(label)}]"))
+
+
+def test_reload_keeps_ownership_and_another_browser_only_watches(browser, app_url, screenshot_dir):
+    page = Page(browser, timeout=300).open(f"{app_url}/Train")
+    page.set_number("Rounds", 4)
     page.click("Start")
     WebDriverWait(browser, 120, poll_frequency=0.2).until(lambda d: "run=" in d.current_url)
-    browser.refresh()  # a new browser session: the run id in the URL finds the same run
-    page.wait_text("of 6")
-    WebDriverWait(browser, 180, poll_frequency=0.2).until(lambda d: "Done:" in page.text())
-    assert "Round 6 of 6" in page.text()
+    WebDriverWait(browser, 60, poll_frequency=0.2).until(lambda d: d.get_cookie(OWNER_COOKIE))
+    token = browser.get_cookie(OWNER_COOKIE)["value"]
+    assert token not in browser.current_url
+    browser.refresh()  # a new Streamlit session: the cookie, not the URL, brings the owner token back
+    page.wait_text("of 4")
+    page.button("Stop")
+    assert "read-only" not in page.text()
+
+    viewer = new_browser()
+    try:
+        watching = Page(viewer, timeout=300).open(browser.current_url)
+        watching.wait_text("read-only")
+        WebDriverWait(browser, 600, poll_frequency=0.5).until(lambda d: "Done:" in page.text())
+        WebDriverWait(viewer, 60, poll_frequency=0.2).until(lambda d: "Done:" in watching.text())
+        assert accuracy_points(watching) == 4  # the same live charts
+        assert not has_button(watching, "Stop") and not has_button(watching, "Metrics (CSV)")
+        watching.shot(screenshot_dir, "train_read_only")
+        watching.assert_no_traceback()
+    finally:
+        viewer.quit()
+    assert "Round 4 of 4" in page.text()
+    page.button("Metrics (CSV)")  # the owner, after a reload, still gets the downloads
+    page.assert_no_traceback()
+
+
+def test_settings_over_the_budget_are_refused_with_what_to_lower(browser, app_url, screenshot_dir):
+    page = Page(browser, timeout=120).open(f"{app_url}/Train")
+    page.set_number("Workers", 100)
+    page.set_number("Rounds", 200)
+    page.driver.find_element(By.XPATH, "//summary[contains(., 'More settings')]").click()
+    page.set_number("Local epochs E", 2)
+    page.wait_text("this server allows 10 min per run")
+    refusal = page.alert_text()
+    assert "this server allows 10 min per run" in refusal and "lower Rounds to" in refusal
+    assert "this server allows 400 MB per run" in refusal and "Fraction C to" in refusal
+    assert not page.driver.find_element(By.XPATH, "//button[normalize-space(.)='Start']").is_enabled()
+    page.shot(screenshot_dir, "train_over_budget")
     page.assert_no_traceback()
 
 

@@ -1,0 +1,302 @@
+"""How much of the machine one visitor may use: runs, time, memory, encrypted evaluations and idle keys.
+
+The app is shared through a link: strangers on a 2-core instance with about 2.5 GB (Streamlit Community
+Cloud) must not be able to starve each other. Every limit lives here, with the estimators that check a run
+against them. A local user raises them with environment variables named ``FEDMNIST_<FIELD>`` (upper case),
+or with the same names at the top level of ``.streamlit/secrets.toml``, which Streamlit copies into the
+environment at start-up. Nothing here imports Streamlit.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+
+from .config import LIMITS, TrainConfig, estimate_seconds
+from .models import MODELS
+
+ENV_PREFIX = "FEDMNIST_"
+MB = 1_000_000
+
+# Approved syft training jobs running at once on this server, all data owners together. Each job is a new
+# Python process that imports torch: about 4 s of a core and 530 MB resident (measured here with the CUDA wheel),
+# so a second one at once would not fit beside two runs in 2.5 GB.
+SYFT_OWNER_JOBS_AT_ONCE = 1
+
+
+class BudgetError(ValueError):
+    """A budget setting from the environment is not a positive number; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Limits for one server. The defaults fit 2 cores and about 2.5 GB with two runs and a few visitors."""
+
+    runs_per_server: int = 2  # training runs at once, all sessions together
+    runs_per_session: int = 1  # training runs at once started by one browser
+    run_seconds: float = 600.0  # estimated wall time a run may take (fed_core.config.estimate_seconds)
+    training_memory_mb: int = 400  # peak memory one in-process run may add to the server
+    encrypted_evals_at_once: int = 1  # Encrypted Test evaluations at once, all sessions together
+    encrypted_wait_seconds: float = 20.0  # how long a request waits for that slot before it is refused
+    # Few enough that HE encrypts one image at a time (about 200 MB, 0.35 s an image): packing one image per slot
+    # needs about 1.7 GB more however few images a pass holds (measured with 512), which a 2.5 GB server lacks.
+    he_images_per_request: int = 100
+    mpc_images_per_request: int = 10_000  # the whole test set: MPC does thousands of images a second
+    he_key_idle_seconds: float = 600.0  # a session's HE keys are released after this long unused
+    he_key_sets: int = 2  # sessions holding HE keys at once (about 160 MB each); the least recently used goes
+
+    @property
+    def training_memory_bytes(self) -> int:
+        return self.training_memory_mb * MB
+
+    def images_per_request(self, scheme: str) -> int:
+        return self.he_images_per_request if scheme == "he" else self.mpc_images_per_request
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def load_budget(environ: Mapping[str, str] | None = None) -> Budget:
+    """The defaults, overridden by any ``FEDMNIST_<FIELD>`` variable; refuses values that are not positive."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for f in fields(Budget):
+        text = environ.get(env_name(f.name))
+        if text is None:
+            continue
+        kind = type(f.default)  # int or float
+        try:
+            value = kind(text)
+        except ValueError:
+            expected = "a whole number" if kind is int else "a number"
+            raise BudgetError(f"{env_name(f.name)} must be {expected}, got {text!r}.") from None
+        if not (math.isfinite(value) and value > 0):
+            raise BudgetError(f"{env_name(f.name)} must be positive, got {text!r}.")
+        values[f.name] = value
+    return Budget(**values)
+
+
+# --- memory of an in-process run ---------------------------------------------------------------------------
+# Measured on the 2-core machine from the growth of peak RSS around fed_core's own trainer and evaluator (one
+# torch thread); ``python bench/bench_app.py estimator`` compares the estimate with whole runs. A "trained"
+# example is one image in one worker's vmapped SGD step (input, saved activations and their gradients); a
+# "scored" example is one image through one model without gradients.
+BYTES_PER_TRAINED_EXAMPLE = {"crypto_cnn": 25_000, "relu_cnn": 255_000, "fedavg_cnn": 610_000}
+BYTES_PER_SCORED_EXAMPLE = {"crypto_cnn": 4_200, "relu_cnn": 120_000, "fedavg_cnn": 240_000}
+PARAM_COPIES = 5  # per worker: its weights, momentum, gradients, their clipped copy and its update
+PROBE_EXAMPLES = 512  # fed_core.client.EVAL_SAMPLE: each worker scores itself on this many of its images
+PROBE_INPUT_BYTES = 2 * 28 * 28 * 4  # a probe image is the worker's own: gathered, then normalised
+EVAL_CHUNK = 2500  # fed_core.server.Evaluator.evaluate's chunk of the test set
+TEST_SET_BYTES = 10_000 * 28 * 28 * 4  # the normalised test set the evaluator keeps
+
+
+@functools.cache
+def _parameters(model: str) -> int:
+    return sum(p.numel() for p in MODELS[model]().parameters())
+
+
+def worker_batch_bytes(model: str, batch_size: int) -> int:
+    """Bytes one more worker adds to vmapped local training with this batch size.
+
+    Its copies of the weights, plus the larger of its two phases: scoring itself on its probe examples, and
+    one SGD step on a batch. A trainer that trains workers in groups can fit
+    ``training_memory_budget() // worker_batch_bytes(model, batch_size)`` of them at once.
+    """
+    probe = PROBE_EXAMPLES * (BYTES_PER_SCORED_EXAMPLE[model] + PROBE_INPUT_BYTES)
+    step = batch_size * BYTES_PER_TRAINED_EXAMPLE[model]
+    return PARAM_COPIES * 4 * _parameters(model) + max(probe, step)
+
+
+def sampled_workers(config: TrainConfig) -> int:
+    """Workers sampled in a round (fed_core.server.sample_workers takes this many, before dropout)."""
+    return max(1, round(config.fraction * config.workers))
+
+
+def estimate_run_bytes(config: TrainConfig, workers_at_once: int | None = None) -> int:
+    """Peak memory an in-process run adds to the server: the largest of its three phases, plus the test set.
+
+    ``workers_at_once`` is how many workers train together (all sampled ones unless a trainer groups them).
+    The phases: local training; contribution scoring (every sampled update, and the round's model with and
+    without each one on ``contribution_subset`` images); and evaluation on the test set in chunks.
+    """
+    sampled = sampled_workers(config)
+    together = min(sampled, workers_at_once or sampled)
+    training = together * worker_batch_bytes(config.model, config.batch_size)
+    scored = BYTES_PER_SCORED_EXAMPLE[config.model]
+    scoring = 2 * sampled * 4 * _parameters(config.model)
+    if config.contribution_subset:
+        scoring += (sampled + 1) * config.contribution_subset * scored
+    evaluation = EVAL_CHUNK * scored
+    return TEST_SET_BYTES + max(training, scoring, evaluation)
+
+
+def training_memory_budget(budget: Budget | None = None) -> int:
+    """Bytes one training run may use on this server (FEDMNIST_TRAINING_MEMORY_MB, 400 MB by default)."""
+    return (budget or load_budget()).training_memory_bytes
+
+
+# --- refusing a run that does not fit, and saying what to change ---------------------------------------------
+
+SETTING_LABELS = {
+    "rounds": "Rounds",
+    "local_epochs": "Local epochs E",
+    "fraction": "Fraction C",
+    "batch_size": "Batch size B",
+    "workers": "Workers",
+}
+BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def _cheaper_values(config: TrainConfig, name: str) -> list:
+    """Values of one setting that cost less than the current one, nearest first."""
+    current = getattr(config, name)
+    if name == "fraction":
+        return [round(v / 100, 2) for v in range(round(current * 100) - 5, 0, -5)]
+    if name == "batch_size":
+        return [b for b in reversed(BATCH_SIZES) if b < current]
+    return list(range(current - 1, LIMITS[name][0] - 1, -1))
+
+
+def _fixes(config: TrainConfig, fits: Callable[[TrainConfig], bool], names: tuple[str, ...]) -> list[str]:
+    """For each setting, the nearest value that makes the run fit on its own (settings that cannot are left out)."""
+    found = []
+    for name in names:
+        for value in _cheaper_values(config, name):
+            if fits(replace(config, **{name: value})):
+                found.append(f"{SETTING_LABELS[name]} to {value}")
+                break
+    return found
+
+
+def _fix_text(fixes: list[str], fallback: str) -> str:
+    return "lower " + ", or ".join(fixes) if fixes else fallback
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def budget_problems(config: TrainConfig, budget: Budget) -> list[str]:
+    """Why this server will not run ``config`` and what to lower; empty if it fits.
+
+    Time is checked for every engine (the estimate is the in-process one: syft and Flower take longer); memory
+    only for the in-process engine, whose workers live in this server's process.
+    """
+    out = []
+    seconds = estimate_seconds(config)
+    if seconds > budget.run_seconds:
+        fixes = _fixes(config, lambda c: estimate_seconds(c) <= budget.run_seconds, ("rounds", "local_epochs"))
+        out.append(
+            f"This run would take about {_duration(seconds)}; this server allows {_duration(budget.run_seconds)} "
+            f"per run: {_fix_text(fixes, 'lower Rounds and Local epochs E')}."
+        )
+    if config.engine == "inprocess":
+        size = estimate_run_bytes(config)
+        if size > budget.training_memory_bytes:
+            fixes = _fixes(
+                config, lambda c: estimate_run_bytes(c) <= budget.training_memory_bytes, ("batch_size", "fraction")
+            )
+            out.append(
+                f"This run would need about {size / MB:,.0f} MB of memory; this server allows "
+                f"{budget.training_memory_mb:,} MB per run: "
+                f"{_fix_text(fixes, 'lower Batch size B and Fraction C, or choose a smaller model')}."
+            )
+    return out
+
+
+# --- server-wide gates ------------------------------------------------------------------------------------------
+
+
+class Gate:
+    """At most ``capacity`` heavy jobs at once (e.g. encrypted evaluations), shared by every session.
+
+    It remembers when each holder expects to finish, so a refused caller can be told how long to wait.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._slots = threading.BoundedSemaphore(capacity)
+        self._lock = threading.Lock()
+        self._ends: dict[int, float] = {}
+        self._tickets = itertools.count(1)
+
+    def acquire(self, expected_seconds: float, timeout: float = 0.0) -> int | None:
+        """A ticket to pass to :meth:`release`, or None if no slot freed up within ``timeout`` seconds."""
+        if not self._slots.acquire(timeout=timeout):
+            return None
+        with self._lock:
+            ticket = next(self._tickets)
+            self._ends[ticket] = time.monotonic() + expected_seconds
+        return ticket
+
+    def release(self, ticket: int) -> None:
+        with self._lock:
+            del self._ends[ticket]
+        self._slots.release()
+
+    def wait_estimate(self) -> float:
+        """Seconds until the soonest holder expects to finish (0 if a slot is free or overdue)."""
+        with self._lock:
+            if len(self._ends) < self.capacity:
+                return 0.0
+            return max(0.0, min(self._ends.values()) - time.monotonic())
+
+
+class SessionCache:
+    """Costly per-session objects (a visitor's HE keys, about 160 MB) that the server may take back.
+
+    An entry unused for ``idle_seconds`` is dropped, and when ``capacity`` sessions hold one, a new one pushes
+    out the least recently used. A session whose entry went finds None and makes a new one. Every access sweeps
+    the idle entries of all sessions, so the keys of a visitor who left go when anyone next uses the cache, or
+    when :meth:`sweep_forever` (in a daemon thread) next wakes.
+    """
+
+    def __init__(self, idle_seconds: float, capacity: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.idle_seconds, self.capacity = idle_seconds, capacity
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[float, dict]] = {}
+
+    def get(self, owner: str) -> dict | None:
+        """The owner's entry, marked as used now; None if it has none or it was taken back."""
+        with self._lock:
+            self._sweep_locked()
+            if owner not in self._entries:
+                return None
+            values = self._entries[owner][1]
+            self._entries[owner] = (self._clock(), values)
+            return values
+
+    def put(self, owner: str, values: dict) -> None:
+        with self._lock:
+            self._sweep_locked()
+            self._entries.pop(owner, None)
+            while len(self._entries) >= self.capacity:
+                del self._entries[min(self._entries, key=lambda o: self._entries[o][0])]
+            self._entries[owner] = (self._clock(), values)
+
+    def sweep(self) -> None:
+        with self._lock:
+            self._sweep_locked()
+
+    def sweep_forever(self, interval: float) -> None:
+        """Sweep every ``interval`` seconds; run it in a daemon thread."""
+        while True:
+            time.sleep(interval)
+            self.sweep()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def _sweep_locked(self) -> None:
+        now = self._clock()
+        for owner in [o for o, (used, _) in self._entries.items() if now - used > self.idle_seconds]:
+            del self._entries[owner]
