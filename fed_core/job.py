@@ -22,7 +22,8 @@ from .client import TrainingStopped
 from .config import estimate_seconds
 from .data import Mnist, load_mnist
 from .engines import Engine
-from .server import FederatedRun, RoundRecord, cumulative_contributions
+from .server import FederatedRun, RoundRecord, ServerView, cumulative_contributions
+from .shapley import cumulative_shapley
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ class JobSnapshot:
     history: list[dict] = field(default_factory=list)
     label_histogram: list[list[int]] = field(default_factory=list)
     cumulative_contributions: dict[int, float] = field(default_factory=dict)
+    cumulative_shapley: dict[int, tuple[float, float]] = field(default_factory=dict)  # worker: (sum, 95% half-width)
+    server_view: ServerView | None = None  # the latest round's view of one worker's update
     elapsed: float = 0.0
     eta: float | None = None
     error: str | None = None
@@ -70,6 +73,7 @@ class TrainingJob:
         self._status = PENDING
         self._run: FederatedRun | None = None
         self._history: list[dict] = []
+        self._server_view: ServerView | None = None
         self._label_histogram: list[list[int]] = []
         self._error: str | None = None
         self._started_at = 0.0
@@ -123,6 +127,7 @@ class TrainingJob:
         row = record.to_dict()
         with self._lock:
             self._history.append(row)
+            self._server_view = run.server_view
 
     def _finish(self, status: str, error: str | None = None) -> None:
         with self._lock:
@@ -132,6 +137,7 @@ class TrainingJob:
     def snapshot(self) -> JobSnapshot:
         with self._lock:
             history = list(self._history)
+            rows = [r["workers"] for r in history]
             elapsed = (self._finished_at or time.perf_counter()) - self._started_at if self._started_at else 0.0
             return JobSnapshot(
                 status=self._status,
@@ -139,7 +145,9 @@ class TrainingJob:
                 total_rounds=self.config.rounds,
                 history=history,
                 label_histogram=self._label_histogram,
-                cumulative_contributions=cumulative_contributions(self.config.workers, [r["workers"] for r in history]),
+                cumulative_contributions=cumulative_contributions(self.config.workers, rows),
+                cumulative_shapley=cumulative_shapley(self.config.workers, rows),
+                server_view=self._server_view,
                 elapsed=elapsed,
                 eta=self._eta(history, elapsed),
                 error=self._error,

@@ -47,27 +47,51 @@ def accuracy_figure(history: list[dict]) -> go.Figure:
     return fig
 
 
-def contribution_figure(history: list[dict], cumulative: dict[int, float]) -> go.Figure:
-    latest = {row["worker"]: row["contribution"] for row in history[-1]["workers"]} if history else {}
+def contribution_figure(
+    history: list[dict], cumulative: dict[int, float], cumulative_shapley: dict[int, tuple[float, float]]
+) -> go.Figure:
+    """Leave-one-out and Shapley contributions of each worker, this round and summed over the rounds."""
+    latest = {row["worker"]: row for row in history[-1]["workers"]} if history else {}
     workers = sorted(cumulative)
     labels = [f"W{w}" for w in workers]
+
+    def this_round(key: str) -> list[float | None]:
+        return [_points(latest[w].get(key)) if w in latest else None for w in workers]
+
     fig = make_subplots(rows=1, cols=2, subplot_titles=(f"round {len(history)}", "all rounds (sum)"))
-    fig.add_trace(
-        go.Bar(x=labels, y=[100 * latest.get(w, 0.0) for w in workers], marker_color=ACCENT, name="this round"),
-        row=1,
-        col=1,
+    measures = (
+        ("leave-one-out", ACCENT, this_round("contribution"), None, [100 * cumulative[w] for w in workers], None),
+        (
+            "Shapley",
+            SECOND,
+            this_round("shapley"),
+            this_round("shapley_ci"),
+            [100 * cumulative_shapley[w][0] for w in workers] if cumulative_shapley else [],
+            [100 * cumulative_shapley[w][1] for w in workers] if cumulative_shapley else None,
+        ),
     )
-    fig.add_trace(
-        go.Bar(x=labels, y=[100 * cumulative[w] for w in workers], marker_color=SECOND, name="cumulative"), row=1, col=2
-    )
+    for name, colour, now, now_ci, total, total_ci in measures:
+        for col, values, ci in ((1, now, now_ci), (2, total, total_ci)):
+            error = dict(type="data", array=ci, visible=True) if ci and any(c for c in ci) else None
+            fig.add_trace(
+                go.Bar(x=labels, y=values, name=name, marker_color=colour, error_y=error, showlegend=col == 1),
+                row=1,
+                col=col,
+            )
     fig.update_layout(
-        title="Contribution: accuracy lost without the worker's update",
+        title="Contribution of each worker (accuracy points)",
         height=340,
-        showlegend=False,
+        barmode="group",
+        legend=dict(orientation="h", y=-0.15),
         margin=dict(t=80, b=30),
     )
     fig.update_yaxes(title_text="accuracy points")
     return fig
+
+
+def _points(value: float | None) -> float | None:
+    """A share of accuracy in points, or None (no bar) where the server could not tell."""
+    return None if value is None or value != value else 100 * value
 
 
 def label_heatmap(histogram: list[list[int]]) -> go.Figure:
@@ -100,14 +124,21 @@ WORKER_COLUMNS = {
     "local_accuracy": "local accuracy",
     "update_norm": "update norm",
     "cosine_to_aggregate": "cosine to aggregate",
-    "contribution": "contribution",
+    "contribution": "leave-one-out",
+    "shapley": "Shapley",
+    "shapley_ci": "Shapley ± (95%)",
 }
 
 
-def worker_table(history: list[dict], cumulative: dict[int, float]) -> pd.DataFrame:
+def worker_table(
+    history: list[dict], cumulative: dict[int, float], cumulative_shapley: dict[int, tuple[float, float]]
+) -> pd.DataFrame:
     frame = pd.DataFrame(history[-1]["workers"] if history else [], columns=list(WORKER_COLUMNS))
-    frame["contribution"] *= 100
-    frame["cumulative"] = [100 * cumulative[w] for w in frame["worker"]]
+    for points in ("contribution", "shapley", "shapley_ci"):
+        frame[points] = frame[points].astype(float) * 100
+    frame["leave-one-out, all rounds"] = [100 * cumulative[w] for w in frame["worker"]]
+    if cumulative_shapley:
+        frame["Shapley, all rounds"] = [100 * cumulative_shapley[w][0] for w in frame["worker"]]
     return frame.rename(columns=WORKER_COLUMNS).set_index("worker")
 
 
@@ -116,14 +147,14 @@ def round_views(job: TrainingJob, snapshot: JobSnapshot) -> tuple[go.Figure, go.
     key = (job.job_id, snapshot.round)
     cached = st.session_state.get(session.ROUND_VIEWS)
     if cached is None or cached[0] != key:
-        history, cumulative = snapshot.history, snapshot.cumulative_contributions
+        history, cumulative, shapley = snapshot.history, snapshot.cumulative_contributions, snapshot.cumulative_shapley
         cached = (
             key,
             (
                 accuracy_figure(history),
-                contribution_figure(history, cumulative),
+                contribution_figure(history, cumulative, shapley),
                 label_heatmap(snapshot.label_histogram),
-                worker_table(history, cumulative),
+                worker_table(history, cumulative, shapley),
             ),
         )
         st.session_state[session.ROUND_VIEWS] = cached
