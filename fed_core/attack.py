@@ -420,10 +420,8 @@ class SquareCNNInversion:
         rhs = torch.cat([weights * (u - self.bias), scale * self.grad_w.flatten()])
         return _box_least_squares(lhs, rhs, x, smoothing, iters)
 
-    def run(
-        self, options: AttackOptions, label: int, public_labels: torch.Tensor, mismatch: Callable, report: Callable
-    ) -> torch.Tensor:
-        """Try a few priors until one gives a near-perfect match; returns the best image (normalised [784])."""
+    def run(self, options: AttackOptions, label: int, public_labels: torch.Tensor, trace: Trace) -> torch.Tensor:
+        """Try a few priors until one matches almost perfectly; returns the best image, normalised [1, 1, 28, 28]."""
         priors = [
             self.prior(options.neighbours),
             self.prior(options.neighbours, public_labels == label),
@@ -432,19 +430,18 @@ class SquareCNNInversion:
         ]
         best, best_mismatch = None, math.inf
         for i, prior in enumerate(priors):
-            first = i * options.sign_rounds
-            x = self._settle_signs(prior, options.sign_rounds, lambda r, x: report(first + r + 1, x, mismatch(x)))
+            x = self._settle_signs(prior, options.sign_rounds, trace, i * options.sign_rounds)
             signs = torch.sign(self.forward @ x + self.bias)
-            x = self.solve(signs, torch.ones_like(signs), x, 0.0, 500)
-            value = mismatch(x)
-            if value < best_mismatch:
-                best, best_mismatch = x, value
-            report(first + options.sign_rounds, best, best_mismatch)
+            image = as_image(self.solve(signs, torch.ones_like(signs), x, 0.0, 500))
+            mismatch = trace.mismatch(image)
+            if mismatch < best_mismatch:
+                best, best_mismatch = image, mismatch
+            trace((i + 1) * options.sign_rounds, best, best_mismatch)
             if best_mismatch < SOLVED_MISMATCH:
                 break
         return best
 
-    def _settle_signs(self, prior: torch.Tensor, rounds: int, report: Callable) -> torch.Tensor:
+    def _settle_signs(self, prior: torch.Tensor, rounds: int, trace: Trace, first_step: int) -> torch.Tensor:
         signs, weights = torch.sign(prior + 1e-3), prior.abs()
         x = torch.full((self.forward.shape[1],), LOW, dtype=torch.float64)
         for round_idx in range(rounds):
@@ -454,11 +451,16 @@ class SquareCNNInversion:
             score = self.prior_weight * prior + agreement
             new_signs = torch.sign(score + 1e-3)
             weights = score.abs() / 2  # rows of the forward map then weigh about as much as the gradient rows
-            report(round_idx, x)
+            image = as_image(x)
+            trace(first_step + round_idx + 1, image, trace.mismatch(image))
             if round_idx >= 2 and torch.equal(new_signs, signs):
                 break
             signs = new_signs
         return x
+
+
+def as_image(x: torch.Tensor) -> torch.Tensor:
+    return x.float().view(1, 1, 28, 28)
 
 
 def _neighbour_differences_gradient(x: torch.Tensor) -> torch.Tensor:
@@ -495,6 +497,32 @@ def _box_least_squares(
 # ----------------------------------------------------------------------------- the attack
 
 
+class Trace:
+    """The attack's history and live progress: one entry per reported step."""
+
+    def __init__(
+        self, matcher: GradientMatcher, total: int, reference: torch.Tensor | None, progress: Progress | None
+    ) -> None:
+        self.mismatch = lambda x: matcher.mismatch(x).item()
+        self.total = total
+        self.truth = reference.float() / 255 if reference is not None else None
+        self.progress = progress
+        self.started = time.perf_counter()
+        self.history: list[dict] = []
+        self.step = 0
+
+    def __call__(self, step: int, x: torch.Tensor, mismatch: float) -> None:
+        self.step = step
+        entry = {"step": step, "seconds": time.perf_counter() - self.started, "loss": mismatch}
+        pixels = to_pixels(x)
+        if self.truth is not None:
+            matched = pixels[match_images(pixels, self.truth)]
+            entry["psnr"] = float(np.mean([psnr(p, t) for p, t in zip(matched, self.truth)]))
+        self.history.append(entry)
+        if self.progress:
+            self.progress(step, self.total, pixels, entry)
+
+
 def reconstruct(
     observed: ObservedUpdate,
     options: AttackOptions | None = None,
@@ -506,82 +534,43 @@ def reconstruct(
 
     ``reference`` (the true uint8 images, known only because the worker is simulated) is used for scores and
     never by the optimisation. ``public`` is the server's own data for the sign prior (default: MNIST's test
-    set, disjoint from every worker's training images).
+    set, disjoint from every worker's training images). ``progress(step, total, images, metrics)`` follows
+    every step with the current reconstruction in [0, 1].
     """
     options = options or AttackOptions()
     if options.optimizer not in ("adam", "lbfgs"):
         raise ValueError(f"Unknown optimizer {options.optimizer!r}; choose adam or lbfgs.")
+    if options.steps < 0 or options.sign_rounds < 1 or options.neighbours < 1:
+        raise ValueError("steps must be >= 0, sign rounds and neighbours >= 1.")
     model = build_model(observed.model)
     if observed.update.shape != observed.global_vector.shape:
         raise ValueError("The update and the global weights have different sizes.")
-    started = time.perf_counter()
     labels = infer_labels(model, observed)
     matcher = GradientMatcher(model, observed, labels, options.tv_weight)
-    truth = reference.float() / 255 if reference is not None else None
-    structured = options.structure and isinstance(model, CryptoCNN) and observed.num_examples == 1
-    structured = structured and observed.local_steps == 1
-    total = (4 * options.sign_rounds if structured else 0) + options.steps
-    history: list[dict] = []
-    tick = {"step": 0}
-
-    def record(step: int, x: torch.Tensor, loss: float) -> None:
-        tick["step"] = step
-        entry = {"step": step, "seconds": time.perf_counter() - started, "loss": loss}
-        pixels = to_pixels(x)
-        if truth is not None:
-            entry["psnr"] = float(np.mean([psnr(p, t) for p, t in zip(pixels[match_images(pixels, truth)], truth)]))
-        history.append(entry)
-        if progress:
-            progress(step, total, pixels, entry)
-
-    shape = (observed.num_examples, 1, 28, 28)
+    structured = options.structure and isinstance(model, CryptoCNN)
+    structured = structured and observed.num_examples == 1 and observed.local_steps == 1
+    trace = Trace(matcher, (4 * options.sign_rounds if structured else 0) + options.steps, reference, progress)
     if structured:
-        start = _square_cnn_start(model, observed, options, labels[0], matcher, public, record)
-        lr = options.lr / 10
+        public = public or load_mnist()
+        start = SquareCNNInversion(model, observed, public.test_images).run(
+            options, labels[0], public.test_labels, trace
+        )
+        lr = options.lr / 10  # the start is already close: small steps
     else:
         gen = torch.Generator().manual_seed(options.seed)
-        start = LOW + (HIGH - LOW) * torch.rand(shape, generator=gen)
+        start = LOW + (HIGH - LOW) * torch.rand((observed.num_examples, 1, 28, 28), generator=gen)
         lr = options.lr
-    offset = tick["step"]
+    offset = trace.step
     best = match_gradients(
-        matcher, start, options.steps, lr, options.optimizer, lambda s, x, loss: record(offset + s, x, loss)
+        matcher, start, options.steps, lr, options.optimizer, lambda s, x, mismatch: trace(offset + s, x, mismatch)
     )
-    if tick["step"] < total:
-        record(total, best, matcher.mismatch(best).item())
+    if trace.step < trace.total:
+        trace(trace.total, best, trace.mismatch(best))
     pixels = to_pixels(best)
-    result = AttackResult(
-        pixels,
-        labels,
-        "square-CNN inversion + gradient matching" if structured else "gradient matching",
-        time.perf_counter() - started,
-        history,
-    )
-    if truth is not None:
-        result.matched = match_images(pixels, truth)
-        result.psnr = [psnr(pixels[j], t) for j, t in zip(result.matched, truth)]
-        result.ssim = [ssim(pixels[j], t) for j, t in zip(result.matched, truth)]
+    method = "square-CNN inversion + gradient matching" if structured else "gradient matching"
+    result = AttackResult(pixels, labels, method, time.perf_counter() - trace.started, trace.history)
+    if trace.truth is not None:
+        result.matched = match_images(pixels, trace.truth)
+        result.psnr = [psnr(pixels[j], t) for j, t in zip(result.matched, trace.truth)]
+        result.ssim = [ssim(pixels[j], t) for j, t in zip(result.matched, trace.truth)]
     return result
-
-
-def _square_cnn_start(
-    model: CryptoCNN,
-    observed: ObservedUpdate,
-    options: AttackOptions,
-    label: int,
-    matcher: GradientMatcher,
-    public: Mnist | None,
-    record: Callable,
-) -> torch.Tensor:
-    public = public or load_mnist()
-    inversion = SquareCNNInversion(model, observed, public.test_images)
-
-    def as_image(x: torch.Tensor) -> torch.Tensor:
-        return x.float().view(1, 1, 28, 28)
-
-    def mismatch(x: torch.Tensor) -> float:
-        return matcher.mismatch(as_image(x)).item()
-
-    def report(step: int, x: torch.Tensor, value: float) -> None:
-        record(step, as_image(x), value)
-
-    return as_image(inversion.run(options, label, public.test_labels, mismatch, report))
