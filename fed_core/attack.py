@@ -135,13 +135,18 @@ def csprng_uint64(count: int) -> np.ndarray:
     return np.frombuffer(os.urandom(8 * count), dtype=np.uint64).copy()
 
 
+def encode_fixed_point(values: torch.Tensor, fraction_bits: int = FRACTION_BITS) -> np.ndarray:
+    """Round to multiples of 2^-fraction_bits and write as two's-complement elements of Z_(2^64)."""
+    return torch.round(values.double() * 2.0**fraction_bits).to(torch.int64).numpy().view(np.uint64)
+
+
 def masked_update(delta: torch.Tensor, num_examples: int, fraction_bits: int = FRACTION_BITS) -> np.ndarray:
     """One worker's secure-aggregation input: its update times its example count in fixed point, plus a mask.
 
-    Masks of all workers cancel in the sum; one vector alone is uniformly random in Z_(2^64).
+    The masks of all workers cancel in the sum; one vector alone is uniformly random in Z_(2^64).
     """
-    scaled = torch.round(delta.double() * num_examples * 2.0**fraction_bits).to(torch.int64).numpy()
-    return scaled.view(np.uint64) + csprng_uint64(len(scaled))  # uint64 addition wraps: arithmetic mod 2^64
+    encoded = encode_fixed_point(delta * num_examples, fraction_bits)
+    return encoded + csprng_uint64(len(encoded))  # uint64 addition wraps: arithmetic mod 2^64
 
 
 def decode_masked(ring: np.ndarray, num_examples: int, fraction_bits: int = FRACTION_BITS) -> torch.Tensor:
@@ -281,7 +286,7 @@ def simulate_update(
     SGD with momentum and a per-step gradient-norm clip, in batches taken in the given order every epoch
     (the worker's shuffling is not visible to the server; with one batch per epoch it does not matter).
     """
-    params = dict(global_params)
+    params = {name: p.detach().requires_grad_(True) for name, p in global_params.items()}
     velocity = {name: torch.zeros_like(p) for name, p in params.items()}
     for _ in range(settings.epochs):
         for start in range(0, len(x), settings.batch_size):
@@ -293,7 +298,7 @@ def simulate_update(
             for (name, p), g in zip(list(params.items()), grads):
                 velocity[name] = settings.momentum * velocity[name] + scale * g
                 params[name] = p - settings.lr * velocity[name]
-    return flatten(params) - flatten(global_params)
+    return flatten(params) - flatten(global_params).detach()
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -308,8 +313,7 @@ class GradientMatcher:
         self.observed = observed
         self.labels = torch.tensor(labels)
         self.tv_weight = tv_weight
-        weights = unflatten(observed.global_vector, model_params(model))
-        self.params = {name: p.detach().clone().requires_grad_(True) for name, p in weights.items()}
+        self.params = unflatten(observed.global_vector, model_params(model))
         self.target = observed.update / observed.update.norm().clamp(min=1e-30)
 
     def mismatch(self, x: torch.Tensor) -> torch.Tensor:
