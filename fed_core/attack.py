@@ -14,9 +14,9 @@ rate, momentum, gradient clip, epochs, batch size). :func:`reconstruct` takes ex
 
 Plain gradient matching stalls far from the image on ``crypto_cnn`` (about 7-13 dB): the square activation
 hides the sign of every convolution output, and each of the 512 signs is a separate basin. For a single image
-trained for one local step the attack therefore starts from :func:`invert_square_cnn`, which reads that layer
-in closed form and settles the signs with a prior from public digits (the MNIST test set, never a worker's
-training image) and a few convex solves; gradient matching then polishes the result.
+trained for one local step the attack therefore starts from :class:`SquareCNNInversion`, which reads the
+layers in closed form and settles the signs with a prior from public digits (the MNIST test set, never a
+worker's training image) and a few convex solves; gradient matching then polishes the result.
 
 The two defences are simulated here as the server would meet them: :func:`masked_update` (secure
 aggregation: the worker's fixed-point update plus a one-time mask, uniformly random in the 64-bit ring) and
@@ -45,8 +45,7 @@ from .server import partition_for
 
 LOW, HIGH = (0.0 - MEAN) / STD, (1.0 - MEAN) / STD  # the valid pixel range after normalisation
 DEFENCES = ("none", "secure-agg", "dp")
-RING_BITS = 64
-FRACTION_BITS = 16  # fixed-point scale 2**16, as a secure-aggregation encoder would use
+FRACTION_BITS = 16  # fixed-point scale 2**16 in the 64-bit ring, as a secure-aggregation encoder would use
 SOLVED_MISMATCH = 1e-4  # 1 - cosine below which the square-CNN inversion stops trying priors (about 40 dB)
 Progress = Callable[[int, int, torch.Tensor, dict], None]
 
@@ -256,10 +255,10 @@ def last_bias_name(model: nn.Module) -> str:
 
 
 def infer_labels(model: nn.Module, observed: ObservedUpdate) -> list[int]:
-    """iDLG: the descent direction -update holds softmax - one-hot in the last bias; its negative entries are labels.
+    """iDLG: -update points along the gradient, whose last-bias part is softmax - one-hot: negative at the label.
 
-    Exact for one image. For several it is a heuristic: every class with a negative entry is present, and the
-    remaining slots go to the most negative entries in proportion to their size.
+    Exact for one image and one step. For several images it is a heuristic: every class with a negative entry
+    is present, and the remaining slots go to the negative entries in proportion to their size.
     """
     bias_grad = unflatten(-observed.update, model_params(model))[last_bias_name(model)].double()
     order = torch.argsort(bias_grad).tolist()
@@ -379,9 +378,10 @@ class SquareCNNInversion:
     neither s nor lr matters. With u = conv(x) + b (C channels x L positions), a = u^2 and d = dL/dz1:
 
     * fc1's weight gradient is d a^T, its bias gradient d: a = G_W1^T d / |d|^2 gives |u| exactly;
-    * the conv gradients are G_W[c] = sum_p v_cp patch_p(x) and G_b[c] = sum_p v_cp with v = 2 u * (W1^T d).
+    * the conv weight gradient is G_W[c] = sum_p v_cp patch_p(x) with v = 2 u * (W1^T d).
 
-    Given the signs of u, both families are linear in x, so x is a box-constrained least-squares problem.
+    Given the signs of u, u = conv(x) + b and G_W are both linear in x: a box-constrained least-squares problem.
+    The sign of each u is what the square hides (plain gradient matching gets about 30% of them wrong).
     The signs come from public digits with similar |u| (a vote), then from the solution itself, round after
     round (alternating minimisation, as in phase retrieval).
     """
@@ -394,19 +394,19 @@ class SquareCNNInversion:
         grads = unflatten(-observed.update.double(), params)
         conv_w, conv_b = params["conv.weight"].double(), params["conv.bias"].double()
         channels, _, k, _ = conv_w.shape
-        self.stride = model.conv.stride[0]
+        stride = model.conv.stride[0]
         d = grads["fc1.bias"]
         squared = grads["fc1.weight"].T @ d / d.dot(d).clamp(min=1e-300)
         self.magnitude = squared.clamp(min=0).sqrt()  # |u|, channel-major like the flattened conv output
         self.r = params["fc1.weight"].double().T @ d  # dL/da (times the unknown scale)
         self.grad_w = grads["conv.weight"].reshape(channels, -1)
         eye = torch.eye(28 * 28, dtype=torch.float64).view(-1, 1, 28, 28)
-        self.forward = F.conv2d(eye, conv_w, stride=self.stride).flatten(1).T  # [C*L, 784]
+        self.forward = F.conv2d(eye, conv_w, stride=stride).flatten(1).T  # [C*L, 784]
         self.bias = conv_b.repeat_interleave(self.forward.shape[0] // channels)
-        self.unfold = F.unfold(eye, k, stride=self.stride)  # [784, k*k, L]
-        public_u = F.conv2d(normalize(public).double(), conv_w, conv_b, stride=self.stride).flatten(1)
-        self.public_u = public_u
-        self.public_distance = (public_u.abs() - self.magnitude).pow(2).sum(1)
+        self.unfold = F.unfold(eye, k, stride=stride)  # [784, k*k, L]
+        public_u = F.conv2d(normalize(public), params["conv.weight"], params["conv.bias"], stride=stride)
+        self.public_u = public_u.flatten(1).double()
+        self.public_distance = (self.public_u.abs() - self.magnitude).pow(2).sum(1)
 
     def prior(self, neighbours: int, within: torch.Tensor | None = None) -> torch.Tensor:
         """Mean sign of u over the public images nearest in |u| (optionally only those where ``within``)."""
@@ -549,6 +549,8 @@ def reconstruct(
     model = build_model(observed.model)
     if observed.update.shape != observed.global_vector.shape:
         raise ValueError("The update and the global weights have different sizes.")
+    if reference is not None and len(reference) != observed.num_examples:
+        raise ValueError(f"{len(reference)} reference images for an update of {observed.num_examples} examples.")
     labels = infer_labels(model, observed)
     matcher = GradientMatcher(model, observed, labels, options.tv_weight)
     structured = options.structure and isinstance(model, CryptoCNN)
