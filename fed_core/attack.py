@@ -391,21 +391,21 @@ class SquareCNNInversion:
 
     def __init__(self, model: CryptoCNN, observed: ObservedUpdate, public: torch.Tensor) -> None:
         params = unflatten(observed.global_vector, model_params(model))
-        grads = unflatten(-observed.update.double(), params)
-        conv_w, conv_b = params["conv.weight"].double(), params["conv.bias"].double()
+        grads = unflatten(-observed.update / observed.update.norm().clamp(min=1e-30), params)  # homogeneous: scale-free
+        conv_w, conv_b = params["conv.weight"], params["conv.bias"]
         channels, _, k, _ = conv_w.shape
         stride = model.conv.stride[0]
         d = grads["fc1.bias"]
-        squared = grads["fc1.weight"].T @ d / d.dot(d).clamp(min=1e-300)
+        squared = grads["fc1.weight"].T @ d / d.dot(d).clamp(min=1e-30)
         self.magnitude = squared.clamp(min=0).sqrt()  # |u|, channel-major like the flattened conv output
-        self.r = params["fc1.weight"].double().T @ d  # dL/da (times the unknown scale)
+        self.r = params["fc1.weight"].T @ d  # dL/da (times the unknown scale)
         self.grad_w = grads["conv.weight"].reshape(channels, -1)
-        eye = torch.eye(28 * 28, dtype=torch.float64).view(-1, 1, 28, 28)
+        eye = torch.eye(28 * 28).view(-1, 1, 28, 28)
         self.forward = F.conv2d(eye, conv_w, stride=stride).flatten(1).T  # [C*L, 784]
         self.bias = conv_b.repeat_interleave(self.forward.shape[0] // channels)
         self.unfold = F.unfold(eye, k, stride=stride)  # [784, k*k, L]
         public_u = F.conv2d(normalize(public), params["conv.weight"], params["conv.bias"], stride=stride)
-        self.public_u = public_u.flatten(1).double()
+        self.public_u = public_u.flatten(1)
         self.public_distance = (self.public_u.abs() - self.magnitude).pow(2).sum(1)
 
     def prior(self, neighbours: int, within: torch.Tensor | None = None) -> torch.Tensor:
@@ -419,7 +419,7 @@ class SquareCNNInversion:
         u = signs * self.magnitude
         v = (2 * self.r * u).view(self.grad_w.shape[0], -1)
         grad_rows = torch.einsum("cp,jkp->ckj", v, self.unfold).reshape(-1, self.forward.shape[1])
-        scale = self.magnitude.norm() / self.grad_w.norm().clamp(min=1e-300)
+        scale = self.magnitude.norm() / self.grad_w.norm().clamp(min=1e-30)
         lhs = torch.cat([weights.unsqueeze(1) * self.forward, scale * grad_rows])
         rhs = torch.cat([weights * (u - self.bias), scale * self.grad_w.flatten()])
         return _box_least_squares(lhs, rhs, x, smoothing, iters)
@@ -447,7 +447,7 @@ class SquareCNNInversion:
 
     def _settle_signs(self, prior: torch.Tensor, rounds: int, trace: Trace, first_step: int) -> torch.Tensor:
         signs, weights = torch.sign(prior + 1e-3), prior.abs()
-        x = torch.full((self.forward.shape[1],), LOW, dtype=torch.float64)
+        x = torch.full((self.forward.shape[1],), LOW)
         for round_idx in range(rounds):
             x = self.solve(signs, weights, x, self.smoothing, 200)
             u = self.forward @ x + self.bias
