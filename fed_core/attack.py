@@ -404,7 +404,7 @@ class SquareCNNInversion:
         self.forward = F.conv2d(eye, conv_w, stride=stride).flatten(1).T  # [C*L, 784]
         self.bias = conv_b.repeat_interleave(self.forward.shape[0] // channels)
         self.unfold = F.unfold(eye, k, stride=stride)  # [784, k*k, L]
-        public_u = F.conv2d(normalize(public), params["conv.weight"], params["conv.bias"], stride=stride)
+        public_u = F.conv2d(normalize(public), conv_w, conv_b, stride=stride)
         self.public_u = public_u.flatten(1)
         self.public_distance = (self.public_u.abs() - self.magnitude).pow(2).sum(1)
 
@@ -414,7 +414,9 @@ class SquareCNNInversion:
         nearest = distance.topk(min(neighbours, len(distance)), largest=False).indices
         return torch.sign(self.public_u[nearest]).mean(0)
 
-    def solve(self, signs: torch.Tensor, weights: torch.Tensor, x: torch.Tensor, smoothing: float, iters: int):
+    def solve(
+        self, signs: torch.Tensor, weights: torch.Tensor, x: torch.Tensor, smoothing: float, iters: int
+    ) -> torch.Tensor:
         """min over x in the box of |w(Ax + b - signs|u|)|^2 + |conv-gradient residual|^2 + smoothing |Dx|^2."""
         u = signs * self.magnitude
         v = (2 * self.r * u).view(self.grad_w.shape[0], -1)
@@ -464,7 +466,8 @@ class SquareCNNInversion:
 
 
 def as_image(x: torch.Tensor) -> torch.Tensor:
-    return x.float().view(1, 1, 28, 28)
+    """A flat normalised image [784] as the model's input shape [1, 1, 28, 28]."""
+    return x.view(1, 1, 28, 28)
 
 
 def _neighbour_differences_gradient(x: torch.Tensor) -> torch.Tensor:
