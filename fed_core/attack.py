@@ -1,0 +1,585 @@
+"""What a curious server can read from one worker's update: gradient inversion against the app's models.
+
+The server of a federated round holds, for each worker, the global weights it sent, the update that came
+back (local model minus global model), the worker's example count and the public local settings (learning
+rate, momentum, gradient clip, epochs, batch size). :func:`reconstruct` takes exactly that
+(:class:`ObservedUpdate`) and looks for images whose update matches it:
+
+* labels first, as iDLG (Zhao et al. 2020): the last layer's bias gradient is softmax minus one-hot, so the
+  true class is the one entry of the other sign;
+* gradient matching as in DLG (Zhu et al. 2019) with the cosine loss and total variation of "Inverting
+  Gradients" (Geiping et al. 2020): the worker's local training is replayed on candidate images
+  (:func:`simulate_update`, differentiable) and the candidates are moved until the replayed update points the
+  way the observed one does. Cosine is blind to scale, so clipping and the learning rate need not be undone.
+
+Plain gradient matching stalls far from the image on ``crypto_cnn`` (about 7-13 dB): the square activation
+hides the sign of every convolution output, and each of the 512 signs is a separate basin. For a single image
+trained for one local step the attack therefore starts from :class:`SquareCNNInversion`, which reads the
+layers in closed form and settles the signs with a prior from public digits (the MNIST test set, never a
+worker's training image) and a few convex solves; gradient matching then polishes the result.
+
+The two defences are simulated here as the server would meet them: :func:`masked_update` (secure
+aggregation: the worker's fixed-point update plus a one-time mask, uniformly random in the 64-bit ring) and
+:func:`dp_update` (the update clipped, plus Gaussian noise). Masks and noise come from ``os.urandom`` only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from .client import BatchedTrainer, LocalSettings, Params, WorkerUpdate, flatten, model_params, unflatten
+from .config import TrainConfig
+from .data import MEAN, STD, Mnist, load_mnist, normalize
+from .models import CryptoCNN, build_model
+from .server import partition_for
+
+LOW, HIGH = (0.0 - MEAN) / STD, (1.0 - MEAN) / STD  # the valid pixel range after normalisation
+DEFENCES = ("none", "secure-agg", "dp")
+FRACTION_BITS = 16  # fixed-point scale 2**16 in the 64-bit ring, as a secure-aggregation encoder would use
+SOLVED_MISMATCH = 1e-4  # 1 - cosine below which the square-CNN inversion stops trying priors (about 40 dB)
+Progress = Callable[[int, int, torch.Tensor, dict], None]
+
+
+@dataclass(frozen=True)
+class ObservedUpdate:
+    """Everything the server holds about one worker's round; nothing else reaches the attack."""
+
+    model: str
+    global_vector: torch.Tensor  # flat float32 [P]: the weights the server sent
+    update: torch.Tensor  # flat [P]: what came back, after any defence, decoded as the server would
+    num_examples: int
+    settings: LocalSettings
+
+    @property
+    def local_steps(self) -> int:
+        return self.settings.epochs * -(-self.num_examples // self.settings.batch_size)
+
+
+@dataclass(frozen=True)
+class AttackOptions:
+    steps: int = 200  # gradient-matching iterations (the polish after the square-CNN inversion)
+    optimizer: str = "adam"  # "adam" or "lbfgs"
+    lr: float = 0.1  # Adam step on the pixel logits; the polish uses a tenth of it
+    tv_weight: float = 1e-4
+    seed: int = 0  # random start of plain gradient matching (simulation randomness, not a secret)
+    neighbours: int = 50  # public images voting on each convolution sign
+    sign_rounds: int = 15  # convex solves per prior before giving up on it
+    structure: bool = True  # use the closed-form start when the model and the update allow it
+
+
+@dataclass
+class AttackResult:
+    images: torch.Tensor  # float [N, 28, 28] in [0, 1]
+    labels: list[int]  # inferred from the update
+    method: str
+    seconds: float
+    history: list[dict] = field(default_factory=list)  # {"step", "seconds", "loss" (1 - cosine)[, "psnr"]}
+    psnr: list[float] = field(default_factory=list)  # per true image, when the true images were given
+    ssim: list[float] = field(default_factory=list)
+    matched: list[int] = field(default_factory=list)  # matched[i]: the reconstruction scored against image i
+
+    def to_dict(self) -> dict:
+        return {
+            "labels": self.labels,
+            "method": self.method,
+            "seconds": self.seconds,
+            "psnr": self.psnr,
+            "ssim": self.ssim,
+            "matched": self.matched,
+            "history": self.history,
+        }
+
+
+# ----------------------------------------------------------------------------- the worker's side
+
+
+def worker_examples(config: TrainConfig, data: Mnist, worker: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``count`` training images (uint8) and labels of ``worker``'s shard in the federation ``config``."""
+    shards = partition_for(config, data)
+    if not 0 <= worker < len(shards):
+        raise ValueError(f"worker must be between 0 and {len(shards) - 1}, got {worker}.")
+    if not 1 <= count <= len(shards[worker]):
+        raise ValueError(f"images must be between 1 and {len(shards[worker])} for worker {worker}, got {count}.")
+    index = shards[worker][:count]
+    return data.train_images[index], data.train_labels[index]
+
+
+def make_update(
+    model: nn.Module,
+    global_vector: torch.Tensor,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    settings: LocalSettings,
+    seed: int,
+) -> WorkerUpdate:
+    """The update a worker holding exactly ``images`` (uint8 [N, 28, 28]) sends: the app's own trainer."""
+    trainer = BatchedTrainer(model, images, labels, settings)
+    return trainer.train(global_vector, [0], [torch.arange(len(images))], [seed])[0]
+
+
+# ----------------------------------------------------------------------------- what the server sees
+
+
+def csprng_uint64(count: int) -> np.ndarray:
+    return np.frombuffer(os.urandom(8 * count), dtype=np.uint64).copy()
+
+
+def encode_fixed_point(values: torch.Tensor, fraction_bits: int = FRACTION_BITS) -> np.ndarray:
+    """Round to multiples of 2^-fraction_bits and write as two's-complement elements of Z_(2^64)."""
+    return torch.round(values.double() * 2.0**fraction_bits).to(torch.int64).numpy().view(np.uint64)
+
+
+def masked_update(delta: torch.Tensor, num_examples: int, fraction_bits: int = FRACTION_BITS) -> np.ndarray:
+    """One worker's secure-aggregation input: its update times its example count in fixed point, plus a mask.
+
+    The masks of all workers cancel in the sum; one vector alone is uniformly random in Z_(2^64).
+    """
+    encoded = encode_fixed_point(delta * num_examples, fraction_bits)
+    return encoded + csprng_uint64(len(encoded))  # uint64 addition wraps: arithmetic mod 2^64
+
+
+def decode_masked(ring: np.ndarray, num_examples: int, fraction_bits: int = FRACTION_BITS) -> torch.Tensor:
+    """Decode a ring vector as the server decodes the aggregate: signed fixed point, divided by the count."""
+    signed = ring.view(np.int64).astype(np.float64) / 2.0**fraction_bits / num_examples
+    return torch.from_numpy(signed).float()
+
+
+def csprng_normal(count: int) -> torch.Tensor:
+    """Standard normal samples from os.urandom (Box-Muller on 53-bit uniforms in (0, 1))."""
+    pairs = (count + 1) // 2
+    bits = csprng_uint64(2 * pairs) >> np.uint64(11)
+    uniform = (bits.astype(np.float64) + 0.5) / 2.0**53
+    radius = np.sqrt(-2.0 * np.log(uniform[:pairs]))
+    angle = 2.0 * np.pi * uniform[pairs:]
+    return torch.from_numpy(np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:count]).float()
+
+
+def dp_update(delta: torch.Tensor, clip_norm: float, noise_multiplier: float) -> torch.Tensor:
+    """The Gaussian mechanism of DP-FedAvg: clip the update to ``clip_norm``, add N(0, (z * clip_norm)^2)."""
+    clipped = delta * min(1.0, clip_norm / (delta.norm().item() + 1e-12))
+    return clipped + noise_multiplier * clip_norm * csprng_normal(delta.numel())
+
+
+def observe(
+    model_name: str,
+    global_vector: torch.Tensor,
+    update: WorkerUpdate,
+    settings: LocalSettings,
+    defence: str = "none",
+    noise_multiplier: float = 1.0,
+    clip_norm: float | None = None,
+) -> ObservedUpdate:
+    """What the server holds about ``update`` under ``defence``; the DP clip defaults to one local step's bound."""
+    if defence == "none":
+        vector = update.delta
+    elif defence == "secure-agg":
+        vector = decode_masked(masked_update(update.delta, update.num_examples), update.num_examples)
+    elif defence == "dp":
+        clip = clip_norm if clip_norm is not None else settings.lr * settings.clip_norm
+        if clip <= 0 or noise_multiplier < 0:
+            raise ValueError("DP needs a positive clip norm and a non-negative noise multiplier.")
+        vector = dp_update(update.delta, clip, noise_multiplier)
+    else:
+        raise ValueError(f"Unknown defence {defence!r}; choose one of {', '.join(DEFENCES)}.")
+    return ObservedUpdate(model_name, global_vector, vector, update.num_examples, settings)
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+def psnr(image: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB of two images with pixels in [0, data_range]; inf when identical."""
+    mse = (image.double() - reference.double()).pow(2).mean().item()
+    return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).view(1, 1, size, size)
+
+
+def ssim(image: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0) -> float:
+    """Structural similarity (Wang et al. 2004): 11x11 Gaussian window (sigma 1.5), mean over valid windows."""
+    x, y = image.double().view(1, 1, *image.shape[-2:]), reference.double().view(1, 1, *reference.shape[-2:])
+    window = _gaussian_window()
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y = F.conv2d(x, window), F.conv2d(y, window)
+    var_x = F.conv2d(x * x, window) - mu_x**2
+    var_y = F.conv2d(y * y, window) - mu_y**2
+    cov = F.conv2d(x * y, window) - mu_x * mu_y
+    score = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return score.mean().item()
+
+
+def to_pixels(x: torch.Tensor) -> torch.Tensor:
+    """Normalised [N, 1, 28, 28] -> pixels [N, 28, 28] in [0, 1]."""
+    return (x.detach() * STD + MEAN).clamp(0, 1).view(-1, 28, 28)
+
+
+def match_images(images: torch.Tensor, reference: torch.Tensor) -> list[int]:
+    """matched[i]: the reconstruction paired with true image i (greedy on squared error; the order is unknown)."""
+    errors = (reference.unsqueeze(1) - images.unsqueeze(0)).pow(2).flatten(2).mean(2)
+    matched = [-1] * len(reference)
+    for _ in range(len(reference)):
+        i, j = divmod(int(errors.argmin()), errors.shape[1])
+        matched[i] = j
+        errors[i, :], errors[:, j] = math.inf, math.inf
+    return matched
+
+
+def time_to_psnr(history: list[dict], target: float) -> float | None:
+    """Seconds until the mean PSNR in ``history`` first reached ``target`` dB (None if it never did)."""
+    return next((h["seconds"] for h in history if h.get("psnr", -math.inf) >= target), None)
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def last_bias_name(model: nn.Module) -> str:
+    linears = [name for name, layer in model.named_modules() if isinstance(layer, nn.Linear) and layer.bias is not None]
+    if not linears:
+        raise ValueError("Label inference needs a final linear layer with a bias.")
+    return f"{linears[-1]}.bias"
+
+
+def infer_labels(model: nn.Module, observed: ObservedUpdate) -> list[int]:
+    """iDLG: -update points along the gradient, whose last-bias part is softmax - one-hot: negative at the label.
+
+    Exact for one image and one step. For several images it is a heuristic: every class with a negative entry
+    is present, and the remaining slots go to the negative entries in proportion to their size.
+    """
+    bias_grad = unflatten(-observed.update, model_params(model))[last_bias_name(model)].double()
+    order = torch.argsort(bias_grad).tolist()
+    negative = [c for c in order if bias_grad[c] < 0] or order[:1]
+    count = observed.num_examples
+    if count <= len(negative):
+        return sorted(negative[:count])
+    weights = -bias_grad[negative]
+    extra = weights / weights.sum() * (count - len(negative))
+    counts = [1 + int(e) for e in extra.floor()]
+    for i in torch.argsort(extra - extra.floor(), descending=True)[: count - sum(counts)].tolist():
+        counts[i] += 1
+    return sorted(c for c, n in zip(negative, counts) for _ in range(n))
+
+
+# ----------------------------------------------------------------------------- gradient matching
+
+
+def simulate_update(
+    model: nn.Module, global_params: Params, x: torch.Tensor, labels: torch.Tensor, settings: LocalSettings
+) -> torch.Tensor:
+    """The worker's local training replayed differentiably (same rule as client.BatchedTrainer).
+
+    SGD with momentum and a per-step gradient-norm clip, in batches taken in the given order every epoch
+    (the worker's shuffling is not visible to the server; with one batch per epoch it does not matter).
+    """
+    params = {name: p.detach().requires_grad_(True) for name, p in global_params.items()}
+    velocity = {name: torch.zeros_like(p) for name, p in params.items()}
+    for _ in range(settings.epochs):
+        for start in range(0, len(x), settings.batch_size):
+            logits = functional_call(model, params, (x[start : start + settings.batch_size],))
+            loss = F.cross_entropy(logits, labels[start : start + settings.batch_size])
+            grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+            norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+            scale = (settings.clip_norm / (norm + 1e-6)).clamp(max=1.0)
+            for (name, p), g in zip(list(params.items()), grads):
+                velocity[name] = settings.momentum * velocity[name] + scale * g
+                params[name] = p - settings.lr * velocity[name]
+    return flatten(params) - flatten(global_params).detach()
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+
+
+class GradientMatcher:
+    """Objective for candidate images: mismatch (1 - cosine of replayed and observed update) + tv_weight * TV."""
+
+    def __init__(self, model: nn.Module, observed: ObservedUpdate, labels: list[int], tv_weight: float) -> None:
+        self.model = model
+        self.observed = observed
+        self.labels = torch.tensor(labels)
+        self.tv_weight = tv_weight
+        self.params = unflatten(observed.global_vector, model_params(model))
+        self.target = observed.update / observed.update.norm().clamp(min=1e-30)
+
+    def mismatch(self, x: torch.Tensor) -> torch.Tensor:
+        replayed = simulate_update(self.model, self.params, x, self.labels, self.observed.settings)
+        return 1 - F.cosine_similarity(replayed, self.target, dim=0)
+
+    def objective(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """(objective to minimise, its mismatch part as a number)."""
+        mismatch = self.mismatch(x)
+        return mismatch + self.tv_weight * total_variation(x), mismatch.item()
+
+
+def _to_logits(x: torch.Tensor) -> torch.Tensor:
+    unit = ((x - LOW) / (HIGH - LOW)).clamp(1e-4, 1 - 1e-4)
+    return torch.log(unit / (1 - unit))
+
+
+def _from_logits(z: torch.Tensor) -> torch.Tensor:
+    return LOW + (HIGH - LOW) * torch.sigmoid(z)  # keeps every pixel in the valid range by construction
+
+
+def match_gradients(
+    matcher: GradientMatcher, start: torch.Tensor, steps: int, lr: float, optimizer: str, report: Callable
+) -> torch.Tensor:
+    """Move ``start`` (normalised [N, 1, 28, 28]) to lower the objective; returns the best iterate seen.
+
+    ``report(step, x, mismatch)`` follows every step with the best iterate so far.
+    """
+    z = _to_logits(start).requires_grad_(True)
+    objective, mismatch = matcher.objective(start)
+    best_x, best_value, best_mismatch = start, objective.item(), mismatch
+    seen = {}
+    if optimizer == "lbfgs":
+        opt = torch.optim.LBFGS([z], lr=1.0, max_iter=1, history_size=100, line_search_fn="strong_wolfe")
+    else:
+        opt = torch.optim.Adam([z], lr=lr)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(opt, [steps * 3 // 8, steps * 5 // 8, steps * 7 // 8], 0.1)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        x = _from_logits(z)
+        objective, seen["mismatch"] = matcher.objective(x)
+        seen["x"] = x.detach()
+        objective.backward()
+        return objective
+
+    for step in range(steps):
+        value = opt.step(closure).item()
+        schedule.step()
+        if math.isfinite(value) and value < best_value:
+            best_x, best_value, best_mismatch = seen["x"], value, seen["mismatch"]
+        report(step + 1, best_x, best_mismatch)
+    return best_x
+
+
+# ----------------------------------------------------------------------------- square-CNN inversion
+
+
+class SquareCNNInversion:
+    """Closed-form reading of CryptoCNN's update for one image and one local step.
+
+    The update is -lr * s * g for an unknown clip factor s > 0; every equation below is homogeneous in g, so
+    neither s nor lr matters. With u = conv(x) + b (C channels x L positions), a = u^2 and d = dL/dz1:
+
+    * fc1's weight gradient is d a^T, its bias gradient d: a = G_W1^T d / |d|^2 gives |u| exactly;
+    * the conv weight gradient is G_W[c] = sum_p v_cp patch_p(x) with v = 2 u * (W1^T d).
+
+    Given the signs of u, u = conv(x) + b and G_W are both linear in x: a box-constrained least-squares problem.
+    The sign of each u is what the square hides (plain gradient matching gets about 30% of them wrong).
+    The signs come from public digits with similar |u| (a vote), then from the solution itself, round after
+    round (alternating minimisation, as in phase retrieval).
+    """
+
+    prior_weight = 0.3  # how much the public vote still counts once a solution has its own signs
+    smoothing = 0.05  # weight of the squared-difference prior while the signs settle
+
+    def __init__(self, model: CryptoCNN, observed: ObservedUpdate, public: torch.Tensor) -> None:
+        params = unflatten(observed.global_vector, model_params(model))
+        grads = unflatten(-observed.update / observed.update.norm().clamp(min=1e-30), params)  # homogeneous: scale-free
+        conv_w, conv_b = params["conv.weight"], params["conv.bias"]
+        channels, _, k, _ = conv_w.shape
+        stride = model.conv.stride[0]
+        d = grads["fc1.bias"]
+        squared = grads["fc1.weight"].T @ d / d.dot(d).clamp(min=1e-30)
+        self.magnitude = squared.clamp(min=0).sqrt()  # |u|, channel-major like the flattened conv output
+        self.r = params["fc1.weight"].T @ d  # dL/da (times the unknown scale)
+        self.grad_w = grads["conv.weight"].reshape(channels, -1)
+        eye = torch.eye(28 * 28).view(-1, 1, 28, 28)
+        self.forward = F.conv2d(eye, conv_w, stride=stride).flatten(1).T  # [C*L, 784]
+        self.bias = conv_b.repeat_interleave(self.forward.shape[0] // channels)
+        self.unfold = F.unfold(eye, k, stride=stride)  # [784, k*k, L]
+        public_u = F.conv2d(normalize(public), conv_w, conv_b, stride=stride)
+        self.public_u = public_u.flatten(1)
+        self.public_distance = (self.public_u.abs() - self.magnitude).pow(2).sum(1)
+
+    def prior(self, neighbours: int, within: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean sign of u over the public images nearest in |u| (optionally only those where ``within``)."""
+        distance = self.public_distance if within is None else self.public_distance.masked_fill(~within, math.inf)
+        nearest = distance.topk(min(neighbours, len(distance)), largest=False).indices
+        return torch.sign(self.public_u[nearest]).mean(0)
+
+    def solve(
+        self, signs: torch.Tensor, weights: torch.Tensor, x: torch.Tensor, smoothing: float, iters: int
+    ) -> torch.Tensor:
+        """min over x in the box of |w(Ax + b - signs|u|)|^2 + |conv-gradient residual|^2 + smoothing |Dx|^2."""
+        u = signs * self.magnitude
+        v = (2 * self.r * u).view(self.grad_w.shape[0], -1)
+        grad_rows = torch.einsum("cp,jkp->ckj", v, self.unfold).reshape(-1, self.forward.shape[1])
+        scale = self.magnitude.norm() / self.grad_w.norm().clamp(min=1e-30)
+        lhs = torch.cat([weights.unsqueeze(1) * self.forward, scale * grad_rows])
+        rhs = torch.cat([weights * (u - self.bias), scale * self.grad_w.flatten()])
+        return _box_least_squares(lhs, rhs, x, smoothing, iters)
+
+    def run(self, options: AttackOptions, label: int, public_labels: torch.Tensor, trace: Trace) -> torch.Tensor:
+        """Try a few priors until one matches almost perfectly; returns the best image, normalised [1, 1, 28, 28]."""
+        priors = [
+            self.prior(options.neighbours),
+            self.prior(options.neighbours, public_labels == label),
+            self.prior(max(1, options.neighbours // 5)),
+            self.prior(options.neighbours * 4),
+        ]
+        best, best_mismatch = None, math.inf
+        for i, prior in enumerate(priors):
+            x = self._settle_signs(prior, options.sign_rounds, trace, i * options.sign_rounds)
+            signs = torch.sign(self.forward @ x + self.bias)
+            image = as_image(self.solve(signs, torch.ones_like(signs), x, 0.0, 500))
+            mismatch = trace.mismatch(image)
+            if mismatch < best_mismatch:
+                best, best_mismatch = image, mismatch
+            trace((i + 1) * options.sign_rounds, best, best_mismatch)
+            if best_mismatch < SOLVED_MISMATCH:
+                break
+        return best
+
+    def _settle_signs(self, prior: torch.Tensor, rounds: int, trace: Trace, first_step: int) -> torch.Tensor:
+        signs, weights = torch.sign(prior + 1e-3), prior.abs()
+        x = torch.full((self.forward.shape[1],), LOW)
+        for round_idx in range(rounds):
+            x = self.solve(signs, weights, x, self.smoothing, 200)
+            u = self.forward @ x + self.bias
+            agreement = torch.sign(u) * (u.abs() / self.magnitude.clamp(min=1e-12)).clamp(max=1)
+            score = self.prior_weight * prior + agreement
+            new_signs = torch.sign(score + 1e-3)
+            weights = score.abs() / 2  # rows of the forward map then weigh about as much as the gradient rows
+            image = as_image(x)
+            trace(first_step + round_idx + 1, image, trace.mismatch(image))
+            if round_idx >= 2 and torch.equal(new_signs, signs):
+                break
+            signs = new_signs
+        return x
+
+
+def as_image(x: torch.Tensor) -> torch.Tensor:
+    """A flat normalised image [784] as the model's input shape [1, 1, 28, 28]."""
+    return x.view(1, 1, 28, 28)
+
+
+def _neighbour_differences_gradient(x: torch.Tensor) -> torch.Tensor:
+    """Gradient of half the summed squared differences between neighbouring pixels (D^T D x) of 28x28 images."""
+    image = x.view(28, 28)
+    dh, dv = image[:, 1:] - image[:, :-1], image[1:, :] - image[:-1, :]
+    out = torch.zeros_like(image)
+    out[:, 1:] += dh
+    out[:, :-1] -= dh
+    out[1:, :] += dv
+    out[:-1, :] -= dv
+    return out.flatten()
+
+
+def _box_least_squares(
+    lhs: torch.Tensor, rhs: torch.Tensor, x: torch.Tensor, smoothing: float, iters: int
+) -> torch.Tensor:
+    """FISTA for min |lhs x - rhs|^2 + smoothing^2 |Dx|^2 with LOW <= x <= HIGH, warm-started at ``x``."""
+    probe = torch.ones(lhs.shape[1], dtype=lhs.dtype)
+    for _ in range(20):  # power iteration: the step needs the largest eigenvalue of lhs^T lhs
+        probe = lhs.T @ (lhs @ probe)
+        probe = probe / probe.norm()
+    lipschitz = 1.1 * ((lhs @ probe).pow(2).sum() + 8 * smoothing**2)  # D^T D on a grid has eigenvalues <= 8
+    y, t = x.clone(), 1.0
+    for _ in range(iters):
+        step = lhs.T @ (lhs @ y - rhs) + smoothing**2 * _neighbour_differences_gradient(y)
+        x_next = (y - step / lipschitz).clamp(LOW, HIGH)
+        t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
+        y = x_next + (t - 1) / t_next * (x_next - x)
+        x, t = x_next, t_next
+    return x
+
+
+# ----------------------------------------------------------------------------- the attack
+
+
+class Trace:
+    """The attack's history and live progress: one entry per reported step."""
+
+    def __init__(
+        self, matcher: GradientMatcher, total: int, reference: torch.Tensor | None, progress: Progress | None
+    ) -> None:
+        self.mismatch = lambda x: matcher.mismatch(x).item()
+        self.total = total
+        self.truth = reference.float() / 255 if reference is not None else None
+        self.progress = progress
+        self.started = time.perf_counter()
+        self.history: list[dict] = []
+        self.step = 0
+
+    def __call__(self, step: int, x: torch.Tensor, mismatch: float) -> None:
+        self.step = step
+        entry = {"step": step, "seconds": time.perf_counter() - self.started, "loss": mismatch}
+        pixels = to_pixels(x)
+        if self.truth is not None:
+            matched = pixels[match_images(pixels, self.truth)]
+            entry["psnr"] = float(np.mean([psnr(p, t) for p, t in zip(matched, self.truth)]))
+        self.history.append(entry)
+        if self.progress:
+            self.progress(step, self.total, pixels, entry)
+
+
+def reconstruct(
+    observed: ObservedUpdate,
+    options: AttackOptions | None = None,
+    progress: Progress | None = None,
+    reference: torch.Tensor | None = None,
+    public: Mnist | None = None,
+) -> AttackResult:
+    """Reconstruct the worker's images from what the server holds.
+
+    ``reference`` (the true uint8 images, known only because the worker is simulated) is used for scores and
+    never by the optimisation. ``public`` is the server's own data for the sign prior (default: MNIST's test
+    set, disjoint from every worker's training images). ``progress(step, total, images, metrics)`` follows
+    every step with the current reconstruction in [0, 1].
+    """
+    options = options or AttackOptions()
+    if options.optimizer not in ("adam", "lbfgs"):
+        raise ValueError(f"Unknown optimizer {options.optimizer!r}; choose adam or lbfgs.")
+    if options.steps < 0 or options.sign_rounds < 1 or options.neighbours < 1:
+        raise ValueError("steps must be >= 0, sign rounds and neighbours >= 1.")
+    model = build_model(observed.model)
+    if observed.update.shape != observed.global_vector.shape:
+        raise ValueError("The update and the global weights have different sizes.")
+    if reference is not None and len(reference) != observed.num_examples:
+        raise ValueError(f"{len(reference)} reference images for an update of {observed.num_examples} examples.")
+    labels = infer_labels(model, observed)
+    matcher = GradientMatcher(model, observed, labels, options.tv_weight)
+    structured = options.structure and isinstance(model, CryptoCNN)
+    structured = structured and observed.num_examples == 1 and observed.local_steps == 1
+    trace = Trace(matcher, (4 * options.sign_rounds if structured else 0) + options.steps, reference, progress)
+    if structured:
+        public = public or load_mnist()
+        start = SquareCNNInversion(model, observed, public.test_images).run(
+            options, labels[0], public.test_labels, trace
+        )
+        lr = options.lr / 10  # the start is already close: small steps
+    else:
+        gen = torch.Generator().manual_seed(options.seed)
+        start = LOW + (HIGH - LOW) * torch.rand((observed.num_examples, 1, 28, 28), generator=gen)
+        lr = options.lr
+    offset = trace.step
+    best = match_gradients(
+        matcher, start, options.steps, lr, options.optimizer, lambda s, x, mismatch: trace(offset + s, x, mismatch)
+    )
+    if trace.step < trace.total:
+        trace(trace.total, best, trace.mismatch(best))
+    pixels = to_pixels(best)
+    method = "square-CNN inversion + gradient matching" if structured else "gradient matching"
+    result = AttackResult(pixels, labels, method, time.perf_counter() - trace.started, trace.history)
+    if trace.truth is not None:
+        result.matched = match_images(pixels, trace.truth)
+        result.psnr = [psnr(pixels[j], t) for j, t in zip(result.matched, trace.truth)]
+        result.ssim = [ssim(pixels[j], t) for j, t in zip(result.matched, trace.truth)]
+    return result

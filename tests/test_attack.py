@@ -1,0 +1,150 @@
+"""The curious server's gradient inversion: it works on a plain update and fails behind the two defences."""
+
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fed_core import cli_attack
+from fed_core.attack import (
+    AttackOptions,
+    ObservedUpdate,
+    decode_masked,
+    encode_fixed_point,
+    infer_labels,
+    make_update,
+    masked_update,
+    observe,
+    psnr,
+    reconstruct,
+    simulate_update,
+    ssim,
+    time_to_psnr,
+    worker_examples,
+)
+from fed_core.client import LocalSettings, flatten, model_params, unflatten
+from fed_core.config import TrainConfig
+from fed_core.data import normalize
+from fed_core.models import new_model
+
+SETTINGS = LocalSettings(epochs=1, batch_size=128, lr=0.02, momentum=0.9, clip_norm=1.0)  # the app's defaults
+FAST = AttackOptions(steps=20)
+
+
+def worker_update(mnist, model_name: str = "crypto_cnn", count: int = 1, settings: LocalSettings = SETTINGS):
+    """Worker 0's first ``count`` images in the default federation, and the update it sends at round 1."""
+    images, labels = worker_examples(TrainConfig(), mnist, worker=0, count=count)
+    model = new_model(model_name, "default", seed=0)
+    global_vector = flatten(model_params(model))
+    return model, global_vector, images, labels, make_update(model, global_vector, images, labels, settings, seed=0)
+
+
+def test_psnr_and_ssim_agree_with_hand_computations():
+    image = torch.rand(28, 28, generator=torch.Generator().manual_seed(0)) * 0.8
+    assert psnr(image, image) == math.inf
+    assert ssim(image, image) == pytest.approx(1.0)
+    assert psnr(image + 0.1, image) == pytest.approx(20.0)  # MSE 0.01
+    checker = (torch.arange(28)[:, None] + torch.arange(28)[None, :]) % 2 * 0.1 - 0.05  # +-0.05: MSE 0.0025
+    assert psnr(image + checker, image) == pytest.approx(10 * math.log10(1 / 0.0025))
+    # Two flat images: no variance, so SSIM is the luminance term (2ab + C1) / (a^2 + b^2 + C1).
+    c1 = 0.01**2
+    expected = (2 * 0.2 * 0.5 + c1) / (0.2**2 + 0.5**2 + c1)
+    assert ssim(torch.full((28, 28), 0.2), torch.full((28, 28), 0.5)) == pytest.approx(expected)
+    assert ssim(image, 1 - image) < 0  # anti-correlated structure
+
+
+@pytest.mark.parametrize(
+    "count, settings", [(1, LocalSettings(2, 128, 0.05, 0.9, 0.5)), (4, LocalSettings(3, 8, 0.05, 0.9, 1.0))]
+)
+def test_the_replayed_update_is_the_workers_update(mnist, count, settings):
+    """Momentum, clipping and several steps: the differentiable replay follows client.BatchedTrainer exactly."""
+    model, global_vector, images, labels, update = worker_update(mnist, count=count, settings=settings)
+    params = unflatten(global_vector, model_params(model))
+    replayed = simulate_update(model, params, normalize(images), labels, settings)
+    assert torch.allclose(replayed, update.delta, rtol=1e-4, atol=1e-7)
+    assert update.delta.norm() > 0
+
+
+def test_labels_come_from_the_last_bias(mnist):
+    for model_name in ("crypto_cnn", "relu_cnn"):
+        model, global_vector, _images, labels, update = worker_update(mnist, model_name)
+        observed = observe(model_name, global_vector, update, SETTINGS)
+        assert infer_labels(model, observed) == labels.tolist()
+    model, global_vector, *_ = worker_update(mnist)
+    images, labels = mnist.train_images[:3], mnist.train_labels[:3]
+    assert len(set(labels.tolist())) == 3  # three different digits: the heuristic is exact then
+    update = make_update(model, global_vector, images, labels, SETTINGS, seed=0)
+    assert infer_labels(model, observe("crypto_cnn", global_vector, update, SETTINGS)) == sorted(labels.tolist())
+
+
+def test_one_image_is_rebuilt_from_a_plain_update(mnist):
+    """The default model at init, one real MNIST image: well above 25 dB, with the right label (about 50 dB here)."""
+    _model, global_vector, images, labels, update = worker_update(mnist)
+    seen = []
+    result = reconstruct(
+        observe("crypto_cnn", global_vector, update, SETTINGS),
+        FAST,
+        progress=lambda step, total, x, metrics: seen.append((step, total, x.shape)),
+        reference=images,
+        public=mnist,
+    )
+    assert result.labels == labels.tolist()
+    assert result.psnr[0] >= 25 and result.ssim[0] > 0.95
+    assert result.images.min() >= 0 and result.images.max() <= 1
+    assert time_to_psnr(result.history, 25) is not None
+    steps = [s for s, _, _ in seen]
+    assert steps == sorted(steps) and steps[-1] == seen[-1][1] and seen[-1][2] == (1, 28, 28)
+
+
+def test_masked_update_decodes_and_hides(mnist):
+    _model, _global, _images, _labels, update = worker_update(mnist)
+    unmasked = decode_masked(encode_fixed_point(update.delta * 3), num_examples=3)
+    assert torch.allclose(unmasked, update.delta, atol=2.0**-16)
+    first, second = masked_update(update.delta, 1), masked_update(update.delta, 1)
+    assert first.dtype == np.uint64 and not np.array_equal(first, second)  # a fresh mask every time
+    assert 0.45 < float(np.mean(first >> np.uint64(63))) < 0.55  # the top bit is a fair coin
+
+
+@pytest.mark.parametrize("defence", ["secure-agg", "dp"])
+def test_the_attack_fails_behind_a_defence(mnist, defence):
+    """The masked vector is uniform noise; DP noise (z = 1 times the clip norm) drowns the update."""
+    _model, global_vector, images, _labels, update = worker_update(mnist)
+    observed = observe("crypto_cnn", global_vector, update, SETTINGS, defence, noise_multiplier=1.0)
+    assert isinstance(observed, ObservedUpdate) and torch.isfinite(observed.update).all()
+    result = reconstruct(observed, FAST, reference=images, public=mnist)
+    assert result.psnr[0] < 12
+
+
+def run_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    cli_attack.register(parser.add_subparsers(required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_writes_the_result(tmp_path, capsys):
+    out = tmp_path / "attack.json"
+    assert run_cli(["attack", "--steps", "0", "--out", str(out)]) == 0
+    summary = capsys.readouterr().out
+    assert "defence none" in summary and "PSNR" in summary
+    report = json.loads(out.read_text())
+    assert report["labels"]["correct"] and report["psnr"][0] >= 25
+    assert report["config"]["model"] == "crypto_cnn" and report["seconds"]["attack"] > 0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--worker", "7"], "worker must be between 0 and 4"),
+        (["--images", "0"], "images must be between 1 and"),
+        (["--noise", "-1"], "noise multiplier must be >= 0"),
+        (["--lr", "0"], "learning rate must be in"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(argv, message, capsys):
+    assert run_cli(["attack", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
