@@ -18,15 +18,14 @@ trained for one local step the attack therefore starts from :class:`SquareCNNInv
 layers in closed form and settles the signs with a prior from public digits (the MNIST test set, never a
 worker's training image) and a few convex solves; gradient matching then polishes the result.
 
-The two defences are simulated here as the server would meet them: :func:`masked_update` (secure
-aggregation: the worker's fixed-point update plus a one-time mask, uniformly random in the 64-bit ring) and
-:func:`dp_update` (the update clipped, plus Gaussian noise). Masks and noise come from ``os.urandom`` only.
+The two defences are met as the server meets them (:func:`observe`): under secure aggregation the worker's
+masked vector from fed_core.secagg (uniformly random in the 64-bit ring), under DP the update clipped plus
+Gaussian noise from fed_core.dp's CSPRNG.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,11 +39,14 @@ from torch.func import functional_call
 from .client import BatchedTrainer, LocalSettings, Params, WorkerUpdate, flatten, model_params, unflatten
 from .config import TrainConfig
 from .data import MEAN, STD, Mnist, load_mnist, normalize
+from .dp import SecureRandom, clip_rows
 from .models import CryptoCNN, build_model
+from .secagg import secure_sum
 from .server import partition_for
 
 LOW, HIGH = (0.0 - MEAN) / STD, (1.0 - MEAN) / STD  # the valid pixel range after normalisation
 DEFENCES = ("none", "secure-agg", "dp")
+MAX_IMAGES = 16  # the replay holds every candidate image's activations per step: more would not fit a small server
 FRACTION_BITS = 16  # fixed-point scale 2**16 in the 64-bit ring, as a secure-aggregation encoder would use
 SOLVED_MISMATCH = 1e-4  # 1 - cosine below which the square-CNN inversion stops trying priors (about 40 dB)
 Progress = Callable[[int, int, torch.Tensor, dict], None]
@@ -108,8 +110,9 @@ def worker_examples(config: TrainConfig, data: Mnist, worker: int, count: int) -
     shards = partition_for(config, data)
     if not 0 <= worker < len(shards):
         raise ValueError(f"worker must be between 0 and {len(shards) - 1}, got {worker}.")
-    if not 1 <= count <= len(shards[worker]):
-        raise ValueError(f"images must be between 1 and {len(shards[worker])} for worker {worker}, got {count}.")
+    most = min(MAX_IMAGES, len(shards[worker]))
+    if not 1 <= count <= most:
+        raise ValueError(f"images must be between 1 and {most} for worker {worker}, got {count}.")
     index = shards[worker][:count]
     return data.train_images[index], data.train_labels[index]
 
@@ -130,46 +133,6 @@ def make_update(
 # ----------------------------------------------------------------------------- what the server sees
 
 
-def csprng_uint64(count: int) -> np.ndarray:
-    return np.frombuffer(os.urandom(8 * count), dtype=np.uint64).copy()
-
-
-def encode_fixed_point(values: torch.Tensor, fraction_bits: int = FRACTION_BITS) -> np.ndarray:
-    """Round to multiples of 2^-fraction_bits and write as two's-complement elements of Z_(2^64)."""
-    return torch.round(values.double() * 2.0**fraction_bits).to(torch.int64).numpy().view(np.uint64)
-
-
-def masked_update(delta: torch.Tensor, num_examples: int, fraction_bits: int = FRACTION_BITS) -> np.ndarray:
-    """One worker's secure-aggregation input: its update times its example count in fixed point, plus a mask.
-
-    The masks of all workers cancel in the sum; one vector alone is uniformly random in Z_(2^64).
-    """
-    encoded = encode_fixed_point(delta * num_examples, fraction_bits)
-    return encoded + csprng_uint64(len(encoded))  # uint64 addition wraps: arithmetic mod 2^64
-
-
-def decode_masked(ring: np.ndarray, num_examples: int, fraction_bits: int = FRACTION_BITS) -> torch.Tensor:
-    """Decode a ring vector as the server decodes the aggregate: signed fixed point, divided by the count."""
-    signed = ring.view(np.int64).astype(np.float64) / 2.0**fraction_bits / num_examples
-    return torch.from_numpy(signed).float()
-
-
-def csprng_normal(count: int) -> torch.Tensor:
-    """Standard normal samples from os.urandom (Box-Muller on 53-bit uniforms in (0, 1))."""
-    pairs = (count + 1) // 2
-    bits = csprng_uint64(2 * pairs) >> np.uint64(11)
-    uniform = (bits.astype(np.float64) + 0.5) / 2.0**53
-    radius = np.sqrt(-2.0 * np.log(uniform[:pairs]))
-    angle = 2.0 * np.pi * uniform[pairs:]
-    return torch.from_numpy(np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:count]).float()
-
-
-def dp_update(delta: torch.Tensor, clip_norm: float, noise_multiplier: float) -> torch.Tensor:
-    """The Gaussian mechanism of DP-FedAvg: clip the update to ``clip_norm``, add N(0, (z * clip_norm)^2)."""
-    clipped = delta * min(1.0, clip_norm / (delta.norm().item() + 1e-12))
-    return clipped + noise_multiplier * clip_norm * csprng_normal(delta.numel())
-
-
 def observe(
     model_name: str,
     global_vector: torch.Tensor,
@@ -182,13 +145,15 @@ def observe(
     """What the server holds about ``update`` under ``defence``; the DP clip defaults to one local step's bound."""
     if defence == "none":
         vector = update.delta
-    elif defence == "secure-agg":
-        vector = decode_masked(masked_update(update.delta, update.num_examples), update.num_examples)
-    elif defence == "dp":
+    elif defence == "secure-agg":  # the worker's masked vector in a round of two (secagg.py)
+        round_of_two = torch.stack([update.delta, torch.zeros_like(update.delta)])
+        vector = secure_sum(round_of_two, [update.num_examples] * 2).server_view(0)
+    elif defence == "dp":  # the Gaussian mechanism on the worker's update (dp.py): clipped, plus noise
         clip = clip_norm if clip_norm is not None else settings.lr * settings.clip_norm
         if clip <= 0 or noise_multiplier < 0:
             raise ValueError("DP needs a positive clip norm and a non-negative noise multiplier.")
-        vector = dp_update(update.delta, clip, noise_multiplier)
+        noise = SecureRandom().normal(update.delta.shape, noise_multiplier * clip)
+        vector = clip_rows(update.delta.unsqueeze(0), clip)[0] + noise
     else:
         raise ValueError(f"Unknown defence {defence!r}; choose one of {', '.join(DEFENCES)}.")
     return ObservedUpdate(model_name, global_vector, vector, update.num_examples, settings)

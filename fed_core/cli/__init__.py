@@ -1,4 +1,4 @@
-"""Command line: ``python -m fed_core train|encrypted-eval|classify ...`` does what the pages do.
+"""Command line: ``python -m fed_core train|encrypted-eval|classify|attack ...`` does what the pages do.
 
 Each subcommand lives in its own module with a ``register(subparsers)``. Bad input ends with one line on
 stderr and exit code 2, never a traceback; progress goes to stderr as tqdm bars.
@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fed_core.cli import encrypted, train
+from fed_core.cli import attack, encrypted, train
 from fed_core.cli.common import USAGE_ERROR, USER_ERRORS
 
-COMMANDS = (train, encrypted)
+COMMANDS = (train, encrypted, attack)
 
 
 def main(argv: list[str] | None = None) -> int:

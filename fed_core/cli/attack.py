@@ -1,14 +1,11 @@
-"""The ``attack`` subcommand: a curious server rebuilds a simulated worker's training images from its update.
+"""``python -m fed_core attack``: a curious server rebuilds a simulated worker's training images from its update.
 
 python -m fed_core attack --images 1 --worker 0 --defence none --out result.json
-
-Bad input ends with a one-line message on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -16,13 +13,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .attack import DEFENCES, AttackOptions, make_update, observe, reconstruct, time_to_psnr, worker_examples
-from .cli_encrypted import user_errors
-from .client import TrainingDiverged, flatten, model_params, worker_seed
-from .config import TrainConfig, validate
-from .data import load_mnist
-from .models import INIT_METHODS, MODELS, new_model
-from .partition import PARTITIONS
+from fed_core.attack import DEFENCES, AttackOptions, make_update, observe, reconstruct, time_to_psnr, worker_examples
+from fed_core.cli.common import check_writable, positive_int
+from fed_core.client import TrainingDiverged, flatten, model_params, worker_seed
+from fed_core.config import TrainConfig, validate
+from fed_core.data import load_mnist
+from fed_core.models import INIT_METHODS, MODELS, new_model
+from fed_core.partition import PARTITIONS
+from fed_core.report import json_text
 
 DEFAULTS = TrainConfig()
 TARGET_DB = 25.0  # the PSNR the summary times
@@ -31,7 +29,7 @@ TARGET_DB = 25.0  # the PSNR the summary times
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("attack", help="reconstruct a worker's training images from its update")
     p.add_argument("--model", choices=list(MODELS), default=DEFAULTS.model)
-    p.add_argument("--images", type=int, default=1, help="training images on the attacked worker")
+    p.add_argument("--images", type=positive_int, default=1, help="training images on the attacked worker")
     p.add_argument("--worker", type=int, default=0, help="which worker of the federation is attacked")
     p.add_argument("--workers", type=int, default=DEFAULTS.workers, help="workers in the federation")
     p.add_argument("--partition", choices=PARTITIONS, default=DEFAULTS.partition)
@@ -72,9 +70,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return validate(config)
 
 
-@user_errors
 def run_attack(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    check_writable("--out", args.out)
     data = load_mnist()
     images, labels = worker_examples(config, data, args.worker, args.images)
     model = new_model(config.model, config.init, config.seed)
@@ -115,20 +113,9 @@ def run_attack(args: argparse.Namespace) -> int:
             "labels": {"true": true_labels, "inferred": result.labels, "correct": sorted(true_labels) == result.labels},
             "seconds": {"update": update_seconds, "attack": result.seconds, f"to_{TARGET_DB:.0f}_db": to_target},
         }
-        args.out.write_text(json.dumps(_finite(report), indent=1))
+        args.out.write_text(json_text(report))
     return 0
 
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
-
-
-def _finite(value):
-    """JSON has no infinity (a perfect reconstruction's PSNR): write null instead."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
