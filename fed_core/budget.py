@@ -42,8 +42,8 @@ class Budget:
     runs_per_session: int = 1  # training runs at once started by one browser
     run_seconds: float = 600.0  # estimated wall time a run may take (fed_core.config.estimate_seconds)
     training_memory_mb: int = 400  # peak memory one in-process run may add to the server
-    encrypted_evals_at_once: int = 1  # Encrypted Test evaluations at once, all sessions together
-    encrypted_wait_seconds: float = 20.0  # how long a request waits for that slot before it is refused
+    heavy_tasks_at_once: int = 1  # Encrypted Test evaluations and What leaks attacks at once, all sessions
+    heavy_task_wait_seconds: float = 20.0  # how long a request waits for that slot before it is refused
     # Few enough that HE encrypts one image at a time (about 200 MB, 0.35 s an image): packing one image per slot
     # needs about 1.7 GB more however few images a pass holds (measured with 512), which a 2.5 GB server lacks.
     he_images_per_request: int = 100

@@ -15,8 +15,8 @@ from fed_core.encrypted_eval import (
 )
 from ui import encrypted_views as views
 from ui import session
-from ui.common import CHART_CONFIG, ProgressBar, format_bytes, format_duration, shown_safely
-from ui.encrypted_common import encryptable_model, encrypted_eval_gate, scheme_picker
+from ui.common import CHART_CONFIG, ProgressBar, format_bytes, format_duration, heavy_task_slot, shown_safely
+from ui.encrypted_common import encryptable_model, scheme_picker
 from ui.nav import sidebar_nav
 
 MAX_IMAGES = 10_000
@@ -62,23 +62,14 @@ def run(model, scheme: str, n: int) -> None:
     except MnistFileError as exc:
         st.error(f"The MNIST data could not be loaded: {exc}")
         return
-    gate, budget = encrypted_eval_gate(), load_budget()
-    with st.spinner("Waiting for another visitor's encrypted evaluation to finish…"):
-        ticket = gate.acquire(estimate_seconds(scheme, n), timeout=budget.encrypted_wait_seconds)
-    if ticket is None:
-        st.warning(
-            f"The server is busy with another visitor's encrypted evaluation; it should end in about "
-            f"{format_duration(gate.wait_estimate())}. Please try again then."
-        )
-        return
-    try:
+    with heavy_task_slot(estimate_seconds(scheme, n), "encrypted evaluation") as admitted:
+        if not admitted:
+            return
         progress = ProgressBar(f"Evaluating {n:,} encrypted images…")
         with shown_safely("running the encrypted evaluation"):
             st.session_state[session.ENCRYPTED_EVAL] = evaluate_encrypted(
                 model, normalize(mnist.test_images[:n]), mnist.test_labels[:n], scheme, progress=progress
             )
-    finally:
-        gate.release(ticket)
 
 
 def show_metrics(result: EvalResult) -> None:

@@ -17,7 +17,8 @@ from test_cli import png_claiming
 from fed_core.data import load_mnist
 from fed_core.models import build_model
 from ui import session
-from ui.encrypted_common import PRETRAINED_PATH, encrypted_eval_gate, he_key_cache
+from ui.common import heavy_task_gate
+from ui.encrypted_common import PRETRAINED_PATH, he_key_cache
 from ui.encrypted_views import showcase_indices
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,11 +199,11 @@ def test_encrypted_test_page_refuses_more_images_than_the_server_allows():
 
 
 def test_encrypted_test_page_waits_for_a_busy_server_then_says_how_long(monkeypatch):
-    monkeypatch.setenv("FEDMNIST_ENCRYPTED_WAIT_SECONDS", "0.2")
+    monkeypatch.setenv("FEDMNIST_HEAVY_TASK_WAIT_SECONDS", "0.2")
     at = page("pages/3_Encrypted_Test.py").run()
     button(at, "Use the small pretrained model").click().run()
     at.number_input[0].set_value(10).run()
-    gate = encrypted_eval_gate()
+    gate = heavy_task_gate()
     ticket = gate.acquire(expected_seconds=100)  # another visitor's evaluation
     try:
         button(at, "Run encrypted evaluation").click().run()

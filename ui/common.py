@@ -8,6 +8,8 @@ from contextlib import contextmanager
 
 import streamlit as st
 
+from fed_core.budget import Gate, load_budget
+
 log = logging.getLogger(__name__)
 
 ACCENT, SECOND = "#4C6EF5", "#F59F00"
@@ -48,6 +50,31 @@ class ProgressBar:
         if percent != self.percent:
             self.percent = percent
             self.bar.progress(percent / 100, text=f"{self.label} {percent}%")
+
+
+@st.cache_resource
+def heavy_task_gate() -> Gate:
+    """Encrypted evaluations and attacks at once, for the whole server: each keeps a core busy for seconds."""
+    return Gate(load_budget().heavy_tasks_at_once)
+
+
+@contextmanager
+def heavy_task_slot(expected_seconds: float, what: str) -> Iterator[bool]:
+    """Wait a little for the server's slot for heavy work; False (saying how long to wait) if none frees up."""
+    gate = heavy_task_gate()
+    with st.spinner(f"Waiting for another visitor's {what} to finish…"):
+        ticket = gate.acquire(expected_seconds, timeout=load_budget().heavy_task_wait_seconds)
+    if ticket is None:
+        st.warning(
+            f"The server is busy with another visitor's {what}; it should end in about "
+            f"{format_duration(gate.wait_estimate())}. Please try again then."
+        )
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        gate.release(ticket)
 
 
 @contextmanager

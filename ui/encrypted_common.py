@@ -1,5 +1,5 @@
 """What the Draw and Encrypted Test pages share: which model they run, the user's HE keys (which the server
-takes back when idle), and the server-wide gate on encrypted evaluations."""
+takes back when idle)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import streamlit as st
 from torch import nn
 
-from fed_core.budget import Gate, SessionCache, load_budget
+from fed_core.budget import SessionCache, load_budget
 from fed_core.he import HeClient, HeServer
 from fed_core.models import ENCRYPTABLE_MODELS, MODEL_LABELS, is_encryptable, load_model
 from ui import session
@@ -92,12 +92,6 @@ def he_key_cache() -> SessionCache:
     sweep_every = min(60.0, budget.he_key_idle_seconds / 4)
     threading.Thread(target=cache.sweep_forever, args=(sweep_every,), name="he-key-sweeper", daemon=True).start()
     return cache
-
-
-@st.cache_resource
-def encrypted_eval_gate() -> Gate:
-    """Encrypted Test evaluations at once, for the whole server."""
-    return Gate(load_budget().encrypted_evals_at_once)
 
 
 def he_keys() -> dict:
