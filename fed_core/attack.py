@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -36,11 +36,21 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .client import BatchedTrainer, LocalSettings, Params, WorkerUpdate, flatten, model_params, unflatten
+from .client import (
+    BatchedTrainer,
+    LocalSettings,
+    Params,
+    WorkerUpdate,
+    flatten,
+    model_params,
+    unflatten,
+    worker_seed,
+)
 from .config import TrainConfig
 from .data import MEAN, STD, Mnist, load_mnist, normalize
 from .dp import SecureRandom, clip_rows
-from .models import CryptoCNN, build_model
+from .engines import engine_for
+from .models import CryptoCNN, build_model, new_model
 from .secagg import secure_sum
 from .server import partition_for
 
@@ -128,6 +138,32 @@ def make_update(
     """The update a worker holding exactly ``images`` (uint8 [N, 28, 28]) sends: the app's own trainer."""
     trainer = BatchedTrainer(model, images, labels, settings)
     return trainer.train(global_vector, [0], [torch.arange(len(images))], [seed])[0]
+
+
+@dataclass(frozen=True)
+class StagedUpdate:
+    """One worker's round as the demo stages it: its true images, the global weights it got, its update."""
+
+    images: torch.Tensor  # uint8 [N, 28, 28]: the worker's own, shown beside the reconstructions
+    labels: torch.Tensor
+    global_vector: torch.Tensor
+    update: WorkerUpdate
+
+
+def stage_update(config: TrainConfig, data: Mnist, worker: int, count: int, round_idx: int = 1) -> StagedUpdate:
+    """``worker`` of the federation ``config`` holds its first ``count`` images and trains in round ``round_idx``.
+
+    The global model of that round is the federation's after ``round_idx - 1`` in-process rounds.
+    """
+    images, labels = worker_examples(config, data, worker, count)
+    model = new_model(config.model, config.init, config.seed)
+    if round_idx > 1:
+        model = engine_for(replace(config, rounds=round_idx - 1, engine="inprocess")).run(data).model
+    global_vector = flatten(model_params(model))
+    seed = worker_seed(config.seed, round_idx, worker)
+    return StagedUpdate(
+        images, labels, global_vector, make_update(model, global_vector, images, labels, config.local, seed)
+    )
 
 
 # ----------------------------------------------------------------------------- what the server sees

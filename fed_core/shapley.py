@@ -22,14 +22,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from .strategy import ServerOptimizer
 
-if TYPE_CHECKING:  # server.py calls into this module
-    from .server import Evaluator
+
+class Evaluator(Protocol):
+    """What this module needs of server.Evaluator: the fixed test subset and the accuracy of models on it."""
+
+    subset: torch.Tensor
+
+    def subset_accuracies(self, vectors: torch.Tensor) -> torch.Tensor: ...
+
 
 # 2^8 = 256 coalition models: 0.7 s of CPU for crypto_cnn on 1,000 images, but a minute for relu_cnn
 # (bench/bench_shapley.py): heavier models need a lower limit.

@@ -13,12 +13,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from fed_core.attack import DEFENCES, AttackOptions, make_update, observe, reconstruct, time_to_psnr, worker_examples
+from fed_core.attack import DEFENCES, AttackOptions, observe, reconstruct, stage_update, time_to_psnr
 from fed_core.cli.common import check_writable, positive_int
-from fed_core.client import TrainingDiverged, flatten, model_params, worker_seed
 from fed_core.config import TrainConfig, validate
 from fed_core.data import load_mnist
-from fed_core.models import INIT_METHODS, MODELS, new_model
+from fed_core.models import INIT_METHODS, MODELS
 from fed_core.partition import PARTITIONS
 from fed_core.report import json_text
 
@@ -31,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", choices=list(MODELS), default=DEFAULTS.model)
     p.add_argument("--images", type=positive_int, default=1, help="training images on the attacked worker")
     p.add_argument("--worker", type=int, default=0, help="which worker of the federation is attacked")
+    p.add_argument("--round", dest="round_idx", type=positive_int, default=1, help="the round whose update is read")
     p.add_argument("--workers", type=int, default=DEFAULTS.workers, help="workers in the federation")
     p.add_argument("--partition", choices=PARTITIONS, default=DEFAULTS.partition)
     p.add_argument("--init", choices=INIT_METHODS, default=DEFAULTS.init)
@@ -74,18 +74,13 @@ def run_attack(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     check_writable("--out", args.out)
     data = load_mnist()
-    images, labels = worker_examples(config, data, args.worker, args.images)
-    model = new_model(config.model, config.init, config.seed)
-    global_vector = flatten(model_params(model))
     started = time.perf_counter()
-    try:  # the worker's side: round 1, the order its seed gives
-        update = make_update(
-            model, global_vector, images, labels, config.local, worker_seed(config.seed, 1, args.worker)
-        )
-    except TrainingDiverged as exc:
-        raise ValueError(str(exc)) from exc
+    staged = stage_update(config, data, args.worker, args.images, args.round_idx)
+    images, labels = staged.images, staged.labels
     update_seconds = time.perf_counter() - started
-    observed = observe(config.model, global_vector, update, config.local, args.defence, args.noise, args.clip)
+    observed = observe(
+        config.model, staged.global_vector, staged.update, config.local, args.defence, args.noise, args.clip
+    )
     bar = tqdm(desc="attack", unit="step", file=sys.stderr)
 
     def show(step: int, total: int, _images, metrics: dict) -> None:
