@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fed_core.he import HeClient, HeServer, seal_to_bytes
+from fed_core.he import BATCH_PARAMS, DIGIT_PARAMS, HeClient, HeParams, HeServer, seal_to_bytes
 from fed_core.models import ENCRYPTABLE_MODELS, MODEL_LABELS
 from fed_core.mpc import FRAC_BITS, MpcClassifier
 
@@ -35,9 +35,9 @@ MPC_BATCH = 1000
 # only feed the estimates shown before a run; results report the measured times.
 MPC_IMAGES_PER_SECOND = 4000.0
 HE_KEYGEN_SECONDS = 0.8  # keys and server setup
-HE_SECONDS_PER_IMAGE = 0.35  # one-digit packing, per image
-HE_SECONDS_PER_PASS = 50.0  # batch packing: one pass handles up to HE_PASS_IMAGES images
-HE_PASS_IMAGES = 4096
+HE_SECONDS_PER_IMAGE = 0.1  # one-digit packing, per image
+HE_SECONDS_PER_PASS = 30.0  # batch packing: one pass handles up to HE_PASS_IMAGES images
+HE_PASS_IMAGES = BATCH_PARAMS.images_per_pass
 
 Progress = Callable[[float], None]
 
@@ -86,6 +86,26 @@ def choose_he_packing(n: int, packing: str = "auto") -> str:
     if packing != "auto":
         return packing
     return "image" if n * HE_SECONDS_PER_IMAGE < he_passes(n) * HE_SECONDS_PER_PASS else "batch"
+
+
+def describe_he_route(n: int, packing: str = "auto") -> str:
+    """One line: which HE packing runs for n images, and why."""
+    one_by_one, passes = _seconds(n * HE_SECONDS_PER_IMAGE), he_passes(n)
+    why = "as requested" if packing != "auto" else "the faster of the two"
+    if choose_he_packing(n, packing) == "image":
+        return (
+            f"HE encrypts the images one at a time ({why}): {n:,} x {HE_SECONDS_PER_IMAGE:.2f} s = ~{one_by_one}, "
+            f"against ~{_seconds(HE_SECONDS_PER_PASS)} for a batch pass of up to {HE_PASS_IMAGES:,} images."
+        )
+    plural = "es" if passes > 1 else ""
+    return (
+        f"HE packs two images per slot, {HE_PASS_IMAGES:,} per pass ({why}): {passes} pass{plural} of "
+        f"~{_seconds(HE_SECONDS_PER_PASS)}, against ~{one_by_one} one image at a time."
+    )
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:,.0f} s"
 
 
 def estimate_seconds(scheme: str, n: int, he_packing: str = "auto") -> float:
@@ -216,9 +236,9 @@ def _run_mpc(model: nn.Module, images: torch.Tensor, batch_size: int, report: Pr
     return _Run("shares", np.concatenate(logits), dict(watch.seconds), communication)
 
 
-def _he_setup(model: nn.Module, rotations: bool, watch: Stopwatch) -> tuple[HeClient, HeServer]:
+def _he_setup(model: nn.Module, params: HeParams, watch: Stopwatch) -> tuple[HeClient, HeServer]:
     with watch("keygen"):
-        client = HeClient(rotations=rotations)
+        client = HeClient(params)
     with watch("server_setup"):
         server = HeServer(model, client.public_context)
     return client, server
@@ -237,7 +257,7 @@ def _he_communication(client: HeClient, upload: int, download: int, n: int, roun
 
 def _run_he_images(model: nn.Module, images: torch.Tensor, report: Progress) -> _Run:
     watch = Stopwatch()
-    client, server = _he_setup(model, rotations=True, watch=watch)
+    client, server = _he_setup(model, DIGIT_PARAMS, watch)
     logits, upload, download = [], 0, 0
     for index, image in enumerate(images):
         with watch("encrypt"):
@@ -260,8 +280,8 @@ def _within(report: Progress, start: int, size: int, total: int) -> Progress:
 
 def _run_he_batches(model: nn.Module, images: torch.Tensor, batch_size: int, report: Progress) -> _Run:
     watch = Stopwatch()
-    client, server = _he_setup(model, rotations=False, watch=watch)
-    batch_size = min(batch_size, client.params.slots)
+    client, server = _he_setup(model, BATCH_PARAMS, watch)
+    batch_size = min(batch_size, client.params.images_per_pass)
     logits, upload, download, done = [], 0, 0, 0
     for batch in images.split(batch_size):
         with watch("encrypt"):
