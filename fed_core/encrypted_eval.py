@@ -10,9 +10,12 @@ or encrypt the images), ``compute`` (the parties or the server run the network) 
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
@@ -20,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fed_core.he import BATCH_PARAMS, DIGIT_PARAMS, HeClient, HeParams, HeServer, seal_to_bytes
+from fed_core.he import BATCH_PARAMS, DIGIT_PARAMS, HeClient, HeParams, HeServer, classify_batch_apart
 from fed_core.models import ENCRYPTABLE_MODELS, MODEL_LABELS
 from fed_core.mpc import FRAC_BITS, MpcClassifier
 
@@ -166,8 +169,13 @@ def evaluate_encrypted(
     batch_size: int | None = None,
     progress: Progress | None = None,
     he_packing: str = "auto",
+    he_workers: int | None = None,
 ) -> EvalResult:
-    """Run ``model`` on normalised images [N,1,28,28] in plaintext and encrypted, and compare."""
+    """Run ``model`` on normalised images [N,1,28,28] in plaintext and encrypted, and compare.
+
+    ``he_workers``: server processes for HE batch passes (default: one per available CPU,
+    at most one per pass); 1 runs every pass in this process.
+    """
     require_encryptable(model)
     _require_scheme(scheme)
     report = progress or (lambda fraction: None)
@@ -179,7 +187,7 @@ def evaluate_encrypted(
     elif choose_he_packing(len(images), he_packing) == "image":
         run = _run_he_images(model, images, report)
     else:
-        run = _run_he_batches(model, images, batch_size or HE_PASS_IMAGES, report)
+        run = _run_he_batches(model, images, batch_size or HE_PASS_IMAGES, report, he_workers)
     total = time.perf_counter() - start
     return _compare(scheme, run, plain_logits, labels.numpy(), total)
 
@@ -278,24 +286,70 @@ def _within(report: Progress, start: int, size: int, total: int) -> Progress:
     return lambda fraction: report((start + fraction * size) / total)
 
 
-def _run_he_batches(model: nn.Module, images: torch.Tensor, batch_size: int, report: Progress) -> _Run:
+def available_cpus() -> int:
+    """CPUs this process may run on (a container may get fewer than the machine has)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _run_he_batches(
+    model: nn.Module, images: torch.Tensor, batch_size: int, report: Progress, workers: int | None
+) -> _Run:
     watch = Stopwatch()
-    client, server = _he_setup(model, BATCH_PARAMS, watch)
-    batch_size = min(batch_size, client.params.images_per_pass)
-    logits, upload, download, done = [], 0, 0, 0
-    for batch in images.split(batch_size):
-        with watch("encrypt"):
-            pixels = client.encrypt_batch(batch[:, 0].numpy())
-        with watch("compute"):
-            result = server.classify_batch(pixels, _within(report, done, len(batch), len(images)))
+    with watch("keygen"):
+        client = HeClient(BATCH_PARAMS)
+    batches = [batch[:, 0].numpy() for batch in images.split(min(batch_size, HE_PASS_IMAGES))]
+    workers = min(workers or available_cpus(), len(batches))
+    serve = _serve_passes_apart if workers > 1 else _serve_passes_here
+    passes = serve(model, client, batches, watch, report, workers)
+    logits, upload, download = [], 0, 0
+    for batch, (pixels, result) in zip(batches, passes):
         with watch("decrypt"):
             logits.append(client.decrypt_batch(result, len(batch)))
-        # Every ciphertext of a layer has the same size: measure one, count them all.
-        upload += len(pixels) * len(seal_to_bytes(pixels[0]))
-        download += len(result) * len(seal_to_bytes(result[0]))
-        done += len(batch)
-    communication = _he_communication(client, upload, download, len(images), len(logits))
+        upload += pixels
+        download += sum(map(len, result))
+    communication = _he_communication(client, upload, download, len(images), len(batches))
+    communication["server_processes"] = workers
     return _Run("batch", np.concatenate(logits), dict(watch.seconds), communication)
+
+
+def _serve_passes_here(
+    model: nn.Module, client: HeClient, batches: list[np.ndarray], watch: Stopwatch, report: Progress, workers: int
+) -> list[tuple[int, list[bytes]]]:
+    """(upload bytes, encrypted logits) of each pass, one after the other in this process."""
+    with watch("server_setup"):
+        server = HeServer(model, client.public_context)
+    total, done, passes = sum(map(len, batches)), 0, []
+    for batch in batches:
+        with watch("encrypt"):
+            pixels = client.encrypt_batch(batch)
+        with watch("compute"):
+            result = server.classify_batch(pixels, _within(report, done, len(batch), total))
+        passes.append((sum(map(len, pixels)), result))
+        done += len(batch)
+    return passes
+
+
+def _serve_passes_apart(
+    model: nn.Module, client: HeClient, batches: list[np.ndarray], watch: Stopwatch, report: Progress, workers: int
+) -> list[tuple[int, list[bytes]]]:
+    """The passes side by side in server processes that get the public context and ciphertexts only.
+
+    Each pass is sent as soon as it is encrypted; ``compute`` is the wait after the last one.
+    """
+    total, done, uploads = sum(map(len, batches)), 0, {}
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for batch in batches:
+            with watch("encrypt"):
+                pixels = client.encrypt_batch(batch)
+            future = pool.submit(classify_batch_apart, model, client.public_context, pixels)
+            uploads[future] = (len(batch), sum(map(len, pixels)))
+        with watch("compute"):
+            for future in as_completed(uploads):
+                done += uploads[future][0]
+                report(done / total)
+    return [(upload, future.result()) for future, (_, upload) in uploads.items()]
 
 
 # --- one digit -------------------------------------------------------------------------------

@@ -403,8 +403,8 @@ class HeClient:
         ciphertext = seal_from_bytes(Ciphertext(), self.seal_context, data)
         return self._decrypt(ciphertext).real[logit_slots(DEFAULT_GEOMETRY, self.params.slots)]
 
-    def encrypt_batch(self, images: np.ndarray) -> list[Ciphertext]:
-        """Normalised [n, 28, 28] images -> one ciphertext per pixel.
+    def encrypt_batch(self, images: np.ndarray) -> list[bytes]:
+        """Normalised [n, 28, 28] images -> one serialized ciphertext per pixel (seeded).
 
         Slot j holds images j and j + slots as a + J b (``unit_j``).
         """
@@ -415,14 +415,17 @@ class HeClient:
         pixels = np.zeros((images[0].size, 2 * slots))
         pixels[:, : len(images)] = images.reshape(len(images), -1).T
         j = unit_j(slots)
-        return [self._encrypt(self._encode(pixel[:slots] + j * pixel[slots:])) for pixel in pixels]
+        return [
+            seal_to_bytes(self.encryptor.encrypt_symmetric(self._encode(pixel[:slots] + j * pixel[slots:])))
+            for pixel in pixels
+        ]
 
-    def decrypt_batch(self, ciphertexts: list[Ciphertext], count: int) -> np.ndarray:
-        """Per-class ciphertexts -> logits [count, classes]."""
+    def decrypt_batch(self, ciphertexts: list[bytes], count: int) -> np.ndarray:
+        """Serialized per-class ciphertexts -> logits [count, classes]."""
         j = unit_j(self.params.slots)
         columns = []
-        for ciphertext in ciphertexts:
-            values = self._decrypt(ciphertext)
+        for data in ciphertexts:
+            values = self._decrypt(seal_from_bytes(Ciphertext(), self.seal_context, data))
             columns.append(np.concatenate([values.real, (values / j).real])[:count])
         return np.stack(columns, axis=1)
 
@@ -434,11 +437,6 @@ class HeClient:
         plain = seal.Plaintext()
         self.encoder.encode(values.tolist(), self.params.input_scale, plain)
         return plain
-
-    def _encrypt(self, plain: seal.Plaintext) -> Ciphertext:
-        ciphertext = Ciphertext()
-        self.encryptor.encrypt_symmetric(plain, ciphertext)
-        return ciphertext
 
     def _decrypt(self, ciphertext: Ciphertext) -> np.ndarray:
         plain = seal.Plaintext()
@@ -559,10 +557,8 @@ class HeServer:
 
     # --- batch -------------------------------------------------------------------------
 
-    def classify_batch(
-        self, pixels: list[Ciphertext], progress: Callable[[float], None] | None = None
-    ) -> list[Ciphertext]:
-        """One ciphertext per pixel (two images per slot) -> one ciphertext per class."""
+    def classify_batch(self, pixels: list[bytes], progress: Callable[[float], None] | None = None) -> list[bytes]:
+        """Serialized ciphertexts, one per pixel (two images per slot) -> one per class."""
         self._require("batch")
         w, g = self.weights, self.geometry
         layers = {
@@ -572,7 +568,7 @@ class HeServer:
         }
         linear = {step: (stage, weight_scale) for step, stage, weight_scale in self._linear_stages()}
         total_rows = sum(len(matrix) for matrix, _ in layers.values())
-        done, x = 0, pixels
+        done, x = 0, [seal_from_bytes(Ciphertext(), self.seal_context, data) for data in pixels]
         for step, stage in zip(STEPS, self.stages):
             if step == "square":
                 x = [self._square(ct, stage) for ct in x]
@@ -584,7 +580,7 @@ class HeServer:
                 if progress:
                     progress(done / total_rows)
             x = outputs
-        return x
+        return [seal_to_bytes(ct) for ct in x]
 
     def _scalar_linear(
         self, inputs: list[Ciphertext], row: np.ndarray, bias: float, stage: Stage, weight_scale: float
@@ -690,6 +686,11 @@ class HeServer:
         """(step, stage, weight scale) of conv, fc1 and fc2."""
         linear = [(step, stage) for step, stage in zip(STEPS, self.stages) if step != "square"]
         return [(step, stage, 2.0**bits) for (step, stage), bits in zip(linear, self.params.weight_bits)]
+
+
+def classify_batch_apart(model: CryptoCNN, public_context: PublicContext, pixels: list[bytes]) -> list[bytes]:
+    """One batch pass as a separate server process runs it: public context and ciphertexts in, logits out."""
+    return HeServer(model, public_context).classify_batch(pixels)
 
 
 def conv_matrix(weight: np.ndarray, geometry: Geometry) -> np.ndarray:

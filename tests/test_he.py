@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from fed_core.data import load_mnist, normalize
+from fed_core.encrypted_eval import evaluate_encrypted
 from fed_core.he import (
     BATCH_PARAMS,
     DEFAULT_GEOMETRY,
@@ -163,19 +164,53 @@ def test_j_is_an_exact_square_root_of_minus_one():
     np.testing.assert_allclose(j * z * z.conj() + (1 - j) / 4 * (z + z.conj()) ** 2, a**2 + j * b**2, atol=1e-12)
 
 
-def test_batch_packing_matches_plaintext_for_both_images_of_a_slot():
-    """A narrow CryptoCNN keeps the scalar products few; 4,106 images fill the real parts and some imaginary ones."""
+@pytest.fixture(scope="module")
+def narrow_model():
+    """A narrow CryptoCNN keeps the batch route's scalar products few, and its tests fast."""
     torch.manual_seed(0)
-    model = CryptoCNN(channels=2, hidden=16).eval()
-    images = normalize(load_mnist().test_images[: BATCH_PARAMS.slots + 10])
-    client = HeClient(BATCH_PARAMS)
-    server = HeServer(model, client.public_context)
-    logits = client.decrypt_batch(server.classify_batch(client.encrypt_batch(images[:, 0].numpy())), len(images))
-    with torch.no_grad():
-        expected = model(images).double().numpy()
-    np.testing.assert_allclose(logits, expected, atol=0.01)
-    assert (logits.argmax(1) == expected.argmax(1)).mean() > 0.999
-    with pytest.raises(ValueError, match="'batch' packing"):
-        server.classify([b""])
-    with pytest.raises(ValueError, match="'batch' packing"):
-        client.encrypt_image(images[0, 0].numpy())
+    return CryptoCNN(channels=2, hidden=16).eval()
+
+
+def test_keys_serve_one_packing(client, narrow_model, test_images):
+    batch_client = HeClient(BATCH_PARAMS)
+    batch_server = HeServer(narrow_model, batch_client.public_context)
+    with pytest.raises(ValueError, match="'batch' packing, not 'image'"):
+        batch_client.encrypt_image(test_images[0, 0].numpy())
+    with pytest.raises(ValueError, match="'batch' packing, not 'image'"):
+        batch_server.classify([b""])
+    with pytest.raises(ValueError, match="'image' packing, not 'batch'"):
+        client.encrypt_batch(test_images[:, 0].numpy())
+
+
+def test_batch_route_matches_plaintext_for_both_images_of_a_slot_in_two_server_processes(narrow_model):
+    """Pass 1 fills the real parts of the slots and ten imaginary ones; pass 2 runs beside it."""
+    mnist = load_mnist()
+    count = BATCH_PARAMS.slots + 20
+    images, labels = normalize(mnist.test_images[:count]), mnist.test_labels[:count]
+    fractions = []
+    result = evaluate_encrypted(
+        narrow_model,
+        images,
+        labels,
+        "he",
+        batch_size=count - 10,
+        progress=fractions.append,
+        he_packing="batch",
+        he_workers=2,
+    )
+    assert result.packing == "batch" and result.communication["server_processes"] == 2
+    assert result.communication["rounds"] == 2 and fractions[-1] == 1.0
+    assert result.max_logit_error < 0.01
+    assert result.agreement > 0.999  # a random narrow model has a few near-ties
+
+
+def test_batch_route_in_this_process_reports_progress_row_by_row(narrow_model):
+    mnist = load_mnist()
+    images, labels = normalize(mnist.test_images[:10]), mnist.test_labels[:10]
+    fractions = []
+    result = evaluate_encrypted(
+        narrow_model, images, labels, "he", progress=fractions.append, he_packing="batch", he_workers=1
+    )
+    assert result.communication["server_processes"] == 1 and "server_setup" in result.seconds
+    assert len(fractions) == 128 + 16 + 10 and fractions[-1] == 1.0  # one per output row of each layer
+    assert result.agreement == 1.0 and result.max_logit_error < 0.01
