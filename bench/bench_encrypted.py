@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fed_core.data import load_mnist, normalize  # noqa: E402
-from fed_core.encrypted_eval import EvalResult, evaluate_encrypted  # noqa: E402
+from fed_core.encrypted_eval import EvalResult, available_cpus, evaluate_encrypted  # noqa: E402
 from fed_core.he import DIGIT_PARAMS, HeClient, HeServer  # noqa: E402
 from fed_core.models import load_model  # noqa: E402
 from fed_core.mpc import FRAC_BITS, MpcClassifier  # noqa: E402
@@ -177,10 +177,10 @@ def main() -> None:
         print("HE, one digit at a time:")
         bench_he_single(model, images[: args.digits])
 
-    if args.he_batch_n:
-        n = args.he_batch_n
-        print(f"HE, {n} images packed two per slot:")
-        report_he_batch(evaluate_encrypted(model, images[:n], labels[:n], "he", he_packing="batch"))
+    n = args.he_batch_n
+    for workers in sorted({1, available_cpus()}) if n else []:
+        print(f"HE, {n} images packed two per slot, {workers} server process{'es' if workers > 1 else ''}:")
+        report_he_batch(evaluate_encrypted(model, images[:n], labels[:n], "he", he_packing="batch", he_workers=workers))
 
 
 if __name__ == "__main__":

@@ -78,17 +78,30 @@ class Stopwatch:
 # --- estimates ---------------------------------------------------------------------------
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (a container may get fewer than the machine has)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def he_passes(n: int) -> int:
     return math.ceil(n / HE_PASS_IMAGES)
 
 
+def he_batch_seconds(n: int) -> float:
+    """Batch passes run side by side, one per available CPU."""
+    passes = he_passes(n)
+    return math.ceil(passes / min(passes, available_cpus())) * HE_SECONDS_PER_PASS
+
+
 def choose_he_packing(n: int, packing: str = "auto") -> str:
-    """'image' (one digit at a time) or 'batch' (one image per slot); 'auto' picks the faster."""
+    """'image' (one digit at a time) or 'batch' (two images per slot); 'auto' picks the faster."""
     if packing not in HE_PACKINGS:
         raise ValueError(f"Unknown HE packing {packing!r}; choose one of {', '.join(HE_PACKINGS)}.")
     if packing != "auto":
         return packing
-    return "image" if n * HE_SECONDS_PER_IMAGE < he_passes(n) * HE_SECONDS_PER_PASS else "batch"
+    return "image" if n * HE_SECONDS_PER_IMAGE < he_batch_seconds(n) else "batch"
 
 
 def describe_he_route(n: int, packing: str = "auto") -> str:
@@ -100,10 +113,11 @@ def describe_he_route(n: int, packing: str = "auto") -> str:
             f"HE encrypts the images one at a time ({why}): {n:,} x {HE_SECONDS_PER_IMAGE:.2f} s = ~{one_by_one}, "
             f"against ~{_seconds(HE_SECONDS_PER_PASS)} for a batch pass of up to {HE_PASS_IMAGES:,} images."
         )
-    plural = "es" if passes > 1 else ""
+    side_by_side = min(passes, available_cpus())
+    passes_text = f"{passes} passes, {side_by_side} at a time," if passes > 1 else "1 pass"
     return (
-        f"HE packs two images per slot, {HE_PASS_IMAGES:,} per pass ({why}): {passes} pass{plural} of "
-        f"~{_seconds(HE_SECONDS_PER_PASS)}, against ~{one_by_one} one image at a time."
+        f"HE packs two images per slot, {HE_PASS_IMAGES:,} per pass ({why}): {passes_text} "
+        f"~{_seconds(he_batch_seconds(n))}, against ~{one_by_one} one image at a time."
     )
 
 
@@ -118,7 +132,7 @@ def estimate_seconds(scheme: str, n: int, he_packing: str = "auto") -> float:
         return n / MPC_IMAGES_PER_SECOND
     if choose_he_packing(n, he_packing) == "image":
         return HE_KEYGEN_SECONDS + n * HE_SECONDS_PER_IMAGE
-    return HE_KEYGEN_SECONDS + he_passes(n) * HE_SECONDS_PER_PASS
+    return HE_KEYGEN_SECONDS + he_batch_seconds(n)
 
 
 # --- evaluation on a test set --------------------------------------------------------------
@@ -284,13 +298,6 @@ def _run_he_images(model: nn.Module, images: torch.Tensor, report: Progress) -> 
 def _within(report: Progress, start: int, size: int, total: int) -> Progress:
     """Progress through one pass of ``size`` images, reported as a fraction of all ``total``."""
     return lambda fraction: report((start + fraction * size) / total)
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (a container may get fewer than the machine has)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _run_he_batches(
