@@ -26,8 +26,9 @@ Two packings, each with its own parameters (``DIGIT_PARAMS``, ``BATCH_PARAMS``):
 
 Costs. Key switching (rotations, relinearization) costs ~k(k+1) NTTs and a plaintext
 product ~k for k primes, so each plan (``HeParams``) has as few primes as its precision
-allows. Key switching and rescaling add noise of ~2^11 whatever the scale, so the digit
-plan rotates only ciphertexts at scale 2^28 or more.
+allows. Key switching and rescaling add noise of ~2^11 whatever the scale, and a vector
+of weights encoded at scale 2^w is off by ~26/2^w per slot, so the plans keep scales
+high where that noise lands on small values.
 """
 
 from __future__ import annotations
@@ -103,20 +104,20 @@ class HeParams:
         return 2.0**self.input_bits
 
 
-# One digit: four data primes (36+...: 34, 54, 50, 18 bits) and a 60-bit special prime.
-# Rotations act on ciphertexts at scale >= 2^28, or (the conv's baby step) on the input
-# with every prime at least 2^6 below the special one, so key switching adds little noise;
-# 22-bit weights keep the slot-wise encoding error (~26/2^22 per weight) small.
+# One digit: data primes of 34, 54, 50 and 18 bits and a 60-bit special prime (216 bits).
+# The conv and fc1 rescale to 2^28 before their giant and fold rotations; fc1 and fc2
+# turn their input by baby steps while it is still at 2^56. Max logit error ~0.008.
 DIGIT_PARAMS = HeParams()
 # Batch: scalar weights encode with an error of only 0.5/2^bits and nothing rotates, so
-# three data primes do; the 90,000 plaintext products per pass run on small ciphertexts.
+# three data primes do (56, 56, 53 + 52 = 217 bits): the 90,000 plaintext products of a
+# pass run on small ciphertexts. Max logit error ~0.006.
 BATCH_PARAMS = HeParams(
     packing="batch",
     input_bits=22,
     weight_bits=(16, 16, 19),
     rescale_bits=(None, 25, None, 28, None),
     headroom_bits=9,
-    special_bits=52,  # key switching acts on scales >= 2^38 only: 2^4 below the largest prime is plenty
+    special_bits=52,  # key switching only acts at scales >= 2^38, where 2^4 below the largest prime is plenty
 )
 
 
@@ -162,6 +163,7 @@ class Geometry:
         return self.hidden * self.block // slots
 
     def check_fits(self, slots: int) -> None:
+        """The single-image packing needs every kernel position and every fc1 product in the slots."""
         groups = slots // self.windows
         fits = (
             groups >= self.positions
@@ -210,6 +212,7 @@ class LayerShape:
 
 
 def layer_shapes(geometry: Geometry, slots: int) -> dict[str, LayerShape]:
+    """conv, fc1 and fc2 in the single-image packing (see the module docstring)."""
     rows = geometry.rows_per_copy(slots)
     return {
         "conv": LayerShape(geometry.channels, geometry.windows, fold_steps(slots, geometry.block)),
@@ -250,6 +253,7 @@ SCRATCH_DIR = "/dev/shm" if Path("/dev/shm").is_dir() else None
 
 
 def seal_to_bytes(obj) -> bytes:
+    """Serialize a SEAL object (SEAL compresses it; a seeded ciphertext stores c1 as its seed)."""
     with tempfile.TemporaryDirectory(dir=SCRATCH_DIR) as tmp:
         path = str(Path(tmp) / "seal.bin")
         obj.save(path)
@@ -262,16 +266,6 @@ def seal_from_bytes(obj, context, data: bytes):
         path.write_bytes(data)
         obj.load(context, str(path))
     return obj
-
-
-def unit_j(slots: int) -> np.ndarray:
-    """J = X^(N/2) in the slots: a square root of -1 in each (i in even slots, -i in odd).
-
-    Under SEAL's slot order (slot j evaluates at the root of unity to the power 3^j) the
-    constant i is no short polynomial, but J is a monomial: multiplying by it is exact.
-    The batch packing pairs two images per slot as a + J b.
-    """
-    return 1j * (-1.0) ** np.arange(slots)
 
 
 # --- the single-image packing, as slot vectors -------------------------------------------
@@ -343,6 +337,19 @@ def giant_groups(diagonals: list[np.ndarray], step: int) -> list[list[np.ndarray
         [np.roll(diagonals[first + b], first * step) for b in range(min(baby, len(diagonals) - first))]
         for first in range(0, len(diagonals), baby)
     ]
+
+
+# --- the batch packing -----------------------------------------------------------------------
+
+
+def unit_j(slots: int) -> np.ndarray:
+    """J = X^(N/2) in the slots: a square root of -1 in each (i in even slots, -i in odd).
+
+    Under SEAL's slot order (slot j evaluates at the root of unity to the power 3^j) the
+    constant i is no short polynomial, but J is a monomial: multiplying by it is exact.
+    The batch packing pairs two images per slot as a + J b.
+    """
+    return 1j * (-1.0) ** np.arange(slots)
 
 
 # --- client and server -----------------------------------------------------------------------
@@ -500,6 +507,8 @@ class HeServer:
 
     def _pack_model(self) -> dict[str, LinearLayer]:
         g, w, slots = self.geometry, self.weights, self.slots
+        if g != DEFAULT_GEOMETRY:  # the client packs the image before it knows the model
+            raise ValueError(f"The one-digit packing is laid out for {DEFAULT_GEOMETRY}, not {g}.")
         g.check_fits(slots)
         shapes = layer_shapes(g, slots)
         hidden = hidden_slots(g, slots)

@@ -180,6 +180,8 @@ def test_keys_serve_one_packing(client, narrow_model, test_images):
         batch_server.classify([b""])
     with pytest.raises(ValueError, match="'image' packing, not 'batch'"):
         client.encrypt_batch(test_images[:, 0].numpy())
+    with pytest.raises(ValueError, match="laid out for"):
+        HeServer(narrow_model, client.public_context)
 
 
 def test_batch_route_matches_plaintext_for_both_images_of_a_slot_in_two_server_processes(narrow_model):
