@@ -567,7 +567,10 @@ class HeServer:
     # --- batch -------------------------------------------------------------------------
 
     def classify_batch(self, pixels: list[bytes], progress: Callable[[float], None] | None = None) -> list[bytes]:
-        """Serialized ciphertexts, one per pixel (two images per slot) -> one per class."""
+        """Serialized ciphertexts, one per pixel (two images per slot) -> one per class.
+
+        A layer's outputs are squared as they are made, so they wait at the next level down.
+        """
         self._require("batch")
         w, g = self.weights, self.geometry
         layers = {
@@ -575,16 +578,14 @@ class HeServer:
             "fc1": (w["fc1.weight"], w["fc1.bias"]),
             "fc2": (w["fc2.weight"], w["fc2.bias"]),
         }
-        linear = {step: (stage, weight_scale) for step, stage, weight_scale in self._linear_stages()}
+        squares = {step: stage for step, after, stage in zip(STEPS, STEPS[1:], self.stages[1:]) if after == "square"}
         total_rows = sum(len(matrix) for matrix, _ in layers.values())
         done, x = 0, [seal_from_bytes(Ciphertext(), self.seal_context, data) for data in pixels]
-        for step, stage in zip(STEPS, self.stages):
-            if step == "square":
-                x = [self._square(ct, stage) for ct in x]
-                continue
+        for step, stage, weight_scale in self._linear_stages():
             outputs = []
             for row, bias in zip(*layers[step]):
-                outputs.append(self._scalar_linear(x, row, bias, *linear[step]))
+                output = self._scalar_linear(x, row, bias, stage, weight_scale)
+                outputs.append(self._square(output, squares[step]) if step in squares else output)
                 done += 1
                 if progress:
                     progress(done / total_rows)
