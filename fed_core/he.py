@@ -582,9 +582,13 @@ class HeServer:
         total_rows = sum(len(matrix) for matrix, _ in layers.values())
         done, x = 0, [seal_from_bytes(Ciphertext(), self.seal_context, data) for data in pixels]
         for step, stage, weight_scale in self._linear_stages():
+            matrix, biases = layers[step]
+            # Both images of a slot get the bias, b + J b; the conv's repeat for every window.
+            level = stage.level + stage.rescale
+            bias_plains = {b: self._plain(b * (1 + self.unit_j), level, stage.scale) for b in np.unique(biases)}
             outputs = []
-            for row, bias in zip(*layers[step]):
-                output = self._scalar_linear(x, row, bias, stage, weight_scale)
+            for row, bias in zip(matrix, biases):
+                output = self._scalar_linear(x, row, bias_plains[bias], stage, weight_scale)
                 outputs.append(self._square(output, squares[step]) if step in squares else output)
                 done += 1
                 if progress:
@@ -593,7 +597,7 @@ class HeServer:
         return [seal_to_bytes(ct) for ct in x]
 
     def _scalar_linear(
-        self, inputs: list[Ciphertext], row: np.ndarray, bias: float, stage: Stage, weight_scale: float
+        self, inputs: list[Ciphertext], row: np.ndarray, bias: seal.Plaintext, stage: Stage, weight_scale: float
     ) -> Ciphertext:
         # A weight that rounds to 0 at this scale would make a transparent product, which SEAL refuses.
         used = np.flatnonzero(np.round(row * weight_scale))
@@ -607,9 +611,7 @@ class HeServer:
                 self.evaluator.add_inplace(total, product)
         if stage.rescale:
             self.evaluator.rescale_to_next_inplace(total)
-        # Both images of a slot get the bias: b + J b.
-        self.encoder.encode((bias * (1 + self.unit_j)).tolist(), total.parms_id(), stage.scale, plain)
-        self.evaluator.add_plain_inplace(total, plain)
+        self.evaluator.add_plain_inplace(total, bias)
         return total
 
     def _square_pair(self, z: Ciphertext, level: int) -> Ciphertext:
