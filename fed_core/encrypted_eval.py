@@ -309,8 +309,10 @@ def _run_he_batches(
         client = HeClient(BATCH_PARAMS)
     batches = [batch[:, 0].numpy() for batch in images.split(min(batch_size, HE_PASS_IMAGES))]
     workers = min(workers or available_cpus(), len(batches))
-    serve = _serve_passes_apart if workers > 1 else _serve_passes_here
-    passes = serve(model, client, batches, watch, report, workers)
+    if workers > 1:
+        passes = _serve_passes_apart(model, client, batches, watch, report, workers)
+    else:
+        passes = _serve_passes_here(model, client, batches, watch, report)
     logits, upload, download = [], 0, 0
     for batch, (pixels, result) in zip(batches, passes):
         with watch("decrypt"):
@@ -323,7 +325,7 @@ def _run_he_batches(
 
 
 def _serve_passes_here(
-    model: nn.Module, client: HeClient, batches: list[np.ndarray], watch: Stopwatch, report: Progress, workers: int
+    model: nn.Module, client: HeClient, batches: list[np.ndarray], watch: Stopwatch, report: Progress
 ) -> list[tuple[int, list[bytes]]]:
     """(upload bytes, encrypted logits) of each pass, one after the other in this process."""
     with watch("server_setup"):
