@@ -10,9 +10,12 @@ or encrypt the images), ``compute`` (the parties or the server run the network) 
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
@@ -20,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fed_core.he import HeClient, HeServer, seal_to_bytes
+from fed_core.he import BATCH_PARAMS, DIGIT_PARAMS, HeClient, HeParams, HeServer, classify_batch_apart
 from fed_core.models import ENCRYPTABLE_MODELS, MODEL_LABELS, is_encryptable
 from fed_core.mpc import FRAC_BITS, MpcClassifier
 from fed_core.mpc_processes import mpc_classifier
@@ -33,12 +36,13 @@ HE_PACKINGS = ("auto", "image", "batch")
 MPC_BATCH = 1000
 
 # Speeds measured by bench/bench_encrypted.py on the 2-core development machine. They
-# only feed the estimates shown before a run; results report the measured times.
+# only feed the estimates shown before a run (and the HE route: their ratio puts the
+# switch at ~330 images); results report the measured times.
 MPC_IMAGES_PER_SECOND = 4000.0
 HE_KEYGEN_SECONDS = 0.8  # keys and server setup
-HE_SECONDS_PER_IMAGE = 0.35  # one-digit packing, per image
-HE_SECONDS_PER_PASS = 50.0  # batch packing: one pass handles up to HE_PASS_IMAGES images
-HE_PASS_IMAGES = 4096
+HE_SECONDS_PER_IMAGE = 0.12  # one-digit packing, per image
+HE_SECONDS_PER_PASS = 40.0  # batch packing: one pass handles up to HE_PASS_IMAGES images
+HE_PASS_IMAGES = BATCH_PARAMS.images_per_pass
 
 Progress = Callable[[float], None]
 
@@ -76,17 +80,51 @@ class Stopwatch:
 # --- estimates ---------------------------------------------------------------------------
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (a container may get fewer than the machine has)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def he_passes(n: int) -> int:
     return math.ceil(n / HE_PASS_IMAGES)
 
 
+def he_batch_seconds(n: int) -> float:
+    """Batch passes run side by side, one per available CPU."""
+    passes = he_passes(n)
+    return math.ceil(passes / min(passes, available_cpus())) * HE_SECONDS_PER_PASS
+
+
 def choose_he_packing(n: int, packing: str = "auto") -> str:
-    """'image' (one digit at a time) or 'batch' (one image per slot); 'auto' picks the faster."""
+    """'image' (one digit at a time) or 'batch' (two images per slot); 'auto' picks the faster."""
     if packing not in HE_PACKINGS:
         raise ValueError(f"Unknown HE packing {packing!r}; choose one of {', '.join(HE_PACKINGS)}.")
     if packing != "auto":
         return packing
-    return "image" if n * HE_SECONDS_PER_IMAGE < he_passes(n) * HE_SECONDS_PER_PASS else "batch"
+    return "image" if n * HE_SECONDS_PER_IMAGE < he_batch_seconds(n) else "batch"
+
+
+def describe_he_route(n: int, packing: str = "auto") -> str:
+    """One line: which HE packing runs for n images, and why."""
+    one_by_one, passes = _seconds(n * HE_SECONDS_PER_IMAGE), he_passes(n)
+    why = "as requested" if packing != "auto" else "the faster of the two"
+    if choose_he_packing(n, packing) == "image":
+        return (
+            f"HE encrypts the images one at a time ({why}): {n:,} x {HE_SECONDS_PER_IMAGE:.2f} s = ~{one_by_one}, "
+            f"against ~{_seconds(HE_SECONDS_PER_PASS)} for a batch pass of up to {HE_PASS_IMAGES:,} images."
+        )
+    side_by_side = min(passes, available_cpus())
+    passes_text = f"{passes} passes, {side_by_side} at a time," if passes > 1 else "1 pass"
+    return (
+        f"HE packs two images per slot, {HE_PASS_IMAGES:,} per pass ({why}): {passes_text} "
+        f"~{_seconds(he_batch_seconds(n))}, against ~{one_by_one} one image at a time."
+    )
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:,.0f} s"
 
 
 def estimate_seconds(scheme: str, n: int, he_packing: str = "auto") -> float:
@@ -96,7 +134,7 @@ def estimate_seconds(scheme: str, n: int, he_packing: str = "auto") -> float:
         return n / MPC_IMAGES_PER_SECOND
     if choose_he_packing(n, he_packing) == "image":
         return HE_KEYGEN_SECONDS + n * HE_SECONDS_PER_IMAGE
-    return HE_KEYGEN_SECONDS + he_passes(n) * HE_SECONDS_PER_PASS
+    return HE_KEYGEN_SECONDS + he_batch_seconds(n)
 
 
 # --- evaluation on a test set --------------------------------------------------------------
@@ -148,11 +186,14 @@ def evaluate_encrypted(
     progress: Progress | None = None,
     he_packing: str = "auto",
     mpc_parties: str = "in-process",
+    he_workers: int | None = None,
 ) -> EvalResult:
     """Run ``model`` on normalised images [N,1,28,28] in plaintext and encrypted, and compare.
 
     ``mpc_parties`` is "in-process" (both parties simulated here) or "processes" (each role
-    its own process, over loopback TCP: :mod:`fed_core.mpc_processes`).
+    its own process, over loopback TCP: :mod:`fed_core.mpc_processes`). ``he_workers``: server
+    processes for HE batch passes (default: one per available CPU, at most one per pass); 1 runs
+    every pass in this process.
     """
     require_encryptable(model)
     _require_scheme(scheme)
@@ -165,7 +206,7 @@ def evaluate_encrypted(
     elif choose_he_packing(len(images), he_packing) == "image":
         run = _run_he_images(model, images, report)
     else:
-        run = _run_he_batches(model, images, batch_size or HE_PASS_IMAGES, report)
+        run = _run_he_batches(model, images, batch_size or HE_PASS_IMAGES, report, he_workers)
     total = time.perf_counter() - start
     return _compare(scheme, run, plain_logits, labels.numpy(), total)
 
@@ -224,9 +265,9 @@ def _run_mpc(model: nn.Module, images: torch.Tensor, batch_size: int, report: Pr
     return _Run("shares", np.concatenate(logits), dict(watch.seconds), communication)
 
 
-def _he_setup(model: nn.Module, rotations: bool, watch: Stopwatch) -> tuple[HeClient, HeServer]:
+def _he_setup(model: nn.Module, params: HeParams, watch: Stopwatch) -> tuple[HeClient, HeServer]:
     with watch("keygen"):
-        client = HeClient(rotations=rotations)
+        client = HeClient(params)
     with watch("server_setup"):
         server = HeServer(model, client.public_context)
     return client, server
@@ -245,7 +286,7 @@ def _he_communication(client: HeClient, upload: int, download: int, n: int, roun
 
 def _run_he_images(model: nn.Module, images: torch.Tensor, report: Progress) -> _Run:
     watch = Stopwatch()
-    client, server = _he_setup(model, rotations=True, watch=watch)
+    client, server = _he_setup(model, DIGIT_PARAMS, watch)
     logits, upload, download = [], 0, 0
     for index, image in enumerate(images):
         with watch("encrypt"):
@@ -266,24 +307,65 @@ def _within(report: Progress, start: int, size: int, total: int) -> Progress:
     return lambda fraction: report((start + fraction * size) / total)
 
 
-def _run_he_batches(model: nn.Module, images: torch.Tensor, batch_size: int, report: Progress) -> _Run:
+def _run_he_batches(
+    model: nn.Module, images: torch.Tensor, batch_size: int, report: Progress, workers: int | None
+) -> _Run:
     watch = Stopwatch()
-    client, server = _he_setup(model, rotations=False, watch=watch)
-    batch_size = min(batch_size, client.params.slots)
-    logits, upload, download, done = [], 0, 0, 0
-    for batch in images.split(batch_size):
-        with watch("encrypt"):
-            pixels = client.encrypt_batch(batch[:, 0].numpy())
-        with watch("compute"):
-            result = server.classify_batch(pixels, _within(report, done, len(batch), len(images)))
+    with watch("keygen"):
+        client = HeClient(BATCH_PARAMS)
+    batches = [batch[:, 0].numpy() for batch in images.split(min(batch_size, HE_PASS_IMAGES))]
+    workers = min(workers or available_cpus(), len(batches))
+    if workers > 1:
+        passes = _serve_passes_apart(model, client, batches, watch, report, workers)
+    else:
+        passes = _serve_passes_here(model, client, batches, watch, report)
+    logits, upload, download = [], 0, 0
+    for batch, (pixels, result) in zip(batches, passes):
         with watch("decrypt"):
             logits.append(client.decrypt_batch(result, len(batch)))
-        # Every ciphertext of a layer has the same size: measure one, count them all.
-        upload += len(pixels) * len(seal_to_bytes(pixels[0]))
-        download += len(result) * len(seal_to_bytes(result[0]))
-        done += len(batch)
-    communication = _he_communication(client, upload, download, len(images), len(logits))
+        upload += pixels
+        download += sum(map(len, result))
+    communication = _he_communication(client, upload, download, len(images), len(batches))
+    communication["server_processes"] = workers
     return _Run("batch", np.concatenate(logits), dict(watch.seconds), communication)
+
+
+def _serve_passes_here(
+    model: nn.Module, client: HeClient, batches: list[np.ndarray], watch: Stopwatch, report: Progress
+) -> list[tuple[int, list[bytes]]]:
+    """(upload bytes, encrypted logits) of each pass, one after the other in this process."""
+    with watch("server_setup"):
+        server = HeServer(model, client.public_context)
+    total, done, passes = sum(map(len, batches)), 0, []
+    for batch in batches:
+        with watch("encrypt"):
+            pixels = client.encrypt_batch(batch)
+        with watch("compute"):
+            result = server.classify_batch(pixels, _within(report, done, len(batch), total))
+        passes.append((sum(map(len, pixels)), result))
+        done += len(batch)
+    return passes
+
+
+def _serve_passes_apart(
+    model: nn.Module, client: HeClient, batches: list[np.ndarray], watch: Stopwatch, report: Progress, workers: int
+) -> list[tuple[int, list[bytes]]]:
+    """The passes side by side in server processes that get the public context and ciphertexts only.
+
+    Each pass is sent as soon as it is encrypted; ``compute`` is the wait after the last one.
+    """
+    total, done, uploads = sum(map(len, batches)), 0, {}
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for batch in batches:
+            with watch("encrypt"):
+                pixels = client.encrypt_batch(batch)
+            future = pool.submit(classify_batch_apart, model, client.public_context, pixels)
+            uploads[future] = (len(batch), sum(map(len, pixels)))
+        with watch("compute"):
+            for future in as_completed(uploads):
+                done += uploads[future][0]
+                report(done / total)
+    return [(upload, future.result()) for future, (_, upload) in uploads.items()]
 
 
 # --- one digit -------------------------------------------------------------------------------

@@ -4,23 +4,31 @@ The user (``HeClient``) makes the keys and keeps the secret key; the server (``H
 gets only the serialized public context (relinearization and rotation keys), evaluates
 the network on ciphertexts and returns encrypted logits that only the user can decrypt.
 
-Two packings:
+Two packings, each with its own parameters (``DIGIT_PARAMS``, ``BATCH_PARAMS``):
 
-* **One digit** (``encrypt_image`` / ``classify``): SIMD within one image. The client
-  sends the im2col matrix as 7 ciphertexts, slot ``k*512 + c*64 + p`` holding pixel
-  ``k`` of window ``p`` (repeated for each of the 8 channels ``c``), 8 kernel positions
-  ``k`` per ciphertext. The convolution is then 7 plaintext products and 3 rotations,
-  and leaves the 512 conv outputs repeated 8 times across the slots, which is what the
-  hybrid diagonal method needs for fc1 (512 -> 128): 128 diagonals in baby-step
-  giant-step form, 22 rotations instead of the 512 of TenSEAL's ``mm``. fc2 uses the
-  same method. About 0.2 s per digit on 2 cores (TenSEAL's tutorial: ~2.9 s).
-* **Batch** (``encrypt_batch`` / ``classify_batch``): one image per slot, so slot j of
-  ciphertext i holds pixel i of image j and every layer is plaintext-scalar
-  multiply-adds across ciphertexts: no rotations, 4096 images per pass.
+* **One digit** (``encrypt_image`` / ``classify``): one ciphertext holds the image's
+  im2col matrix (pixel k of window p at slot ``k*64 + p``). Every linear layer is a sum of
+  plaintext diagonals times rotations of its input, in baby-step giant-step form, then
+  a few doubling folds (``layer_shapes``):
 
-Parameters: N = 8192, primes 40 + 5 x 27 + 40 bits (215 <= 218 for 128-bit security),
-one 27-bit level per multiplication depth (conv, square, fc1, square, fc2). The 40-bit
-outer primes leave room for |values| < 2^12 at the last level; logits are far smaller.
+  - conv: 8 diagonals, rotations by multiples of 64, and a fold over the 8 copies of the
+    512 outputs, which leaves them repeated with period 512 (7 rotations);
+  - fc1 (512 -> 128): the 4096 slots hold 8 copies of the input, so 16 diagonals make all
+    65,536 products; copy r computes rows 16r..16r+15 and a fold of stride 16 sums each
+    row into slot ``512r + c`` (11 rotations instead of the 512 of TenSEAL's ``mm``);
+  - fc2 (128 -> 10): diagonal j moves the 128 hidden values by 16j into empty slots, and
+    two folds sum logit j into slot ``-16j mod 4096`` (12 rotations).
+
+* **Batch** (``encrypt_batch`` / ``classify_batch``): ciphertext i holds pixel i of 8,192
+  images, two per slot (real and imaginary part), so every layer is plaintext-scalar
+  multiply-adds across ciphertexts, and a square keeps the two images apart with one
+  conjugation (``HeServer._square_pair``).
+
+Costs. Key switching (rotations, relinearization) costs ~k(k+1) NTTs and a plaintext
+product ~k for k primes, so each plan (``HeParams``) has as few primes as its precision
+allows. Key switching and rescaling add noise of ~2^11 whatever the scale, and a vector
+of weights encoded at scale 2^w is off by ~26/2^w per slot, so the plans keep scales
+high where that noise lands on small values.
 """
 
 from __future__ import annotations
@@ -40,27 +48,77 @@ import torch
 from fed_core.models import CryptoCNN
 
 Ciphertext = seal.Ciphertext
-BABY_STEPS = 16  # baby steps of the diagonal method; 16 x 8 for fc1's 128 diagonals
+STEPS = ("conv", "square", "fc1", "square", "fc2")  # CryptoCNN as CKKS sees it
+PAIR_SQUARE_BITS = 2  # the batch square multiplies by constants encoded exactly at scale 4
 
 
 @dataclass(frozen=True)
 class HeParams:
+    """Packing, ring degree and a scale plan; the primes follow from the plan.
+
+    Pixels are encrypted at scale 2^input_bits and the conv, fc1 and fc2 weights are
+    encoded at 2^weight_bits[i]. A plaintext product adds its weight bits to the scale, a
+    square doubles it, and after step i of ``STEPS`` the ciphertext is rescaled to
+    2^rescale_bits[i] (None: not there) by dropping a prime of the difference in bits.
+    The last prime holds the logits with headroom_bits to spare; the special prime is
+    used by key switching only.
+    """
+
+    packing: str = "image"  # "image": one digit per ciphertext; "batch": two images per slot
     poly_modulus_degree: int = 8192
-    scale_bits: int = 27
-    outer_bits: int = 40
-    depth: int = 5  # conv, square, fc1, square, fc2
+    input_bits: int = 24
+    weight_bits: tuple[int, int, int] = (22, 22, 22)  # conv, fc1, fc2
+    rescale_bits: tuple[int | None, ...] = (28, None, 28, None, 24)
+    headroom_bits: int = 10
+    special_bits: int = 60
+
+    def scale_plan(self) -> list[tuple[int, int | None]]:
+        """(scale bits after step i, bits of the prime its rescale drops or None) for each step."""
+        weights = iter(self.weight_bits)
+        square_extra = PAIR_SQUARE_BITS if self.packing == "batch" else 0
+        scale, plan = self.input_bits, []
+        for step, target in zip(STEPS, self.rescale_bits):
+            scale = 2 * scale + square_extra if step == "square" else scale + next(weights)
+            plan.append((scale, None if target is None else scale - target))
+            scale = scale if target is None else target
+        return plan
 
     @property
     def coeff_mod_bit_sizes(self) -> list[int]:
-        return [self.outer_bits] + [self.scale_bits] * self.depth + [self.outer_bits]
+        plan = self.scale_plan()
+        final_scale = plan[-1][0] if self.rescale_bits[-1] is None else self.rescale_bits[-1]
+        dropped = [bits for _, bits in plan if bits is not None]
+        # SEAL drops the last data prime first.
+        return [final_scale + self.headroom_bits, *reversed(dropped), self.special_bits]
 
     @property
     def slots(self) -> int:
         return self.poly_modulus_degree // 2
 
     @property
-    def scale(self) -> float:
-        return 2.0**self.scale_bits
+    def images_per_pass(self) -> int:
+        return 2 * self.slots if self.packing == "batch" else 1
+
+    @property
+    def input_scale(self) -> float:
+        return 2.0**self.input_bits
+
+
+# One digit: data primes of 34, 54, 50 and 18 bits and a 60-bit special prime (216 bits).
+# The conv and fc1 rescale to 2^28 before their giant and fold rotations; fc1 and fc2
+# turn their input by baby steps while it is still at 2^56. Max logit error ~0.008.
+DIGIT_PARAMS = HeParams()
+# Batch: scalar weights encode with an error of only 0.5/2^bits and nothing rotates, so
+# three data primes do (56, 56, 53 + 52 = 217 bits): the 90,000 plaintext products of a
+# pass run on small ciphertexts. Max logit error ~0.006.
+BATCH_PARAMS = HeParams(
+    packing="batch",
+    input_bits=22,
+    weight_bits=(16, 16, 19),
+    rescale_bits=(None, 25, None, 28, None),
+    headroom_bits=9,
+    special_bits=52,  # key switching only acts at scales >= 2^38, where 2^4 below the largest prime is plenty
+)
 
 
 @dataclass(frozen=True)
@@ -91,19 +149,29 @@ class Geometry:
         return self.side * self.side
 
     @property
+    def positions(self) -> int:
+        """Kernel positions: the im2col columns."""
+        return self.kernel * self.kernel
+
+    @property
     def block(self) -> int:
         """Slots of one copy of the conv output (channel-major, like torch's flatten)."""
         return self.channels * self.windows
 
-    @property
-    def padded_classes(self) -> int:
-        return 1 << (self.classes - 1).bit_length()
+    def rows_per_copy(self, slots: int) -> int:
+        """fc1 rows computed by each copy of its input: also fc1's number of diagonals."""
+        return self.hidden * self.block // slots
 
-    def positions_per_ciphertext(self, slots: int) -> int:
-        return slots // self.block
-
-    def input_ciphertexts(self, slots: int) -> int:
-        return math.ceil(self.kernel**2 / self.positions_per_ciphertext(slots))
+    def check_fits(self, slots: int) -> None:
+        """The single-image packing needs every kernel position and every fc1 product in the slots."""
+        groups = slots // self.windows
+        fits = (
+            groups >= self.positions
+            and groups % self.channels == 0
+            and self.rows_per_copy(slots) * slots == self.hidden * self.block
+        )
+        if not fits:
+            raise ValueError(f"CryptoCNN shapes {self} do not fit the single-image packing in {slots} slots.")
 
 
 # CryptoCNN's default shapes; the client needs them to pack before it knows the model.
@@ -119,30 +187,88 @@ def fold_steps(period: int, block: int) -> list[int]:
     return steps
 
 
+def baby_steps(diagonals: int) -> int:
+    """Baby steps of a baby-step giant-step sum: about sqrt(diagonals), a power of two.
+
+    Rounded down: baby rotations act on the layer's input at its level, giant rotations on
+    products that a rescale may already have made smaller.
+    """
+    return 1 << int(math.log2(diagonals) / 2)
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """A linear layer of the single-image packing: sum_d diag_d * rot(x, d*step), then folds."""
+
+    diagonals: int
+    step: int
+    folds: list[int]
+
+    @property
+    def rotations(self) -> set[int]:
+        baby = baby_steps(self.diagonals)
+        giant = {baby * self.step} if self.diagonals > baby else set()
+        return {self.step} | giant | set(self.folds)
+
+
+def layer_shapes(geometry: Geometry, slots: int) -> dict[str, LayerShape]:
+    """conv, fc1 and fc2 in the single-image packing (see the module docstring)."""
+    rows = geometry.rows_per_copy(slots)
+    return {
+        "conv": LayerShape(geometry.channels, geometry.windows, fold_steps(slots, geometry.block)),
+        "fc1": LayerShape(rows, 1, fold_steps(geometry.block, rows)),
+        "fc2": LayerShape(geometry.classes, rows, fold_steps(rows, 1) + fold_steps(slots, geometry.block)),
+    }
+
+
 def rotation_steps(geometry: Geometry, slots: int) -> list[int]:
-    giant = [BABY_STEPS] if geometry.hidden > BABY_STEPS else []
-    return sorted(
-        {1, *giant}
-        | set(fold_steps(slots, geometry.block))
-        | set(fold_steps(geometry.block, geometry.hidden))
-        | set(fold_steps(geometry.hidden, geometry.padded_classes))
-    )
+    """Every rotation the single-image packing makes (all powers of two for CryptoCNN)."""
+    return sorted(set().union(*(shape.rotations for shape in layer_shapes(geometry, slots).values())))
+
+
+def galois_elements(params: HeParams) -> list[int]:
+    """The Galois automorphisms a packing needs keys for."""
+    two_n = 2 * params.poly_modulus_degree
+    if params.packing == "batch":
+        return [two_n - 1]  # complex conjugation
+    # Rotating left by s is the automorphism 3^s mod 2N.
+    return [pow(3, step, two_n) for step in rotation_steps(DEFAULT_GEOMETRY, params.slots)]
+
+
+def hidden_slots(geometry: Geometry, slots: int) -> np.ndarray:
+    """Where fc1 leaves hidden value m: slot (m // d) * block + m % d, d = rows per copy."""
+    rows = geometry.rows_per_copy(slots)
+    m = np.arange(geometry.hidden)
+    return m // rows * geometry.block + m % rows
+
+
+def logit_slots(geometry: Geometry, slots: int) -> np.ndarray:
+    """Where the single-image packing leaves logit j: slot -16j mod slots."""
+    return -geometry.rows_per_copy(slots) * np.arange(geometry.classes) % slots
+
+
+# sealapi serializes only to a file path; a RAM-backed folder makes that a memory copy
+# (a temporary folder on disk costs ~4 ms to create and remove).
+SCRATCH_DIR = "/dev/shm" if Path("/dev/shm").is_dir() else None
 
 
 def seal_to_bytes(obj) -> bytes:
-    """SEAL objects (via sealapi) serialize only to a file path, so go through a temp file."""
-    with tempfile.TemporaryDirectory() as tmp:
+    """Serialize a SEAL object (SEAL compresses it; a seeded ciphertext stores c1 as its seed)."""
+    with tempfile.TemporaryDirectory(dir=SCRATCH_DIR) as tmp:
         path = str(Path(tmp) / "seal.bin")
         obj.save(path)
         return Path(path).read_bytes()
 
 
 def seal_from_bytes(obj, context, data: bytes):
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=SCRATCH_DIR) as tmp:
         path = Path(tmp) / "seal.bin"
         path.write_bytes(data)
         obj.load(context, str(path))
     return obj
+
+
+# --- the single-image packing, as slot vectors -------------------------------------------
 
 
 def im2col(image: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -152,59 +278,90 @@ def im2col(image: np.ndarray, geometry: Geometry) -> np.ndarray:
     return patches.reshape(geometry.windows, k * k).double().numpy()
 
 
-def pack_by_kernel_position(blocks: list[np.ndarray], geometry: Geometry, slots: int) -> list[np.ndarray]:
-    """Lay block k (one per kernel position) at (k mod per_ct) * block in slot vector k // per_ct."""
-    per_ct = geometry.positions_per_ciphertext(slots)
-    vectors = []
-    for first in range(0, len(blocks), per_ct):
-        vector = np.zeros(slots)
-        for offset, block in enumerate(blocks[first : first + per_ct]):
-            vector[offset * geometry.block : (offset + 1) * geometry.block] = block
-        vectors.append(vector)
-    return vectors
+def pack_image(image: np.ndarray, geometry: Geometry, slots: int) -> np.ndarray:
+    """The one slot vector the client encrypts: pixel k of window p at slot k*windows + p."""
+    columns = im2col(image, geometry)
+    vector = np.zeros(slots)
+    vector[: columns.size] = columns.T.ravel()
+    return vector
 
 
-def pack_image(image: np.ndarray, geometry: Geometry, slots: int) -> list[np.ndarray]:
-    """Slot vectors of the single-image layout: pixel k of window p at k'*block + c*windows + p."""
-    columns = im2col(image, geometry)  # [windows, k*k]
-    blocks = [np.tile(columns[:, k], geometry.channels) for k in range(columns.shape[1])]
-    return pack_by_kernel_position(blocks, geometry, slots)
+def conv_diagonals(weight: np.ndarray, geometry: Geometry, slots: int) -> list[np.ndarray]:
+    """Diagonal m multiplies the image rotated by m*windows.
+
+    Slot ``windows*j + p`` of diagonal m holds w[j mod C, (j + m) mod groups] (0 past the
+    last kernel position): after the fold over the copies (j -> j + C*q), output (c, p)
+    has met each kernel position k = c + C*q + m once.
+    """
+    groups = slots // geometry.windows
+    flat = np.zeros((geometry.channels, groups))
+    flat[:, : geometry.positions] = weight.reshape(geometry.channels, -1)
+    j = np.arange(groups)
+    return [
+        np.repeat(flat[j % geometry.channels, (j + m) % groups], geometry.windows) for m in range(geometry.channels)
+    ]
 
 
-def conv_weight_vectors(weight: np.ndarray, geometry: Geometry, slots: int) -> list[np.ndarray]:
-    """The matching plaintexts: w[c, k] at k'*block + c*windows + p."""
-    flat = weight.reshape(geometry.channels, -1)  # [C, k*k]
-    blocks = [np.repeat(flat[:, k], geometry.windows) for k in range(flat.shape[1])]
-    return pack_by_kernel_position(blocks, geometry, slots)
+def fc1_diagonals(matrix: np.ndarray, slots: int) -> list[np.ndarray]:
+    """Diagonals of an [out, in] matrix for an input repeated with period in: slot s meets input s + i.
 
-
-def bsgs_diagonals(matrix: np.ndarray, slots: int) -> list[list[np.ndarray]]:
-    """Diagonals of an [out, in] matrix (out divides in) for the hybrid diagonal method.
-
-    Diagonal i holds W[k mod out, (k + i) mod in] at slot k (repeated with period in), so
-    that sum_i diag_i * rot(x, i), folded from period in to out, is W x. Grouped as
-    [giant][baby] and pre-rotated by the giant step, so only x is rotated by baby steps.
+    Copy r (slots r*in .. r*in + in - 1) computes rows r*d .. r*d + d - 1 for d diagonals:
+    slot r*in + o works for row r*d + (o mod d), and a fold of stride d adds the in/d
+    windows of row r*d + c into slot r*in + c.
     """
     n_out, n_in = matrix.shape
-    k = np.arange(n_in)
-    baby = min(BABY_STEPS, n_out)
-    grouped = []
-    for giant in range(n_out // baby):
-        row = []
-        for b in range(baby):
-            i = giant * baby + b
-            diagonal = np.tile(matrix[k % n_out, (k + i) % n_in], slots // n_in)
-            row.append(np.roll(diagonal, giant * baby))  # undo the later giant rotation
-        grouped.append(row)
-    return grouped
+    rows = n_out * n_in // slots
+    s = np.arange(slots)
+    row = s // n_in * rows + s % n_in % rows
+    return [matrix[row, (s % n_in + i) % n_in] for i in range(rows)]
+
+
+def fc2_diagonals(matrix: np.ndarray, inputs: np.ndarray, slots: int, step: int) -> list[np.ndarray]:
+    """Diagonal j holds W[j, m] where the input rotated by j*step holds input m (0 elsewhere)."""
+    diagonals = []
+    for j, row in enumerate(matrix):
+        diagonal = np.zeros(slots)
+        diagonal[(inputs - j * step) % slots] = row
+        diagonals.append(diagonal)
+    return diagonals
+
+
+def giant_groups(diagonals: list[np.ndarray], step: int) -> list[list[np.ndarray]]:
+    """Group diagonals [giant][baby], pre-rotated so that only the input turns by baby steps.
+
+    sum_d diag_d * rot(x, d*step) = sum_g rot(sum_b diag'_{g,b} * rot(x, b*step), g*B*step)
+    with diag'_{g,b} = rot(diag_{gB+b}, -g*B*step).
+    """
+    baby = baby_steps(len(diagonals))
+    return [
+        [np.roll(diagonals[first + b], first * step) for b in range(min(baby, len(diagonals) - first))]
+        for first in range(0, len(diagonals), baby)
+    ]
+
+
+# --- the batch packing -----------------------------------------------------------------------
+
+
+def unit_j(slots: int) -> np.ndarray:
+    """J = X^(N/2) in the slots: a square root of -1 in each (i in even slots, -i in odd).
+
+    Under SEAL's slot order (slot j evaluates at the root of unity to the power 3^j) the
+    constant i is no short polynomial, but J is a monomial: multiplying by it is exact.
+    The batch packing pairs two images per slot as a + J b.
+    """
+    return 1j * (-1.0) ** np.arange(slots)
+
+
+# --- client and server -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class PublicContext:
-    """What the server receives: CKKS parameters, relinearization and rotation keys."""
+    """What the server receives: CKKS parameters, relinearization and Galois keys, the plan."""
 
     tenseal: bytes  # TenSEAL context without the secret key
-    galois_keys: bytes  # rotation keys for exactly the steps the packing uses
+    galois_keys: bytes  # keys for exactly the rotations (or conjugation) the packing uses
+    params: HeParams  # the packing and scale plan: the server encodes the weights to match
 
     @property
     def size(self) -> int:
@@ -212,10 +369,9 @@ class PublicContext:
 
 
 class HeClient:
-    """The user's side: creates the keys once, encrypts digits, decrypts logits."""
+    """The user's side: creates the keys once, encrypts digits or batches, decrypts logits."""
 
-    def __init__(self, params: HeParams = HeParams(), rotations: bool = True) -> None:
-        """``rotations=False`` skips the rotation keys, which only one-digit inference needs."""
+    def __init__(self, params: HeParams = DIGIT_PARAMS) -> None:
         start = time.perf_counter()
         self.params = params
         # Symmetric encryption: the user holds the secret key anyway.
@@ -225,24 +381,18 @@ class HeClient:
             coeff_mod_bit_sizes=params.coeff_mod_bit_sizes,
             encryption_type=ts.ENCRYPTION_TYPE.SYMMETRIC,
         )
-        self.context.global_scale = params.scale
-        seal_context = self.context.seal_context().data
+        self.context.global_scale = params.input_scale
+        self.seal_context = self.context.seal_context().data
         secret_key = self.context.secret_key().data
-        galois = b""
-        if rotations:
-            steps = rotation_steps(DEFAULT_GEOMETRY, params.slots)
-            # sealapi takes Galois elements; rotating left by s is the element 3^s mod 2N.
-            elements = [pow(3, s, 2 * params.poly_modulus_degree) for s in steps]
-            keygen = seal.KeyGenerator(seal_context, secret_key)
-            galois = seal_to_bytes(keygen.create_galois_keys(elements))
+        keygen = seal.KeyGenerator(self.seal_context, secret_key)
         self.public_context = PublicContext(
             tenseal=self.context.serialize(save_public_key=False, save_secret_key=False, save_galois_keys=False),
-            galois_keys=galois,
+            galois_keys=seal_to_bytes(keygen.create_galois_keys(galois_elements(params))),
+            params=params,
         )
-        self.encoder = seal.CKKSEncoder(seal_context)
-        self.encryptor = seal.Encryptor(seal_context, secret_key)
+        self.encoder = seal.CKKSEncoder(self.seal_context)
+        self.encryptor = seal.Encryptor(self.seal_context, secret_key)
         self.decryptor = self.context.decryptor().data
-        self.seal_context = seal_context
         self.keygen_seconds = time.perf_counter() - start
 
     @property
@@ -251,39 +401,72 @@ class HeClient:
         return len(secret)
 
     def encrypt_image(self, image: np.ndarray) -> list[bytes]:
-        """Normalised [28, 28] image -> serialized ciphertexts (seeded: half the size)."""
-        vectors = pack_image(image, DEFAULT_GEOMETRY, self.params.slots)
-        return [seal_to_bytes(self.encryptor.encrypt_symmetric(self._encode(v))) for v in vectors]
+        """Normalised [28, 28] image -> serialized ciphertexts (one; seeded: half the size)."""
+        self._require("image")
+        vector = pack_image(image, DEFAULT_GEOMETRY, self.params.slots)
+        return [seal_to_bytes(self.encryptor.encrypt_symmetric(self._encode(vector)))]
 
-    def decrypt_logits(self, data: bytes, classes: int = DEFAULT_GEOMETRY.classes) -> np.ndarray:
+    def decrypt_logits(self, data: bytes) -> np.ndarray:
         ciphertext = seal_from_bytes(Ciphertext(), self.seal_context, data)
-        return self._decrypt(ciphertext)[:classes]
+        return self._decrypt(ciphertext).real[logit_slots(DEFAULT_GEOMETRY, self.params.slots)]
 
-    def encrypt_batch(self, images: np.ndarray) -> list[Ciphertext]:
-        """Normalised [n <= slots, 28, 28] images -> one ciphertext per pixel, image j in slot j."""
-        if len(images) > self.params.slots:
-            raise ValueError(f"At most {self.params.slots} images per batch.")
-        pixels = images.reshape(len(images), -1).T.astype(np.float64)
-        return [self._encrypt(self._encode(pixel)) for pixel in pixels]
+    def encrypt_batch(self, images: np.ndarray) -> list[bytes]:
+        """Normalised [n, 28, 28] images -> one serialized ciphertext per pixel (seeded).
 
-    def decrypt_batch(self, ciphertexts: list[Ciphertext], count: int) -> np.ndarray:
-        """Per-class ciphertexts -> logits [count, classes]."""
-        return np.stack([self._decrypt(ct)[:count] for ct in ciphertexts], axis=1)
+        Slot j holds images j and j + slots as a + J b (``unit_j``).
+        """
+        self._require("batch")
+        slots = self.params.slots
+        if len(images) > 2 * slots:
+            raise ValueError(f"At most {2 * slots} images per batch.")
+        pixels = np.zeros((images[0].size, 2 * slots))
+        pixels[:, : len(images)] = images.reshape(len(images), -1).T
+        j = unit_j(slots)
+        return [
+            seal_to_bytes(self.encryptor.encrypt_symmetric(self._encode(pixel[:slots] + j * pixel[slots:])))
+            for pixel in pixels
+        ]
+
+    def decrypt_batch(self, ciphertexts: list[bytes], count: int) -> np.ndarray:
+        """Serialized per-class ciphertexts -> logits [count, classes]."""
+        j = unit_j(self.params.slots)
+        columns = []
+        for data in ciphertexts:
+            values = self._decrypt(seal_from_bytes(Ciphertext(), self.seal_context, data))
+            columns.append(np.concatenate([values.real, (values / j).real])[:count])
+        return np.stack(columns, axis=1)
+
+    def _require(self, packing: str) -> None:
+        if self.params.packing != packing:
+            raise ValueError(f"These keys are for the {self.params.packing!r} packing, not {packing!r}.")
 
     def _encode(self, values: np.ndarray) -> seal.Plaintext:
         plain = seal.Plaintext()
-        self.encoder.encode(values.tolist(), self.params.scale, plain)
+        self.encoder.encode(values.tolist(), self.params.input_scale, plain)
         return plain
-
-    def _encrypt(self, plain: seal.Plaintext) -> Ciphertext:
-        ciphertext = Ciphertext()
-        self.encryptor.encrypt_symmetric(plain, ciphertext)
-        return ciphertext
 
     def _decrypt(self, ciphertext: Ciphertext) -> np.ndarray:
         plain = seal.Plaintext()
         self.decryptor.decrypt(ciphertext, plain)
-        return np.array(self.encoder.decode_double(plain))
+        return np.array(self.encoder.decode_complex(plain))
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of ``STEPS`` on the server: where its input is, and whether it rescales."""
+
+    level: int  # level of the ciphertext entering the step: its plaintexts are encoded there
+    rescale: bool
+    scale: float  # exact scale after the step (and its rescale): the bias is encoded at it
+
+
+@dataclass
+class LinearLayer:
+    """A linear layer of the single-image packing, as the server runs it."""
+
+    groups: list[list[seal.Plaintext]]  # diagonals [giant][baby]
+    shape: LayerShape
+    bias: seal.Plaintext
 
 
 class HeServer:
@@ -293,129 +476,179 @@ class HeServer:
         start = time.perf_counter()
         self.context = ts.context_from(public_context.tenseal)
         self.seal_context = self.context.seal_context().data
-        self.scale = self.context.global_scale
+        self.params = public_context.params
         self.encoder = seal.CKKSEncoder(self.seal_context)
         self.slots = self.encoder.slot_count()
         self.evaluator = seal.Evaluator(self.seal_context)
         self.relin_keys = self.context.relin_keys().data
-        self.galois_keys = (
-            seal_from_bytes(seal.GaloisKeys(), self.seal_context, public_context.galois_keys)
-            if public_context.galois_keys
-            else None
-        )
-        self.levels = self._parms_ids()
+        self.galois_keys = seal_from_bytes(seal.GaloisKeys(), self.seal_context, public_context.galois_keys)
+        self.levels = self._levels()
+        self.stages = self._stages()
         self.geometry = Geometry.of(model)
         self.weights = {name: p.detach().double().numpy() for name, p in model.named_parameters()}
-        # One-digit inference needs the model packed as plaintexts (~0.15 s); batches do not.
-        self.packed = self._pack_model() if self.galois_keys else None
+        if self.params.packing == "image":
+            self.layers = self._pack_model()  # the model as plaintext diagonals, ~0.1 s
+        else:
+            self.unit_j = unit_j(self.slots)
+            self.pair_constants = self._pair_constants()
         self.setup_seconds = time.perf_counter() - start
 
     # --- one digit ---------------------------------------------------------------------
 
     def classify(self, encrypted_image: list[bytes]) -> bytes:
-        """Serialized input ciphertexts -> serialized ciphertext with the logits in slots 0..9."""
-        if self.galois_keys is None:
-            raise ValueError("One-digit inference needs the rotation keys in the public context.")
-        packed, g = self.packed, self.geometry
-        if len(encrypted_image) != len(packed["conv"]):
-            raise ValueError(f"Expected {len(packed['conv'])} ciphertexts, got {len(encrypted_image)}.")
-        inputs = [seal_from_bytes(Ciphertext(), self.seal_context, data) for data in encrypted_image]
-        x = self._sum(self._mul(ct, pt) for ct, pt in zip(inputs, packed["conv"]))
-        self._fold(x, self.slots, g.block)
-        x = self._square(self._finish_linear(x, packed["conv_bias"]))
-        x = self._square(self._matvec(x, packed["fc1"], g.block, g.hidden, packed["fc1_bias"]))
-        x = self._matvec(x, packed["fc2"], g.hidden, g.padded_classes, packed["fc2_bias"])
+        """Serialized input ciphertext -> serialized ciphertext with logit j in slot -16j."""
+        self._require("image")
+        if len(encrypted_image) != 1:
+            raise ValueError(f"Expected 1 ciphertext, got {len(encrypted_image)}.")
+        x = seal_from_bytes(Ciphertext(), self.seal_context, encrypted_image[0])
+        for step, stage in zip(STEPS, self.stages):
+            x = self._square(x, stage) if step == "square" else self._linear(x, self.layers[step], stage)
         return seal_to_bytes(x)
 
-    def _pack_model(self) -> dict:
+    def _pack_model(self) -> dict[str, LinearLayer]:
         g, w, slots = self.geometry, self.weights, self.slots
-        fc2 = np.zeros((g.padded_classes, g.hidden))
-        fc2[: g.classes] = w["fc2.weight"]
-        fc2_bias = np.zeros(slots)
-        fc2_bias[: g.classes] = w["fc2.bias"]
-        return {
-            "conv": [self._plain(v, level=0) for v in conv_weight_vectors(w["conv.weight"], g, slots)],
-            "conv_bias": np.tile(np.repeat(w["conv.bias"], g.windows), slots // g.block),
-            "fc1": [[self._plain(d, level=2) for d in row] for row in bsgs_diagonals(w["fc1.weight"], slots)],
-            "fc1_bias": np.tile(w["fc1.bias"], slots // g.hidden),
-            "fc2": [[self._plain(d, level=4) for d in row] for row in bsgs_diagonals(fc2, slots)],
-            "fc2_bias": fc2_bias,
+        if g != DEFAULT_GEOMETRY:  # the client packs the image before it knows the model
+            raise ValueError(f"The one-digit packing is laid out for {DEFAULT_GEOMETRY}, not {g}.")
+        g.check_fits(slots)
+        shapes = layer_shapes(g, slots)
+        hidden = hidden_slots(g, slots)
+        diagonals = {
+            "conv": conv_diagonals(w["conv.weight"], g, slots),
+            "fc1": fc1_diagonals(w["fc1.weight"], slots),
+            "fc2": fc2_diagonals(w["fc2.weight"], hidden, slots, shapes["fc2"].step),
         }
+        biases = {"conv": np.tile(np.repeat(w["conv.bias"], g.windows), slots // g.block)}
+        biases["fc1"], biases["fc2"] = np.zeros(slots), np.zeros(slots)
+        biases["fc1"][hidden] = w["fc1.bias"]
+        biases["fc2"][logit_slots(g, slots)] = w["fc2.bias"]
+        layers = {}
+        for step, stage, weight_scale in self._linear_stages():
+            groups = giant_groups(diagonals[step], shapes[step].step)
+            layers[step] = LinearLayer(
+                groups=[[self._plain(d, stage.level, weight_scale) for d in row] for row in groups],
+                shape=shapes[step],
+                bias=self._plain(biases[step], stage.level + stage.rescale, stage.scale),
+            )
+        return layers
 
-    def _matvec(
-        self,
-        x: Ciphertext,
-        diagonals: list[list[seal.Plaintext]],
-        n_in: int,
-        n_out: int,
-        bias: np.ndarray,
-    ) -> Ciphertext:
-        """Hybrid diagonal method, baby-step giant-step: W x for x repeated with period n_in."""
-        baby = len(diagonals[0])
+    def _linear(self, x: Ciphertext, layer: LinearLayer, stage: Stage) -> Ciphertext:
+        """Baby-step giant-step sum of diagonals times rotations of x, then folds and bias.
+
+        Each giant group's products are rescaled (if the plan says so) before they are
+        rotated, so the giant and fold rotations run on a smaller ciphertext.
+        """
+        baby, step = len(layer.groups[0]), layer.shape.step
         rotated = [x]
         for _ in range(baby - 1):
-            rotated.append(self._rotate(rotated[-1], 1))
+            rotated.append(self._rotate(rotated[-1], step))
         result = None
-        for row in reversed(diagonals):  # Horner: every giant rotation is by `baby`
+        for row in reversed(layer.groups):  # Horner: every giant rotation is by baby * step
             inner = self._sum(self._mul(r, d) for r, d in zip(rotated, row))
+            if stage.rescale:
+                self.evaluator.rescale_to_next_inplace(inner)
             if result is not None:
-                self.evaluator.add_inplace(inner, self._rotate(result, baby))
+                self.evaluator.add_inplace(inner, self._rotate(result, baby * step))
             result = inner
-        self._fold(result, n_in, n_out)
-        return self._finish_linear(result, bias)
-
-    def _fold(self, x: Ciphertext, period: int, block: int) -> None:
-        for step in fold_steps(period, block):
-            self.evaluator.add_inplace(x, self._rotate(x, step))
+        for fold in layer.shape.folds:
+            self.evaluator.add_inplace(result, self._rotate(result, fold))
+        self.evaluator.add_plain_inplace(result, layer.bias)
+        return result
 
     def _rotate(self, x: Ciphertext, step: int) -> Ciphertext:
         out = Ciphertext()
         self.evaluator.rotate_vector(x, step, self.galois_keys, out)
         return out
 
-    def _plain(self, values: np.ndarray, level: int) -> seal.Plaintext:
+    def _plain(self, values: np.ndarray, level: int, scale: float) -> seal.Plaintext:
         plain = seal.Plaintext()
-        self.encoder.encode(values.tolist(), self.levels[level], self.scale, plain)
+        self.encoder.encode(values.tolist(), self.levels[level], scale, plain)
         return plain
 
     # --- batch -------------------------------------------------------------------------
 
-    def classify_batch(
-        self, pixels: list[Ciphertext], progress: Callable[[float], None] | None = None
-    ) -> list[Ciphertext]:
-        """One ciphertext per pixel (image j in slot j) -> one ciphertext per class."""
-        w = self.weights
-        layers = [
-            (
-                conv_matrix(w["conv.weight"], self.geometry),
-                np.repeat(w["conv.bias"], self.geometry.windows),
-            ),
-            (w["fc1.weight"], w["fc1.bias"]),
-            (w["fc2.weight"], w["fc2.bias"]),
-        ]
-        total_rows = sum(len(matrix) for matrix, _ in layers)
-        done = 0
-        x = pixels
-        for index, (matrix, bias) in enumerate(layers):
+    def classify_batch(self, pixels: list[bytes], progress: Callable[[float], None] | None = None) -> list[bytes]:
+        """Serialized ciphertexts, one per pixel (two images per slot) -> one per class.
+
+        A layer's outputs are squared as they are made, so they wait at the next level down.
+        """
+        self._require("batch")
+        w, g = self.weights, self.geometry
+        layers = {
+            "conv": (conv_matrix(w["conv.weight"], g), np.repeat(w["conv.bias"], g.windows)),
+            "fc1": (w["fc1.weight"], w["fc1.bias"]),
+            "fc2": (w["fc2.weight"], w["fc2.bias"]),
+        }
+        squares = {step: stage for step, after, stage in zip(STEPS, STEPS[1:], self.stages[1:]) if after == "square"}
+        total_rows = sum(len(matrix) for matrix, _ in layers.values())
+        done, x = 0, [seal_from_bytes(Ciphertext(), self.seal_context, data) for data in pixels]
+        for step, stage, weight_scale in self._linear_stages():
+            matrix, biases = layers[step]
+            # Both images of a slot get the bias, b + J b; the conv's repeat for every window.
+            level = stage.level + stage.rescale
+            bias_plains = {b: self._plain(b * (1 + self.unit_j), level, stage.scale) for b in np.unique(biases)}
             outputs = []
-            for row, b in zip(matrix, bias):
-                outputs.append(self._scalar_linear(x, row, b))
+            for row, bias in zip(matrix, biases):
+                output = self._scalar_linear(x, row, bias_plains[bias], stage, weight_scale)
+                outputs.append(self._square(output, squares[step]) if step in squares else output)
                 done += 1
                 if progress:
                     progress(done / total_rows)
-            x = outputs if index == len(layers) - 1 else [self._square(ct) for ct in outputs]
-        return x
+            x = outputs
+        return [seal_to_bytes(ct) for ct in x]
 
-    def _scalar_linear(self, inputs: list[Ciphertext], row: np.ndarray, bias: float) -> Ciphertext:
-        terms = (self._mul(inputs[i], self._scalar(row[i], inputs[i])) for i in np.flatnonzero(row))
-        return self._finish_linear(self._sum(terms), float(bias))
+    def _scalar_linear(
+        self, inputs: list[Ciphertext], row: np.ndarray, bias: seal.Plaintext, stage: Stage, weight_scale: float
+    ) -> Ciphertext:
+        # A weight that rounds to 0 at this scale would make a transparent product, which SEAL refuses.
+        used = np.flatnonzero(np.round(row * weight_scale))
+        plain, product, total = seal.Plaintext(), Ciphertext(), None
+        for i in used:
+            self.encoder.encode(float(row[i]), self.levels[stage.level], weight_scale, plain)
+            if total is None:
+                total = self._mul(inputs[i], plain)
+            else:
+                self.evaluator.multiply_plain(inputs[i], plain, product)
+                self.evaluator.add_inplace(total, product)
+        if stage.rescale:
+            self.evaluator.rescale_to_next_inplace(total)
+        self.evaluator.add_plain_inplace(total, bias)
+        return total
 
-    def _scalar(self, value: float, like: Ciphertext) -> seal.Plaintext:
-        plain = seal.Plaintext()
-        self.encoder.encode(float(value), like.parms_id(), self.scale, plain)
-        return plain
+    def _square_pair(self, z: Ciphertext, level: int) -> Ciphertext:
+        """z = a + J b (two images in a slot) -> a^2 + J b^2 = J z conj(z) + (1 - J)/4 (z + conj(z))^2.
+
+        Two key switches for two images (a conjugation, one relinearization of the sum), as
+        many as squaring them apart would take; the constants are exact and cost 2 bits.
+        """
+        j, one_minus_j = self.pair_constants[level]
+        conjugate = Ciphertext()
+        self.evaluator.complex_conjugate(z, self.galois_keys, conjugate)
+        norm = Ciphertext()
+        self.evaluator.multiply(z, conjugate, norm)
+        self.evaluator.multiply_plain_inplace(norm, j)
+        self.evaluator.add_inplace(z, conjugate)
+        self.evaluator.square_inplace(z)
+        self.evaluator.multiply_plain_inplace(z, one_minus_j)
+        self.evaluator.add_inplace(z, norm)
+        self.evaluator.relinearize_inplace(z, self.relin_keys)
+        return z
+
+    def _pair_constants(self) -> dict[int, tuple[seal.Plaintext, seal.Plaintext]]:
+        """J and (1 - J)/4 at scale 4 (the polynomials 4X^(N/2) and 1 - X^(N/2)) at each square's level."""
+        scale = 2.0**PAIR_SQUARE_BITS
+        return {
+            stage.level: tuple(
+                self._plain(values, stage.level, scale) for values in (self.unit_j, (1 - self.unit_j) / 4)
+            )
+            for step, stage in zip(STEPS, self.stages)
+            if step == "square"
+        }
 
     # --- shared steps ------------------------------------------------------------------
+
+    def _require(self, packing: str) -> None:
+        if self.params.packing != packing:
+            raise ValueError(f"The public context is for the {self.params.packing!r} packing, not {packing!r}.")
 
     def _mul(self, x: Ciphertext, plain: seal.Plaintext) -> Ciphertext:
         out = Ciphertext()
@@ -423,34 +656,53 @@ class HeServer:
         return out
 
     def _sum(self, terms: Iterable[Ciphertext]) -> Ciphertext:
-        """Add up products as they are made: holding 512 of them at once would take 270 MB."""
         terms = iter(terms)
         total = next(terms)
         for term in terms:
             self.evaluator.add_inplace(total, term)
         return total
 
-    def _finish_linear(self, x: Ciphertext, bias: np.ndarray | float) -> Ciphertext:
-        """Rescale after a plaintext product, then add the bias (slots or one scalar) at the new scale."""
-        self.evaluator.rescale_to_next_inplace(x)
-        plain = seal.Plaintext()
-        values = bias.tolist() if isinstance(bias, np.ndarray) else bias
-        self.encoder.encode(values, x.parms_id(), x.scale, plain)
-        self.evaluator.add_plain_inplace(x, plain)
+    def _square(self, x: Ciphertext, stage: Stage) -> Ciphertext:
+        if self.params.packing == "batch":
+            x = self._square_pair(x, stage.level)
+        else:
+            self.evaluator.square_inplace(x)
+            self.evaluator.relinearize_inplace(x, self.relin_keys)
+        if stage.rescale:
+            self.evaluator.rescale_to_next_inplace(x)
         return x
 
-    def _square(self, x: Ciphertext) -> Ciphertext:
-        self.evaluator.square_inplace(x)
-        self.evaluator.relinearize_inplace(x, self.relin_keys)
-        self.evaluator.rescale_to_next_inplace(x)
-        return x
-
-    def _parms_ids(self) -> list:
+    def _levels(self) -> list:
+        """parms_id of every level, top first."""
         ids, data = [], self.seal_context.first_context_data()
         while data is not None:
             ids.append(data.parms_id())
             data = data.next_context_data()
         return ids
+
+    def _stages(self) -> list[Stage]:
+        """Follow the scale plan with the actual primes, as SEAL computes the scales."""
+        primes = [q.value() for q in self.seal_context.first_context_data().parms().coeff_modulus()]
+        weights = iter(self.params.weight_bits)
+        square_factor = 2.0**PAIR_SQUARE_BITS if self.params.packing == "batch" else 1.0
+        level, scale, stages = 0, self.params.input_scale, []
+        for step, target in zip(STEPS, self.params.rescale_bits):
+            scale = scale * scale * square_factor if step == "square" else scale * 2.0 ** next(weights)
+            if target is not None:
+                scale /= primes[-1 - level]  # a rescale drops the last prime of the level
+            stages.append(Stage(level=level, rescale=target is not None, scale=scale))
+            level += target is not None
+        return stages
+
+    def _linear_stages(self) -> list[tuple[str, Stage, float]]:
+        """(step, stage, weight scale) of conv, fc1 and fc2."""
+        linear = [(step, stage) for step, stage in zip(STEPS, self.stages) if step != "square"]
+        return [(step, stage, 2.0**bits) for (step, stage), bits in zip(linear, self.params.weight_bits)]
+
+
+def classify_batch_apart(model: CryptoCNN, public_context: PublicContext, pixels: list[bytes]) -> list[bytes]:
+    """One batch pass as a separate server process runs it: public context and ciphertexts in, logits out."""
+    return HeServer(model, public_context).classify_batch(pixels)
 
 
 def conv_matrix(weight: np.ndarray, geometry: Geometry) -> np.ndarray:

@@ -68,10 +68,11 @@ def show_encrypted_input(digit: PreparedDigit, result: DigitResult) -> None:
     view = result.server_view
     if result.scheme == "he":
         st.subheader("2 · Encrypted with your key")
+        n = view["input_ciphertexts"]
         st.write(
-            f"The image became **{view['input_ciphertexts']} ciphertexts**, "
+            f"The image became **{n} ciphertext{'s' if n > 1 else ''}**, "
             f"{format_bytes(view['input_bytes'])} in all (CKKS, 8192-degree polynomials). "
-            "A glimpse of the first one:"
+            f"A glimpse of {'the first one' if n > 1 else 'it'}:"
         )
         st.code(view["ciphertext_glimpse"], language=None, wrap_lines=True)
         return

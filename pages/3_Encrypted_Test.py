@@ -5,13 +5,10 @@ import streamlit as st
 from fed_core.budget import load_budget
 from fed_core.data import MnistFileError, load_mnist, normalize
 from fed_core.encrypted_eval import (
-    HE_PASS_IMAGES,
-    HE_SECONDS_PER_IMAGE,
     EvalResult,
-    choose_he_packing,
+    describe_he_route,
     estimate_seconds,
     evaluate_encrypted,
-    he_passes,
 )
 from ui import encrypted_views as views
 from ui import session
@@ -34,17 +31,7 @@ def estimate_text(scheme: str, n: int) -> str:
     total = format_duration(estimate_seconds(scheme, n))
     if scheme == "mpc":
         return f"Estimated time: about {total} (secret sharing is fast: thousands of images per second)."
-    if choose_he_packing(n) == "image":
-        return (
-            f"Estimated time: about {total}. With few images, HE encrypts them one at a time "
-            f"(~{HE_SECONDS_PER_IMAGE:.1f} s each)."
-        )
-    passes = he_passes(n)
-    return (
-        f"Estimated time: about {total}. HE packs up to {HE_PASS_IMAGES:,} images into each ciphertext, one "
-        f"per slot; a pass costs the same however full it is, and {n:,} images need {passes} "
-        f"pass{'es' if passes > 1 else ''}."
-    )
+    return f"Estimated time: about {total}. {describe_he_route(n)}"
 
 
 def over_cap(scheme: str, n: int) -> bool:
@@ -105,7 +92,7 @@ def communication_text(result: EvalResult) -> str:
             f"{format_bytes(comm['input_bytes'])}. Fixed point: {comm['fixed_point_fractional_bits']} "
             f"fractional bits in 64-bit integers."
         )
-    packing = "one image per slot" if result.packing == "batch" else "one image at a time"
+    packing = "two images per slot" if result.packing == "batch" else "one image at a time"
     return (
         f"**Communication** (HE, {packing}). Public context sent to the server "
         f"{format_bytes(comm['public_context_bytes'])} (no secret key); encrypted images uploaded "
@@ -144,6 +131,8 @@ def show_examples(result: EvalResult) -> None:
 
 def show(result: EvalResult) -> None:
     st.success(result.summary())
+    if result.scheme == "he":
+        st.caption(describe_he_route(result.n))
     show_metrics(result)
     st.markdown(communication_text(result))
     show_timings(result)

@@ -184,9 +184,9 @@ def test_encrypted_test_page_estimates_he_time_honestly():
     at = page("pages/3_Encrypted_Test.py").run()
     button(at, "Use the small pretrained model").click().run()
     at.radio[0].set_value("he")
-    at.number_input[0].set_value(5000).run()
+    at.number_input[0].set_value(10_000).run()
     estimate = next(c.value for c in at.caption if "Estimated time" in c.value)
-    assert "4,096 images into each ciphertext" in estimate and "2 passes" in estimate
+    assert "8,192 per pass" in estimate and "2 passes" in estimate
 
 
 def test_encrypted_test_page_refuses_more_images_than_the_server_allows():
