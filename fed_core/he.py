@@ -45,7 +45,7 @@ import tenseal as ts
 import tenseal.sealapi as seal
 import torch
 
-from fed_core.models import CryptoCNN
+from fed_core.models import CryptoCNN, im2col
 
 Ciphertext = seal.Ciphertext
 STEPS = ("conv", "square", "fc1", "square", "fc2")  # CryptoCNN as CKKS sees it
@@ -271,16 +271,9 @@ def seal_from_bytes(obj, context, data: bytes):
 # --- the single-image packing, as slot vectors -------------------------------------------
 
 
-def im2col(image: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """[28, 28] -> [windows, kernel*kernel]."""
-    k, s = geometry.kernel, geometry.stride
-    patches = torch.as_tensor(image).unfold(0, k, s).unfold(1, k, s)
-    return patches.reshape(geometry.windows, k * k).double().numpy()
-
-
 def pack_image(image: np.ndarray, geometry: Geometry, slots: int) -> np.ndarray:
     """The one slot vector the client encrypts: pixel k of window p at slot k*windows + p."""
-    columns = im2col(image, geometry)
+    columns = im2col(torch.as_tensor(image)[None, None], geometry.kernel, geometry.stride)[0].double().numpy()
     vector = np.zeros(slots)
     vector[: columns.size] = columns.T.ravel()
     return vector

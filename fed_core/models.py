@@ -76,6 +76,15 @@ ENCRYPTABLE_MODELS = tuple(name for name, make in MODELS.items() if make is Cryp
 INIT_METHODS = ("default", "kaiming", "xavier", "uniform")
 
 
+def im2col(images: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
+    """[N, 1, H, W] -> [N, windows, kernel*kernel]: the windows a convolution reads, as rows (any dtype).
+
+    Both encrypted schemes run CryptoCNN's convolution as a product with these rows.
+    """
+    patches = images[:, 0].unfold(1, kernel, stride).unfold(2, kernel, stride)
+    return patches.reshape(images.shape[0], -1, kernel * kernel)
+
+
 def is_encryptable(model: nn.Module) -> bool:
     return isinstance(model, CryptoCNN)
 

@@ -12,16 +12,10 @@ from typing import TypeVar
 
 import torch
 
-from fed_core.models import CryptoCNN
+from fed_core.models import CryptoCNN, im2col
 
 BilinearOp = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Value = TypeVar("Value")
-
-
-def im2col(images: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
-    """[N, 1, H, W] -> [N, windows, kernel*kernel], for any dtype (torch's unfold views)."""
-    patches = images[:, 0].unfold(1, kernel, stride).unfold(2, kernel, stride)
-    return patches.reshape(images.shape[0], -1, kernel * kernel)
 
 
 def conv_op(kernel: int, stride: int) -> BilinearOp:
