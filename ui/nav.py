@@ -11,6 +11,7 @@ PAGES = (
     ("pages/1_Train.py", "Train", ":material/model_training:"),
     ("pages/2_Draw.py", "Draw", ":material/draw:"),
     ("pages/3_Encrypted_Test.py", "Encrypted Test", ":material/lock:"),
+    ("pages/4_What_Leaks.py", "What leaks", ":material/visibility:"),
 )
 
 
