@@ -8,7 +8,7 @@ from fed_core.data import MnistFileError, load_mnist
 from fed_core.engines import engine_for
 from fed_core.job import BUSY, OWNER_BUSY, JobSnapshot, TrainingJob
 from fed_core.models import INIT_METHODS, MODEL_LABELS
-from ui import engine_views, session
+from ui import engine_views, privacy_views, session
 from ui import train_views as views
 from ui.common import CHART_CONFIG, format_duration, shown_safely
 from ui.nav import sidebar_nav
@@ -49,6 +49,7 @@ def settings_form() -> TrainConfig:
     elif partition == "shards":
         shards = c4.number_input("Shards per worker", *LIMITS["shards_per_worker"], D.shards_per_worker)
     engine, manual_approval = engine_views.engine_settings(st.columns(2)[0])
+    privacy = privacy_views.privacy_settings(engine)
     with st.expander("More settings: local training, initialisation, server optimizer, dropout"):
         a1, a2, a3, a4 = st.columns(4)
         local_epochs = a1.number_input("Local epochs E", *LIMITS["local_epochs"], D.local_epochs)
@@ -68,6 +69,9 @@ def settings_form() -> TrainConfig:
             help="chance that a sampled worker fails to report; the round goes on without it",
         )
         seed = a2.number_input("Seed", *LIMITS["seed"], D.seed)
+        shapley = a3.checkbox(
+            "Shapley values", D.shapley, help="each worker's fair share of the round's gain; costs a few model scores"
+        )
     return TrainConfig(
         workers=int(workers),
         rounds=int(rounds),
@@ -87,6 +91,8 @@ def settings_form() -> TrainConfig:
         server_momentum=float(server_momentum),
         engine=engine,
         manual_approval=manual_approval,
+        shapley=shapley,
+        **privacy,
     )
 
 
@@ -192,28 +198,41 @@ def live_view(poll: bool) -> None:
         if poll and snapshot.finished:
             st.rerun()  # one full rerun ends the polling and shows the downloads
         show_progress(snapshot, mine)
-        if mine:  # the datasites' Approve buttons are the owner's
-            engine_views.datasite_panels(job)
+        engine_views.datasite_panels(job, read_only=not mine)  # the Approve buttons are the owner's
         if snapshot.history:
             show_rounds(job, snapshot)
         if snapshot.finished and mine:
             show_results(job, snapshot)
+            privacy_views.remember_run(job.job_id, job.config, snapshot.history, snapshot.status)
+        runs = privacy_views.runs_table()
+        if runs is not None:
+            st.subheader("Your runs: what each privacy setting cost")
+            st.dataframe(runs, width="stretch", hide_index=True)
 
     rounds()
 
 
 def show_rounds(job: TrainingJob, snapshot: JobSnapshot) -> None:
     accuracy, contributions, heatmap, table = views.round_views(job, snapshot)
+    epsilon = privacy_views.epsilon_text(snapshot.history, job.config)
+    if epsilon:
+        st.markdown(f"**{epsilon}**")
     st.plotly_chart(accuracy, width="stretch", config=CHART_CONFIG)
     left, right = st.columns([3, 2])
     left.plotly_chart(contributions, width="stretch", config=CHART_CONFIG)
     right.plotly_chart(heatmap, width="stretch", config=CHART_CONFIG)
-    st.subheader(f"Workers in round {snapshot.round}")
     st.caption(
-        "Contribution: test-accuracy points (on 1,000 fixed test images) that the round's model "
-        "would lose if this worker's update were left out; cumulative sums it over the rounds."
+        "Leave-one-out: the test-accuracy points (on 1,000 fixed test images) the round's model would lose without "
+        "the worker's update. Shapley: the points the worker adds on average over every order in which the round's "
+        "workers could have joined; the round's values add up to its whole gain. Both need the server to see each "
+        "update, so secure aggregation leaves them blank."
     )
+    st.subheader(f"Workers in round {snapshot.round}")
     st.dataframe(table, width="stretch")
+    if snapshot.server_view is not None:
+        with st.expander(f"What the server sees of worker W{snapshot.server_view.worker}"):
+            figure = privacy_views.server_view_figure(snapshot.server_view, job.config.model)
+            st.plotly_chart(figure, width="stretch", config=CHART_CONFIG)
 
 
 config = settings_form()

@@ -51,15 +51,19 @@ def engine_settings(column) -> tuple[str, bool]:
     return engine, manual
 
 
-def datasite_panels(job: TrainingJob) -> None:
-    """Each syft datasite: the mock data the aggregator sees, the size of the private data, the jobs run."""
+def datasite_panels(job: TrainingJob, read_only: bool = False) -> None:
+    """Each syft datasite: the mock data the aggregator sees, the size of the private data, the jobs run.
+
+    ``read_only`` (a visitor watching someone else's run) shows everything but the Approve buttons.
+    """
     if job.config.engine != "syft":
         return
     engine = job.engine
     sites = engine.datasites()
     waiting = sum(len(site.awaiting_approval) for site in sites)
     if waiting:
-        st.warning(f"{waiting} job(s) wait for their owner's approval: press Approve below.")
+        press = "their owner's approval." if read_only else "their owner's approval: press Approve below."
+        st.warning(f"{waiting} job(s) wait for {press}")
     with st.expander(f"Datasites: {len(sites)} data owners", expanded=bool(waiting) or engine.manual_approval):
         st.caption(
             "Owners and aggregator are connected through syft's in-memory Drive service in this server. "
@@ -70,10 +74,10 @@ def datasite_panels(job: TrainingJob) -> None:
             st.info("The data owners are publishing their datasets…")
         for site in sites:
             with st.container(border=True):
-                datasite_panel(job, engine, site)
+                datasite_panel(job, engine, site, read_only)
 
 
-def datasite_panel(job: TrainingJob, engine: SyftEngine, site: DatasiteView) -> None:
+def datasite_panel(job: TrainingJob, engine: SyftEngine, site: DatasiteView, read_only: bool) -> None:
     mock, private, jobs = st.columns([2, 1, 4])
     mock.markdown(f"**{site.owner}**")
     mock.image(
@@ -88,7 +92,7 @@ def datasite_panel(job: TrainingJob, engine: SyftEngine, site: DatasiteView) -> 
     )
     frame = pd.DataFrame([vars(j) for j in site.jobs], columns=list(JOB_COLUMNS)).rename(columns=JOB_COLUMNS)
     jobs.dataframe(frame.set_index("job"), width="stretch")
-    for name in site.awaiting_approval:
+    for name in [] if read_only else site.awaiting_approval:
         if jobs.button(f"Approve {name}", key=f"approve-{job.job_id}-{site.worker}-{name}", type="primary"):
             engine.approve(site.worker, name)
 
