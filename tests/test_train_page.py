@@ -55,8 +55,9 @@ def test_tiny_run_shows_live_charts_table_and_downloads(train_page):
     assert not at.exception
     assert any("Done:" in s.value for s in at.success)
     charts = at.get("plotly_chart")
-    assert len(charts) == 3  # accuracy, contributions, label heatmap
-    assert len(at.dataframe) == 1 and len(at.dataframe[0].value) == 3
+    assert len(charts) == 4  # accuracy, contributions, label heatmap, what the server sees
+    workers, runs = at.dataframe
+    assert len(workers.value) == 3 and list(runs.value["privacy"]) == ["none"]
     assert len(at.get("download_button")) == 3
     assert at.session_state[session.TRAINED_MODEL]["meta"]["model"] == "crypto_cnn"
 
@@ -150,7 +151,7 @@ def test_another_session_opening_the_link_gets_a_read_only_view(train_page):
     assert viewer.session_state[session.JOB] is job
     assert any("watching a run started in another browser: read-only" in i.value for i in viewer.info)
     assert any("Done:" in s.value for s in viewer.success)
-    assert len(viewer.get("plotly_chart")) == 3 and len(viewer.dataframe) == 1  # the live view is there
+    assert len(viewer.get("plotly_chart")) == 4 and len(viewer.dataframe) == 1  # the live view is there
     assert not any(b.label == "Stop" for b in viewer.button)
     assert not viewer.get("download_button")
     assert session.TRAINED_MODEL not in viewer.session_state
@@ -234,3 +235,21 @@ def test_corrupted_data_file_is_named_on_the_page(monkeypatch, tmp_path):
     message = next(e.value for e in at.error if "MNIST" in e.value)
     assert "train-labels-idx1-ubyte.gz is corrupted" in message and "git checkout" in message
     assert session.JOB not in at.session_state
+
+
+def test_a_private_run_reports_epsilon_hides_single_updates_and_joins_the_comparison(train_page):
+    at = train_page.run()
+    widget(at.radio, "Privacy").set_value("both").run()
+    widget(at.number_input, "Workers").set_value(3)
+    widget(at.number_input, "Rounds").set_value(1)
+    widget(at.button, "Start").click().run()
+    job = at.session_state[session.JOB]
+    assert (job.config.secure_aggregation, job.config.dp) == (True, "example")
+    job.join(300)
+    at.run()
+    assert not at.exception
+    assert any("ε = " in m.value and "one training image" in m.value for m in at.markdown)
+    workers, runs = at.dataframe
+    assert workers.value["leave-one-out"].isna().all() and workers.value["update norm"].isna().all()
+    assert runs.value["privacy"][0].startswith("secure aggregation + example-level DP")
+    assert any(e.label == "What the server sees of worker W0" for e in at.expander)
