@@ -4,21 +4,19 @@ Every engine runs the same server loop (:func:`fed_core.server.run_federated`) a
 (:class:`fed_core.client.BatchedTrainer`); they differ only in where a worker's training happens and how its
 update travels. :func:`engine_for` is the one place a run's engine is chosen and its settings are validated.
 
-To add an engine, write a module with a class ``Name(config)`` that has the :class:`Engine` methods and add one
-line to ``ENGINES``. Engine modules import their frameworks (syft, flwr), so only a run that uses one pays for it.
+To add an engine, write a module with a subclass of :class:`Engine` (its ``host`` runs the rounds with the
+engine's WorkerPool) and add one line to ``ENGINES``. Engine modules import their frameworks (syft, flwr),
+so only a run that uses one pays for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from importlib import import_module
-from typing import TYPE_CHECKING, Protocol
 
 from fed_core.config import ConfigError, TrainConfig, validate
-
-if TYPE_CHECKING:
-    from fed_core.data import Mnist
-    from fed_core.server import FederatedRun, RoundRecord
+from fed_core.data import Mnist
+from fed_core.server import FederatedRun, RoundRecord, WorkerPool, run_federated
 
 ENGINES = {  # name: "module:class"
     "inprocess": "fed_core.engines.inprocess:InProcessEngine",
@@ -31,10 +29,16 @@ class EngineError(RuntimeError):
     """A worker could not train on its engine (a job rejected or failed, a node missing); says which and why."""
 
 
-class Engine(Protocol):
-    """A federated run of one config: ``run`` trains every round and returns the run."""
+PoolFactory = Callable[..., WorkerPool]  # (model, data, shards, config, should_stop) -> the round's WorkerPool
+Rounds = Callable[[PoolFactory], FederatedRun]  # every round of the run, with workers from the given pool
+StopCheck = Callable[[], bool] | None
 
-    config: TrainConfig
+
+class Engine:
+    """A federated run of one config; each engine says where workers train and what stands around the rounds."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
 
     def run(
         self,
@@ -42,7 +46,17 @@ class Engine(Protocol):
         on_start: Callable[[FederatedRun], None] | None = None,
         on_round: Callable[[FederatedRun, RoundRecord], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
-    ) -> FederatedRun: ...
+    ) -> FederatedRun:
+        """Train every round; the callbacks see the run start and each round end, and may stop it."""
+
+        def rounds(pool_factory: PoolFactory) -> FederatedRun:
+            return run_federated(self.config, data, pool_factory, on_start, on_round, should_stop)
+
+        return self.host(rounds, should_stop)
+
+    def host(self, rounds: Rounds, should_stop: StopCheck) -> FederatedRun:
+        """Call ``rounds`` with this engine's pool factory, inside whatever the engine needs around it."""
+        raise NotImplementedError
 
 
 def engine_for(config: TrainConfig) -> Engine:

@@ -42,9 +42,9 @@ from fed_core.aggregation import Aggregate
 from fed_core.client import TrainingStopped, WorkerUpdate
 from fed_core.config import TrainConfig
 from fed_core.data import Mnist
-from fed_core.server import FederatedRun, RoundRecord, run_federated
+from fed_core.server import FederatedRun
 
-from . import EngineError
+from . import Engine, EngineError, Rounds, StopCheck
 from .flower_secagg import SecureRound, secure_round, train_reply
 from .worker_job import LocalTask, load_shard, save_shard, train_local
 
@@ -260,26 +260,16 @@ def shard_file_name(worker: int) -> str:
 _simulation_slot = threading.Lock()  # Ray is one per process: simulations take turns
 
 
-class FlowerEngine:
+class FlowerEngine(Engine):
     """Runs a config with Flower's Simulation Engine, one virtual SuperNode (Ray actor) per worker."""
 
-    def __init__(self, config: TrainConfig) -> None:
-        self.config = config
-
-    def run(
-        self,
-        data: Mnist,
-        on_start: Callable[[FederatedRun], None] | None = None,
-        on_round: Callable[[FederatedRun, RoundRecord], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> FederatedRun:
+    def host(self, rounds: Rounds, should_stop: StopCheck) -> FederatedRun:
         result: list[FederatedRun] = []
-
-        def serve(grid: Grid, shard_dir: Path) -> None:
-            pools = flower_pool_factory(grid, shard_dir)
-            result.append(run_federated(self.config, data, pools, on_start, on_round, should_stop))
-
-        simulate(self.config.workers, serve, should_stop)
+        simulate(
+            self.config.workers,
+            lambda grid, shard_dir: result.append(rounds(flower_pool_factory(grid, shard_dir))),
+            should_stop,
+        )
         return result[0]
 
 

@@ -10,7 +10,8 @@ from torch import nn
 from fed_core.client import BatchedTrainer, WorkerUpdate, worker_seed
 from fed_core.config import TrainConfig
 from fed_core.data import Mnist
-from fed_core.server import FederatedRun, RoundRecord, run_federated
+from fed_core.engines import Engine, Rounds, StopCheck
+from fed_core.server import FederatedRun
 
 
 class InProcessPool:
@@ -34,15 +35,6 @@ class InProcessPool:
         return self.trainer.train(global_vector, workers, [self.shards[w] for w in workers], seeds, self.should_stop)
 
 
-class InProcessEngine:
-    def __init__(self, config: TrainConfig) -> None:
-        self.config = config
-
-    def run(
-        self,
-        data: Mnist,
-        on_start: Callable[[FederatedRun], None] | None = None,
-        on_round: Callable[[FederatedRun, RoundRecord], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> FederatedRun:
-        return run_federated(self.config, data, InProcessPool, on_start, on_round, should_stop)
+class InProcessEngine(Engine):
+    def host(self, rounds: Rounds, should_stop: StopCheck) -> FederatedRun:
+        return rounds(InProcessPool)

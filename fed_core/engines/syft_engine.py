@@ -50,9 +50,9 @@ from syft_rds import SyftRDSClient, job_matches_criteria
 from fed_core.client import TrainingStopped, WorkerUpdate
 from fed_core.config import TrainConfig
 from fed_core.data import Mnist
-from fed_core.server import FederatedRun, RoundRecord, run_federated
+from fed_core.server import FederatedRun
 
-from . import EngineError
+from . import Engine, EngineError, Rounds, StopCheck
 from .syft_handoff import MessageError, owner_socket, receive_message, send_message
 from .syft_warm_pool import PoolClosed, WarmPool, WarmWorker, WarmWorkerError, join_shared_pool, leave_shared_pool
 from .syft_warm_worker import TrainingRequest
@@ -529,11 +529,11 @@ def _last_error_line(job) -> str:
 # --- the engine ------------------------------------------------------------------------------------
 
 
-class SyftEngine:
+class SyftEngine(Engine):
     """Runs a federation of syft datasites; the Train page reads :meth:`datasites` and calls :meth:`approve`."""
 
     def __init__(self, config: TrainConfig) -> None:
-        self.config = config
+        super().__init__(config)
         self.manual_approval = config.manual_approval
         self._owners: dict[int, DataOwner] = {}
         self._mocks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -541,16 +541,10 @@ class SyftEngine:
         self._root: Path | None = None
         self._pool: WarmPool | None = None
 
-    def run(
-        self,
-        data: Mnist,
-        on_start: Callable[[FederatedRun], None] | None = None,
-        on_round: Callable[[FederatedRun, RoundRecord], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> FederatedRun:
+    def host(self, rounds: Rounds, should_stop: StopCheck) -> FederatedRun:
         send_syft_prints_to_log()
         try:
-            return run_federated(self.config, data, self._connect, on_start, on_round, should_stop)
+            return rounds(self._connect)
         finally:
             self.close()
 
