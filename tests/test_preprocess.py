@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -147,3 +149,9 @@ def test_unreadable_files_get_a_friendly_error(tmp_path):
     not_an_image.write_text("hello")
     with pytest.raises(DrawingError, match="not an image"):
         read_image(not_an_image)
+
+
+def test_a_block_scribbled_in_the_browser_is_refused():
+    """Chromium's canvas PNG of the browser test's zigzag: 86% of its box, as a bold 8, but with no loop."""
+    with pytest.raises(DrawingError, match="scribble"):
+        prepare_digit(read_image(Path(__file__).parent / "fixtures" / "browser_scribble.png"))

@@ -138,6 +138,17 @@ class Page:
         self.wait.until(lambda d: field.get_attribute("value") == str(value))
         self.wait_idle()
 
+    def choose(self, option: str) -> None:
+        """Click the radio option labelled ``option``."""
+        label = f"//div[@data-testid='stRadio']//label[normalize-space(.)={xpath_literal(option)}]"
+        self.wait.until(EC.element_to_be_clickable((By.XPATH, label))).click()
+        self.wait_idle()
+
+    def expand(self, title: str) -> None:
+        """Open the expander whose header says ``title``."""
+        header = f"//details/summary[contains(normalize-space(.), {xpath_literal(title)})]"
+        self.wait.until(EC.element_to_be_clickable((By.XPATH, header))).click()
+
     def alert_text(self) -> str:
         return " ".join(a.text for a in self.driver.find_elements(By.CSS_SELECTOR, "[data-testid='stAlert']"))
 
