@@ -195,8 +195,10 @@ def main() -> None:
         print(f"== example-level DP-SGD, {MODEL}, delta {DELTA:g}: {setting}")
         for epsilon in (1.0, 3.0, 8.0):
             example_level(data, epsilon, setting)
-        print("reference: the same DP-SGD on one worker holding all 60k images (centralized), epsilon 3")
-        example_level(data, 3.0, replace(setting, workers=1))
+        # 600 steps instead of 60: momentum 0 was the best of the three settings tried there (lr 0.5 m 0.9: 94.9%).
+        central = replace(setting, workers=1, momentum=0.0)
+        print(f"reference: one worker holding all 60k images (centralized DP-SGD), epsilon 3: {central}")
+        example_level(data, 3.0, central)
     if not args.example_only:
         setting = ClientSetting()
         print(f"== client-level DP-FedAvg, {MODEL}, delta {DELTA:g}: {setting}")
