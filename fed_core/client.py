@@ -206,7 +206,10 @@ class BatchedTrainer:
         shards: list[torch.Tensor],
         should_stop: Callable[[], bool] | None,
     ) -> list[WorkerUpdate]:
-        """DP-SGD on every worker. Losses and accuracies on its shard would not be private: reported as NaN."""
+        """DP-SGD on every worker; the per-example clip replaces ``settings.clip_norm``.
+
+        Losses and accuracies on a worker's own shard would not be private: they are reported as NaN.
+        """
         plans = [poisson_plan(len(shard), self.settings.batch_size, self.settings.epochs) for shard in shards]
         expected_batch = torch.tensor([p.expected_batch for p in plans])
         stacked = unflatten(global_vector.expand(len(workers), -1).clone(), self.template)
