@@ -41,6 +41,7 @@ from fed_core.dp import (
     ExampleAccountant,
     ExampleDP,
     SecureRandom,
+    clip_rows,
     poisson_plan,
     poisson_sample_workers,
     private_fedavg,
@@ -79,9 +80,11 @@ def example_level(data: Mnist, epsilon: float, setting: ExampleSetting, seed: in
     plan = poisson_plan(len(shards[0]), setting.batch_size, epochs=1)
     noise = noise_for(epsilon, plan.sample_rate, plan.steps * setting.rounds)
     dp = ExampleDP(setting.clip, noise)
-    local = LocalSettings(1, setting.batch_size, setting.lr, setting.momentum, clip_norm=1.0)  # clip_norm unused
+    local = LocalSettings(  # clip_norm is unused under DP-SGD: the per-example clip replaces it
+        MODEL, 1, setting.batch_size, setting.lr, setting.momentum, 1.0, dp_clip=dp.clip, dp_noise=dp.noise_multiplier
+    )
     model = new_model(MODEL, "default", seed)
-    trainer = BatchedTrainer(model, data.train_images, data.train_labels, local, dp)
+    trainer = BatchedTrainer(model, data.train_images, data.train_labels, local)
     accountant = ExampleAccountant(dp, setting.batch_size, local.epochs, DELTA)
     evaluator = Evaluator(model, data, TrainConfig(contribution_subset=0))
     vector, workers = flatten(model_params(model)), list(range(setting.workers))
@@ -95,7 +98,7 @@ def example_level(data: Mnist, epsilon: float, setting: ExampleSetting, seed: in
     pooled.history = [(noise * math.sqrt(setting.workers), plan.sample_rate, plan.steps * setting.rounds)]
     print(
         f"target eps {epsilon:g}: noise z={noise:.3f}, q={plan.sample_rate:.4f}, {plan.steps * setting.rounds} steps; "
-        f"accountant eps {accountant.worst_epsilon():.2f} (the same total noise in one pooled DP-SGD: "
+        f"accountant eps {accountant.epsilon():.2f} (the same total noise in one pooled DP-SGD: "
         f"eps {pooled.get_epsilon(DELTA):.2f}); test accuracy {accuracy:.2%} "
         f"({time.perf_counter() - start:.0f} s)",
         flush=True,
@@ -125,7 +128,7 @@ def client_level(data: Mnist, workers: int, setting: ClientSetting, private: boo
     shards = partition_iid(len(data.train_labels), workers, np.random.default_rng([0, 0, 2]))
     noise = noise_for(setting.epsilon, setting.fraction, setting.rounds) if private else 0.0
     dp = ClientDP(setting.clip, noise)
-    local = LocalSettings(setting.local_epochs, setting.batch_size, setting.lr, momentum=0.0, clip_norm=10.0)
+    local = LocalSettings(MODEL, setting.local_epochs, setting.batch_size, setting.lr, momentum=0.0, clip_norm=10.0)
     model = new_model(MODEL, "default", 0)
     trainer = BatchedTrainer(model, data.train_images, data.train_labels, local)
     accountant = ClientAccountant(dp, setting.fraction, DELTA)
@@ -143,7 +146,7 @@ def client_level(data: Mnist, workers: int, setting: ClientSetting, private: boo
         except TrainingDiverged:
             outcome = f"; training diverged in round {round_idx}"
             break
-        vector = vector + private_fedavg(deltas, dp, expected, rng)
+        vector = vector + private_fedavg(clip_rows(deltas, dp.clip).sum(0), dp, expected, rng)
         accountant.record_round(sampled)
     accuracy, _ = evaluator.evaluate(vector)
     noise_norm = noise * setting.clip / expected * math.sqrt(len(vector))
@@ -174,9 +177,9 @@ def speed(data: Mnist) -> None:
             f"{(time.process_time() - start) / 20 * 1000:.1f} ms"
         )
     shards = [s[:2000] for s in partition_iid(len(data.train_labels), 10, np.random.default_rng(0))]
-    local = LocalSettings(1, 256, 0.1, 0.9, 1.0)
-    for label, dp in (("plain SGD", None), ("DP-SGD", ExampleDP(1.0, 1.0))):
-        trainer = BatchedTrainer(model, data.train_images, data.train_labels, local, dp)
+    plain = LocalSettings(MODEL, 1, 256, 0.1, 0.9, 1.0)
+    for label, local in (("plain SGD", plain), ("DP-SGD", replace(plain, dp_clip=1.0, dp_noise=1.0))):
+        trainer = BatchedTrainer(model, data.train_images, data.train_labels, local)
         start = time.process_time()
         trainer.train(flatten(model_params(model)), list(range(10)), shards, list(range(10)))
         print(f"{label}: {20_000 / (time.process_time() - start):,.0f} examples per CPU second (10 workers, B=256)")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -127,7 +128,15 @@ class Page:
         )
 
     def click(self, label: str) -> None:
-        self.button(label).click()
+        # A rerun can redraw the button between finding and clicking it: find it again then.
+        self.wait.until(lambda d: self._clicked(label))
+
+    def _clicked(self, label: str) -> bool:
+        try:
+            self.button(label).click()
+        except StaleElementReferenceException:
+            return False
+        return True
 
     def set_number(self, label: str, value: float) -> None:
         field = self.wait.until(

@@ -128,7 +128,7 @@ def test_two_sessions_train_at_once_and_keep_their_own_results(app_url):
         for page in pages:
             page.click("Start")
         for page in pages:
-            WebDriverWait(page.driver, 240, poll_frequency=0.2).until(lambda d, p=page: "Done:" in p.text())
+            WebDriverWait(page.driver, 600, poll_frequency=0.2).until(lambda d, p=page: "Done:" in p.text())
         assert [worker_rows(p) for p in pages] == [3, 4]
         for page in pages:
             page.assert_no_traceback()
