@@ -185,11 +185,11 @@ def speed(data: Mnist) -> None:
         print(f"{label}: {20_000 / (time.process_time() - start):,.0f} examples per CPU second (10 workers, B=256)")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--example-only", action="store_true")
     parser.add_argument("--client-only", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     data = load_mnist()
     if not args.client_only:

@@ -89,13 +89,13 @@ def report_protocol(workers: int, dropout: float, parameters: int, repeats: int,
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[10, 100])
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-training", action="store_true", help="do not measure a real training round")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     parameters = sum(p.numel() for p in build_model("crypto_cnn").parameters())
     print(
