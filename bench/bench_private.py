@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import private_attack  # noqa: E402
-import private_dp  # noqa: E402
-import private_secagg  # noqa: E402
+import private_attack
+import private_dp
+import private_secagg
 
 PARTS = {"secagg": private_secagg.main, "dp": private_dp.main, "attack": private_attack.main}
 
