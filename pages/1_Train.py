@@ -219,16 +219,24 @@ def show_rounds(job: TrainingJob, snapshot: JobSnapshot) -> None:
         st.markdown(f"**{epsilon}**")
     st.plotly_chart(accuracy, width="stretch", config=CHART_CONFIG)
     left, right = st.columns([3, 2])
-    left.plotly_chart(contributions, width="stretch", config=CHART_CONFIG)
+    if job.config.secure_aggregation:
+        left.info(
+            "Each worker's contribution needs its own update, which secure aggregation keeps from the server: "
+            "only the sum of the round's updates is known."
+        )
+    else:
+        left.plotly_chart(contributions, width="stretch", config=CHART_CONFIG)
+        left.caption(
+            "Leave-one-out: the test-accuracy points (on 1,000 fixed test images) the round's model would lose "
+            "without the worker's update. Shapley: the points the worker adds on average over every order in which "
+            "the round's workers could have joined; the round's values add up to its whole gain."
+        )
     right.plotly_chart(heatmap, width="stretch", config=CHART_CONFIG)
-    st.caption(
-        "Leave-one-out: the test-accuracy points (on 1,000 fixed test images) the round's model would lose without "
-        "the worker's update. Shapley: the points the worker adds on average over every order in which the round's "
-        "workers could have joined; the round's values add up to its whole gain. Both need the server to see each "
-        "update, so secure aggregation leaves them blank."
-    )
     st.subheader(f"Workers in round {snapshot.round}")
     st.dataframe(table, width="stretch")
+    hidden = views.hidden_columns(table)
+    if hidden:
+        st.caption(f"Not known to the server under this run's privacy settings: {', '.join(hidden)}.")
     if snapshot.server_view is not None:
         with st.expander(f"What the server sees of worker W{snapshot.server_view.worker}"):
             figure = privacy_views.server_view_figure(snapshot.server_view, job.config.model)

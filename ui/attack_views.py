@@ -64,10 +64,11 @@ def side_by_side(truth: np.ndarray, guesses: np.ndarray) -> np.ndarray:
 def show_reconstruction(truth: torch.Tensor, labels: list[int], result: AttackResult) -> None:
     for column, i in zip(st.columns(max(2, len(truth))), range(len(truth))):
         guess = result.images[result.matched[i]] if result.matched else result.images[i]
-        column.image(enlarge(truth[i].numpy(), 4), caption=f"the worker's image (a {labels[i]})")
+        column.image(enlarge(truth[i].numpy(), 6), caption=f"the worker's image (a {labels[i]})", width=168)
         column.image(
-            enlarge((guess.clamp(0, 1) * 255).to(torch.uint8).numpy(), 4),
+            enlarge((guess.clamp(0, 1) * 255).to(torch.uint8).numpy(), 6),
             caption=f"what the server rebuilt: PSNR {_db(result.psnr[i])}, SSIM {result.ssim[i]:.2f}",
+            width=168,
         )
     right = sorted(labels) == sorted(result.labels)
     st.caption(f"Labels read from the update: {result.labels} ({'right' if right else 'wrong'}).")

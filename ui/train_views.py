@@ -139,7 +139,13 @@ def worker_table(
     frame["leave-one-out, all rounds"] = [100 * cumulative[w] for w in frame["worker"]]
     if cumulative_shapley:
         frame["Shapley, all rounds"] = [100 * cumulative_shapley[w][0] for w in frame["worker"]]
-    return frame.rename(columns=WORKER_COLUMNS).set_index("worker")
+    known = frame.rename(columns=WORKER_COLUMNS).set_index("worker")
+    return known.dropna(axis=1, how="all")  # what the server could not know (secure aggregation, DP) is left out
+
+
+def hidden_columns(table: pd.DataFrame) -> list[str]:
+    """The worker figures the table leaves out because the server never learned them."""
+    return [label for key, label in WORKER_COLUMNS.items() if key != "worker" and label not in table.columns]
 
 
 def round_views(job: TrainingJob, snapshot: JobSnapshot) -> tuple[go.Figure, go.Figure, go.Figure, pd.DataFrame]:
