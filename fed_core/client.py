@@ -151,10 +151,10 @@ def bytes_per_worker(model_name: str, batch_size: int) -> int:
     """Peak memory one worker adds to a vmapped training pass of ``model_name`` at ``batch_size``.
 
     Its model-sized tensors, plus the larger of a training step (saved activations and
-    their gradients) and the forward pass that scores it on EVAL_SAMPLE of its examples.
+    their gradients) and the forward pass that scores it on SCORE_CHUNK of its examples.
     """
     params = sum(p.numel() for p in build_model(model_name).parameters())
-    activations = activation_bytes(model_name) * max(2 * batch_size, EVAL_SAMPLE)
+    activations = activation_bytes(model_name) * max(2 * batch_size, SCORE_CHUNK)
     return MODEL_COPIES * 4 * params + activations
 
 

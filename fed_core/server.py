@@ -24,7 +24,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .aggregation import Aggregate, accountant_for, collect
-from .client import Params, WorkerUpdate, flatten, model_params, unflatten
+from .client import DEFAULT_MEMORY_BUDGET, Params, WorkerUpdate, activation_bytes, flatten, model_params, unflatten
 from .config import TrainConfig
 from .data import Mnist, normalize
 from .dp import SecureRandom, poisson_sample_workers
@@ -91,8 +91,12 @@ def partition_for(config: TrainConfig, data: Mnist) -> list[torch.Tensor]:
 class Evaluator:
     """Scores global models on the test set; a fixed subset serves the cheap leave-one-out scores."""
 
-    def __init__(self, model: nn.Module, data: Mnist, config: TrainConfig) -> None:
+    def __init__(
+        self, model: nn.Module, data: Mnist, config: TrainConfig, memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
+    ) -> None:
         self.model = model
+        self.memory_budget_bytes = memory_budget_bytes
+        self.model_name = config.model
         self.template = model_params(model)
         self.x = normalize(data.test_images)
         self.y = data.test_labels
@@ -108,10 +112,16 @@ class Evaluator:
 
     @torch.no_grad()
     def subset_accuracies(self, vectors: torch.Tensor) -> torch.Tensor:
-        """Accuracy of each of K models [K, P] on the fixed subset."""
-        params: Params = unflatten(vectors, self.template)
-        logits = vmap(lambda p: functional_call(self.model, p, (self.x[self.subset],)))(params)
-        return (logits.argmax(-1) == self.y[self.subset]).float().mean(1)
+        """Accuracy of each of K models [K, P] on the fixed subset, as many models at once as the budget holds."""
+        per_model = len(self.subset) * activation_bytes(self.model_name) + 4 * vectors.shape[1]
+        chunk = max(1, self.memory_budget_bytes // per_model)
+        x, y = self.x[self.subset], self.y[self.subset]
+        forward = vmap(lambda p: functional_call(self.model, p, (x,)))
+        accuracies = []
+        for part in vectors.split(chunk):
+            params: Params = unflatten(part, self.template)
+            accuracies.append((forward(params).argmax(-1) == y).float().mean(1))
+        return torch.cat(accuracies)
 
 
 @dataclass

@@ -10,11 +10,16 @@ from torch import nn
 from fed_core.client import BatchedTrainer, WorkerUpdate, worker_seed
 from fed_core.config import TrainConfig
 from fed_core.data import Mnist
+from fed_core.scaffold import ControlVariates
 from fed_core.server import FederatedRun, RoundRecord, run_federated
 
 
 class InProcessPool:
-    """The workers' shards stay in this process; a round trains the sampled ones at once."""
+    """The workers' shards stay in this process; a round trains the sampled ones at once.
+
+    Under SCAFFOLD the pool also keeps the control variates (scaffold.py): the workers' own between
+    rounds, and the server's, which this simulation updates right after the workers report.
+    """
 
     def __init__(
         self,
@@ -27,11 +32,19 @@ class InProcessPool:
         self.trainer = BatchedTrainer(model, data.train_images, data.train_labels, config.local)
         self.shards = shards
         self.seed = config.seed
+        self.lr = config.lr
         self.should_stop = should_stop
+        scaffold = config.strategy == "scaffold"
+        self.variates = ControlVariates(config.workers, self.trainer.num_params) if scaffold else None
 
     def train(self, global_vector: torch.Tensor, workers: list[int], round_idx: int) -> list[WorkerUpdate]:
         seeds = [worker_seed(self.seed, round_idx, w) for w in workers]
-        return self.trainer.train(global_vector, workers, [self.shards[w] for w in workers], seeds, self.should_stop)
+        corrections = self.variates.corrections(workers) if self.variates else None
+        shards = [self.shards[w] for w in workers]
+        updates = self.trainer.train(global_vector, workers, shards, seeds, self.should_stop, corrections)
+        if self.variates:
+            self.variates.update(updates, self.lr)
+        return updates
 
 
 class InProcessEngine:
