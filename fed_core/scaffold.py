@@ -9,8 +9,10 @@ each a vector the size of the model. A sampled worker adds c - c_i to every loca
 where x is the global model it started from, y_i its local model after ``steps_i`` local
 steps. It keeps c_i+ and sends Δc_i = c_i+ - c_i beside its model update; the server adds
 the mean over all N workers, (1/N) Σ Δc_i, to c. With plain local SGD, (x - y_i) / (steps_i lr)
-is the worker's mean corrected step, so c_i+ is its mean (clipped) gradient; with local
-momentum it is only an estimate of it.
+is the worker's mean corrected step, so c_i+ is its mean (clipped) gradient. Local momentum m
+moves the model about 1/(1 - m) times further per gradient, so lr is replaced by the effective
+step lr / (1 - m) there (exact for m = 0, an estimate otherwise; without it the variates come
+out 1/(1 - m) times too large and training falls apart).
 
 In this simulation both sides sit in one object held by the in-process pool, because the
 workers live in the same process: ``server`` is the server's c, ``own`` a worker's c_i.
@@ -39,12 +41,13 @@ class ControlVariates:
         """[K, P]: c - c_i, what each sampled worker adds to its every local step."""
         return torch.stack([self.server - self.own(w) for w in workers])
 
-    def update(self, updates: list[WorkerUpdate], lr: float) -> None:
+    def update(self, updates: list[WorkerUpdate], lr: float, momentum: float = 0.0) -> None:
         """After the round: each worker's c_i+ from its update, then c += (1/N) Σ (c_i+ - c_i)."""
+        step_size = lr / (1 - momentum)
         total = torch.zeros_like(self.server)
         for update in updates:
             old = self.own(update.worker)
-            new = old - self.server - update.delta / (max(1, update.local_steps) * lr)
+            new = old - self.server - update.delta / (max(1, update.local_steps) * step_size)
             self.workers[update.worker] = new
             total += new - old
         self.server += total / self.num_workers

@@ -32,7 +32,7 @@ class InProcessPool:
         self.trainer = BatchedTrainer(model, data.train_images, data.train_labels, config.local)
         self.shards = shards
         self.seed = config.seed
-        self.lr = config.lr
+        self.lr, self.momentum = config.lr, config.momentum
         self.should_stop = should_stop
         scaffold = config.strategy == "scaffold"
         self.variates = ControlVariates(config.workers, self.trainer.num_params) if scaffold else None
@@ -43,7 +43,7 @@ class InProcessPool:
         shards = [self.shards[w] for w in workers]
         updates = self.trainer.train(global_vector, workers, shards, seeds, self.should_stop, corrections)
         if self.variates:
-            self.variates.update(updates, self.lr)
+            self.variates.update(updates, self.lr, self.momentum)
         return updates
 
 
