@@ -140,7 +140,7 @@ def activation_bytes(model_name: str) -> int:
             total += t.numel() * t.element_size()
             return t
 
-        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
             model(torch.zeros(batch, 1, 28, 28)).sum()
         return total
 

