@@ -166,11 +166,12 @@ def workers_per_group(model_name: str, batch_size: int, memory_budget_bytes: int
 def grouped_pooling_logits(model: PoolingCNN, workers: list[Params], x: torch.Tensor) -> torch.Tensor:
     """PoolingCNN.forward for K workers at once: x [K, B, 1, 28, 28] -> logits [K, B, 10].
 
-    The workers' channels sit side by side ([B, K * C, H, W]), so each convolution of all
-    workers is one convolution with groups=K; the linear layers run per worker.
+    The workers' channels sit side by side ([B, K * C, H, W], channels-last in memory), so each
+    convolution of all workers is one convolution with groups=K; the linear layers run per worker.
     """
     k, b = x.shape[:2]
-    h = x.transpose(0, 1).reshape(b, k * x.shape[2], *x.shape[3:])
+    # Channels-last: oneDNN's grouped convolution and max-pooling are several times faster on it than on NCHW.
+    h = x.transpose(0, 1).reshape(b, k * x.shape[2], *x.shape[3:]).contiguous(memory_format=torch.channels_last)
     for name in ("conv1", "conv2"):
         weight = torch.cat([w[f"{name}.weight"] for w in workers])
         bias = torch.cat([w[f"{name}.bias"] for w in workers])

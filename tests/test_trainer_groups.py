@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from fed_core.client import (
     BatchedTrainer,
     LocalSettings,
+    activation_bytes,
     bytes_per_worker,
     epoch_orders,
     flatten,
@@ -98,3 +99,9 @@ def test_leave_one_out_scoring_in_chunks_equals_all_at_once(tiny_data):
         subset = Evaluator(model, tiny_data, config).subset
         expected = (own[subset].argmax(1) == tiny_data.test_labels[subset]).float().mean()
         assert whole[i] == pytest.approx(expected.item())
+
+
+def test_activation_bytes_are_measured_even_under_no_grad():
+    activation_bytes.cache_clear()
+    with torch.no_grad():
+        assert activation_bytes("crypto_cnn") > 0
