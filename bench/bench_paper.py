@@ -9,6 +9,7 @@ python bench/bench_paper.py                                   # FedAvg, IID then
 python bench/bench_paper.py --splits iid --max-rounds 40
 python bench/bench_paper.py --splits shards --strategy scaffold --max-rounds 229
 python bench/bench_paper.py --splits shards --strategy fedprox --prox-mu 0.01
+python bench/bench_paper.py --plot runs/paper/paper_fedavg_iid.json   # summary and plots of a saved (partial) run
 
 A round's time is split into training (the sampled workers' local epochs) and the rest (aggregation
 and the 10k-image test evaluation). The run stops at the target unless --keep-going.
@@ -22,6 +23,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -74,11 +76,20 @@ def paper_config(args: argparse.Namespace, split: str) -> TrainConfig:
     )
 
 
-def run_split(args: argparse.Namespace, split: str) -> dict:
-    """Train one split round by round; stop at the target unless asked to keep going."""
+def run_split(args: argparse.Namespace, split: str, save: Callable[[dict], None]) -> dict:
+    """Train one split round by round; stop at the target unless asked to keep going. Saves after every round."""
     config = paper_config(args, split)
     TimedPool.train_seconds = []
     curve: list[dict] = []
+    result = {
+        "split": split,
+        "config": config.to_dict(),
+        "target": args.target,
+        "rounds_to_target": None,
+        "seconds_to_target": None,
+        "paper_rounds": PAPER_ROUNDS[split],
+        "curve": curve,
+    }
 
     def record(run: FederatedRun, rec: RoundRecord) -> None:
         train = TimedPool.train_seconds[-1]
@@ -97,6 +108,10 @@ def run_split(args: argparse.Namespace, split: str) -> dict:
             f"elapsed {rec.elapsed:.0f} s)",
             flush=True,
         )
+        hit = next((p for p in curve if p["test_accuracy"] >= args.target), None)
+        if hit:
+            result["rounds_to_target"], result["seconds_to_target"] = hit["round"], hit["elapsed"]
+        save(result)
 
     def reached() -> bool:
         return not args.keep_going and bool(curve) and curve[-1]["test_accuracy"] >= args.target
@@ -108,16 +123,7 @@ def run_split(args: argparse.Namespace, split: str) -> dict:
         pass
     except TrainingDiverged as exc:  # keep the curve so far
         print(f"  {split}: {exc}", flush=True)
-    hit = next((p for p in curve if p["test_accuracy"] >= args.target), None)
-    return {
-        "split": split,
-        "config": config.to_dict(),
-        "target": args.target,
-        "rounds_to_target": hit["round"] if hit else None,
-        "seconds_to_target": hit["elapsed"] if hit else None,
-        "paper_rounds": PAPER_ROUNDS[split],
-        "curve": curve,
-    }
+    return result
 
 
 def summary(result: dict) -> str:
@@ -178,7 +184,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the shared machine: 1)")
     parser.add_argument("--out", type=Path, default=Path("runs/paper"), help="folder for the JSON and the plots")
+    parser.add_argument(
+        "--plot", type=Path, help="only summarise and draw the curves of a saved JSON (even unfinished)"
+    )
     args = parser.parse_args()
+    if args.plot:
+        saved = json.loads(args.plot.read_text())
+        for result in saved:
+            print(summary(result))
+        for path in plot(saved, args.plot.with_suffix("")):
+            print(f"wrote {path}")
+        return
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"paper_{args.strategy}_{'_'.join(args.splits)}"
@@ -186,14 +202,18 @@ def main() -> None:
         f"== FedAvg paper setting, {args.strategy}, lr {args.lr}, {args.threads} thread(s), "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}"
     )
-    results = []
+    results: list[dict] = []
+    json_path = args.out / f"{stem}.json"
+
+    def save(current: dict) -> None:
+        json_path.write_text(json.dumps([*results, current], indent=1))
+
     for split in args.splits:
-        results.append(run_split(args, split))
-        (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1))
+        results.append(run_split(args, split, save))
         print(summary(results[-1]), flush=True)
     for path in plot(results, args.out / stem):
         print(f"wrote {path}")
-    print(f"wrote {args.out / f'{stem}.json'}")
+    print(f"wrote {json_path}")
 
 
 if __name__ == "__main__":
