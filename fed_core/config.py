@@ -16,7 +16,7 @@ DP_MODES = ("none", "example", "client")
 SECURE_AGGREGATION_ENGINES = ("inprocess", "flower")
 # Measured with bench/bench_train.py on the 2-core reference machine: training examples per second
 # (one local epoch of every worker counts its shard once) and seconds per full test-set evaluation.
-EXAMPLES_PER_SECOND = {"crypto_cnn": 30_000, "relu_cnn": 3_000, "fedavg_cnn": 900}
+EXAMPLES_PER_SECOND = {"crypto_cnn": 30_000, "relu_cnn": 4_000, "fedavg_cnn": 2_000}
 EVAL_SECONDS = {"crypto_cnn": 0.05, "relu_cnn": 0.6, "fedavg_cnn": 2.0}
 # Extra local work per step: FedProx's proximal gradient, SCAFFOLD's correction (one model-sized add each).
 STRATEGY_COST = {"fedavg": 1.0, "fedprox": 1.1, "scaffold": 1.1}
