@@ -1,7 +1,7 @@
 """Training benchmarks: prints the figures quoted in the README.
 
 python bench/bench_train.py                 # default run, centralized reference, scale, page rerun
-python bench/bench_train.py --only scale    # one part: default, reference, scale, paper-round or rerun
+python bench/bench_train.py --only scale    # one part: default, reference, scale, rerun, paper-round, memory
 The FedAvg paper setting to 99% (rounds and curves): bench/bench_paper.py.
 """
 
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from fed_core.client import DEFAULT_MEMORY_BUDGET, bytes_per_worker, workers_per_group
 from fed_core.config import TrainConfig
 from fed_core.data import load_mnist, normalize
 from fed_core.engines import engine_for
@@ -149,23 +150,42 @@ def bench_page_rerun() -> None:
     )
 
 
+def bench_memory() -> None:
+    """100 workers of the paper's CNN at batch 1024 (all would need ~85 GB at once): trained in budget-sized groups."""
+    config = TrainConfig(
+        workers=100, local_epochs=1, batch_size=1024, model="fedavg_cnn", rounds=1, contribution_subset=100
+    )
+    group = workers_per_group(config.model, config.batch_size, DEFAULT_MEMORY_BUDGET)
+    print(
+        f"== memory: 100 workers, fedavg_cnn, B=1024, 1 round; {bytes_per_worker(config.model, 1024) / 2**20:.0f} MB "
+        f"per worker, {DEFAULT_MEMORY_BUDGET / 2**30:.0f} GiB budget: groups of {group}"
+    )
+    wall, cpu = timed_rounds(config)[-1]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"round: {wall:.1f} s wall, process CPU {cpu:.1f} s; peak RSS {peak:.0f} MB")
+
+
 PARTS = {
     "default": bench_default,
     "reference": bench_reference,
     "scale": bench_scale,
     "paper-round": bench_paper_round,
     "rerun": bench_page_rerun,
+    "memory": bench_memory,
 }
+
+
+LONG_PARTS = ("paper-round", "memory")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", choices=list(PARTS), help="run one part (default: all but paper-round)")
+    parser.add_argument("--only", choices=list(PARTS), help=f"run one part (default: all but {', '.join(LONG_PARTS)})")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the shared machine: 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for name, part in PARTS.items():
-        if args.only == name or (args.only is None and name != "paper-round"):
+        if args.only == name or (args.only is None and name not in LONG_PARTS):
             part()
 
 
