@@ -161,6 +161,7 @@ def plot(results: list[dict], path: Path) -> list[Path]:
         xaxis_title="communication round",
         yaxis_title="test accuracy",
         yaxis_range=[0.9, 1.0],
+        showlegend=True,
     )
     written = [path.with_suffix(".html")]
     fig.write_html(written[0])
