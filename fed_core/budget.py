@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 
+from .client import EVAL_CHUNK_BYTES, bytes_per_worker, workers_per_group
 from .config import LIMITS, TrainConfig, estimate_seconds
 from .models import MODELS
 
@@ -84,16 +85,12 @@ def load_budget(environ: Mapping[str, str] | None = None) -> Budget:
 
 
 # --- memory of an in-process run ---------------------------------------------------------------------------
-# Measured on the 2-core machine from the growth of peak RSS around fed_core's own trainer and evaluator (one
-# torch thread); ``python bench/bench_app.py estimator`` compares the estimate with whole runs. A "trained"
-# example is one image in one worker's vmapped SGD step (input, saved activations and their gradients); a
-# "scored" example is one image through one model without gradients.
-BYTES_PER_TRAINED_EXAMPLE = {"crypto_cnn": 25_000, "relu_cnn": 255_000, "fedavg_cnn": 610_000}
+# The trainer trains workers in groups and the evaluator scores models in chunks, both sized from the training
+# memory budget (fed_core.client.workers_per_group, fed_core.server.Evaluator), so a run's memory is bounded
+# by the budget whatever its workers and batch size, unless one worker alone does not fit. A "scored" example
+# is one image through one model without gradients, measured on the 2-core machine from the growth of peak RSS
+# (one torch thread); ``python bench/bench_app.py estimator`` compares the estimate with whole runs.
 BYTES_PER_SCORED_EXAMPLE = {"crypto_cnn": 4_200, "relu_cnn": 120_000, "fedavg_cnn": 240_000}
-PARAM_COPIES = 5  # per worker: its weights, momentum, gradients, their clipped copy and its update
-PROBE_EXAMPLES = 512  # fed_core.client.EVAL_SAMPLE: each worker scores itself on this many of its images
-PROBE_INPUT_BYTES = 2 * 28 * 28 * 4  # a probe image is the worker's own: gathered, then normalised
-EVAL_CHUNK = 2500  # fed_core.server.Evaluator.evaluate's chunk of the test set
 TEST_SET_BYTES = 10_000 * 28 * 28 * 4  # the normalised test set the evaluator keeps
 
 
@@ -102,39 +99,35 @@ def _parameters(model: str) -> int:
     return sum(p.numel() for p in MODELS[model]().parameters())
 
 
-def worker_batch_bytes(model: str, batch_size: int) -> int:
-    """Bytes one more worker adds to vmapped local training with this batch size.
-
-    Its copies of the weights, plus the larger of its two phases: scoring itself on its probe examples, and
-    one SGD step on a batch. A trainer that trains workers in groups can fit
-    ``training_memory_budget() // worker_batch_bytes(model, batch_size)`` of them at once.
-    """
-    probe = PROBE_EXAMPLES * (BYTES_PER_SCORED_EXAMPLE[model] + PROBE_INPUT_BYTES)
-    step = batch_size * BYTES_PER_TRAINED_EXAMPLE[model]
-    return PARAM_COPIES * 4 * _parameters(model) + max(probe, step)
-
-
 def sampled_workers(config: TrainConfig) -> int:
     """Workers sampled in a round (fed_core.server.sample_workers takes this many, before dropout)."""
     return max(1, round(config.fraction * config.workers))
 
 
-def estimate_run_bytes(config: TrainConfig, workers_at_once: int | None = None) -> int:
-    """Peak memory an in-process run adds to the server: the largest of its three phases, plus the test set.
+def held_bytes(config: TrainConfig) -> int:
+    """What a run holds whatever it does: the normalised test set, and the round's updates with their average."""
+    return TEST_SET_BYTES + 2 * sampled_workers(config) * 4 * _parameters(config.model)
 
-    ``workers_at_once`` is how many workers train together (all sampled ones unless a trainer groups them).
-    The phases: local training; contribution scoring (every sampled update, and the round's model with and
-    without each one on ``contribution_subset`` images); and evaluation on the test set in chunks.
+
+def working_memory(config: TrainConfig, budget: Budget | None = None) -> int:
+    """Bytes the trainer's worker groups and the evaluator's chunks may use: the run's budget less what it holds."""
+    return max(1, training_memory_budget(budget) - held_bytes(config))
+
+
+def estimate_run_bytes(config: TrainConfig, budget: Budget | None = None) -> int:
+    """Peak memory an in-process run adds to the server: what it holds, plus the largest of its three phases.
+
+    The phases: local training (as many workers at once as the working memory holds, at least one);
+    contribution scoring (the round's model with and without each update, and Shapley's coalitions, on
+    ``contribution_subset`` images, as many models at once as the working memory holds); and evaluation on
+    the test set in cache-sized chunks.
     """
-    sampled = sampled_workers(config)
-    together = min(sampled, workers_at_once or sampled)
-    training = together * worker_batch_bytes(config.model, config.batch_size)
-    scored = BYTES_PER_SCORED_EXAMPLE[config.model]
-    scoring = 2 * sampled * 4 * _parameters(config.model)
-    if config.contribution_subset:
-        scoring += (sampled + 1) * config.contribution_subset * scored
-    evaluation = EVAL_CHUNK * scored
-    return TEST_SET_BYTES + max(training, scoring, evaluation)
+    working = working_memory(config, budget)
+    one_worker = bytes_per_worker(config.model, config.batch_size)
+    training = min(sampled_workers(config), workers_per_group(config.model, config.batch_size, working)) * one_worker
+    one_model = config.contribution_subset * BYTES_PER_SCORED_EXAMPLE[config.model]
+    scoring = max(one_model, min(working, (sampled_workers(config) + 1) * one_model))
+    return held_bytes(config) + max(training, scoring, EVAL_CHUNK_BYTES)
 
 
 def training_memory_budget(budget: Budget | None = None) -> int:
@@ -198,15 +191,15 @@ def budget_problems(config: TrainConfig, budget: Budget) -> list[str]:
             f"per run: {_fix_text(fixes, 'lower Rounds and Local epochs E')}."
         )
     if config.engine == "inprocess":
-        size = estimate_run_bytes(config)
+        size = estimate_run_bytes(config, budget)
         if size > budget.training_memory_bytes:
             fixes = _fixes(
-                config, lambda c: estimate_run_bytes(c) <= budget.training_memory_bytes, ("batch_size", "fraction")
+                config, lambda c: estimate_run_bytes(c, budget) <= budget.training_memory_bytes, ("batch_size",)
             )
             out.append(
                 f"This run would need about {size / MB:,.0f} MB of memory; this server allows "
                 f"{budget.training_memory_mb:,} MB per run: "
-                f"{_fix_text(fixes, 'lower Batch size B and Fraction C, or choose a smaller model')}."
+                f"{_fix_text(fixes, 'choose a smaller model')}."
             )
     return out
 

@@ -7,6 +7,18 @@ trained, not to the number of workers (no per-worker model copies, no Python
 loop over workers). Shards of unequal size are padded and masked: a worker
 whose epoch is over stops moving while the others finish theirs.
 
+The pooling CNNs (relu_cnn, fedavg_cnn) skip vmap for one explicit pass that is
+faster on CPU: each convolution of all workers is one grouped convolution
+(groups = workers), and the linear layers run per worker (a batched matmul over
+workers is slower there than one matmul each). The optimizer updates every
+worker's tensors with a few ``torch._foreach`` calls instead of one pass per
+arithmetic operation. Sampled workers are trained in groups that fit a memory
+budget (:func:`bytes_per_worker`); each group is one such pass, and a worker's
+result does not depend on which group it is in.
+
+Two local objectives beside FedAvg's: FedProx adds mu/2 ||w - w_global||^2; SCAFFOLD
+adds a control-variate correction (c - c_i) to every step (scaffold.py keeps the variates).
+
 With example-level DP (dp.ExampleDP) each worker runs DP-SGD instead: Poisson
 batches, each example's gradient clipped (per-example gradients are one more vmap,
 computed a chunk of examples at a time to bound memory), Gaussian noise on the sum.
@@ -16,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
+from functools import cache
 
 import numpy as np
 import torch
@@ -26,12 +39,22 @@ from torch.linalg import vector_norm
 
 from .data import normalize
 from .dp import ExampleDP, SecureRandom, poisson_batches, poisson_plan
+from .models import PoolingCNN, build_model
 
 Params = dict[str, torch.Tensor]
+WorkerTensors = list[list[torch.Tensor]]  # [worker][parameter], in the model's parameter order
 EVAL_SAMPLE = 512  # examples of its own shard each worker scores itself on, before and after
+SCORE_CHUNK = 16  # of those, scored per forward pass (small activations stay in cache: faster)
 # Per-example gradients of one DP-SGD chunk (all workers). Under glibc's 32 MB mmap threshold, so the
 # memory is reused between chunks instead of being mapped (and page-faulted) afresh every time.
 PER_EXAMPLE_BYTES = 30 * 2**20
+# What a run's trainer may hold at once for its workers' batches, activations and model copies.
+DEFAULT_MEMORY_BUDGET = 2 * 2**30
+# Activations of one evaluation chunk: about the size of a CPU's last-level cache, where a forward pass is fastest
+# (fedavg_cnn: 80 images a chunk, 1.9x faster than 2,500 on the 2-core machine; crypto_cnn: 3,100).
+EVAL_CHUNK_BYTES = 32 * 2**20
+# Model-sized float32 tensors one worker keeps during a step: weights, velocity, gradient, scaled step, correction.
+MODEL_COPIES = 5
 
 
 class TrainingStopped(Exception):
@@ -54,6 +77,7 @@ class LocalSettings:
     clip_norm: float  # per-worker gradient norm cap; square activations blow up without it
     dp_clip: float = 0.0  # when positive, example-level DP-SGD: each example's gradient norm cap S
     dp_noise: float = 0.0  # and the noise multiplier z (noise std z * S on each step's sum)
+    prox_mu: float = 0.0  # FedProx: weight mu of the proximal term mu/2 ||w - w_global||^2 (0: plain FedAvg)
 
     @property
     def example_dp(self) -> ExampleDP | None:
@@ -75,6 +99,7 @@ class WorkerUpdate:
     loss_before: float
     loss_after: float
     accuracy_after: float  # on its own shard (a sample of it)
+    local_steps: int = 0  # optimizer steps the worker took (SCAFFOLD's control update divides by them)
 
 
 def flatten(params: Params) -> torch.Tensor:
@@ -105,8 +130,66 @@ def epoch_orders(shard_size: int, epochs: int, seed: int) -> list[torch.Tensor]:
     return [torch.randperm(shard_size, generator=gen) for _ in range(epochs)]
 
 
+@cache
+def activation_bytes(model_name: str) -> int:
+    """Bytes autograd saves for backward per training example of ``model_name`` (measured once, on 1 and 2)."""
+    model = build_model(model_name)
+
+    def saved(batch: int) -> int:
+        total = 0
+
+        def keep(t: torch.Tensor) -> torch.Tensor:
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            model(torch.zeros(batch, 1, 28, 28)).sum()
+        return total
+
+    return saved(2) - saved(1)
+
+
+def bytes_per_worker(model_name: str, batch_size: int) -> int:
+    """Peak memory one worker adds to a vmapped training pass of ``model_name`` at ``batch_size``.
+
+    Its model-sized tensors, plus the larger of a training step (saved activations and
+    their gradients) and the forward pass that scores it on SCORE_CHUNK of its examples.
+    """
+    params = sum(p.numel() for p in build_model(model_name).parameters())
+    activations = activation_bytes(model_name) * max(2 * batch_size, SCORE_CHUNK)
+    return MODEL_COPIES * 4 * params + activations
+
+
+def workers_per_group(model_name: str, batch_size: int, memory_budget_bytes: int) -> int:
+    """How many workers one vmapped pass may train within the budget (at least one)."""
+    return max(1, memory_budget_bytes // bytes_per_worker(model_name, batch_size))
+
+
+def grouped_pooling_logits(model: PoolingCNN, workers: list[Params], x: torch.Tensor) -> torch.Tensor:
+    """PoolingCNN.forward for K workers at once: x [K, B, 1, 28, 28] -> logits [K, B, 10].
+
+    The workers' channels sit side by side ([B, K * C, H, W], channels-last in memory), so each
+    convolution of all workers is one convolution with groups=K; the linear layers run per worker.
+    """
+    k, b = x.shape[:2]
+    # Channels-last: oneDNN's grouped convolution and max-pooling are several times faster on it than on NCHW.
+    h = x.transpose(0, 1).reshape(b, k * x.shape[2], *x.shape[3:]).contiguous(memory_format=torch.channels_last)
+    for name in ("conv1", "conv2"):
+        weight = torch.cat([w[f"{name}.weight"] for w in workers])
+        bias = torch.cat([w[f"{name}.bias"] for w in workers])
+        h = F.max_pool2d(F.relu(F.conv2d(h, weight, bias, padding=getattr(model, name).padding, groups=k)), 2)
+    h = h.reshape(b, k, -1).transpose(0, 1)
+    return torch.stack(
+        [
+            F.linear(F.relu(F.linear(h[i], w["fc1.weight"], w["fc1.bias"])), w["fc2.weight"], w["fc2.bias"])
+            for i, w in enumerate(workers)
+        ]
+    )
+
+
 class BatchedTrainer:
-    """Trains many workers of one model at once; reused across rounds."""
+    """Trains many workers of one model at once, in groups that fit ``memory_budget_bytes``; reused across rounds."""
 
     def __init__(
         self,
@@ -114,6 +197,7 @@ class BatchedTrainer:
         images: torch.Tensor,
         labels: torch.Tensor,
         settings: LocalSettings,
+        memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
     ):
         self.model = model
         self.images = images  # uint8 [N, 28, 28], the whole training set
@@ -122,6 +206,8 @@ class BatchedTrainer:
         self.dp = settings.example_dp
         self.template = model_params(model)
         self.num_params = sum(p.numel() for p in self.template.values())
+        self.group_size = workers_per_group(settings.model, settings.batch_size, memory_budget_bytes)
+        self.grouped = isinstance(model, PoolingCNN)  # the explicit grouped pass instead of vmap
         self._grad_step = vmap(grad_and_value(self._batch_loss))
         self._forward = vmap(self._logits)
         # [K workers, b examples] -> one gradient per example; params are shared by a worker's examples.
@@ -146,58 +232,140 @@ class BatchedTrainer:
         shards: list[torch.Tensor],
         seeds: list[int],
         should_stop: Callable[[], bool] | None = None,
+        corrections: torch.Tensor | None = None,
     ) -> list[WorkerUpdate]:
         """Train each worker on its shard (global indices into the training set) from the global model.
 
+        ``corrections`` [K, P] (SCAFFOLD's c - c_i) is added to each worker's every step.
         With example-level DP the batches come from the secure generator, not from ``seeds``.
         """
-        if self.dp:
-            return self._train_private(global_vector, workers, shards, should_stop)
+        updates = []
+        for start in range(0, len(workers), self.group_size):
+            group = slice(start, start + self.group_size)
+            correction = None if corrections is None else corrections[group]
+            if self.dp:
+                updates += self._train_private(global_vector, workers[group], shards[group], should_stop, correction)
+            else:
+                updates += self._train_group(
+                    global_vector, workers[group], shards[group], seeds[group], should_stop, correction
+                )
+        return updates
+
+    def _train_group(
+        self,
+        global_vector: torch.Tensor,
+        workers: list[int],
+        shards: list[torch.Tensor],
+        seeds: list[int],
+        should_stop: Callable[[], bool] | None,
+        corrections: torch.Tensor | None,
+    ) -> list[WorkerUpdate]:
+        """One vmapped (or grouped) pass over these workers' local epochs."""
         k = len(workers)
         orders = [epoch_orders(len(shard), self.settings.epochs, seed) for shard, seed in zip(shards, seeds)]
         probe = _pad([shard[order[0][:EVAL_SAMPLE]] for shard, order in zip(shards, orders)])
         stacked = unflatten(global_vector.expand(k, -1).clone(), self.template)
         loss_before, _ = self._score(stacked, probe)
         velocity = {name: torch.zeros_like(p) for name, p in stacked.items()}
+        steps = torch.zeros(k, dtype=torch.long)
         for epoch in range(self.settings.epochs):
             visits = _pad([shard[order[epoch]] for shard, order in zip(shards, orders)])
             for start in range(0, visits.shape[1], self.settings.batch_size):
                 if should_stop and should_stop():
                     raise TrainingStopped()
-                self._sgd_step(stacked, velocity, visits[:, start : start + self.settings.batch_size], workers)
+                batch = visits[:, start : start + self.settings.batch_size]
+                steps += (batch >= 0).any(1)
+                self._sgd_step(stacked, velocity, batch, workers, global_vector, corrections)
         loss_after, accuracy_after = self._score(stacked, probe)
         deltas = flatten_stacked(stacked) - global_vector
         return [
             WorkerUpdate(
-                w, len(shard), deltas[i], loss_before[i].item(), loss_after[i].item(), accuracy_after[i].item()
+                w,
+                len(shard),
+                deltas[i],
+                loss_before[i].item(),
+                loss_after[i].item(),
+                accuracy_after[i].item(),
+                int(steps[i]),
             )
             for i, (w, shard) in enumerate(zip(workers, shards))
         ]
 
-    def _sgd_step(self, params: Params, velocity: Params, batch: torch.Tensor, workers: list[int]) -> None:
+    def _sgd_step(
+        self,
+        params: Params,
+        velocity: Params,
+        batch: torch.Tensor,
+        workers: list[int],
+        global_vector: torch.Tensor,
+        corrections: torch.Tensor | None,
+    ) -> None:
         """One masked SGD-with-momentum step for every worker; index -1 marks padding."""
         mask = (batch >= 0).float()
         x, y = self._gather(batch)
-        grads, losses = self._grad_step(params, x, y, mask)
+        grads, losses = self._gradients(params, x, y, mask)
         if not torch.isfinite(losses).all():
             bad = [workers[i] for i in torch.nonzero(~torch.isfinite(losses)).flatten().tolist()]
             raise TrainingDiverged(
                 f"Training diverged on worker(s) {bad} (loss became NaN/inf): lower the learning rate "
                 "or raise the batch size."
             )
-        norms = torch.sqrt(sum(g.pow(2).flatten(1).sum(1) for g in grads.values()))
+        self._add_proximal(grads, params, global_vector)
+        norms = torch.stack(torch._foreach_norm([g for row in grads for g in row])).view(len(grads), -1).norm(dim=1)
         # Same rule as torch.nn.utils.clip_grad_norm_, per worker; finished workers (no real example) stay put.
         scale = (self.settings.clip_norm / (norms + 1e-6)).clamp(max=1.0) * (mask.sum(1) > 0)
-        self._momentum_step(params, velocity, grads, scale)
+        self._momentum_step(params, velocity, grads, scale, corrections)
 
-    def _momentum_step(self, params: Params, velocity: Params, grads: Params, scale: torch.Tensor) -> None:
-        """SGD with momentum on ``grads * scale`` per worker; a worker whose scale is 0 does not move."""
+    def _gradients(
+        self, params: Params, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[WorkerTensors, torch.Tensor]:
+        """Each worker's gradient of its masked mean batch loss, and that loss [K]."""
+        if not self.grouped:
+            grads, losses = self._grad_step(params, x, y, mask)
+            return per_worker(grads), losses
+        leaves = [{name: p[i].detach().requires_grad_() for name, p in params.items()} for i in range(len(x))]
+        logits = grouped_pooling_logits(self.model, leaves, x)
+        examples = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(mask)
+        losses = (examples * mask).sum(1) / mask.sum(1).clamp(min=1)
+        grads = torch.autograd.grad(losses.sum(), [p for leaf in leaves for p in leaf.values()])
+        width = len(self.template)
+        return [list(grads[i : i + width]) for i in range(0, len(grads), width)], losses.detach()
+
+    def _add_proximal(self, grads: WorkerTensors, params: Params, global_vector: torch.Tensor) -> None:
+        """FedProx: the gradient of mu/2 ||w - w_global||^2, mu (w - w_global), added to each worker's gradient."""
+        mu = self.settings.prox_mu
+        if mu == 0:
+            return
+        anchor = list(unflatten(global_vector, self.template).values())
+        for row, own in zip(grads, per_worker(params)):
+            torch._foreach_add_(row, torch._foreach_sub(own, anchor), alpha=mu)
+
+    def _momentum_step(
+        self,
+        params: Params,
+        velocity: Params,
+        grads: WorkerTensors,
+        scale: torch.Tensor,
+        corrections: torch.Tensor | None = None,
+    ) -> None:
+        """SGD with momentum on ``grads * scale (+ correction)`` per worker; a worker whose scale is 0 does not move."""
         m, lr = self.settings.momentum, self.settings.lr
-        for name, g in grads.items():
-            s = scale.view(-1, *[1] * (g.dim() - 1))
-            active = (s > 0).to(g.dtype)
-            velocity[name].mul_(1 - active * (1 - m)).add_(g * s)
-            params[name].sub_(lr * velocity[name] * active)
+        active = torch.nonzero(scale > 0).flatten().tolist()
+        if not active:
+            return
+        steps = [g for i in active for g in grads[i]]
+        torch._foreach_mul_(steps, [scale[i].item() for i in active for _ in grads[i]])
+        if corrections is not None:
+            own = per_worker(unflatten(corrections, self.template))
+            torch._foreach_add_(steps, [c for i in active for c in own[i]])
+        if m > 0:  # without momentum the velocity is the step itself: skip two passes over the model
+            velocities = per_worker(velocity)
+            moving = [v for i in active for v in velocities[i]]
+            torch._foreach_mul_(moving, m)
+            torch._foreach_add_(moving, steps)
+            steps = moving
+        weights = per_worker(params)
+        torch._foreach_add_([w for i in active for w in weights[i]], steps, alpha=-lr)
 
     def _train_private(
         self,
@@ -205,6 +373,7 @@ class BatchedTrainer:
         workers: list[int],
         shards: list[torch.Tensor],
         should_stop: Callable[[], bool] | None,
+        corrections: torch.Tensor | None = None,
     ) -> list[WorkerUpdate]:
         """DP-SGD on every worker; the per-example clip replaces ``settings.clip_norm``.
 
@@ -221,17 +390,28 @@ class BatchedTrainer:
             rates = [p.sample_rate if step < p.steps else 0.0 for p in plans]
             active = torch.tensor([rate > 0 for rate in rates], dtype=torch.float32)
             batch = _pad(poisson_batches(shards, rates, self._rng))
-            self._private_step(stacked, velocity, batch, active / expected_batch, workers)
+            self._private_step(stacked, velocity, batch, active / expected_batch, workers, global_vector, corrections)
         deltas = flatten_stacked(stacked) - global_vector
         nan = float("nan")
         return [
-            WorkerUpdate(w, len(shard), deltas[i], nan, nan, nan) for i, (w, shard) in enumerate(zip(workers, shards))
+            WorkerUpdate(w, len(shard), deltas[i], nan, nan, nan, plan.steps)
+            for i, (w, shard, plan) in enumerate(zip(workers, shards, plans))
         ]
 
     def _private_step(
-        self, params: Params, velocity: Params, batch: torch.Tensor, scale: torch.Tensor, workers: list[int]
+        self,
+        params: Params,
+        velocity: Params,
+        batch: torch.Tensor,
+        scale: torch.Tensor,
+        workers: list[int],
+        global_vector: torch.Tensor,
+        corrections: torch.Tensor | None,
     ) -> None:
-        """One DP-SGD step: clipped per-example gradients summed, plus N(0, z^2 S^2), times ``scale`` = 1/E[batch]."""
+        """One DP-SGD step: clipped per-example gradients summed, plus N(0, z^2 S^2), times ``scale`` = 1/E[batch].
+
+        A worker whose ``scale`` is 0 has finished its steps and does not move.
+        """
         sums = self._clipped_sums(params, batch)
         noise = self._rng.normal((len(workers), self.num_params), self.dp.noise_multiplier * self.dp.clip)
         noisy = {name: g + n for (name, g), n in zip(sums.items(), unflatten(noise, self.template).values())}
@@ -240,7 +420,9 @@ class BatchedTrainer:
         if not finite.all():
             bad = [workers[i] for i in torch.nonzero(~finite).flatten().tolist()]
             raise TrainingDiverged(f"DP-SGD diverged on worker(s) {bad}: lower the learning rate or the clip norm.")
-        self._momentum_step(params, velocity, noisy, scale)
+        steps = per_worker({name: g * scale.view(-1, *[1] * (g.dim() - 1)) for name, g in noisy.items()})
+        self._add_proximal(steps, params, global_vector)  # data-independent: costs no privacy
+        self._momentum_step(params, velocity, steps, (scale > 0).float(), corrections)
 
     def _clipped_sums(self, params: Params, batch: torch.Tensor) -> Params:
         """Per worker, the sum over its batch of each example's gradient clipped to norm S.
@@ -278,11 +460,17 @@ class BatchedTrainer:
         mask = (probe >= 0).float()
         x, y = self._gather(probe)
         with torch.no_grad():
-            logits = self._forward(params, x)
+            logits = torch.cat([self._stacked_logits(params, part) for part in x.split(SCORE_CHUNK, dim=1)], dim=1)
         losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(mask)
         correct = (logits.argmax(-1) == y).float()
         count = mask.sum(1).clamp(min=1)
         return (losses * mask).sum(1) / count, (correct * mask).sum(1) / count
+
+    def _stacked_logits(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """Every worker's logits on its own examples: x [K, B, 1, 28, 28] -> [K, B, 10]."""
+        if self.grouped:
+            return grouped_pooling_logits(self.model, [dict(zip(params, row)) for row in per_worker(params)], x)
+        return self._forward(params, x)
 
     def _gather(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         safe = index.clamp(min=0)
@@ -291,6 +479,11 @@ class BatchedTrainer:
 
 def flatten_stacked(params: Params) -> torch.Tensor:
     return torch.cat([p.flatten(1) for p in params.values()], dim=1)
+
+
+def per_worker(stacked: Params) -> WorkerTensors:
+    """Views of stacked [K, ...] tensors as each worker's own list (writes go through to the stack)."""
+    return [list(row) for row in zip(*(p.unbind() for p in stacked.values()))]
 
 
 def _pad(rows: list[torch.Tensor]) -> torch.Tensor:

@@ -9,15 +9,20 @@ from dataclasses import asdict, dataclass, fields
 from .client import LocalSettings
 from .models import INIT_METHODS, MODELS
 from .partition import MIN_EXAMPLES_PER_WORKER, PARTITIONS
+from .strategy import STRATEGIES
 
 TRAIN_SIZE = 60_000
 DP_MODES = ("none", "example", "client")
 SECURE_AGGREGATION_ENGINES = ("inprocess", "flower")
 # Measured with bench/bench_train.py on the 2-core reference machine: training examples per second
 # (one local epoch of every worker counts its shard once) and seconds per full test-set evaluation.
-EXAMPLES_PER_SECOND = {"crypto_cnn": 30_000, "relu_cnn": 3_000, "fedavg_cnn": 900}
-DP_SGD_SLOWDOWN = 5  # per-example gradients: 2.2 s against 0.45 s for a 5-worker round of 12k images, measured here
+EXAMPLES_PER_SECOND = {"crypto_cnn": 30_000, "relu_cnn": 4_000, "fedavg_cnn": 2_000}
+# Per-example gradients skip the grouped pass: 2.2 s against 0.45 s for a 5-worker round of 12k images
+# measured with the old vmapped pass (3,000 examples/s), so about 600 examples/s against 4,000 today.
+DP_SGD_SLOWDOWN = 7
 EVAL_SECONDS = {"crypto_cnn": 0.05, "relu_cnn": 0.6, "fedavg_cnn": 2.0}
+# Extra local work per step: FedProx's proximal gradient, SCAFFOLD's correction (one model-sized add each).
+STRATEGY_COST = {"fedavg": 1.0, "fedprox": 1.1, "scaffold": 1.1}
 
 
 class ConfigError(ValueError):
@@ -43,6 +48,8 @@ class TrainConfig:
     model: str = "crypto_cnn"
     server_lr: float = 1.0
     server_momentum: float = 0.0
+    strategy: str = "fedavg"  # a name of strategy.STRATEGIES: fedavg, fedprox or scaffold
+    prox_mu: float = 0.01  # FedProx only: weight mu of the proximal term mu/2 ||w - w_global||^2
     train_size: int = TRAIN_SIZE  # first n training images (smaller for quick tests)
     contribution_subset: int = 1000  # test images used for the leave-one-out contribution score
     shapley: bool = True  # also each worker's Shapley value of the round (exact up to 8 workers, else sampled)
@@ -58,8 +65,9 @@ class TrainConfig:
     @property
     def local(self) -> LocalSettings:
         example_dp = (self.dp_clip, self.dp_noise) if self.dp == "example" else (0.0, 0.0)
+        prox_mu = self.prox_mu if self.strategy == "fedprox" else 0.0
         return LocalSettings(
-            self.model, self.local_epochs, self.batch_size, self.lr, self.momentum, self.clip_norm, *example_dp
+            self.model, self.local_epochs, self.batch_size, self.lr, self.momentum, self.clip_norm, *example_dp, prox_mu
         )
 
     def to_dict(self) -> dict:
@@ -96,6 +104,7 @@ REAL_RANGES: dict[str, tuple[str, str, Callable[[float], bool]]] = {
     "dp_clip": ("DP clip norm S", "in (0, 1000]", lambda v: 0 < v <= 1000),
     "dp_noise": ("DP noise multiplier z", "in [0, 100]", lambda v: 0 <= v <= 100),
     "dp_delta": ("DP delta", "in (0, 0.1]", lambda v: 0 < v <= 0.1),
+    "prox_mu": ("FedProx mu", "in [0, 10]", lambda v: 0 <= v <= 10),
 }
 
 
@@ -123,11 +132,33 @@ def problems(config: TrainConfig) -> list[str]:
             f"secure aggregation runs on these engines only: {', '.join(SECURE_AGGREGATION_ENGINES)}; "
             f"not on {config.engine}."
         )
-    for name, allowed in (("partition", PARTITIONS), ("init", INIT_METHODS), ("model", MODELS), ("dp", DP_MODES)):
+    out.extend(_scaffold_problems(config))
+    choices = (("partition", PARTITIONS), ("init", INIT_METHODS), ("model", MODELS), ("dp", DP_MODES))
+    for name, allowed in (*choices, ("strategy", STRATEGIES)):
         if getattr(config, name) not in allowed:
             out.append(f"{name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}.")
     if not out:
         out.extend(_fit_problems(config))
+    return out
+
+
+def _scaffold_problems(config: TrainConfig) -> list[str]:
+    """SCAFFOLD's control-variate updates travel in the clear and its workers keep state between rounds."""
+    if config.strategy != "scaffold":
+        return []
+    out = []
+    if config.secure_aggregation:
+        out.append(
+            "SCAFFOLD cannot run with secure aggregation: the server needs each worker's control-variate "
+            "update, which secure aggregation would hide; use FedProx instead."
+        )
+    if config.dp != "none":
+        out.append(
+            "SCAFFOLD cannot run with differential privacy: its control variates are computed from each "
+            "worker's updates and sent without clipping or noise, outside the DP guarantee; use FedProx instead."
+        )
+    if config.engine != "inprocess":
+        out.append("SCAFFOLD runs on the inprocess engine only: its workers keep control variates between rounds.")
     return out
 
 
@@ -161,7 +192,7 @@ def estimate_seconds(config: TrainConfig) -> float:
     # Small batches cost more per example (more steps); 128 is the reference.
     batch_factor = max(1.0, (128 / config.batch_size) ** 0.5)
     per_round_eval = EVAL_SECONDS[config.model] * (1 + config.contribution_subset / 10_000 * scored_models(config))
-    training = examples / EXAMPLES_PER_SECOND[config.model] * batch_factor
+    training = examples / EXAMPLES_PER_SECOND[config.model] * batch_factor * STRATEGY_COST[config.strategy]
     if config.dp == "example":
         training *= DP_SGD_SLOWDOWN
     return training + config.rounds * per_round_eval

@@ -24,7 +24,17 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .aggregation import Aggregate, accountant_for, collect
-from .client import Params, WorkerUpdate, flatten, model_params, unflatten
+from .budget import working_memory
+from .client import (
+    DEFAULT_MEMORY_BUDGET,
+    EVAL_CHUNK_BYTES,
+    Params,
+    WorkerUpdate,
+    activation_bytes,
+    flatten,
+    model_params,
+    unflatten,
+)
 from .config import TrainConfig
 from .data import Mnist, normalize
 from .dp import SecureRandom, poisson_sample_workers
@@ -92,8 +102,12 @@ def partition_for(config: TrainConfig, data: Mnist) -> list[torch.Tensor]:
 class Evaluator:
     """Scores global models on the test set; a fixed subset serves the cheap leave-one-out scores."""
 
-    def __init__(self, model: nn.Module, data: Mnist, config: TrainConfig) -> None:
+    def __init__(
+        self, model: nn.Module, data: Mnist, config: TrainConfig, memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
+    ) -> None:
         self.model = model
+        self.memory_budget_bytes = memory_budget_bytes
+        self.model_name = config.model
         self.template = model_params(model)
         self.x = normalize(data.test_images)
         self.y = data.test_labels
@@ -102,17 +116,23 @@ class Evaluator:
 
     @torch.no_grad()
     def evaluate(self, vector: torch.Tensor) -> tuple[float, float]:
-        logits = torch.cat(
-            [functional_call(self.model, unflatten(vector, self.template), (xb,)) for xb in self.x.split(2500)]
-        )
+        params = unflatten(vector, self.template)
+        chunk = max(1, EVAL_CHUNK_BYTES // activation_bytes(self.model_name))
+        logits = torch.cat([functional_call(self.model, params, (xb,)) for xb in self.x.split(chunk)])
         return (logits.argmax(1) == self.y).float().mean().item(), F.cross_entropy(logits, self.y).item()
 
     @torch.no_grad()
     def subset_accuracies(self, vectors: torch.Tensor) -> torch.Tensor:
-        """Accuracy of each of K models [K, P] on the fixed subset."""
-        params: Params = unflatten(vectors, self.template)
-        logits = vmap(lambda p: functional_call(self.model, p, (self.x[self.subset],)))(params)
-        return (logits.argmax(-1) == self.y[self.subset]).float().mean(1)
+        """Accuracy of each of K models [K, P] on the fixed subset, as many models at once as the budget holds."""
+        per_model = len(self.subset) * activation_bytes(self.model_name) + 4 * vectors.shape[1]
+        chunk = max(1, self.memory_budget_bytes // per_model)
+        x, y = self.x[self.subset], self.y[self.subset]
+        forward = vmap(lambda p: functional_call(self.model, p, (x,)))
+        accuracies = []
+        for part in vectors.split(chunk):
+            params: Params = unflatten(part, self.template)
+            accuracies.append((forward(params).argmax(-1) == y).float().mean(1))
+        return torch.cat(accuracies)
 
 
 @dataclass
@@ -259,7 +279,7 @@ def run_federated(
     model = new_model(config.model, config.init, config.seed)
     run = FederatedRun(config, label_histogram(data.train_labels, shards).tolist(), model=model)
     pool = pool_factory(model, data, shards, config, should_stop)
-    evaluator = Evaluator(model, data, config)
+    evaluator = Evaluator(model, data, config, working_memory(config))
     optimizer = ServerOptimizer(config.server_lr, config.server_momentum)
     accountant = accountant_for(config)
     global_vector = flatten(model_params(model))

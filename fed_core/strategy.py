@@ -1,8 +1,24 @@
-"""Server side math: FedAvg weighting, the server optimizer, and each worker's contribution."""
+"""Server side math: FedAvg weighting, the server optimizer, and each worker's contribution.
+
+The strategies a run can use (``TrainConfig.strategy``):
+
+* ``fedavg``: workers minimise their own loss; the server averages the updates and applies the
+  average with :class:`ServerOptimizer` (server momentum > 0 makes it FedAvgM);
+* ``fedprox`` (Li et al. 2020): the same, but each worker's objective adds mu/2 ||w - w_global||^2,
+  which keeps local models near the global one on non-IID data (client.BatchedTrainer);
+* ``scaffold`` (Karimireddy et al. 2020): control variates correct every local step for the
+  worker's drift (scaffold.py); the model update is applied as in FedAvg.
+"""
 
 from __future__ import annotations
 
 import torch
+
+STRATEGIES = {
+    "fedavg": "FedAvg (server momentum > 0: FedAvgM)",
+    "fedprox": "FedProx (proximal term mu/2 ||w - w_global||^2)",
+    "scaffold": "SCAFFOLD (control variates)",
+}
 
 
 def fedavg(deltas: torch.Tensor, num_examples: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from fed_core.data import MnistFileError, load_mnist
 from fed_core.engines import engine_for
 from fed_core.job import BUSY, OWNER_BUSY, JobSnapshot, TrainingJob
 from fed_core.models import INIT_METHODS, MODEL_LABELS
+from fed_core.strategy import STRATEGIES
 from ui import engine_views, privacy_views, session
 from ui import train_views as views
 from ui.common import CHART_CONFIG, format_duration, shown_safely
@@ -50,7 +51,7 @@ def settings_form() -> TrainConfig:
         shards = c4.number_input("Shards per worker", *LIMITS["shards_per_worker"], D.shards_per_worker)
     engine, manual_approval = engine_views.engine_settings(st.columns(2)[0])
     privacy = privacy_views.privacy_settings(engine)
-    with st.expander("More settings: local training, initialisation, server optimizer, dropout"):
+    with st.expander("More settings: local training, initialisation, server optimizer and strategy, dropout"):
         a1, a2, a3, a4 = st.columns(4)
         local_epochs = a1.number_input("Local epochs E", *LIMITS["local_epochs"], D.local_epochs)
         batch_size = a1.number_input("Batch size B", *LIMITS["batch_size"], D.batch_size)
@@ -60,6 +61,15 @@ def settings_form() -> TrainConfig:
         model = a3.selectbox("Model", list(MODEL_LABELS), format_func=MODEL_LABELS.get)
         server_lr = a4.number_input("Server learning rate", 0.01, 10.0, D.server_lr, 0.1)
         server_momentum = a4.number_input("Server momentum", 0.0, 0.99, D.server_momentum, 0.1)
+        strategy = a4.selectbox(
+            "Strategy",
+            list(STRATEGIES),
+            format_func=STRATEGIES.get,
+            help="FedProx and SCAFFOLD keep workers from drifting apart on non-IID data",
+        )
+        prox_mu = D.prox_mu
+        if strategy == "fedprox":
+            prox_mu = a4.number_input("FedProx mu", 0.0, 10.0, D.prox_mu, 0.01, format="%.3f")
         dropout = a1.slider(
             "Worker dropout rate",
             0.0,
@@ -89,6 +99,8 @@ def settings_form() -> TrainConfig:
         model=model,
         server_lr=float(server_lr),
         server_momentum=float(server_momentum),
+        strategy=strategy,
+        prox_mu=float(prox_mu),
         engine=engine,
         manual_approval=manual_approval,
         shapley=shapley,

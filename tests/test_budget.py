@@ -15,8 +15,8 @@ from fed_core.budget import (
     estimate_run_bytes,
     load_budget,
     training_memory_budget,
-    worker_batch_bytes,
 )
+from fed_core.client import bytes_per_worker
 from fed_core.config import TrainConfig, estimate_seconds
 
 DEFAULT = TrainConfig()
@@ -47,10 +47,15 @@ def test_memory_grows_with_workers_batch_size_model_and_contribution_scoring():
     assert estimate_run_bytes(replace(DEFAULT, model="fedavg_cnn")) > base
     many = replace(DEFAULT, workers=100, contribution_subset=10_000)
     assert estimate_run_bytes(many) > estimate_run_bytes(replace(many, contribution_subset=0))
-    # a trainer that trains workers in groups needs less
-    big = replace(DEFAULT, workers=100, batch_size=512, contribution_subset=0)
-    assert estimate_run_bytes(big, workers_at_once=10) < estimate_run_bytes(big)
-    assert worker_batch_bytes("crypto_cnn", 256) > worker_batch_bytes("crypto_cnn", 32)
+    assert bytes_per_worker("crypto_cnn", 256) > bytes_per_worker("crypto_cnn", 32)
+
+
+def test_workers_train_in_groups_so_memory_stays_within_the_budget():
+    big = replace(DEFAULT, workers=100, batch_size=1024, rounds=1)
+    budget = Budget(training_memory_mb=400)
+    assert estimate_run_bytes(big, budget) <= budget.training_memory_bytes
+    assert estimate_run_bytes(big, Budget(training_memory_mb=100_000)) > 4 * budget.training_memory_bytes
+    assert budget_problems(big, budget) == []
 
 
 def test_too_long_a_run_is_refused_with_the_setting_to_lower_and_its_value():
@@ -63,15 +68,14 @@ def test_too_long_a_run_is_refused_with_the_setting_to_lower_and_its_value():
     assert estimate_seconds(replace(long_run, rounds=fits_rounds + 1)) > 60
 
 
-def test_too_big_a_run_is_refused_with_a_smaller_batch_or_fraction():
-    budget = Budget(training_memory_mb=200)
-    big = replace(DEFAULT, workers=20, batch_size=1024)
+def test_a_run_where_one_worker_does_not_fit_is_refused_with_a_smaller_batch():
+    budget = Budget(training_memory_mb=400, run_seconds=10**6)
+    big = replace(DEFAULT, model="fedavg_cnn", batch_size=1024)
     [problem] = budget_problems(big, budget)
-    assert "this server allows 200 MB per run" in problem and "lower Batch size B to " in problem
-    batch = int(problem.split("Batch size B to ")[1].split(",")[0].rstrip("."))
-    assert estimate_run_bytes(replace(big, batch_size=batch)) <= budget.training_memory_bytes
-    fraction = float(problem.split("Fraction C to ")[1].rstrip("."))
-    assert estimate_run_bytes(replace(big, fraction=fraction)) <= budget.training_memory_bytes
+    assert "this server allows 400 MB per run" in problem and "lower Batch size B to " in problem
+    batch = int(problem.split("Batch size B to ")[1].rstrip("."))
+    assert estimate_run_bytes(replace(big, batch_size=batch), budget) <= budget.training_memory_bytes
+    assert estimate_run_bytes(replace(big, batch_size=batch * 2), budget) > budget.training_memory_bytes
 
 
 def test_gate_admits_capacity_holders_and_estimates_the_wait():

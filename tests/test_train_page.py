@@ -254,3 +254,24 @@ def test_a_private_run_reports_epsilon_hides_single_updates_and_joins_the_compar
     assert any("Not known to the server" in c.value and "leave-one-out" in c.value for c in at.caption)
     assert runs.value["privacy"][0].startswith("secure aggregation + example-level DP")
     assert any(e.label == "What the server sees of worker W0" for e in at.expander)
+
+
+def test_strategies_are_chosen_on_the_page_and_a_bad_combination_is_explained(train_page):
+    at = train_page.run()
+    widget(at.selectbox, "Strategy").set_value("fedprox")
+    at.run()
+    widget(at.number_input, "FedProx mu").set_value(0.1)
+    widget(at.number_input, "Workers").set_value(3)
+    widget(at.number_input, "Rounds").set_value(1)
+    widget(at.button, "Start").click()
+    at.run()
+    job = at.session_state[session.JOB]
+    assert job.config.strategy == "fedprox" and job.config.prox_mu == 0.1
+    job.join(120)
+    at.run()
+    assert any("Done:" in s.value for s in at.success)
+    widget(at.selectbox, "Strategy").set_value("scaffold")
+    widget(at.selectbox, "Where workers train").set_value("flower")
+    at.run()
+    assert not at.exception
+    assert any("SCAFFOLD runs on the inprocess engine only" in e.value for e in at.error)

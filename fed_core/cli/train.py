@@ -21,6 +21,7 @@ from fed_core.models import INIT_METHODS, MODELS, save_model
 from fed_core.partition import PARTITIONS
 from fed_core.report import json_text
 from fed_core.server import FederatedRun, RoundRecord
+from fed_core.strategy import STRATEGIES
 
 DEFAULTS = TrainConfig()
 RUN_FAILED, INTERRUPTED = 1, 130
@@ -39,6 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-norm", type=float, default=DEFAULTS.clip_norm, help="per-worker gradient norm cap")
     p.add_argument("--server-lr", type=float, default=DEFAULTS.server_lr)
     p.add_argument("--server-momentum", type=float, default=DEFAULTS.server_momentum)
+    p.add_argument(
+        "--strategy",
+        choices=list(STRATEGIES),
+        default=DEFAULTS.strategy,
+        help="fedavg (FedAvgM with --server-momentum), fedprox (proximal term, --prox-mu) or scaffold",
+    )
+    p.add_argument("--prox-mu", type=float, default=DEFAULTS.prox_mu, help="FedProx proximal weight mu")
     p.add_argument("--partition", choices=PARTITIONS, default=DEFAULTS.partition)
     p.add_argument("--alpha", type=float, default=DEFAULTS.alpha, help="Dirichlet concentration")
     p.add_argument("--shards-per-worker", type=int, default=DEFAULTS.shards_per_worker)

@@ -7,15 +7,21 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from fed_core.budget import working_memory
 from fed_core.client import BatchedTrainer, WorkerUpdate, worker_seed
 from fed_core.config import TrainConfig
 from fed_core.data import Mnist
 from fed_core.engines import Engine, Rounds, StopCheck
+from fed_core.scaffold import ControlVariates
 from fed_core.server import FederatedRun
 
 
 class InProcessPool:
-    """The workers' shards stay in this process; a round trains the sampled ones at once."""
+    """The workers' shards stay in this process; a round trains the sampled ones at once.
+
+    Under SCAFFOLD the pool also keeps the control variates (scaffold.py): the workers' own between
+    rounds, and the server's, which this simulation updates right after the workers report.
+    """
 
     def __init__(
         self,
@@ -25,14 +31,22 @@ class InProcessPool:
         config: TrainConfig,
         should_stop: Callable[[], bool] | None = None,
     ) -> None:
-        self.trainer = BatchedTrainer(model, data.train_images, data.train_labels, config.local)
+        self.trainer = BatchedTrainer(model, data.train_images, data.train_labels, config.local, working_memory(config))
         self.shards = shards
         self.seed = config.seed
+        self.lr, self.momentum = config.lr, config.momentum
         self.should_stop = should_stop
+        scaffold = config.strategy == "scaffold"
+        self.variates = ControlVariates(config.workers, self.trainer.num_params) if scaffold else None
 
     def train(self, global_vector: torch.Tensor, workers: list[int], round_idx: int) -> list[WorkerUpdate]:
         seeds = [worker_seed(self.seed, round_idx, w) for w in workers]
-        return self.trainer.train(global_vector, workers, [self.shards[w] for w in workers], seeds, self.should_stop)
+        corrections = self.variates.corrections(workers) if self.variates else None
+        shards = [self.shards[w] for w in workers]
+        updates = self.trainer.train(global_vector, workers, shards, seeds, self.should_stop, corrections)
+        if self.variates:
+            self.variates.update(updates, self.lr, self.momentum)
+        return updates
 
 
 class InProcessEngine(Engine):
