@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 from test_cli import png_claiming
@@ -219,3 +220,16 @@ def test_encrypted_test_page_waits_for_a_busy_server_then_says_how_long(monkeypa
 def test_showcase_puts_disagreements_then_a_few_mistakes_first():
     labels, plain, encrypted = [1, 2, 3, 4, 5], [1, 2, 0, 4, 9], [1, 2, 0, 4, 5]
     assert showcase_indices(labels, plain, encrypted, count=4) == [4, 2, 0, 1]
+
+
+def test_a_model_too_large_for_mpcs_ring_is_refused_naming_the_layer():
+    at = page("pages/3_Encrypted_Test.py").run()
+    button(at, "Use the small pretrained model").click().run()
+    model = at.session_state[session.TRAINED_MODEL]["model"]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(10)  # activations 10x larger at every layer: squares overflow the ring
+    at.number_input[0].set_value(8).run()
+    button(at, "Run encrypted evaluation").click().run()
+    assert not at.exception
+    assert "outputs squared can reach" in at.error[0].value and "Something went wrong" not in at.error[0].value

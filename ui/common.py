@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import streamlit as st
 
 from fed_core.budget import Gate, load_budget
+from fed_core.mpc_range import FixedPointRangeError
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,14 @@ def heavy_task_slot(expected_seconds: float, what: str) -> Iterator[bool]:
 
 @contextmanager
 def shown_safely(doing: str) -> Iterator[None]:
-    """Never a traceback on a page: the log gets it, the user one sentence ("...while {doing}")."""
+    """Never a traceback on a page: the log gets it, the user one sentence ("...while {doing}").
+
+    Errors written for the user (a model whose values do not fit MPC's fixed-point ring) are shown as they are.
+    """
     try:
         yield
+    except FixedPointRangeError as exc:
+        st.error(str(exc))
     except Exception:
         log.exception("failed while %s", doing)
         st.error(f"Something went wrong while {doing}. The details are in the server log.")
