@@ -3,13 +3,13 @@
 100 workers, C=0.1, E=5, B=10, the paper's CNN (fedavg_cnn), IID and 2-shard non-IID splits.
 Prints, for every split, the rounds to reach the target test accuracy (99%) and the wall time,
 beside the paper's rounds (CNN, E=5, B=10: FedAvg 20 IID / 229 non-IID; FedSGD 626 / 483).
-Saves the curves as JSON and draws them with plotly (HTML, and PNG when kaleido is installed).
+Saves the curves as JSON and draws them with plotly (HTML, and a PNG drawn by kaleido or headless Chromium).
 
 python bench/bench_paper.py                                   # FedAvg, IID then non-IID, up to 300 rounds
 python bench/bench_paper.py --splits iid --max-rounds 40
 python bench/bench_paper.py --splits shards --strategy scaffold --max-rounds 229
 python bench/bench_paper.py --splits shards --strategy fedprox --prox-mu 0.01
-python bench/bench_paper.py --plot runs/paper/paper_fedavg_iid.json   # summary and plots of a saved (partial) run
+python bench/bench_paper.py --plot runs/paper/*.json   # summary of saved (partial) runs; runs/paper/paper_curves.*
 
 A round's time is split into training (the sampled workers' local epochs) and the rest (aggregation
 and the 10k-image test evaluation). The run stops at the target unless --keep-going.
@@ -21,6 +21,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -135,13 +136,14 @@ def summary(result: dict) -> str:
     train = [p["train_seconds"] for p in curve]
     rounds = [p["round_seconds"] for p in curve]
     reached = (
-        f"{result['rounds_to_target']} rounds, {result['seconds_to_target']:.0f} s"
+        f"{result['target']:.0%} after {result['rounds_to_target']} rounds, {result['seconds_to_target']:.0f} s"
         if result["rounds_to_target"]
-        else f"not within {len(curve)} rounds (best {max((p['test_accuracy'] for p in curve), default=0):.2%})"
+        else f"{result['target']:.0%} not reached in {len(curve)} rounds "
+        f"(best {max((p['test_accuracy'] for p in curve), default=0):.2%})"
     )
     paper = result["paper_rounds"]
     return (
-        f"{SPLIT_LABELS[split]}, {result['config']['strategy']}: {result['target']:.0%} after {reached}; "
+        f"{SPLIT_LABELS[split]}, {result['config']['strategy']}: {reached}; "
         f"paper FedAvg {paper['FedAvg']} rounds, FedSGD {paper['FedSGD']}. "
         f"Per round: mean {sum(rounds) / max(1, len(rounds)):.1f} s, of which training "
         f"{sum(train) / max(1, len(train)):.1f} s (min {min(train, default=0):.1f} s)"
@@ -157,8 +159,9 @@ def plot(results: list[dict], path: Path) -> list[Path]:
         label = f"{SPLIT_LABELS[result['split']]}, {result['config']['strategy']}"
         rounds = [p["round"] for p in result["curve"]]
         fig.add_scatter(x=rounds, y=[p["test_accuracy"] for p in result["curve"]], mode="lines+markers", name=label)
-        paper = result["paper_rounds"]["FedAvg"]
-        fig.add_vline(x=paper, line_dash="dot", annotation_text=f"paper FedAvg {result['split']}: {paper}")
+    for split in sorted({result["split"] for result in results}):
+        paper = PAPER_ROUNDS[split]["FedAvg"]
+        fig.add_vline(x=paper, line_dash="dot", annotation_text=f"paper FedAvg, {SPLIT_LABELS[split]}: {paper}")
     fig.add_hline(y=results[0]["target"], line_dash="dash", annotation_text="target")
     fig.update_layout(
         title="FedAvg paper setting (100 workers, C=0.1, E=5, B=10, CNN): test accuracy per round",
@@ -167,12 +170,35 @@ def plot(results: list[dict], path: Path) -> list[Path]:
         yaxis_range=[0.9, 1.0],
         showlegend=True,
     )
+    path.parent.mkdir(parents=True, exist_ok=True)
     written = [path.with_suffix(".html")]
     fig.write_html(written[0])
     if importlib.util.find_spec("kaleido") is not None:
         fig.write_image(path.with_suffix(".png"))
         written.append(path.with_suffix(".png"))
+    elif shutil.which("chromedriver"):
+        screenshot(written[0], path.with_suffix(".png"))
+        written.append(path.with_suffix(".png"))
     return written
+
+
+def screenshot(html: Path, png: Path) -> None:
+    """The HTML plot as a PNG, drawn by headless Chromium (kaleido is not installed here)."""
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    options.add_argument("--disable-background-networking")
+    options.add_argument("--window-size=1100,600")
+    options.binary_location = shutil.which("chromium") or ""
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(shutil.which("chromedriver")))
+    try:
+        driver.get(html.resolve().as_uri())
+        time.sleep(2)  # plotly draws after load
+        driver.save_screenshot(str(png))
+    finally:
+        driver.quit()
 
 
 def main() -> None:
@@ -190,14 +216,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the shared machine: 1)")
     parser.add_argument("--out", type=Path, default=Path("runs/paper"), help="folder for the JSON and the plots")
     parser.add_argument(
-        "--plot", type=Path, help="only summarise and draw the curves of a saved JSON (even unfinished)"
+        "--plot", type=Path, nargs="+", help="only summarise and draw the curves of saved JSON files (even unfinished)"
     )
     args = parser.parse_args()
     if args.plot:
-        saved = json.loads(args.plot.read_text())
+        saved = [result for path in args.plot for result in json.loads(path.read_text())]
         for result in saved:
             print(summary(result))
-        for path in plot(saved, args.plot.with_suffix("")):
+        for path in plot(saved, args.out / "paper_curves"):
             print(f"wrote {path}")
         return
     torch.set_num_threads(args.threads)
