@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fed_core.client import flatten, model_params
 from fed_core.config import TrainConfig
 from fed_core.data import Mnist, load_mnist
+from fed_core.engines.inprocess import InProcessPool
 from fed_core.models import new_model
-from fed_core.server import Evaluator, InProcessPool, contribution_scores, partition_for, run_round
+from fed_core.server import Evaluator, contribution_scores, partition_for, run_round
 from fed_core.shapley import EXACT_MAX_WORKERS, shapley_values
 from fed_core.strategy import ServerOptimizer, fedavg
 
