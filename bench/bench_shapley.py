@@ -15,12 +15,14 @@ import argparse
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from fed_core.aggregation import Aggregate
 from fed_core.client import flatten, model_params
 from fed_core.config import TrainConfig
 from fed_core.data import Mnist, load_mnist
@@ -48,7 +50,7 @@ def second_round(config: TrainConfig, data: Mnist):
     pool = InProcessPool(model, data, partition_for(config, data), config)
     evaluator = Evaluator(model, data, config)
     optimizer = ServerOptimizer(config.server_lr, config.server_momentum)
-    global_vector, *_ = run_round(config, 1, flatten(model_params(model)), pool, optimizer, evaluator)
+    global_vector = run_round(config, 1, flatten(model_params(model)), pool, optimizer, evaluator).global_vector
     updates = pool.train(global_vector, list(range(config.workers)), 2)
     deltas = torch.stack([u.delta for u in updates])
     counts = torch.tensor([u.num_examples for u in updates])
@@ -59,8 +61,11 @@ def bench(model: str, workers: int, samples: list[int], repeats: int, data: Mnis
     config = TrainConfig(workers=workers, model=model)
     global_vector, deltas, counts, optimizer, evaluator = parts = second_round(config, data)
     accuracy = evaluator.subset_accuracies(global_vector.unsqueeze(0)).item()
+    reports = [{} for _ in range(workers)]
+    combined = Aggregate(fedavg(deltas, counts), reports, deltas, counts, None, None, 0.0)
+    no_shapley = replace(config, shapley=False)
     loo_seconds, loo = median_seconds(
-        lambda: contribution_scores(global_vector, fedavg(deltas, counts), deltas, counts, optimizer, evaluator),
+        lambda: contribution_scores(no_shapley, 2, global_vector, combined, optimizer, evaluator)["contribution"],
         repeats,
     )
     print(
