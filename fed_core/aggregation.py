@@ -30,6 +30,7 @@ from .dp import (
     private_fedavg,
 )
 from .secagg import SecAggRefused, secure_sum
+from .strategy import fedavg
 
 FLOAT_BYTES = 4
 
@@ -76,8 +77,7 @@ def aggregate(updates: list[WorkerUpdate], dropped: list[int], config: TrainConf
         combined = _secure(deltas, counts, reports, len(dropped))
     else:
         upload = deltas.shape[1] * FLOAT_BYTES + 8  # the update and its example count
-        total = (counts.to(deltas.dtype).unsqueeze(1) * deltas).sum(0)
-        combined = Aggregate(total / counts.sum(), reports, deltas, counts, deltas[0], None, upload)
+        combined = Aggregate(fedavg(deltas, counts), reports, deltas, counts, deltas[0], None, upload)
     combined.first_update = first_update
     if config.dp == "client" and combined.average is not None:
         clipped_sum = combined.average * counts.sum()  # the sum over the survivors, each weighing 1

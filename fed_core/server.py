@@ -40,8 +40,8 @@ from .data import Mnist, normalize
 from .dp import SecureRandom, poisson_sample_workers
 from .models import new_model
 from .partition import label_histogram, make_partition
-from .shapley import cumulative_shapley, shapley_values
-from .strategy import ServerOptimizer, cosine_to, leave_one_out_averages
+from .shapley import coalition_accuracy, cumulative_shapley, leave_one_out, shapley_values
+from .strategy import ServerOptimizer, cosine_to
 
 
 class WorkerPool(Protocol):
@@ -190,10 +190,9 @@ def contribution_scores(
     unknown = torch.full((len(combined.reports),), float("nan"))
     if combined.visible is None or len(evaluator.subset) == 0:
         return {"contribution": unknown, "shapley": unknown, "shapley_ci": unknown}
-    with_all, _ = optimizer.propose(global_vector, combined.average)
-    without_each, _ = optimizer.propose(global_vector, leave_one_out_averages(combined.visible, combined.counts))
-    accuracies = evaluator.subset_accuracies(torch.cat([with_all.unsqueeze(0), without_each]))
-    scores = {"contribution": accuracies[0] - accuracies[1:], "shapley": unknown, "shapley_ci": unknown}
+    # Models are proposed a few coalitions at a time: K models of the paper's CNN at once would not fit.
+    value = coalition_accuracy(global_vector, combined.visible, combined.counts, optimizer, evaluator)
+    scores = {"contribution": leave_one_out(value, len(combined.visible)), "shapley": unknown, "shapley_ci": unknown}
     if config.shapley:
         # Seeded, so a run repeats: the sampled orders are simulation randomness, not a secret.
         orders = torch.Generator().manual_seed(

@@ -109,6 +109,13 @@ def coalition_accuracy(
     return value
 
 
+def leave_one_out(value: ValueFunction, players: int) -> torch.Tensor:
+    """v(all) - v(all but i) for every player: what the round would lose without each one."""
+    masks = torch.cat([torch.ones(1, players, dtype=torch.bool), ~torch.eye(players, dtype=torch.bool)])
+    v = value(masks)
+    return v[0] - v[1:]
+
+
 def exact_shapley(value: ValueFunction, players: int) -> torch.Tensor:
     """Exact Shapley values from v on all 2^players coalitions (coalition c holds player i if bit i of c is set)."""
     codes = torch.arange(2**players)

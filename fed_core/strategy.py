@@ -27,14 +27,6 @@ def fedavg(deltas: torch.Tensor, num_examples: torch.Tensor) -> torch.Tensor:
     return weights @ deltas
 
 
-def leave_one_out_averages(deltas: torch.Tensor, num_examples: torch.Tensor) -> torch.Tensor:
-    """[K, P]: row k is the FedAvg aggregate of every update except worker k's (zero if k is alone)."""
-    n = num_examples.to(deltas.dtype).unsqueeze(1)
-    weighted_sum = (n * deltas).sum(0, keepdim=True)
-    rest = (n.sum() - n).clamp(min=1e-12)
-    return torch.where(rest > 1e-12, (weighted_sum - n * deltas) / rest, torch.zeros_like(deltas))
-
-
 class ServerOptimizer:
     """SGD with momentum on the pseudo-gradient ``-average_update``.
 
@@ -58,4 +50,6 @@ class ServerOptimizer:
 
 
 def cosine_to(deltas: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.cosine_similarity(deltas, reference.unsqueeze(0), dim=1)
+    """Cosine similarity of each update [K, P] to ``reference`` [P], without a [K, P] temporary."""
+    norms = deltas.norm(dim=1).clamp(min=1e-8) * reference.norm().clamp(min=1e-8)
+    return (deltas @ reference) / norms

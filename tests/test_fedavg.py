@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from fed_core.client import BatchedTrainer, LocalSettings, epoch_orders, flatten, model_params
 from fed_core.data import normalize
 from fed_core.models import new_model
-from fed_core.strategy import ServerOptimizer, fedavg, leave_one_out_averages
+from fed_core.strategy import ServerOptimizer, fedavg
 
 
 def test_fedavg_weights_updates_by_examples():
@@ -12,16 +12,6 @@ def test_fedavg_weights_updates_by_examples():
     counts = torch.tensor([100, 300, 600])
     # by hand: 0.1*[1,0] + 0.3*[0,1] + 0.6*[3,3]
     assert torch.allclose(fedavg(deltas, counts), torch.tensor([1.9, 2.1]))
-
-
-def test_leave_one_out_is_fedavg_of_the_others():
-    deltas = torch.randn(4, 6)
-    counts = torch.tensor([10, 20, 30, 40])
-    loo = leave_one_out_averages(deltas, counts)
-    for k in range(4):
-        keep = [i for i in range(4) if i != k]
-        assert torch.allclose(loo[k], fedavg(deltas[keep], counts[keep]), atol=1e-6)
-    assert torch.equal(leave_one_out_averages(deltas[:1], counts[:1]), torch.zeros(1, 6))
 
 
 def test_server_sgd_lr_one_is_plain_averaging_and_momentum_accumulates():

@@ -14,6 +14,7 @@ from fed_core.shapley import (
     coalition_accuracy,
     cumulative_shapley,
     exact_shapley,
+    leave_one_out,
     sampled_shapley,
     shapley_values,
 )
@@ -73,6 +74,17 @@ def test_exact_values_add_up_to_the_rounds_gain(round_parts, momentum):
     gain = round_gain(*parts)  # with momentum, v(empty) is still the start model, not a momentum-only step
     assert gain > 0.3  # the round teaches the untrained model a lot: the values are not all trivially zero
     assert result.values.sum().item() == pytest.approx(gain, abs=1e-5)
+
+
+def test_leave_one_out_is_the_gain_over_the_fedavg_of_the_others(round_parts):
+    global_vector, deltas, counts, optimizer, evaluator = round_parts
+    scores = leave_one_out(coalition_accuracy(*round_parts), len(deltas))
+    proposed = [optimizer.propose(global_vector, fedavg(deltas, counts))[0]]
+    for k in range(len(deltas)):
+        keep = [i for i in range(len(deltas)) if i != k]
+        proposed.append(optimizer.propose(global_vector, fedavg(deltas[keep], counts[keep]))[0])
+    accuracies = evaluator.subset_accuracies(torch.stack(proposed))
+    torch.testing.assert_close(scores, accuracies[0] - accuracies[1:])
 
 
 def test_identical_workers_get_identical_values(round_parts):
