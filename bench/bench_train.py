@@ -15,12 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fed_core.budget import env_name, working_memory
+from fed_core.budget import MB, env_name, estimate_run_bytes, working_memory
 from fed_core.client import bytes_per_worker, workers_per_group
 from fed_core.config import TrainConfig
 from fed_core.data import load_mnist, normalize
@@ -157,21 +158,23 @@ def bench_page_rerun() -> None:
 
 
 def bench_memory() -> None:
-    """100 workers of the paper's CNN at batch 1024 (all would need ~85 GB at once): trained in budget-sized groups."""
+    """100 workers of the paper's CNN at batch 1024 (all at once would need ~85 GB): trained in budget-sized groups."""
     config = TrainConfig(
         workers=100, local_epochs=1, batch_size=1024, model="fedavg_cnn", rounds=1, contribution_subset=100
     )
-    os.environ.setdefault(env_name("training_memory_mb"), "2000")  # a local user's raised budget
+    os.environ.setdefault(env_name("training_memory_mb"), "3000")  # a local user's raised budget
     working = working_memory(config)
     group = workers_per_group(config.model, config.batch_size, working)
     print(
-        f"== memory: 100 workers, fedavg_cnn, B=1024, 1 round; {bytes_per_worker(config.model, 1024) / 2**20:.0f} MB "
+        f"== memory: 100 workers, fedavg_cnn, B=1024, 1 round; {bytes_per_worker(config.model, 1024) / 2**20:.0f} MiB "
         f"per worker, {os.environ[env_name('training_memory_mb')]} MB budget "
-        f"({working / 2**20:.0f} MiB working memory): groups of {group}"
+        f"({working / 2**20:.0f} MiB working memory): groups of {group}; "
+        f"estimate {estimate_run_bytes(config) / MB:.0f} MB"
     )
+    before = psutil.Process().memory_info().rss
     wall, cpu = timed_rounds(config)[-1]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"round: {wall:.1f} s wall, process CPU {cpu:.1f} s; peak RSS {peak:.0f} MB")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(f"round: {wall:.1f} s wall, process CPU {cpu:.1f} s; the run added {(peak - before) / MB:.0f} MB at peak")
 
 
 PARTS = {
