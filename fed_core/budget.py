@@ -194,12 +194,14 @@ def budget_problems(config: TrainConfig, budget: Budget) -> list[str]:
         size = estimate_run_bytes(config, budget)
         if size > budget.training_memory_bytes:
             fixes = _fixes(
-                config, lambda c: estimate_run_bytes(c, budget) <= budget.training_memory_bytes, ("batch_size",)
+                config,
+                lambda c: estimate_run_bytes(c, budget) <= budget.training_memory_bytes,
+                ("batch_size", "fraction"),
             )
             out.append(
                 f"This run would need about {size / MB:,.0f} MB of memory; this server allows "
                 f"{budget.training_memory_mb:,} MB per run: "
-                f"{_fix_text(fixes, 'choose a smaller model')}."
+                f"{_fix_text(fixes, 'lower Fraction C or choose a smaller model')}."
             )
     return out
 

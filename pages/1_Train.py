@@ -245,7 +245,8 @@ def show_rounds(job: TrainingJob, snapshot: JobSnapshot) -> None:
         )
     right.plotly_chart(heatmap, width="stretch", config=CHART_CONFIG)
     st.subheader(f"Workers in round {snapshot.round}")
-    st.dataframe(table, width="stretch")
+    if len(table.columns):
+        st.dataframe(table, width="stretch")
     hidden = views.hidden_columns(table)
     if hidden:
         st.caption(f"Not known to the server under this run's privacy settings: {', '.join(hidden)}.")

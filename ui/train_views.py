@@ -136,8 +136,10 @@ def worker_table(
     frame = pd.DataFrame(history[-1]["workers"] if history else [], columns=list(WORKER_COLUMNS))
     for points in ("contribution", "shapley", "shapley_ci"):
         frame[points] = frame[points].astype(float) * 100
-    frame["leave-one-out, all rounds"] = [100 * cumulative[w] for w in frame["worker"]]
-    if cumulative_shapley:
+    # Sums over rounds only where the server could score this round's updates.
+    if frame["contribution"].notna().any():
+        frame["leave-one-out, all rounds"] = [100 * cumulative[w] for w in frame["worker"]]
+    if cumulative_shapley and frame["shapley"].notna().any():
         frame["Shapley, all rounds"] = [100 * cumulative_shapley[w][0] for w in frame["worker"]]
     known = frame.rename(columns=WORKER_COLUMNS).set_index("worker")
     return known.dropna(axis=1, how="all")  # what the server could not know (secure aggregation, DP) is left out

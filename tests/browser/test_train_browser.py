@@ -111,7 +111,7 @@ def test_settings_over_the_budget_are_refused_with_what_to_lower(browser, app_ur
     page.wait_text("this server allows 10 min per run")
     refusal = page.alert_text()
     assert "this server allows 10 min per run" in refusal and "lower Rounds to" in refusal
-    assert "this server allows 400 MB per run" in refusal and "Fraction C to" in refusal
+    assert "MB per run" not in refusal  # 100 workers of the small CNN train in groups within the memory budget
     assert not page.driver.find_element(By.XPATH, "//button[normalize-space(.)='Start']").is_enabled()
     page.shot(screenshot_dir, "train_over_budget")
     page.assert_no_traceback()
