@@ -58,6 +58,7 @@ def test_tiny_run_shows_live_charts_table_and_downloads(train_page):
     assert len(charts) == 4  # accuracy, contributions, label heatmap, what the server sees
     workers, runs = at.dataframe
     assert len(workers.value) == 3 and list(runs.value["privacy"]) == ["none"]
+    assert not any("Not known to the server" in c.value for c in at.caption)  # exact Shapley: nothing hidden
     assert len(at.get("download_button")) == 3
     assert at.session_state[session.TRAINED_MODEL]["meta"]["model"] == "crypto_cnn"
 

@@ -147,7 +147,14 @@ def worker_table(
 
 def hidden_columns(table: pd.DataFrame) -> list[str]:
     """The worker figures the table leaves out because the server never learned them."""
-    return [label for key, label in WORKER_COLUMNS.items() if key != "worker" and label not in table.columns]
+    shown = set(table.columns)
+    # Exact Shapley values have no interval: that is not something the server failed to learn.
+    exact = WORKER_COLUMNS["shapley"] in shown
+    return [
+        label
+        for key, label in WORKER_COLUMNS.items()
+        if key != "worker" and label not in shown and not (key == "shapley_ci" and exact)
+    ]
 
 
 def round_views(job: TrainingJob, snapshot: JobSnapshot) -> tuple[go.Figure, go.Figure, go.Figure, pd.DataFrame]:
