@@ -13,12 +13,14 @@ def test_the_curious_server_reads_the_update_then_meets_secure_aggregation(brows
     page = Page(browser, timeout=300).open(f"{app_url}/What_Leaks")
     page.click("Attack this update")
     page.wait_text("read the image back")
+    page.wait_idle()  # the images are fetched after the text: shoot once the run is over
     psnr = float(re.search(r"PSNR ([\d.]+) dB or better", page.text()).group(1))
     assert psnr >= 25
     page.shot(screenshot_dir, "leaks")
     page.choose("a masked vector (secure aggregation)")
     page.click("Attack this update")
     page.wait_text("The attack failed")
+    page.wait_idle()
     page.shot(screenshot_dir, "leaks_secure")
     page.assert_no_traceback()
 
@@ -35,5 +37,6 @@ def test_a_run_with_both_defences_reports_epsilon(browser, app_url, screenshot_d
     epsilon = float(re.search(r"ε = ([\d.]+) at δ", page.text()).group(1))
     assert 0 < epsilon < 100
     page.wait_text("what each privacy setting cost")
+    page.wait_idle()
     page.shot(screenshot_dir, "train_private")
     page.assert_no_traceback()
