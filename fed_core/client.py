@@ -458,9 +458,11 @@ class BatchedTrainer:
     def _score(self, params: Params, probe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean loss and accuracy of each worker's model on its own probe examples."""
         mask = (probe >= 0).float()
-        x, y = self._gather(probe)
-        with torch.no_grad():
-            logits = torch.cat([self._stacked_logits(params, part) for part in x.split(SCORE_CHUNK, dim=1)], dim=1)
+        y = self.labels[probe.clamp(min=0)]
+        with torch.no_grad():  # images gathered a chunk at a time: all workers' probes at once would not be small
+            logits = torch.cat(
+                [self._stacked_logits(params, self._gather(part)[0]) for part in probe.split(SCORE_CHUNK, dim=1)], dim=1
+            )
         losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(mask)
         correct = (logits.argmax(-1) == y).float()
         count = mask.sum(1).clamp(min=1)
