@@ -11,6 +11,7 @@ import sys
 
 from fed_core.cli import attack, encrypted, train
 from fed_core.cli.common import USAGE_ERROR, USER_ERRORS
+from fed_core.memory import release_freed_memory
 
 COMMANDS = (train, encrypted, attack)
 
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     for command in COMMANDS:
         command.register(subparsers)
     args = parser.parse_args(argv)
+    release_freed_memory()
     try:
         return args.func(args)
     except USER_ERRORS as exc:
