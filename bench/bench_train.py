@@ -13,6 +13,7 @@ import resource
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -20,6 +21,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_paper import PAPER
 
 from fed_core.budget import MB, env_name, estimate_run_bytes, working_memory
 from fed_core.client import bytes_per_worker, workers_per_group
@@ -118,18 +121,7 @@ def bench_scale() -> None:
 def bench_paper_round() -> None:
     """One round of the FedAvg paper's setting: 10 sampled workers x 5 epochs x 600 images, fedavg_cnn, B=10."""
     print("== paper round: 100 workers, C=0.1, E=5, B=10, fedavg_cnn (2 rounds, no leave-one-out scoring)")
-    config = TrainConfig(
-        workers=100,
-        fraction=0.1,
-        local_epochs=5,
-        batch_size=10,
-        lr=0.05,
-        momentum=0.0,
-        clip_norm=10.0,
-        model="fedavg_cnn",
-        rounds=2,
-        contribution_subset=0,
-    )
+    config = replace(PAPER, rounds=2)
     for i, (wall, cpu) in enumerate(timed_rounds(config), 1):
         print(f"round {i}: {wall:.1f} s wall, process CPU {cpu:.1f} s (threads: {torch.get_num_threads()})")
 
