@@ -15,6 +15,15 @@ owner <-> party 0, owner <-> party 1, owner -> dealer (batch sizes), party 0 <->
 (openings), dealer -> party 0 (its key), dealer -> party 1 (its key, then its shares of
 every product). After setup and after each batch a party reports its counters to the
 owner, which therefore knows the traffic on every link.
+
+Who is at the other end of a link is checked, not assumed: the calling process draws a fresh
+key per link and per evaluation (:func:`link_keys`) and hands each role only the keys of its
+own links, inside the pickled arguments that the fork server passes down a pipe (never on a
+command line, where ``ps`` would show them). Each link opens with a mutual HMAC handshake
+under its key (:mod:`fed_core.mpc_wire`), so a local process that connects to a party's port
+first is refused and the party waits for the real role. This authenticates the roles; the
+protocol itself stays semi-honest: the shares carry no MACs, so a party that deviates from
+the protocol could change the result undetected (or learn from a wrong answer).
 """
 
 from __future__ import annotations
@@ -47,12 +56,28 @@ from fed_core.mpc import (
 from fed_core.mpc_model import WEIGHTS, Architecture, crypto_cnn
 from fed_core.mpc_prg import KEY_BYTES, Prg
 from fed_core.mpc_range import check_images, check_model_range
-from fed_core.mpc_wire import Link, listener
+from fed_core.mpc_wire import Link, LinkKey, listener
 
 PARTY_FORMS = ("in-process", "processes")
 IMAGE_SHAPE = (1, 28, 28)
 STOP = 0  # a batch size of 0 ends a process's loop
 JOIN_SECONDS = 10.0
+# Every link, named by its two roles, the connecting one first.
+LINKS = ("owner-party 0", "owner-party 1", "owner-dealer", "party 0-party 1", "dealer-party 0", "dealer-party 1")
+
+
+def link_keys() -> dict[str, LinkKey]:
+    """A fresh key for every link of one evaluation (from ``secrets``)."""
+    return {name: LinkKey.new(name) for name in LINKS}
+
+
+def keys_of(role: str, keys: dict[str, LinkKey]) -> dict[str, LinkKey]:
+    """The keys ``role`` gets: those of its own links, so it can pass for no other role."""
+    return {name: key for name, key in keys.items() if role in name.split("-")}
+
+
+def _role(party: int) -> str:
+    return f"party {party}"
 
 
 class SocketChannel(Channel):
@@ -106,18 +131,21 @@ def _party_counters(peer: Link, dealer: Link) -> torch.Tensor:
     return torch.tensor([peer.sent, peer.rounds, dealer.received])
 
 
-def run_party(party: int, architecture: Architecture, frac_bits: int, listeners: Listeners) -> None:
+def run_party(
+    party: int, architecture: Architecture, frac_bits: int, listeners: Listeners, keys: dict[str, LinkKey]
+) -> None:
     """A compute party's process: receive the weights' shares, then evaluate batch after batch."""
     torch.set_num_threads(1)
-    owner = Link.accept(listeners.owner[party])
-    dealer_link = Link.accept(listeners.dealer[party])
+    role = _role(party)
+    owner = Link.accept(listeners.owner[party], keys[f"owner-{role}"])
+    dealer_link = Link.accept(listeners.dealer[party], keys[f"dealer-{role}"])
     if party == 1:
-        peer = Link.accept(listeners.peer)
+        peer = Link.accept(listeners.peer, keys["party 0-party 1"])
         listeners.close()
     else:
         peer_address = listeners.peer.getsockname()
         listeners.close()
-        peer = Link.connect(peer_address)
+        peer = Link.connect(peer_address, keys["party 0-party 1"])
     key = bytearray(KEY_BYTES)
     dealer_link.receive_into(memoryview(key))
     dealer = Dealer({party: Prg(bytes(key))}, SocketDealerLink(dealer_link))
@@ -141,13 +169,13 @@ def deal_batch(dealer: Dealer, architecture: Architecture, batch_shape: torch.Si
     crypto_cnn(batch_shape, layer, lambda shape, name: dealer.square_pair(shape)[1].shape)
 
 
-def run_dealer(architecture: Architecture, listeners: Listeners) -> None:
+def run_dealer(architecture: Architecture, listeners: Listeners, keys: dict[str, LinkKey]) -> None:
     """The dealer's process: send each party its stream key, then deal for each batch the owner announces."""
     torch.set_num_threads(1)
     party_addresses = [server.getsockname() for server in listeners.dealer]
-    owner = Link.accept(listeners.dealer_owner)
+    owner = Link.accept(listeners.dealer_owner, keys["owner-dealer"])
     listeners.close()
-    to_party = [Link.connect(address) for address in party_addresses]
+    to_party = [Link.connect(address, keys[f"dealer-{_role(party)}"]) for party, address in enumerate(party_addresses)]
     streams = {party: Prg() for party in PARTIES}
     for party in PARTIES:
         to_party[party].send(streams[party].key)
@@ -174,22 +202,31 @@ class ProcessMpcClassifier:
         self.data_owner_prg = Prg()
         architecture = Architecture.of(model)
         listeners = Listeners.open()
+        keys = link_keys()
         context = multiprocessing.get_context("forkserver")
         # The fork server imports torch once; each role is then forked from it in milliseconds.
         context.set_forkserver_preload([__name__])
         self.processes = [
-            context.Process(target=run_party, args=(party, architecture, frac_bits, listeners), daemon=True)
+            context.Process(
+                target=run_party,
+                args=(party, architecture, frac_bits, listeners, keys_of(_role(party), keys)),
+                daemon=True,
+            )
             for party in PARTIES
         ]
-        self.processes.append(context.Process(target=run_dealer, args=(architecture, listeners), daemon=True))
+        self.processes.append(
+            context.Process(target=run_dealer, args=(architecture, listeners, keys_of("dealer", keys)), daemon=True)
+        )
         for process in self.processes:
             process.start()
         party_addresses = [server.getsockname() for server in listeners.owner]
         dealer_address = listeners.dealer_owner.getsockname()
         listeners.close()
         try:
-            self.parties = [Link.connect(address) for address in party_addresses]
-            self.dealer = Link.connect(dealer_address)
+            self.parties = [
+                Link.connect(address, keys[f"owner-{_role(party)}"]) for party, address in enumerate(party_addresses)
+            ]
+            self.dealer = Link.connect(dealer_address, keys["owner-dealer"])
             for shared in share_model(model, Prg(), frac_bits).values():
                 for party, link in enumerate(self.parties):
                     link.send_tensor(shared.shares[party])

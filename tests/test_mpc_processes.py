@@ -10,7 +10,7 @@ from fed_core.encrypted_eval import evaluate_encrypted
 from fed_core.models import save_model
 from fed_core.mpc import Traffic
 from fed_core.mpc_processes import LAN, WAN, ProcessMpcClassifier, busiest_direction_bytes, projected_seconds
-from fed_core.mpc_wire import Link, listener
+from fed_core.mpc_wire import Link, LinkKey, listener
 
 BYTES = 8
 # Ring elements per image: openings (x - a for each product: conv input, two squares, fc1, fc2 inputs)
@@ -22,11 +22,11 @@ PARAMETERS = WEIGHTS + 8 * 64 + 128 + 10
 
 
 def test_exchange_swaps_large_tensors_without_deadlock_and_counts_them():
-    server = listener()
+    server, key = listener(), LinkKey.new("a-b")
     links = {}
-    accept = threading.Thread(target=lambda: links.setdefault("b", Link.accept(server)))
+    accept = threading.Thread(target=lambda: links.setdefault("b", Link.accept(server, key)))
     accept.start()
-    links["a"] = Link.connect(server.getsockname())
+    links["a"] = Link.connect(server.getsockname(), key)
     accept.join()
     big = {name: torch.full((2_000_000,), value) for name, value in (("a", 1), ("b", 2))}  # 16 MB each way
     received = {}
