@@ -16,8 +16,15 @@ Two packings, each with its own parameters (``DIGIT_PARAMS``, ``BATCH_PARAMS``):
   - fc1 (512 -> 128): the 4096 slots hold 8 copies of the input, so 16 diagonals make all
     65,536 products; copy r computes rows 16r..16r+15 and a fold of stride 16 sums each
     row into slot ``512r + c`` (11 rotations instead of the 512 of TenSEAL's ``mm``);
-  - fc2 (128 -> 10): diagonal j moves the 128 hidden values by 16j into empty slots, and
-    two folds sum logit j into slot ``-16j mod 4096`` (12 rotations).
+  - fc2 (128 -> 10): no folds, so that the reply holds the 10 logits and nothing else. A
+    fold sums a product into its slot but also leaves partial sums of the weights times
+    the hidden values in every slot it passes (1,390 of them could be decrypted), and
+    masking them afterwards would cost a level this modulus has no room for. Instead each
+    of 136 diagonals is zero outside the logit slots (``logit_slots``): it picks, for every
+    logit, the hidden value that the input turned by its rotation brings there. Every
+    product, and every sum of them (baby steps turn the input by multiples of 512, giant
+    steps turn the sums by 1), is then zero outside the logit slots up to CKKS noise (23
+    rotations instead of 12).
 
 * **Batch** (``encrypt_batch`` / ``classify_batch``): ciphertext i holds pixel i of 8,192
   images, two per slot (real and imaginary part), so every layer is plaintext-scalar
@@ -106,7 +113,7 @@ class HeParams:
 
 # One digit: data primes of 34, 54, 50 and 18 bits and a 60-bit special prime (216 bits).
 # The conv and fc1 rescale to 2^28 before their giant and fold rotations; fc1 and fc2
-# turn their input by baby steps while it is still at 2^56. Max logit error ~0.008.
+# turn their input by baby steps while it is still at 2^56. Max logit error ~0.004.
 DIGIT_PARAMS = HeParams()
 # Batch: scalar weights encode with an error of only 0.5/2^bits and nothing rotates, so
 # three data primes do (56, 56, 53 + 52 = 217 bits): the 90,000 plaintext products of a
@@ -158,6 +165,10 @@ class Geometry:
         """Slots of one copy of the conv output (channel-major, like torch's flatten)."""
         return self.channels * self.windows
 
+    def copies(self, slots: int) -> int:
+        """Copies of the conv output in the slots, each computing its share of fc1's rows."""
+        return slots // self.block
+
     def rows_per_copy(self, slots: int) -> int:
         """fc1 rows computed by each copy of its input: also fc1's number of diagonals."""
         return self.hidden * self.block // slots
@@ -198,26 +209,46 @@ def baby_steps(diagonals: int) -> int:
 
 @dataclass(frozen=True)
 class LayerShape:
-    """A linear layer of the single-image packing: sum_d diag_d * rot(x, d*step), then folds."""
+    """A linear layer of the single-image packing: sum_d diag_d * rot(x, rotation(d)), then folds.
+
+    Diagonal d = g*baby + b turns x by b*step + g*giant_step: the baby rotations act on the
+    input, the giant ones (in Horner form) on sums of products.
+    """
 
     diagonals: int
     step: int
     folds: list[int]
+    baby: int
+    giant_step: int
+
+    @classmethod
+    def consecutive(cls, diagonals: int, step: int, folds: list[int]) -> LayerShape:
+        """Diagonal d turns x by d*step: about sqrt(diagonals) baby steps, giant steps of baby*step."""
+        baby = baby_steps(diagonals)
+        return cls(diagonals, step, folds, baby, baby * step)
+
+    def rotation(self, diagonal: int) -> int:
+        return diagonal % self.baby * self.step + diagonal // self.baby * self.giant_step
 
     @property
     def rotations(self) -> set[int]:
-        baby = baby_steps(self.diagonals)
-        giant = {baby * self.step} if self.diagonals > baby else set()
-        return {self.step} | giant | set(self.folds)
+        baby = {self.step} if self.baby > 1 else set()
+        giant = {self.giant_step} if self.diagonals > self.baby else set()
+        return baby | giant | set(self.folds)
 
 
 def layer_shapes(geometry: Geometry, slots: int) -> dict[str, LayerShape]:
-    """conv, fc1 and fc2 in the single-image packing (see the module docstring)."""
-    rows = geometry.rows_per_copy(slots)
+    """conv, fc1 and fc2 in the single-image packing (see the module docstring).
+
+    fc2 turns its input by every offset from a hidden value's slot to a logit's slot
+    (``logit_slots``): a multiple of the block plus 0 .. rows - 1 + (classes - 1) // copies.
+    """
+    rows, copies = geometry.rows_per_copy(slots), geometry.copies(slots)
+    giants = rows + (geometry.classes - 1) // copies
     return {
-        "conv": LayerShape(geometry.channels, geometry.windows, fold_steps(slots, geometry.block)),
-        "fc1": LayerShape(rows, 1, fold_steps(geometry.block, rows)),
-        "fc2": LayerShape(geometry.classes, rows, fold_steps(rows, 1) + fold_steps(slots, geometry.block)),
+        "conv": LayerShape.consecutive(geometry.channels, geometry.windows, fold_steps(slots, geometry.block)),
+        "fc1": LayerShape.consecutive(rows, 1, fold_steps(geometry.block, rows)),
+        "fc2": LayerShape(copies * giants, geometry.block, [], baby=copies, giant_step=1),
     }
 
 
@@ -243,8 +274,14 @@ def hidden_slots(geometry: Geometry, slots: int) -> np.ndarray:
 
 
 def logit_slots(geometry: Geometry, slots: int) -> np.ndarray:
-    """Where the single-image packing leaves logit j: slot -16j mod slots."""
-    return -geometry.rows_per_copy(slots) * np.arange(geometry.classes) % slots
+    """Where the single-image packing leaves logit j: slot (j mod copies) * block - j // copies.
+
+    For CryptoCNN: logits 0-7 at 0, 512, ..., 3584, logits 8 and 9 at 4095 and 511. Starts
+    of blocks, like the hidden values' rows, so that few offsets (fc2's diagonals) lead from
+    the hidden slots to them.
+    """
+    copies, j = geometry.copies(slots), np.arange(geometry.classes)
+    return (j % copies * geometry.block - j // copies) % slots
 
 
 # sealapi serializes only to a file path; a RAM-backed folder makes that a memory copy
@@ -309,25 +346,33 @@ def fc1_diagonals(matrix: np.ndarray, slots: int) -> list[np.ndarray]:
     return [matrix[row, (s % n_in + i) % n_in] for i in range(rows)]
 
 
-def fc2_diagonals(matrix: np.ndarray, inputs: np.ndarray, slots: int, step: int) -> list[np.ndarray]:
-    """Diagonal j holds W[j, m] where the input rotated by j*step holds input m (0 elsewhere)."""
-    diagonals = []
-    for j, row in enumerate(matrix):
-        diagonal = np.zeros(slots)
-        diagonal[(inputs - j * step) % slots] = row
-        diagonals.append(diagonal)
-    return diagonals
+def fc2_diagonals(
+    matrix: np.ndarray, inputs: np.ndarray, outputs: np.ndarray, shape: LayerShape, slots: int
+) -> list[np.ndarray]:
+    """Diagonal d holds W[i, m] in logit i's slot if the input turned by rotation(d) brings hidden value m there.
+
+    Zero in every other slot: whatever else the input holds never reaches the result.
+    """
+    diagonal_of = np.full(slots, -1)
+    for d in range(shape.diagonals):
+        diagonal_of[shape.rotation(d) % slots] = d
+    chosen = diagonal_of[(inputs[None, :] - outputs[:, None]) % slots]  # [output, input]
+    if (chosen < 0).any():
+        raise ValueError("fc2's diagonals do not reach every logit slot from every hidden slot.")
+    diagonals = np.zeros((shape.diagonals, slots))
+    diagonals[chosen, outputs[:, None]] = matrix
+    return list(diagonals)
 
 
-def giant_groups(diagonals: list[np.ndarray], step: int) -> list[list[np.ndarray]]:
+def giant_groups(diagonals: list[np.ndarray], shape: LayerShape) -> list[list[np.ndarray]]:
     """Group diagonals [giant][baby], pre-rotated so that only the input turns by baby steps.
 
-    sum_d diag_d * rot(x, d*step) = sum_g rot(sum_b diag'_{g,b} * rot(x, b*step), g*B*step)
-    with diag'_{g,b} = rot(diag_{gB+b}, -g*B*step).
+    sum_d diag_d * rot(x, rotation(d)) = sum_g rot(sum_b diag'_{g,b} * rot(x, b*step), g*giant_step)
+    with diag'_{g,b} = rot(diag_{g*baby+b}, -g*giant_step).
     """
-    baby = baby_steps(len(diagonals))
+    baby = shape.baby
     return [
-        [np.roll(diagonals[first + b], first * step) for b in range(min(baby, len(diagonals) - first))]
+        [np.roll(diagonal, first // baby * shape.giant_step) for diagonal in diagonals[first : first + baby]]
         for first in range(0, len(diagonals), baby)
     ]
 
@@ -399,9 +444,12 @@ class HeClient:
         vector = pack_image(image, DEFAULT_GEOMETRY, self.params.slots)
         return [seal_to_bytes(self.encryptor.encrypt_symmetric(self._encode(vector)))]
 
+    def decrypt_slots(self, data: bytes) -> np.ndarray:
+        """Every slot of a serialized ciphertext, complex: all that the server's reply tells the user."""
+        return self._decrypt(seal_from_bytes(Ciphertext(), self.seal_context, data))
+
     def decrypt_logits(self, data: bytes) -> np.ndarray:
-        ciphertext = seal_from_bytes(Ciphertext(), self.seal_context, data)
-        return self._decrypt(ciphertext).real[logit_slots(DEFAULT_GEOMETRY, self.params.slots)]
+        return self.decrypt_slots(data).real[logit_slots(DEFAULT_GEOMETRY, self.params.slots)]
 
     def encrypt_batch(self, images: np.ndarray) -> list[bytes]:
         """Normalised [n, 28, 28] images -> one serialized ciphertext per pixel (seeded).
@@ -489,7 +537,7 @@ class HeServer:
     # --- one digit ---------------------------------------------------------------------
 
     def classify(self, encrypted_image: list[bytes]) -> bytes:
-        """Serialized input ciphertext -> serialized ciphertext with logit j in slot -16j."""
+        """Serialized input ciphertext -> serialized ciphertext with logit j in logit_slots()[j], 0 elsewhere."""
         self._require("image")
         if len(encrypted_image) != 1:
             raise ValueError(f"Expected 1 ciphertext, got {len(encrypted_image)}.")
@@ -508,7 +556,7 @@ class HeServer:
         diagonals = {
             "conv": conv_diagonals(w["conv.weight"], g, slots),
             "fc1": fc1_diagonals(w["fc1.weight"], slots),
-            "fc2": fc2_diagonals(w["fc2.weight"], hidden, slots, shapes["fc2"].step),
+            "fc2": fc2_diagonals(w["fc2.weight"], hidden, logit_slots(g, slots), shapes["fc2"], slots),
         }
         biases = {"conv": np.tile(np.repeat(w["conv.bias"], g.windows), slots // g.block)}
         biases["fc1"], biases["fc2"] = np.zeros(slots), np.zeros(slots)
@@ -516,7 +564,7 @@ class HeServer:
         biases["fc2"][logit_slots(g, slots)] = w["fc2.bias"]
         layers = {}
         for step, stage, weight_scale in self._linear_stages():
-            groups = giant_groups(diagonals[step], shapes[step].step)
+            groups = giant_groups(diagonals[step], shapes[step])
             layers[step] = LinearLayer(
                 groups=[[self._plain(d, stage.level, weight_scale) for d in row] for row in groups],
                 shape=shapes[step],
@@ -530,17 +578,17 @@ class HeServer:
         Each giant group's products are rescaled (if the plan says so) before they are
         rotated, so the giant and fold rotations run on a smaller ciphertext.
         """
-        baby, step = len(layer.groups[0]), layer.shape.step
+        shape = layer.shape
         rotated = [x]
-        for _ in range(baby - 1):
-            rotated.append(self._rotate(rotated[-1], step))
+        for _ in range(shape.baby - 1):
+            rotated.append(self._rotate(rotated[-1], shape.step))
         result = None
-        for row in reversed(layer.groups):  # Horner: every giant rotation is by baby * step
+        for row in reversed(layer.groups):  # Horner: every giant rotation is by giant_step
             inner = self._sum(self._mul(r, d) for r, d in zip(rotated, row))
             if stage.rescale:
                 self.evaluator.rescale_to_next_inplace(inner)
             if result is not None:
-                self.evaluator.add_inplace(inner, self._rotate(result, baby * step))
+                self.evaluator.add_inplace(inner, self._rotate(result, shape.giant_step))
             result = inner
         for fold in layer.shape.folds:
             self.evaluator.add_inplace(result, self._rotate(result, fold))
