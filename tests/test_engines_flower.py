@@ -204,6 +204,8 @@ def test_the_server_loop_runs_flowers_secure_aggregation_and_sees_no_single_upda
     for record in run.history:
         assert record.note is None and len(record.workers) == len(record.sampled)
         assert all(math.isnan(row["update_norm"]) and math.isnan(row["examples"]) for row in record.workers)
+        assert all(math.isnan(row["loss_before"]) and math.isnan(row["local_accuracy"]) for row in record.workers)
+        assert record.local_means["loss_after"] < record.local_means["loss_before"]  # only the masked means
     assert run.server_view.update is None and run.server_view.received is not None
 
 
@@ -239,9 +241,6 @@ def test_the_server_never_holds_an_unmasked_update(secure_simulation, mnist):
     config = TrainConfig(**SECURE)
     replies = [r for r in secure_simulation.received if not r.has_error()]
     assert all(len(record) == 0 for r in replies for record in r.content.array_records.values())
-    # No worker's loss or accuracy in the clear: the reply's metrics are empty, the figures travel masked.
-    metrics = [dict(rec) for r in replies for name, rec in r.content.metric_records.items() if "metrics" in name]
-    assert metrics and all(m == {} for m in metrics)
     masked = [
         bytes_to_ndarray(r.content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS][1])
         for r in replies
@@ -249,6 +248,10 @@ def test_the_server_never_holds_an_unmasked_update(secure_simulation, mnist):
         and Key.MASKED_PARAMETERS in r.content.config_records[RECORD_KEY_CONFIGS]
     ]
     assert len(masked) == 2 + 3 * config.rounds  # the dropout round's survivors, then every worker each round
+    # No worker's loss or accuracy in the clear: the replies' metrics are empty, the figures travel masked.
+    records = [r.content.config_records for r in replies]
+    metrics = [dict(record["fitres.metrics"]) for record in records if "fitres.metrics" in record]
+    assert len(metrics) == len(masked) and all(m == {} for m in metrics)
     for vector in masked:
         # Unmasked, every quantized entry is below 2^25; masked, they spread over [0, 2^32).
         assert (vector < QUANTIZATION_RANGE).mean() < 0.02
