@@ -249,14 +249,15 @@ def test_encoding_refuses_what_could_wrap_and_the_worst_case_cannot_wrap():
     assert result.weighted_sum.tolist() == [3 * MAX_COUNT * DELTA_BOUND, -3 * MAX_COUNT * DELTA_BOUND]
 
 
-def test_any_threshold_shares_recover_a_256_bit_seed_and_fewer_do_not():
+def test_any_threshold_shares_recover_a_248_bit_seed_and_fewer_do_not():
     seed = new_seed()
-    assert len(seed) * 8 == 256  # the self mask's ChaCha20 key and the X25519 mask key are derived from it
+    assert len(seed) * 8 == 248  # the self mask's ChaCha20 key and the X25519 mask key are derived from it
+    assert SHARE_BYTES == 4 + 2 * 16  # two blocks once padded: no more Shamir work than a 128-bit seed
     shares = create_shares(seed, 4, 7)
     assert all(len(share) == SHARE_BYTES for share in shares)
     assert combine_shares([shares[i] for i in (0, 2, 4, 6)]) == seed
     assert combine_shares([shares[i] for i in (1, 3, 5, 6)]) == seed
-    try:  # three points give an unrelated value: almost always not even a padded 32-byte seed
+    try:  # three points give an unrelated value: almost always not even a padded 31-byte seed
         recovered = combine_shares(shares[:3])
     except ValueError:
         recovered = None

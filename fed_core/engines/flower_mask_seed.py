@@ -15,7 +15,7 @@ factor, a value the server knows, so trying the 2^32 seeds (:func:`find_seeds`) 
 gives the server the worker's update. Without collusion, two masks of 32 bits each are left: a search of
 2^64 as written, less with a table of first outputs.
 
-fed_core's in-process secure aggregation (secagg_primitives.py) keys self masks with 256-bit seeds and
+fed_core's in-process secure aggregation (secagg_primitives.py) keys self masks with 248-bit seeds and
 pairwise masks through X25519 (the curve's 128-bit security), where no such search exists.
 ``python -m fed_core.engines.flower_mask_seed`` measures how fast this machine searches seeds and prints the
 time the whole 2^32 takes.
@@ -36,7 +36,7 @@ FLOWER_SECURE_AGGREGATION_NOTE = (
     "and workers that drop out mid-round are recovered from Shamir shares; but Flower draws every mask from "
     "numpy's MT19937 with a 32-bit seed, so a server that tries all 2^32 seeds (about an hour on one CPU core) "
     "and colludes with one worker of a round of three can remove the last mask and read another's update, and no "
-    "mask is stronger than 32 bits, against at least 128 for the in-process engine's ChaCha20 masks (256-bit "
+    "mask is stronger than 32 bits, against at least 128 for the in-process engine's ChaCha20 masks (248-bit "
     "seeds for self masks, X25519 for pairwise ones)."
 )
 
