@@ -83,6 +83,17 @@ def test_the_cli_refuses_secure_aggregation_of_one_or_two_workers(capsys, engine
         assert "Traceback" not in err
 
 
+def test_the_cli_says_what_a_client_level_dp_run_publishes(capsys, tmp_path, monkeypatch, tiny_data):
+    monkeypatch.setattr("fed_core.cli.train.load_mnist", lambda: tiny_data)
+    out = tmp_path / "run.json"
+    args = "--workers 6 --fraction 0.5 --rounds 1 --dp client --secure-agg --contribution-subset 0 --train-size 1500"
+    assert main(["train", *args.split(), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "privacy spent: epsilon" in printed and "names no participant" in printed
+    run = json.loads(out.read_text())
+    assert "label_histogram" not in run and run["rounds"][0]["sampled"] == run["rounds"][0]["workers"] == []
+
+
 def test_a_round_with_fewer_than_three_survivors_is_refused_and_keeps_the_model(tiny_data):
     config = TrainConfig(
         secure_aggregation=True, dropout=0.3, **{**SMALL, "workers": 4, "seed": 15, "train_size": 1500}
