@@ -4,11 +4,15 @@
   every worker's update, which is what gradient inversion attacks feed on (attack.py).
 * Secure aggregation (secagg.py): every sampled worker masks its update; the server holds only masked
   vectors and learns only their weighted sum. Workers that drop out after masking are recovered through
-  Shamir shares; with too few survivors the round is refused and the global model stays as it was. An
-  engine that runs a protocol of its own (Flower's SecAgg+) hands back the same :class:`Aggregate`.
+  Shamir shares; with too few survivors (fewer than three, or below the threshold) the round is refused and
+  the global model stays as it was. A worker's local loss before and after training and its local accuracy
+  travel in the same masked vector, as three more coordinates, so the server learns only their
+  example-weighted means over the round, never one worker's. An engine that runs a protocol of its own
+  (Flower's SecAgg+) hands back the same :class:`Aggregate`.
 * Client-level DP (dp.py, DP-FedAvg): each worker clips its update to norm S, all weigh the same, and the
   server adds Gaussian noise to the sum (in the clear or out of secure aggregation) before dividing by the
-  expected number of workers.
+  expected number of workers. Those local statistics are not noised, so under client-level DP they are not
+  released at all, not even as means; under example-level DP each worker keeps them to itself (client.py).
 """
 
 from __future__ import annotations
@@ -48,6 +52,11 @@ class Aggregate:
     upload_bytes: float  # mean bytes one sampled worker sent
     lost: dict[int, str] = field(default_factory=dict)  # workers that left during the protocol, and why
     refused: str | None = None  # why no aggregate came out
+    # LOCAL_STATS averaged over the reporting workers, weighted by examples; None where they are not released
+    local_means: dict[str, float] | None = None
+
+
+LOCAL_STATS = ("loss_before", "loss_after", "local_accuracy")  # what a worker reports of its own training
 
 
 class SecureAggregatingPool(Protocol):
@@ -69,15 +78,18 @@ def aggregate(updates: list[WorkerUpdate], dropped: list[int], config: TrainConf
     """Combine the reporting workers' updates; ``dropped`` workers were sampled but never sent theirs."""
     deltas = torch.stack([u.delta for u in updates])
     counts = torch.tensor([u.num_examples for u in updates])
-    reports = [report_of(u) for u in updates]
+    stats = torch.tensor([[u.loss_before, u.loss_after, u.accuracy_after] for u in updates])
     first_update = deltas[0]
     if config.dp == "client":  # bounded sensitivity: each update clipped to S, every worker weighs the same
         deltas, counts = clip_rows(deltas, config.dp_clip), torch.ones_like(counts)
+    released = stats if config.dp == "none" else None  # un-noised: never released under DP, not even as means
     if config.secure_aggregation:
-        combined = _secure(deltas, counts, reports, len(dropped))
+        combined = _secure(deltas, counts, [u.worker for u in updates], released, len(dropped))
     else:
         upload = deltas.shape[1] * FLOAT_BYTES + 8  # the update and its example count
+        reports = [{"worker": u.worker, **dict(zip(LOCAL_STATS, row.tolist()))} for u, row in zip(updates, stats)]
         combined = Aggregate(fedavg(deltas, counts), reports, deltas, counts, deltas[0], None, upload)
+        combined.local_means = None if released is None else _means(fedavg(released, counts))
     combined.first_update = first_update
     if config.dp == "client" and combined.average is not None:
         clipped_sum = combined.average * counts.sum()  # the sum over the survivors, each weighing 1
@@ -86,25 +98,33 @@ def aggregate(updates: list[WorkerUpdate], dropped: list[int], config: TrainConf
     return combined
 
 
-def report_of(update: WorkerUpdate) -> dict:
-    return {
-        "worker": update.worker,
-        "loss_before": update.loss_before,
-        "loss_after": update.loss_after,
-        "local_accuracy": update.accuracy_after,
-    }
+def _secure(
+    deltas: torch.Tensor, counts: torch.Tensor, workers: list[int], stats: torch.Tensor | None, dropped: int
+) -> Aggregate:
+    """Masked sum of the updates, with the local statistics (if released) as extra coordinates of each vector.
 
-
-def _secure(deltas: torch.Tensor, counts: torch.Tensor, reports: list[dict], dropped: int) -> Aggregate:
-    """Dropped workers took part in the key stages, then vanished before sending their masked vector."""
-    rows = torch.cat([deltas, torch.zeros(dropped, deltas.shape[1])])
+    Dropped workers took part in the key stages, then vanished before sending their masked vector. The server
+    learns each reporting worker's id (it sent a masked vector) and nothing else of it.
+    """
+    length = deltas.shape[1]
+    rows = deltas if stats is None else torch.cat([deltas, stats.float()], dim=1)
+    rows = torch.cat([rows, torch.zeros(dropped, rows.shape[1])])
     lost = range(len(deltas), len(rows))
+    reports = [{"worker": w, **dict.fromkeys(LOCAL_STATS, float("nan"))} for w in workers]
     try:
         result = secure_sum(rows, counts.tolist() + [1] * dropped, dropped_after_masking=lost)
     except SecAggRefused as exc:
         return Aggregate(None, reports, None, None, None, None, 0.0, refused=str(exc))
     upload = float(result.bytes_per_worker().up)
-    return Aggregate(result.average(), reports, None, None, result.server_view(0), None, upload)
+    average = result.average()
+    means = None if stats is None else _means(result.weighted_sum[length:] / result.total_count)
+    return Aggregate(
+        average[:length], reports, None, None, result.server_view(0)[:length], None, upload, local_means=means
+    )
+
+
+def _means(values: torch.Tensor) -> dict[str, float]:
+    return dict(zip(LOCAL_STATS, values.tolist()))
 
 
 def accountant_for(config: TrainConfig) -> ExampleAccountant | ClientAccountant | None:

@@ -51,7 +51,7 @@ from .data import MEAN, STD, Mnist, load_mnist, normalize
 from .dp import SecureRandom, clip_rows
 from .engines import engine_for
 from .models import CryptoCNN, build_model, new_model
-from .secagg import secure_sum
+from .secagg import MIN_SURVIVORS, secure_sum
 from .server import partition_for
 
 LOW, HIGH = (0.0 - MEAN) / STD, (1.0 - MEAN) / STD  # the valid pixel range after normalisation
@@ -181,9 +181,10 @@ def observe(
     """What the server holds about ``update`` under ``defence``; the DP clip defaults to one local step's bound."""
     if defence == "none":
         vector = update.delta
-    elif defence == "secure-agg":  # the worker's masked vector in a round of two (secagg.py)
-        round_of_two = torch.stack([update.delta, torch.zeros_like(update.delta)])
-        vector = secure_sum(round_of_two, [update.num_examples] * 2).server_view(0)
+    elif defence == "secure-agg":  # the worker's masked vector in the smallest round secagg.py allows
+        others = [torch.zeros_like(update.delta)] * (MIN_SURVIVORS - 1)
+        smallest_round = torch.stack([update.delta, *others])
+        vector = secure_sum(smallest_round, [update.num_examples] * MIN_SURVIVORS).server_view(0)
     elif defence == "dp":  # the Gaussian mechanism on the worker's update (dp.py): clipped, plus noise
         clip = clip_norm if clip_norm is not None else settings.lr * settings.clip_norm
         if clip <= 0 or noise_multiplier < 0:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from .client import LocalSettings
 from .models import INIT_METHODS, MODELS
 from .partition import MIN_EXAMPLES_PER_WORKER, PARTITIONS
+from .secagg_primitives import MIN_SURVIVORS
 from .strategy import STRATEGIES
 
 TRAIN_SIZE = 60_000
@@ -133,6 +134,7 @@ def problems(config: TrainConfig) -> list[str]:
             f"not on {config.engine}."
         )
     out.extend(_scaffold_problems(config))
+    out.extend(_secure_round_problems(config))
     choices = (("partition", PARTITIONS), ("init", INIT_METHODS), ("model", MODELS), ("dp", DP_MODES))
     for name, allowed in (*choices, ("strategy", STRATEGIES)):
         if getattr(config, name) not in allowed:
@@ -160,6 +162,25 @@ def _scaffold_problems(config: TrainConfig) -> list[str]:
     if config.engine != "inprocess":
         out.append("SCAFFOLD runs on the inprocess engine only: its workers keep control variates between rounds.")
     return out
+
+
+def _secure_round_problems(config: TrainConfig) -> list[str]:
+    """Secure aggregation of fewer than MIN_SURVIVORS updates would reveal them: refused before the run starts.
+
+    Rounds that lose workers to dropout, or draw too few under client-level DP's Poisson sampling, are refused
+    one by one while the run goes on (secagg.py); here a setting whose every round would be refused.
+    """
+    if not config.secure_aggregation:
+        return []
+    poisson = config.dp == "client"  # a random number per round, C * workers on average
+    per_round = config.fraction * config.workers if poisson else max(1, round(config.fraction * config.workers))
+    if per_round >= MIN_SURVIVORS:
+        return []
+    return [
+        f"secure aggregation needs at least {MIN_SURVIVORS} workers in every round: the sum of one update is that "
+        f"update, and of two, each worker would read the other's. {config.workers} worker(s) at fraction C = "
+        f"{config.fraction:g} give {per_round:g} per round{' on average' if poisson else ''}; raise Workers or C."
+    ]
 
 
 def _fit_problems(config: TrainConfig) -> list[str]:

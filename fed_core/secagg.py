@@ -25,11 +25,19 @@ One round, in four stages (names as in the paper):
    sum. If any needed secret has fewer than ``threshold`` surviving share holders, the round is
    refused with :class:`SecAggRefused` before any share is revealed: never a wrong sum.
 
-The threshold should be a majority of the group (the default): the server could otherwise tell half
-a group "v survived" and the other half "v dropped" and collect both of v's secrets. Threat model:
-an honest-but-curious server and workers. The paper's extra round of signatures against a server
-that lies actively is left out. In this simulation every worker and the server run in one process
-and talk only through the messages below; ``bytes_sent`` counts those messages per stage.
+**A sum of fewer than three updates is refused** (``MIN_SURVIVORS``), before any key is drawn and
+again after dropouts: the "sum" of one worker is its update, and of two, each worker learns the
+other's by subtracting its own. The default threshold is at least 3 for the same reason.
+
+**Each worker answers the unmask stage once per round** and names each peer's share of one kind
+only (:meth:`SecAggClient.unmask`): a server that asked "v survived" and then "v dropped" would get
+both of v's secrets from every worker and read v's update. With the threshold a majority of the
+group (the default), a server that tells some workers "v survived" and others "v dropped" cannot
+collect ``threshold`` shares of both either, as Bonawitz et al. argue. Threat model: an
+honest-but-curious server and workers; the paper's extra round of signatures, which makes the
+server's survivor list the same for everyone against a server that lies actively, is left out. In
+this simulation every worker and the server run in one process and talk only through the messages
+below; ``bytes_sent`` counts those messages per stage.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ from .secagg_primitives import (
     KEY_BYTES,
     MASK_LABEL,
     MAX_WORKERS,
+    MIN_SURVIVORS,
     SELF_MASK_LABEL,
     SHARE_BYTES,
     SHARE_CHANNEL_LABEL,
@@ -88,7 +97,19 @@ def default_group_size(num_workers: int) -> int:
 
 
 def default_threshold(group_size: int) -> int:
-    return group_size // 2 + 1
+    """A majority of the group, and never below the ``MIN_SURVIVORS`` whose sum may be released."""
+    return max(group_size // 2 + 1, min(MIN_SURVIVORS, group_size))
+
+
+def too_few_workers(workers: int, when: str) -> str | None:
+    """Why a sum of ``workers`` updates must not be released, or None if it may be."""
+    if workers >= MIN_SURVIVORS:
+        return None
+    return (
+        f"secure aggregation needs at least {MIN_SURVIVORS} reporting workers and this round has {workers} {when}: "
+        "the sum of one update is that update, and of two, each worker would read the other's by subtracting its "
+        "own. The round is refused and no sum is released."
+    )
 
 
 def neighbourhoods(num_workers: int, group_size: int) -> list[list[int]]:
@@ -124,6 +145,8 @@ class SecAggClient:
         self.peer_keys: dict[int, bytes] = {}  # peer -> channel public key + mask public key
         self.channels: dict[int, bytes] = {}  # peer -> key that encrypts the shares between us
         self.held_shares: dict[int, tuple[bytes, bytes]] = {}  # owner -> (share of its b, share of its mask key)
+        self.threshold = MIN_SURVIVORS
+        self.answered = False  # the unmask stage is answered once per round, whatever the server asks after
 
     def advertise_keys(self) -> bytes:
         self.channel_key = X25519PrivateKey.generate()
@@ -134,6 +157,7 @@ class SecAggClient:
     def share_keys(self, peer_keys: dict[int, bytes], threshold: int) -> dict[int, bytes]:
         """Encrypted shares of the self-mask seed and of the mask key, one message per peer."""
         self.peer_keys = peer_keys
+        self.threshold = threshold
         self.channels = {
             peer: agree(self.channel_key, keys[:KEY_BYTES], SHARE_CHANNEL_LABEL) for peer, keys in peer_keys.items()
         }
@@ -165,11 +189,30 @@ class SecAggClient:
         return masked.tobytes()
 
     def unmask(self, survived: set[int], dropped: set[int]) -> dict[int, bytes]:
-        """For each group member named: the share of its seed if it survived, of its mask key if it dropped."""
+        """For each group member named: the share of its seed if it survived, of its mask key if it dropped.
+
+        Answered once per round: a second request, whatever it says, is refused, so no peer's two shares
+        ever both leave this worker. Also refused: a peer named both ways or outside the group, and fewer
+        survivors than the threshold or than ``MIN_SURVIVORS`` (their sum would reveal single updates).
+        """
+        if self.answered:
+            raise SecAggRefused(f"worker {self.worker} already answered this round's unmask request; it answers once.")
+        self.answered = True
         if survived & dropped:
             raise SecAggRefused(
                 f"worker {self.worker} was told {sorted(survived & dropped)} both survived and dropped."
             )
+        strangers = (survived | dropped) - set(self.held_shares)
+        if strangers:
+            raise SecAggRefused(f"worker {self.worker} holds no shares of {sorted(strangers)}: not in its group.")
+        if self.worker not in survived or len(survived) < self.threshold:
+            raise SecAggRefused(
+                f"worker {self.worker} was told {len(survived)} of its group survived, below the threshold "
+                f"t={self.threshold}; it reveals no share."
+            )
+        too_few = too_few_workers(len(survived), "left")
+        if too_few:
+            raise SecAggRefused(too_few)
         return {v: self.held_shares[v][0 if v in survived else 1] for v in sorted(survived | dropped)}
 
 
@@ -181,6 +224,9 @@ class SecAggServer:
             raise ValueError(f"a group smaller than the round must have an odd size, got {group_size}.")
         if not 1 <= threshold <= min(group_size, num_workers):
             raise ValueError(f"threshold must be in 1..{min(group_size, num_workers)}, got {threshold}.")
+        too_few = too_few_workers(num_workers, "sampled")
+        if too_few:
+            raise SecAggRefused(too_few)
         self.num_workers = num_workers
         self.length = length
         self.threshold = threshold
@@ -253,6 +299,9 @@ class SecAggServer:
 
     def _refuse_if_unrecoverable(self) -> None:
         t = self.threshold
+        too_few = too_few_workers(len(self.survivors), f"left of {self.num_workers} after dropouts")
+        if too_few:
+            raise SecAggRefused(too_few)
         if len(self.survivors) < t:
             raise SecAggRefused(
                 f"only {len(self.survivors)} of {self.num_workers} workers sent their masked update; secure "
@@ -313,7 +362,8 @@ def secure_sum(
 
     Row k of ``updates`` is worker k's delta. ``group_size`` defaults to :func:`default_group_size`,
     ``threshold`` to a majority of the group. Raises :class:`EncodingOverflow` for updates outside
-    the encoding's bounds and :class:`SecAggRefused` when too few workers survive.
+    the encoding's bounds and :class:`SecAggRefused` when fewer than ``MIN_SURVIVORS`` workers take part or
+    too few survive.
     """
     num_workers, length = updates.shape
     if num_workers > MAX_WORKERS:

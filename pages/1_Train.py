@@ -8,6 +8,7 @@ from fed_core.data import MnistFileError, load_mnist
 from fed_core.engines import engine_for
 from fed_core.job import BUSY, OWNER_BUSY, JobSnapshot, TrainingJob
 from fed_core.models import INIT_METHODS, MODEL_LABELS
+from fed_core.server import publishes_workers
 from fed_core.strategy import STRATEGIES
 from ui import engine_views, privacy_views, session
 from ui import train_views as views
@@ -230,6 +231,9 @@ def show_rounds(job: TrainingJob, snapshot: JobSnapshot) -> None:
     if epsilon:
         st.markdown(f"**{epsilon}**")
     st.plotly_chart(accuracy, width="stretch", config=CHART_CONFIG)
+    if not publishes_workers(job.config):  # client-level DP: its epsilon needs the participants kept secret
+        st.info(privacy_views.CLIENT_DP_HIDDEN)
+        return
     left, right = st.columns([3, 2])
     if job.config.secure_aggregation:
         left.info(
@@ -244,16 +248,28 @@ def show_rounds(job: TrainingJob, snapshot: JobSnapshot) -> None:
             "the round's workers could have joined; the round's values add up to its whole gain."
         )
     right.plotly_chart(heatmap, width="stretch", config=CHART_CONFIG)
-    st.subheader(f"Workers in round {snapshot.round}")
-    if len(table.columns):
-        st.dataframe(table, width="stretch")
-    hidden = views.hidden_columns(table)
-    if hidden:
-        st.caption(f"Not known to the server under this run's privacy settings: {', '.join(hidden)}.")
+    show_workers(job, snapshot, table)
     if snapshot.server_view is not None:
         with st.expander(f"What the server sees of worker W{snapshot.server_view.worker}"):
             figure = privacy_views.server_view_figure(snapshot.server_view, job.config.model)
             st.plotly_chart(figure, width="stretch", config=CHART_CONFIG)
+
+
+def show_workers(job: TrainingJob, snapshot: JobSnapshot, table) -> None:
+    """The latest round's workers: what the server knows of each, and the means it holds of their own training."""
+    latest = snapshot.history[-1]
+    st.subheader(f"Workers in round {snapshot.round}")
+    means = views.local_means_text(latest.get("local_means"), job.config.secure_aggregation)
+    if means:
+        st.markdown(means)
+    if len(table.columns):
+        st.dataframe(table, width="stretch")
+    elif latest["workers"]:
+        names = ", ".join(f"W{row['worker']}" for row in latest["workers"])
+        st.markdown(f"Took part (the server knows only this of each): {names}.")
+    hidden = views.hidden_columns(table)
+    if hidden:
+        st.caption(f"Not known to the server under this run's privacy settings: {', '.join(hidden)}.")
 
 
 config = settings_form()

@@ -41,6 +41,7 @@ from fed_core.engines.flower_secagg import (
     CLIPPING_RANGE,
     MODULUS_RANGE,
     QUANTIZATION_RANGE,
+    STATS_SCALE,
     SecureRound,
     UpdateOutOfRange,
     count_code,
@@ -203,6 +204,8 @@ def test_the_server_loop_runs_flowers_secure_aggregation_and_sees_no_single_upda
     for record in run.history:
         assert record.note is None and len(record.workers) == len(record.sampled)
         assert all(math.isnan(row["update_norm"]) and math.isnan(row["examples"]) for row in record.workers)
+        assert all(math.isnan(row["loss_before"]) and math.isnan(row["local_accuracy"]) for row in record.workers)
+        assert record.local_means["loss_after"] < record.local_means["loss_before"]  # only the masked means
     assert run.server_view.update is None and run.server_view.received is not None
 
 
@@ -213,15 +216,25 @@ def test_a_secure_flower_run_reaches_the_inprocess_accuracy(secure_simulation, m
     for secure in secure_simulation.rounds:
         assert secure.refused is None and secure.dropped == {}
         assert secure.total_examples == SECURE["train_size"]
-        assert sorted(secure.worker_metrics) == [0, 1, 2]
+        assert secure.survivors == [0, 1, 2]
+        assert secure.local_means["loss_after"] < secure.local_means["loss_before"]
 
 
 def test_the_secure_aggregate_is_the_weighted_fedavg(secure_simulation, mnist):
     config = TrainConfig(**SECURE)
     first = secure_simulation.rounds[0]
-    plain = fedavg_of(local_updates(config, mnist, [0, 1, 2], initial_vector(config)))
+    updates = local_updates(config, mnist, [0, 1, 2], initial_vector(config))
+    plain = fedavg_of(updates)
     assert (first.average - plain).abs().max() < 1e-5  # quantization steps of 5e-7, stochastically rounded
     assert plain.abs().mean() > 1e-4
+    # The workers' own figures come out of the masked sum as example-weighted means, to a few quantization steps.
+    total = sum(u.num_examples for u in updates)
+    assert first.local_means["loss_before"] == pytest.approx(
+        sum(u.loss_before * u.num_examples for u in updates) / total, abs=1e-4
+    )
+    assert first.local_means["local_accuracy"] == pytest.approx(
+        sum(u.accuracy_after * u.num_examples for u in updates) / total, abs=1e-4
+    )
 
 
 def test_the_server_never_holds_an_unmasked_update(secure_simulation, mnist):
@@ -235,6 +248,10 @@ def test_the_server_never_holds_an_unmasked_update(secure_simulation, mnist):
         and Key.MASKED_PARAMETERS in r.content.config_records[RECORD_KEY_CONFIGS]
     ]
     assert len(masked) == 2 + 3 * config.rounds  # the dropout round's survivors, then every worker each round
+    # No worker's loss or accuracy in the clear: the replies' metrics are empty, the figures travel masked.
+    records = [r.content.config_records for r in replies]
+    metrics = [dict(record["fitres.metrics"]) for record in records if "fitres.metrics" in record]
+    assert len(metrics) == len(masked) and all(m == {} for m in metrics)
     for vector in masked:
         # Unmasked, every quantized entry is below 2^25; masked, they spread over [0, 2^32).
         assert (vector < QUANTIZATION_RANGE).mean() < 0.02
@@ -243,14 +260,11 @@ def test_the_server_never_holds_an_unmasked_update(secure_simulation, mnist):
     assert abs(torch.corrcoef(torch.stack([seen, update]))[0, 1]) < 0.05
 
 
-def test_a_worker_that_drops_out_mid_protocol_is_left_out_of_the_sum(secure_simulation, mnist):
-    config = TrainConfig(**SECURE)
+def test_a_round_of_three_that_loses_a_worker_releases_no_sum_of_two(secure_simulation):
+    """With two survivors each would read the other's update from the sum: Flower's threshold of 3 refuses it."""
     result = secure_simulation.dropout_round
-    survivors = local_updates(config, mnist, [0, 1], initial_vector(config))
     assert list(result.dropped) == [2] and "No such file" in result.dropped[2]
-    assert result.refused is None and sorted(result.worker_metrics) == [0, 1]
-    assert result.total_examples == sum(u.num_examples for u in survivors)
-    assert (result.average - fedavg_of(survivors)).abs().max() < 1e-5
+    assert result.average is None and "released no sum" in result.refused and "threshold of 3" in result.refused
 
 
 def test_a_plain_train_is_refused_when_the_run_is_secure(monkeypatch):
@@ -261,22 +275,29 @@ def test_a_plain_train_is_refused_when_the_run_is_secure(monkeypatch):
 
 
 def test_silent_supernodes_drop_out_of_a_secure_round_and_stop_ends_the_wait(monkeypatch):
-    config = TrainConfig(workers=2, engine="flower", secure_aggregation=True)
+    config = TrainConfig(workers=3, engine="flower", secure_aggregation=True)
     pool = FlowerPool(SilentGrid(monkeypatch), config, reply_seconds=0.3)
-    pool.nodes = {0: 7, 1: 8}
-    result = pool.run_secure_round(torch.zeros(10), [0, 1], round_idx=1)
-    assert result.average is None and result.dropped == {0: "no reply within 0.3 s", 1: "no reply within 0.3 s"}
+    pool.nodes = {0: 7, 1: 8, 2: 9}
+    result = pool.run_secure_round(torch.zeros(10), [0, 1, 2], round_idx=1)
+    assert result.average is None and result.dropped == {w: "no reply within 0.3 s" for w in (0, 1, 2)}
     pool.should_stop = lambda: True
     with pytest.raises(TrainingStopped):
-        pool.run_secure_round(torch.zeros(10), [0, 1], round_idx=1)
+        pool.run_secure_round(torch.zeros(10), [0, 1, 2], round_idx=1)
 
 
 def test_counts_are_masked_without_rounding_and_out_of_range_updates_are_refused():
     values = np.array([count_code(n) for n in (1, 999, 60_000)])
     assert quantize([values], CLIPPING_RANGE, QUANTIZATION_RANGE)[0].tolist() == [1, 999, 60_000]
-    with pytest.raises(UpdateOutOfRange, match="clipping range"):
-        weighted_input(np.array([0.1, -5.0]), num_examples=2000, weight_scale=1000)
-    assert weighted_input(np.array([0.1, -4.0]), num_examples=2000, weight_scale=1000)[0].tolist() == [0.2, -8.0]
+    stats = np.array([2.3, 0.4, 0.9])
+    with pytest.raises(UpdateOutOfRange, match=r"the update .* clipping range"):
+        weighted_input(np.array([0.1, -5.0]), 2000, 1000, stats)
+    with pytest.raises(UpdateOutOfRange, match=r"the local loss .* clipping range"):
+        weighted_input(np.array([0.1]), 2000, 1000, np.array([80.0, 0.4, 0.9]))
+    weighted, _code, masked_stats = weighted_input(np.array([0.1, -4.0]), 2000, 1000, stats)
+    assert weighted.tolist() == [0.2, -8.0]
+    assert masked_stats * STATS_SCALE == pytest.approx(2 * stats)
+    kept = weighted_input(np.array([0.1]), 2000, 1000, np.array([float("nan")] * 3))[2]  # example-level DP
+    assert kept.tolist() == [0.0, 0.0, 0.0]
 
 
 # In-process SuperNodes (no Ray), for rounds whose worker-side secrets a test must read.
@@ -323,38 +344,64 @@ def loopback_pool(monkeypatch, tmp_path, config: TrainConfig, data) -> tuple[Flo
     return pool, grid
 
 
-TWO = dict(workers=2, train_size=2000, engine="flower", secure_aggregation=True, seed=5)
+THREE = dict(workers=3, train_size=2000, engine="flower", secure_aggregation=True, seed=5)
+FOUR = {**THREE, "workers": 4}
 
 
-def test_two_workers_where_one_drops_out_release_no_sum(monkeypatch, tmp_path, mnist):
-    config = TrainConfig(**TWO)
-    pool, _ = loopback_pool(monkeypatch, tmp_path, config, mnist)
-    (tmp_path / shard_file_name(1)).unlink()
-    result = pool.run_secure_round(initial_vector(config), [0, 1], round_idx=1)
-    assert result.average is None and list(result.dropped) == [1]
-    assert "released no sum" in result.refused and "worker 1" in result.refused
-    alone = pool.run_secure_round(initial_vector(config), [0], round_idx=1)
-    assert alone.average is None and "at least 2" in alone.refused
+def test_rounds_of_fewer_than_three_workers_are_refused_before_any_message(monkeypatch, tmp_path, mnist):
+    config = TrainConfig(**THREE)
+    pool, grid = loopback_pool(monkeypatch, tmp_path, config, mnist)
+    connected = len(grid.received)  # the SuperNodes' answers to "which worker are you?"
+    for workers in ([0], [0, 1]):
+        result = pool.run_secure_round(initial_vector(config), workers, round_idx=1)
+        assert result.average is None and f"at least 3 reporting workers and this round has {len(workers)}" in (
+            result.refused
+        )
+    assert len(grid.received) == connected  # not one message more: no worker trained, nothing was masked
+
+
+def round_of_four(monkeypatch, folder: Path, data, lost: list[int]) -> SecureRound:
+    """A round of FOUR whose ``lost`` workers find no data when they come to train: they leave after the key stages.
+
+    Each round gets its own folder: a SuperNode keeps the shard it read (flower_engine._shard).
+    """
+    folder.mkdir()
+    config = TrainConfig(**FOUR)
+    pool, _ = loopback_pool(monkeypatch, folder, config, data)
+    for worker in lost:
+        (folder / shard_file_name(worker)).unlink()
+    return pool.run_secure_round(initial_vector(config), [0, 1, 2, 3], round_idx=1)
+
+
+def test_a_worker_that_drops_out_of_a_round_of_four_is_left_out_of_the_sum(monkeypatch, tmp_path, mnist):
+    result = round_of_four(monkeypatch, tmp_path / "one_lost", mnist, [3])
+    config = TrainConfig(**FOUR)
+    survivors = local_updates(config, mnist, [0, 1, 2], initial_vector(config))
+    assert list(result.dropped) == [3] and result.refused is None and result.survivors == [0, 1, 2]
+    assert result.total_examples == sum(u.num_examples for u in survivors)
+    assert (result.average - fedavg_of(survivors)).abs().max() < 1e-5
+    result = round_of_four(monkeypatch, tmp_path / "two_lost", mnist, [2, 3])  # two left: below the threshold of 3
+    assert result.average is None and sorted(result.dropped) == [2, 3] and "released no sum" in result.refused
 
 
 def test_a_flower_mask_is_one_of_2_to_the_32(monkeypatch, tmp_path, mnist):
-    """What Flower's 32-bit mask seeds cost: the server reads a worker's update after a search of 2^32 seeds.
+    """What Flower's 32-bit mask seeds cost: a server colluding with one worker of three reads another's update.
 
     The server strips worker 0's self mask with the seed it rebuilds from the unmask stage's shares, as the
-    protocol intends; one pairwise mask is left, from a 32-bit seed. The test reads the true seed from the
-    workers' state only to search 2^18 seeds around it instead of all 2^32 (under an hour on one core,
-    ``python -m fed_core.engines.flower_mask_seed``).
+    protocol intends, and worker 2 (colluding) hands it the pairwise mask it shares with worker 0. One pairwise
+    mask is left, from a 32-bit seed. The test reads the true seed from the workers' state only to search 2^18
+    seeds around it instead of all 2^32 (under an hour on one core, ``python -m fed_core.engines.flower_mask_seed``).
     """
-    config = TrainConfig(**TWO)
+    config = TrainConfig(**THREE)
     pool, grid = loopback_pool(monkeypatch, tmp_path, config, mnist)
-    pool.run_secure_round(initial_vector(config), [0, 1], round_idx=1)
+    pool.run_secure_round(initial_vector(config), [0, 1, 2], round_idx=1)
     stages = [  # (sender, what it sent) for every SecAgg+ reply the server received
         (r.metadata.src_node_id, r.content.config_records[RECORD_KEY_CONFIGS])
         for r in grid.received
         if RECORD_KEY_CONFIGS in r.content.config_records
     ]
-    node, peer = pool.nodes[0], pool.nodes[1]
-    (masked,) = [  # worker 0's [weight factor, weighted update, count code], masked
+    node, peer, colluder = pool.nodes[0], pool.nodes[1], pool.nodes[2]
+    (masked,) = [  # worker 0's [weight factor, weighted update, count code, local statistics], masked
         [bytes_to_ndarray(b) for b in sent[Key.MASKED_PARAMETERS]]
         for sender, sent in stages
         if sender == node and Key.MASKED_PARAMETERS in sent
@@ -367,26 +414,33 @@ def test_a_flower_mask_is_one_of_2_to_the_32(monkeypatch, tmp_path, mnist):
         if owner == node
     ]
     shapes = [a.shape for a in masked]
-    self_mask = pseudo_rand_gen(combine_shares(shares), MODULUS_RANGE, shapes)
-    unmasked = [(m - s) % MODULUS_RANGE for m, s in zip(masked, self_mask)]
-    sign = 1 if node > peer else -1  # secaggplus_mod adds the pairwise mask for the larger node id
-    first_entry = sign * (int(unmasked[0][0]) - QUANTIZATION_RANGE) % MODULUS_RANGE  # the factor is 2^25
 
-    state = SecAggPlusState(**dict(grid.contexts[node].state.config_records[RECORD_KEY_STATE]))
-    pairwise_key = generate_shared_key(
-        bytes_to_private_key(state.sk1), bytes_to_public_key(state.public_keys_dict[peer][0])
-    )
-    true_seed = fold_seed(pairwise_key)
+    def pairwise_key(owner: int, other: int) -> bytes:
+        state = SecAggPlusState(**dict(grid.contexts[owner].state.config_records[RECORD_KEY_STATE]))
+        return generate_shared_key(
+            bytes_to_private_key(state.sk1), bytes_to_public_key(state.public_keys_dict[other][0])
+        )
+
+    def sign(other: int) -> int:
+        return 1 if node > other else -1  # secaggplus_mod adds the pairwise mask for the larger node id
+
+    self_mask = pseudo_rand_gen(combine_shares(shares), MODULUS_RANGE, shapes)
+    colluders_mask = pseudo_rand_gen(pairwise_key(colluder, node), MODULUS_RANGE, shapes)
+    unmasked = [(m - s - sign(colluder) * c) % MODULUS_RANGE for m, s, c in zip(masked, self_mask, colluders_mask)]
+    first_entry = sign(peer) * (int(unmasked[0][0]) - QUANTIZATION_RANGE) % MODULUS_RANGE  # the factor is 2^25
+
+    true_seed = fold_seed(pairwise_key(node, peer))
     window = max(0, true_seed - 2**17)
 
     def stripped(seed: int) -> list[np.ndarray]:
-        return [(u - sign * m) % MODULUS_RANGE for u, m in zip(unmasked, mask_from_seed(seed, MODULUS_RANGE, shapes))]
+        mask = mask_from_seed(seed, MODULUS_RANGE, shapes)
+        return [(u - sign(peer) * m) % MODULUS_RANGE for u, m in zip(unmasked, mask)]
 
     # Of the seeds whose mask starts right, the one that leaves every entry a quantized value in [0, 2^25].
     (seed,) = [
         c for c in find_seeds(first_entry, window, window + 2**18) if (stripped(c)[1] <= QUANTIZATION_RANGE).all()
     ]
-    assert seed == true_seed and len(pairwise_key) == 44  # 352 bits of key, 32 bits of mask
+    assert seed == true_seed and len(pairwise_key(node, peer)) == 44  # 352 bits of key, 32 bits of mask
     read = stripped(seed)[1] * (2 * CLIPPING_RANGE / QUANTIZATION_RANGE) - CLIPPING_RANGE
     update = local_updates(config, mnist, [0], initial_vector(config))[0]
     truth = update.delta.double().numpy() * update.num_examples / (config.train_size / config.workers)

@@ -1,4 +1,5 @@
-"""Secure aggregation: exact sums, uniform-looking masked vectors, dropouts, refusals and encoding bounds."""
+"""Secure aggregation: exact sums, uniform-looking masked vectors, dropouts, refusals and encoding bounds;
+and the attacks of a curious server: a sum of one or two updates, and asking a worker to unmask twice."""
 
 import random
 
@@ -21,13 +22,19 @@ from fed_core.secagg import (
 from fed_core.secagg_primitives import (
     DELTA_BOUND,
     FRAC_BITS,
+    MASK_LABEL,
     MAX_COUNT,
     MAX_WORKERS,
     NONCE_BYTES,
+    SELF_MASK_LABEL,
     SHARE_BYTES,
     EncodingOverflow,
+    agree,
     decode,
+    derive_key,
     encode,
+    expand_mask,
+    mask_private_key,
     new_seed,
 )
 from fed_core.strategy import fedavg
@@ -117,16 +124,98 @@ def test_a_sparse_group_below_the_threshold_is_refused():
         run_protocol(server, clients, dropped)
 
 
-def test_a_worker_never_reveals_both_secrets_of_a_peer():
-    updates, counts = random_round(3, 10)
-    server = SecAggServer(3, 11, group_size=3, threshold=2)
-    clients = [SecAggClient(w, updates[w], counts[w]) for w in range(3)]
-    run_protocol(server, clients, set())
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_sum_of_one_or_two_updates_is_refused_before_any_key_is_drawn(workers):
+    """One worker's "sum" is its update; from a sum of two, each worker reads the other's."""
+    updates, counts = random_round(workers, 20)
+    with pytest.raises(SecAggRefused, match=f"at least 3 reporting workers and this round has {workers} sampled"):
+        secure_sum(updates, counts)
+
+
+def test_a_round_left_with_two_survivors_is_refused_whatever_the_threshold():
+    updates, counts = random_round(5, 20)
+    with pytest.raises(SecAggRefused, match="at least 3 reporting workers and this round has 2 left of 5"):
+        secure_sum(updates, counts, {0, 1, 2}, threshold=2)
+    assert secure_sum(updates, counts, {0, 1}, threshold=3).survivors == [2, 3, 4]
+
+
+def setup_round(workers: int, length: int = 10) -> tuple[SecAggServer, list[SecAggClient], torch.Tensor, list[int]]:
+    """A round through the masked-input stage, nobody dropped: the server holds every masked vector."""
+    updates, counts = random_round(workers, length)
+    server = SecAggServer(workers, length + 1, group_size=workers, threshold=workers // 2 + 1)
+    clients = [SecAggClient(w, updates[w], counts[w]) for w in range(workers)]
+    peer_keys = server.forward_public_keys({c.worker: c.advertise_keys() for c in clients})
+    inboxes = server.forward_shares({c.worker: c.share_keys(peer_keys[c.worker], server.threshold) for c in clients})
+    server.collect_masked_inputs({c.worker: c.masked_input(inboxes[c.worker]) for c in clients})
+    return server, clients, updates, counts
+
+
+def stateless_unmask(client: SecAggClient, survived: set[int], dropped: set[int]) -> dict[int, bytes]:
+    """The control: the old SecAggClient.unmask, which answered every request, however many."""
+    return {v: client.held_shares[v][0 if v in survived else 1] for v in sorted(survived | dropped)}
+
+
+def unmask_victim(server: SecAggServer, seed_shares: list[bytes], key_shares: list[bytes], victim: int) -> np.ndarray:
+    """The victim's update, from its masked vector minus its self mask and its pairwise masks: float64 [P]."""
+    t, length = server.threshold, server.length
+    vector = server.masked[victim] - expand_mask(derive_key(combine_shares(seed_shares[:t]), SELF_MASK_LABEL), length)
+    mask_key = mask_private_key(combine_shares(key_shares[:t]))
+    for peer in server.groups[victim]:
+        if peer != victim:
+            mask = expand_mask(agree(mask_key, server.mask_public[peer], MASK_LABEL), length)
+            vector = vector - mask if victim < peer else vector + mask
+    return decode(vector)[:-1]
+
+
+def ask_twice(server: SecAggServer, clients: list[SecAggClient], victim: int, unmask) -> np.ndarray:
+    """The attack: ask every worker the honest question ("everybody survived"), then again "the victim dropped".
+
+    The first answers hold shares of the victim's self-mask seed, the second of its mask key: with both, the
+    server strips every mask off the victim's vector although nobody dropped.
+    """
+    first = {u: unmask(clients[u], *request) for u, request in server.unmask_requests().items()}
+    survived = server.survivors - {victim}
+    second = {u: unmask(clients[u], survived, {victim}) for u in survived}
+    seed_shares = [reply[victim] for reply in first.values()]
+    key_shares = [reply[victim] for reply in second.values()]
+    return unmask_victim(server, seed_shares, key_shares, victim)
+
+
+def test_a_server_that_asks_twice_reads_a_single_update_only_from_the_old_stateless_worker():
+    server, clients, updates, counts = setup_round(5)
+    victim = 3
+    recovered = ask_twice(server, clients, victim, stateless_unmask) / counts[victim]
+    assert np.abs(recovered - updates[victim].double().numpy()).max() < 1e-6  # the control: the attack works
+    server, clients, updates, counts = setup_round(5)
+    with pytest.raises(SecAggRefused, match="already answered this round's unmask request"):
+        ask_twice(server, clients, victim, SecAggClient.unmask)
+
+
+def test_split_questions_never_give_the_server_both_secrets_of_a_worker():
+    """Told "v survived" by some workers and "v dropped" by the others: with a majority threshold, one side is short."""
+    _, clients, _, _ = setup_round(5)  # threshold 3 of 5
+    victim, everyone = 4, {0, 1, 2, 3, 4}
+    seed_shares = [clients[u].unmask(everyone, set())[victim] for u in (0, 1, 4)]
+    key_shares = [clients[u].unmask(everyone - {victim}, {victim})[victim] for u in (2, 3)]
+    assert combine_shares(seed_shares) == clients[victim].self_mask_seed
+    try:  # two shares of a threshold of three: an unrelated value, if any
+        recovered = combine_shares(key_shares)
+    except ValueError:
+        recovered = None
+    assert recovered != clients[victim].mask_key_seed
+
+
+def test_a_worker_refuses_to_unmask_when_told_too_few_survived_or_both_of_a_peer():
+    _, clients, _, _ = setup_round(5)
+    with pytest.raises(SecAggRefused, match="below the threshold t=3"):
+        clients[0].unmask({0, 1}, {2, 3, 4})  # "all but one of us dropped": send me their mask keys
     with pytest.raises(SecAggRefused, match="both survived and dropped"):
-        clients[0].unmask({1, 2}, {2})
+        clients[1].unmask({0, 1, 2, 3}, {3, 4})
+    with pytest.raises(SecAggRefused, match="holds no shares of \\[7\\]"):
+        clients[2].unmask({0, 1, 2, 3, 4}, {7})
 
 
-@pytest.mark.parametrize("workers", [1, 4])  # one worker: only its self mask hides its update
+@pytest.mark.parametrize("workers", [3, 4])
 def test_masks_are_not_reproducible_from_torch_or_numpy_seeds(workers):
     updates, counts = random_round(workers, 100)
 
@@ -160,13 +249,15 @@ def test_encoding_refuses_what_could_wrap_and_the_worst_case_cannot_wrap():
     assert result.weighted_sum.tolist() == [3 * MAX_COUNT * DELTA_BOUND, -3 * MAX_COUNT * DELTA_BOUND]
 
 
-def test_any_threshold_shares_recover_a_seed_and_fewer_do_not():
+def test_any_threshold_shares_recover_a_248_bit_seed_and_fewer_do_not():
     seed = new_seed()
+    assert len(seed) * 8 == 248  # the self mask's ChaCha20 key and the X25519 mask key are derived from it
+    assert SHARE_BYTES == 4 + 2 * 16  # two blocks once padded: no more Shamir work than a 128-bit seed
     shares = create_shares(seed, 4, 7)
     assert all(len(share) == SHARE_BYTES for share in shares)
     assert combine_shares([shares[i] for i in (0, 2, 4, 6)]) == seed
     assert combine_shares([shares[i] for i in (1, 3, 5, 6)]) == seed
-    try:  # three points give an unrelated value: almost always not even a padded 16-byte block
+    try:  # three points give an unrelated value: almost always not even a padded 31-byte seed
         recovered = combine_shares(shares[:3])
     except ValueError:
         recovered = None

@@ -1,12 +1,18 @@
 """The landing page and the Train page, run by Streamlit's AppTest (no browser)."""
 
+import io
+import json
+import math
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from fed_core.job import TrainingJob
 from ui import session
+from ui import train_views as views
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -275,3 +281,57 @@ def test_strategies_are_chosen_on_the_page_and_a_bad_combination_is_explained(tr
     at.run()
     assert not at.exception
     assert any("SCAFFOLD runs on the inprocess engine only" in e.value for e in at.error)
+
+
+def test_secure_aggregation_of_two_workers_is_refused_before_start(train_page):
+    at = train_page.run()
+    widget(at.radio, "Privacy").set_value("secure").run()
+    widget(at.number_input, "Workers").set_value(2).run()
+    refusal = next(e.value for e in at.error if "can't run here" in e.value)
+    assert "secure aggregation needs at least 3 workers in every round" in refusal
+    assert widget(at.button, "Start").disabled
+
+
+def run_one_round(at: AppTest, privacy: str, protect: str | None = None) -> TrainingJob:
+    at.run()
+    widget(at.radio, "Privacy").set_value(privacy).run()
+    if protect:
+        widget(at.radio, "Protect").set_value(protect).run()
+    widget(at.number_input, "Workers").set_value(3)
+    widget(at.number_input, "Rounds").set_value(1)
+    widget(at.button, "Start").click().run()
+    job = at.session_state[session.JOB]
+    job.join(300)
+    at.run()
+    assert not at.exception and any("Done:" in s.value for s in at.success)
+    return job
+
+
+def test_under_secure_aggregation_the_page_shows_only_means_of_the_workers_own_training(train_page):
+    at = train_page
+    job = run_one_round(at, "secure")
+    [row_of_first] = [r for r in job.snapshot().history[0]["workers"] if r["worker"] == 0]
+    assert all(math.isnan(row_of_first[k]) for k in ("loss_before", "loss_after", "local_accuracy"))
+    means = next(m.value for m in at.markdown if "mean over the round" in m.value)
+    assert "summed through the same masks" in means and "loss" in means
+    assert len(at.dataframe) == 1  # your runs only: the server knows no figure of any single worker
+    assert any("Took part" in m.value and "W0, W1, W2" in m.value for m in at.markdown)
+    hidden = next(c.value for c in at.caption if "Not known to the server" in c.value)
+    assert "loss before" in hidden and "local accuracy" in hidden
+
+
+def test_under_client_level_dp_the_page_and_downloads_publish_nothing_per_worker(train_page):
+    at = train_page
+    job = run_one_round(at, "dp", protect="client")
+    assert job.config.dp == "client"
+    assert any("publishes nothing per worker" in i.value for i in at.info)
+    assert len(at.get("plotly_chart")) == 1  # the global model's accuracy: no contributions, labels or server view
+    assert len(at.dataframe) == 1  # your runs only: no worker table
+    assert not any("What the server sees" in e.label for e in at.expander)
+    snapshot = job.snapshot()
+    assert snapshot.server_view is None and snapshot.label_histogram == []
+    exported = json.loads(views.metrics_json(job, snapshot))
+    assert "label_histogram" not in exported and "cumulative_contributions" not in exported
+    assert all(r["sampled"] == r["dropped"] == r["workers"] == [] for r in exported["rounds"])
+    csv = pd.read_csv(io.StringIO(views.metrics_csv(snapshot.history)))
+    assert list(csv.columns) == ["round", "test_accuracy", "test_loss", "epsilon"]

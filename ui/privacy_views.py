@@ -19,6 +19,12 @@ from ui import session
 from ui.common import ACCENT, SECOND, format_bytes
 
 D = TrainConfig()
+CLIENT_DP_HIDDEN = (
+    "Under client-level DP this run publishes nothing per worker: not who took part in a round or dropped out, nor "
+    "any worker's update, loss, accuracy, contribution or label counts, here or in the downloads. ε assumes the "
+    "round's workers stay secret, and a worker known to have taken part would have spent far more. Only the global "
+    "model, its test figures and ε are shown."
+)
 CHOICES = {
     "none": "None",
     "secure": "Secure aggregation",
@@ -31,8 +37,10 @@ DP_KINDS = {
 }
 SECURE_NOTE = (
     "**Secure aggregation.** Every worker adds random masks to its update that cancel out in the sum: the server "
-    "learns the sum of the round's updates and nothing about any single one, so the per-worker update figures "
-    "below go blank. It hides no more than that: the sum and the trained model still say something about the data."
+    "learns the sum of the round's updates and, summed the same way, the mean of the workers' local loss and "
+    "accuracy; of any single worker only that it took part. So the per-worker figures below go blank. A round needs "
+    "at least 3 workers left (the sum of two tells each the other's update), or it is refused. It hides no more than "
+    "that: the sum and the trained model still say something about the data."
 )
 DP_NOTES = {
     "example": "**Example-level DP (DP-SGD).** Each worker clips every training image's gradient to norm S and adds "
@@ -41,8 +49,9 @@ DP_NOTES = {
     "client": "**Client-level DP (DP-FedAvg).** Each worker's update is clipped to norm S, workers weigh the same "
     "and the server adds Gaussian noise of z·S to the sum. ε bounds what anyone who sees the global models can learn "
     "about one worker's whole data set; the server itself sees the clipped updates (or only their sum with secure "
-    "aggregation). It needs thousands of workers per round: with 10 or 100 the noise for a small ε drowns the "
-    "updates, and you will see accuracy suffer.",
+    "aggregation). ε counts on nobody else knowing who took part in a round, so the run publishes nothing per worker: "
+    "not who was sampled, nor any worker's figures or data. It needs thousands of workers per round: with 10 or 100 "
+    "the noise for a small ε drowns the updates, and you will see accuracy suffer.",
 }
 
 
@@ -131,11 +140,16 @@ def remember_run(job_id: str, config: TrainConfig, history: list[dict], status: 
         "workers × rounds": f"{config.workers} × {rounds}",
         "seed": config.seed,
         "seconds per round": history[-1]["elapsed"] / rounds,
-        "upload per worker per round": format_bytes(sum(r.get("upload_bytes", 0.0) for r in history) / rounds),
+        "upload per worker per round": upload_text(sum(r.get("upload_bytes", 0.0) for r in history) / rounds),
         "final accuracy": f"{history[-1]['test_accuracy']:.2%}",
         "ε": epsilon_value(history[-1].get("epsilon")),
         "status": status,
     }
+
+
+def upload_text(size: float) -> str:
+    """Bytes, or a dash where the run does not publish them (client-level DP: they grow with the round's size)."""
+    return format_bytes(size) if math.isfinite(size) else "—"
 
 
 def epsilon_value(epsilon: float | None) -> str:

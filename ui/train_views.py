@@ -12,6 +12,7 @@ from plotly.subplots import make_subplots
 from fed_core.job import JobSnapshot, TrainingJob
 from fed_core.models import save_model
 from fed_core.report import json_text
+from fed_core.server import publishes_workers
 from ui import session
 from ui.common import ACCENT, SECOND
 
@@ -181,23 +182,42 @@ def round_views(job: TrainingJob, snapshot: JobSnapshot) -> tuple[go.Figure, go.
     return cached[1]
 
 
+def local_means_text(means: dict[str, float] | None, secure: bool) -> str | None:
+    """One line on the workers' own training figures, as the server holds them: means over the round only."""
+    if means is None:
+        return None
+    how = "summed through the same masks as the updates, so the server holds only these means" if secure else ""
+    return (
+        f"Workers' own training, mean over the round weighted by examples: loss {means['loss_before']:.4f} before, "
+        f"{means['loss_after']:.4f} after local training; local accuracy {means['local_accuracy']:.2%}"
+        + (f" ({how})." if how else ".")
+    )
+
+
 def metrics_csv(history: list[dict]) -> str:
-    rows = [
-        {"round": r["round"], "test_accuracy": r["test_accuracy"], "test_loss": r["test_loss"], **w}
-        for r in history
-        for w in r["workers"]
-    ]
+    """One line per worker of each round, or one per round where the run publishes no worker's figures."""
+    rows = []
+    for r in history:
+        means = {f"mean_{name}": value for name, value in (r.get("local_means") or {}).items()}
+        base = {"round": r["round"], "test_accuracy": r["test_accuracy"], "test_loss": r["test_loss"], **means}
+        if r.get("epsilon") is not None:
+            base["epsilon"] = r["epsilon"]
+        rows += [{**base, **w} for w in r["workers"]] or [base]
     return pd.DataFrame(rows).to_csv(index=False)
 
 
 def metrics_json(job: TrainingJob, snapshot: JobSnapshot) -> str:
+    """The run as JSON; under client-level DP without the per-worker sums and label counts (server.published)."""
+    per_worker = {
+        "label_histogram": snapshot.label_histogram,
+        "cumulative_contributions": snapshot.cumulative_contributions,
+    }
     return json_text(
         {
             "config": job.config.to_dict(),
             "status": snapshot.status,
             "rounds": snapshot.history,
-            "label_histogram": snapshot.label_histogram,
-            "cumulative_contributions": snapshot.cumulative_contributions,
+            **(per_worker if publishes_workers(job.config) else {}),
             "wall_seconds": snapshot.elapsed,
         }
     )

@@ -20,7 +20,7 @@ from fed_core.engines import ENGINES, EngineError, engine_for
 from fed_core.models import INIT_METHODS, MODELS, save_model
 from fed_core.partition import PARTITIONS
 from fed_core.report import json_text
-from fed_core.server import FederatedRun, RoundRecord
+from fed_core.server import FederatedRun, RoundRecord, publishes_workers
 from fed_core.strategy import STRATEGIES
 
 DEFAULTS = TrainConfig()
@@ -105,6 +105,10 @@ def train_command(args: argparse.Namespace) -> int:
         f"{run.config.workers} workers x {run.config.rounds} rounds ({run.config.engine}, {run.config.model}): "
         f"test accuracy {last.test_accuracy:.2%}, loss {last.test_loss:.4f}, wall time {run.wall_seconds:.1f} s"
     )
+    if last.epsilon is not None:
+        print(f"privacy spent: epsilon {last.epsilon:.2f} at delta {run.config.dp_delta:g}")
+    if not publishes_workers(run.config):
+        print("client-level DP: the run record names no participant and has no per-worker figure (epsilon assumes so)")
     save_results(run, args.out, args.save_model, "done")
     return 0
 

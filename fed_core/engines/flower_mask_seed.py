@@ -7,17 +7,18 @@ self-mask seed of 32 bytes from ``os.urandom``, a pairwise key of 44 bytes, base
 a mask is one of 2^32 vectors. Its first entry is the generator's first output (the draw is rejected only
 when that output is 2^32 - 1), so one known entry singles out the seed among the 2^32.
 
-In a round of two workers the server learns each survivor's self-mask seed in the unmask stage (that is how
-SecAgg+ removes self masks), which leaves one pairwise mask on each masked vector. The vector's first entry
-is the weight factor, a value the server knows, so trying the 2^32 seeds (:func:`find_seeds`) strips the mask
-and gives the server each worker's update. The same holds when all but two of a round's workers drop out
-after masking, since the server then removes the dropped workers' masks as the protocol intends. With more
-workers a vector carries one pairwise mask per group neighbour: each still has only 32 bits, and a worker
-colluding with the server knows its own.
+The server learns each survivor's self-mask seed in the unmask stage (that is how SecAgg+ removes self
+masks), which leaves the pairwise masks on each masked vector, one per group neighbour. fed_core refuses
+rounds of fewer than three (flower_secagg.py), so at least two are left; but a worker colluding with the
+server knows its own, and in a round of three that leaves one. The vector's first entry is the weight
+factor, a value the server knows, so trying the 2^32 seeds (:func:`find_seeds`) strips that last mask and
+gives the server the worker's update. Without collusion, two masks of 32 bits each are left: a search of
+2^64 as written, less with a table of first outputs.
 
-fed_core's in-process secure aggregation (secagg_primitives.py) keys every mask with 256 bits (ChaCha20
-keyed through X25519), where no such search exists. ``python -m fed_core.engines.flower_mask_seed`` measures
-how fast this machine searches seeds and prints the time the whole 2^32 takes.
+fed_core's in-process secure aggregation (secagg_primitives.py) keys self masks with 248-bit seeds and
+pairwise masks through X25519 (the curve's 128-bit security), where no such search exists.
+``python -m fed_core.engines.flower_mask_seed`` measures how fast this machine searches seeds and prints the
+time the whole 2^32 takes.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ FLOWER_SECURE_AGGREGATION_NOTE = (
     "Flower's SecAgg+ (flwr 1.42): the server receives only masked updates and unmasks only their weighted sum, "
     "and workers that drop out mid-round are recovered from Shamir shares; but Flower draws every mask from "
     "numpy's MT19937 with a 32-bit seed, so a server that tries all 2^32 seeds (about an hour on one CPU core) "
-    "can remove the masks and read each worker's update whenever two workers are left in a round, and no mask "
-    "is stronger than 32 bits, against 256 for the in-process engine's ChaCha20 masks keyed through X25519."
+    "and colludes with one worker of a round of three can remove the last mask and read another's update, and no "
+    "mask is stronger than 32 bits, against at least 128 for the in-process engine's ChaCha20 masks (248-bit "
+    "seeds for self masks, X25519 for pairwise ones)."
 )
 
 _MULTIPLIER = np.uint32(1812433253)  # MT19937's initialisation (init_genrand)

@@ -23,9 +23,16 @@ and masks two arrays, ``[n * delta / s, code(n)]`` (``s`` the run's mean shard s
 an average is within about 5e-7 / (mean n / s) of the plain one per entry, with stochastic rounding.
 A worker whose weighted update leaves [-8, 8] fails rather than be clipped; it counts as dropped.
 
-**What the server holds:** each survivor's masked vector and the unmasked sums; per worker only the
-losses and accuracy of its reply (plaintext metrics). Flower's masks come from 32-bit seeds, which
-weakens all this: flower_mask_seed.py.
+**Local statistics.** A worker's loss before and after local training and its local accuracy are masked
+too, as a third array ``n * stats / (s * STATS_SCALE)``, so the server learns only their example-weighted
+means over the survivors; the reply's plaintext metrics stay empty.
+
+**Too few workers.** A round of fewer than three sampled workers is refused before any message, and the
+workflow's threshold is at least three (secagg.default_threshold), so Flower itself releases no sum of
+fewer than three survivors: the sum of one update is that update, and of two, each worker reads the other's.
+
+**What the server holds:** each survivor's masked vector and the unmasked sums, and which workers sent
+one. Flower's masks come from 32-bit seeds, which weakens all this: flower_mask_seed.py.
 """
 
 from __future__ import annotations
@@ -54,9 +61,9 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
 
-from fed_core.aggregation import Aggregate
+from fed_core.aggregation import LOCAL_STATS, Aggregate
 from fed_core.config import TrainConfig
-from fed_core.secagg import default_group_size, default_threshold
+from fed_core.secagg import default_group_size, default_threshold, too_few_workers
 
 from .worker_job import LocalTask, train_local
 
@@ -64,7 +71,7 @@ CLIPPING_RANGE = 8.0  # Flower's default: every masked value lies in [-8, 8]
 QUANTIZATION_RANGE = 2**25  # steps over the clipping range
 MODULUS_RANGE = 2**32  # masks and sums are modulo this
 WEIGHT_SCALE = "weight-scale"  # FitIns config key: s, the count that weighs 1
-METRICS = {"loss-before": "loss_before", "loss-after": "loss_after", "accuracy-after": "local_accuracy"}
+STATS_SCALE = 16.0  # local statistics are masked divided by this, so a loss up to 128 (at n = s) fits [-8, 8]
 
 Exchange = Callable[[list[Message], float | None], list[Message]]
 
@@ -81,34 +88,42 @@ def count_code(num_examples: int) -> float:
     return num_examples * (2 * CLIPPING_RANGE / QUANTIZATION_RANGE) - CLIPPING_RANGE
 
 
-def weighted_input(delta: np.ndarray, num_examples: int, weight_scale: float) -> list[np.ndarray]:
-    """What a worker gives ``secaggplus_mod`` to mask: its update times n / s, and the code of n."""
-    weighted = delta.astype(np.float64) * (num_examples / weight_scale)
-    peak = float(np.abs(weighted).max(initial=0.0))
-    if peak > CLIPPING_RANGE or num_examples > QUANTIZATION_RANGE:
-        raise UpdateOutOfRange(
-            f"the update weighted by {num_examples} / {weight_scale:g} examples reaches {peak:.3g}, outside "
-            f"SecAgg+'s clipping range of ±{CLIPPING_RANGE:g}: lower the learning rate."
-        )
-    return [weighted, np.array([count_code(num_examples)])]
+def weighted_input(delta: np.ndarray, num_examples: int, weight_scale: float, stats: np.ndarray) -> list[np.ndarray]:
+    """What a worker gives ``secaggplus_mod`` to mask: its update times n / s, the code of n, and its local
+    statistics (loss before, loss after, accuracy) times n / (s * STATS_SCALE).
+
+    Statistics a worker keeps to itself (NaN, under example-level DP) are masked as zeros: the server
+    releases no mean of them for such runs.
+    """
+    factor = num_examples / weight_scale
+    weighted = delta.astype(np.float64) * factor
+    weighted_stats = np.nan_to_num(np.asarray(stats, dtype=np.float64)) * (factor / STATS_SCALE)
+    for what, values, remedy in (
+        ("the update", weighted, "lower the learning rate"),
+        ("the local loss", weighted_stats, "the local training diverged"),
+    ):
+        peak = float(np.abs(values).max(initial=0.0))
+        if peak > CLIPPING_RANGE or num_examples > QUANTIZATION_RANGE:
+            raise UpdateOutOfRange(
+                f"{what} weighted by {num_examples} / {weight_scale:g} examples reaches {peak:.3g}, outside "
+                f"SecAgg+'s clipping range of ±{CLIPPING_RANGE:g}: {remedy}."
+            )
+    return [weighted, np.array([count_code(num_examples)]), weighted_stats]
 
 
 def train_reply(msg: Message, images: torch.Tensor, labels: torch.Tensor) -> Message:
     """Stage 'collect masked vectors' on a worker: train, and reply with the weighted update for the mod to mask.
 
-    ``secaggplus_mod`` masks the reply's parameters and clears them before the reply leaves the node.
+    ``secaggplus_mod`` masks the reply's parameters and clears them before the reply leaves the node; the
+    local statistics travel among them, masked, and the reply's plaintext metrics stay empty.
     """
     config = dict(msg.content.config_records["fitins.config"])
     parameters = compat.arrayrecord_to_parameters(msg.content.array_records["fitins.parameters"], keep_input=True)
     (global_weights,) = parameters_to_ndarrays(parameters)
     update = train_local(LocalTask.from_dict(config), torch.from_numpy(global_weights), images, labels)
-    arrays = weighted_input(update.delta.numpy(), update.num_examples, float(config[WEIGHT_SCALE]))
-    metrics = {
-        "loss-before": update.loss_before,
-        "loss-after": update.loss_after,
-        "accuracy-after": update.accuracy_after,
-    }
-    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), 1, metrics)
+    stats = np.array([update.loss_before, update.loss_after, update.accuracy_after])
+    arrays = weighted_input(update.delta.numpy(), update.num_examples, float(config[WEIGHT_SCALE]), stats)
+    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), 1, {})
     return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)
 
 
@@ -121,17 +136,27 @@ class SecureRound:
 
     average: torch.Tensor | None  # float32 [P]: FedAvg of the survivors' updates; None if refused
     total_examples: int  # the survivors' examples (0 if refused)
-    worker_metrics: dict[int, dict[str, float]]  # survivor -> loss_before, loss_after, local_accuracy
+    survivors: list[int]  # the workers whose masked vectors are in the sum
     dropped: dict[int, str]  # sampled worker lost during the protocol -> why
     received: torch.Tensor | None  # float32 [P]: the first survivor's masked vector, read as its update
     upload_bytes: float  # mean bytes a sampled worker sent over the four stages
     refused: str | None = None  # why no sum came out
+    local_means: dict[str, float] | None = None  # the survivors' example-weighted local statistics, if released
 
     def as_aggregate(self) -> Aggregate:
-        """What fed_core's server loop takes from any secure round: no update of any single worker."""
-        reports = [{"worker": w, **metrics} for w, metrics in sorted(self.worker_metrics.items())]
+        """What fed_core's server loop takes from any secure round: no update or statistic of any single worker."""
+        reports = [{"worker": w, **dict.fromkeys(LOCAL_STATS, float("nan"))} for w in self.survivors]
         return Aggregate(
-            self.average, reports, None, None, self.received, None, self.upload_bytes, self.dropped, self.refused
+            self.average,
+            reports,
+            None,
+            None,
+            self.received,
+            None,
+            self.upload_bytes,
+            self.dropped,
+            self.refused,
+            self.local_means,
         )
 
 
@@ -152,7 +177,7 @@ class RoundStrategy:
         self.round_idx = round_idx
         self.weight_scale = config.train_size / config.workers
         self.aggregate: list[np.ndarray] | None = None
-        self.worker_metrics: dict[int, dict[str, float]] = {}
+        self.survivors: list[int] = []
 
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager) -> list[tuple]:
         return [
@@ -161,12 +186,10 @@ class RoundStrategy:
         ]
 
     def aggregate_fit(self, server_round: int, results: list[tuple], failures: list) -> tuple[None, dict]:
-        """Keep the unmasked mean (every result carries it) and each survivor's plaintext metrics."""
+        """Keep the unmasked mean (every result carries it) and who survived."""
         if results:
             self.aggregate = parameters_to_ndarrays(results[0][1].parameters)
-        self.worker_metrics = {
-            proxy.worker: {name: float(res.metrics[key]) for key, name in METRICS.items()} for proxy, res in results
-        }
+        self.survivors = sorted(proxy.worker for proxy, _ in results)
         return None, {}
 
     def _task(self, worker: int) -> dict:
@@ -202,13 +225,15 @@ class RoundGrid:
 
 
 def workflow_for(sampled: int, timeout: float) -> SecAggPlusWorkflow:
-    """Flower's workflow with fed_core's groups and thresholds (secagg.py): everyone up to ~10, a majority."""
+    """Flower's workflow with fed_core's groups and thresholds (secagg.py): everyone up to ~10, a majority, >= 3.
+
+    ``sampled`` is at least 3 (secure_round refuses fewer).
+    """
     group = default_group_size(sampled)
-    # Flower reads an int 1 or 2 as "all sampled" only when given as a float.
-    shares, threshold = (group, default_threshold(group)) if group > 2 else (1.0, 1.0)
+    # Flower takes an integer threshold only below the group size; as a share of the group, any threshold.
     return SecAggPlusWorkflow(
-        shares,
-        threshold,
+        group,
+        default_threshold(group) / group,
         max_weight=1.0,
         clipping_range=CLIPPING_RANGE,
         quantization_range=QUANTIZATION_RANGE,
@@ -227,9 +252,9 @@ def secure_round(
     timeout: float,
 ) -> SecureRound:
     """Train ``workers`` (worker -> node id in ``nodes``) and aggregate them with Flower's SecAgg+."""
-    if len(workers) < 2:
-        reason = f"secure aggregation needs at least 2 reporting workers, this round has {len(workers)}."
-        return SecureRound(None, 0, {}, {}, None, 0.0, refused=reason)
+    too_few = too_few_workers(len(workers), "sampled")
+    if too_few:
+        return SecureRound(None, 0, [], {}, None, 0.0, refused=too_few)
     grid = RoundGrid(exchange)
     strategy = RoundStrategy(config, workers, nodes, round_idx)
     workflow_for(len(workers), timeout)(grid, _legacy_context(strategy, global_vector, round_idx))
@@ -239,25 +264,33 @@ def secure_round(
     if strategy.aggregate is None:
         reason = (
             f"Flower's SecAgg+ released no sum: {len(dropped)} of {len(workers)} workers dropped out "
-            f"({'; '.join(f'worker {w}: {why}' for w, why in sorted(dropped.items()))}), too few to remove the masks."
+            f"({'; '.join(f'worker {w}: {why}' for w, why in sorted(dropped.items()))}), too few left to remove the "
+            f"masks: every group must keep the threshold of {default_threshold(default_group_size(len(workers)))}, "
+            "and a sum of fewer than 3 updates would reveal them."
         )
-        return SecureRound(None, 0, {}, dropped, None, upload, refused=reason)
-    survivors = sorted(strategy.worker_metrics)
-    average, total = unweighted(strategy.aggregate, len(survivors), strategy.weight_scale)
+        return SecureRound(None, 0, [], dropped, None, upload, refused=reason)
+    survivors = strategy.survivors
+    average, total, means = unweighted(strategy.aggregate, len(survivors), strategy.weight_scale)
     received = masked_as_update(grid.masked[nodes[survivors[0]]])
-    return SecureRound(average, total, strategy.worker_metrics, dropped, received, upload)
+    released = means if config.dp == "none" else None  # DP runs release no un-noised statistic, not even a mean
+    return SecureRound(average, total, survivors, dropped, received, upload, local_means=released)
 
 
-def unweighted(aggregate: list[np.ndarray], survivors: int, weight_scale: float) -> tuple[torch.Tensor, int]:
-    """(FedAvg average, total examples) from Flower's mean of ``[n * delta / s, code(n)]`` over the survivors."""
-    mean_weighted, mean_code = aggregate
+def unweighted(
+    aggregate: list[np.ndarray], survivors: int, weight_scale: float
+) -> tuple[torch.Tensor, int, dict[str, float]]:
+    """(FedAvg average, total examples, weighted means of the local statistics) from Flower's mean of
+    ``[n * delta / s, code(n), n * stats / (s * STATS_SCALE)]`` over the survivors."""
+    mean_weighted, mean_code, mean_stats = aggregate
     total = round((float(mean_code[0]) + CLIPPING_RANGE) * survivors * QUANTIZATION_RANGE / (2 * CLIPPING_RANGE))
-    return torch.from_numpy(mean_weighted * (survivors * weight_scale / total)).float(), total
+    scale = survivors * weight_scale / total
+    means = dict(zip(LOCAL_STATS, (mean_stats * (scale * STATS_SCALE)).tolist()))
+    return torch.from_numpy(mean_weighted * scale).float(), total, means
 
 
 def masked_as_update(masked: list[bytes]) -> torch.Tensor:
     """A masked vector dequantized as if it were a weighted update: what the server could read of one worker."""
-    _factor, weighted, _code = (bytes_to_ndarray(b) for b in masked)
+    _factor, weighted, *_count_and_stats = (bytes_to_ndarray(b) for b in masked)
     return torch.from_numpy(weighted * (2 * CLIPPING_RANGE / QUANTIZATION_RANGE) - CLIPPING_RANGE).float()
 
 
