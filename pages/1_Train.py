@@ -170,6 +170,8 @@ def show_progress(snapshot: JobSnapshot, mine: bool) -> None:
     kept = f" The model of round {snapshot.round}, its last finished round, is kept." if snapshot.round else ""
     if snapshot.status == "failed":
         st.error(f"The run stopped with an error in round {snapshot.round + 1}: {snapshot.error}{kept}")
+    elif snapshot.status == "stopped" and snapshot.stop_reason:
+        st.warning(f"{snapshot.stop_reason} It ran {snapshot.round} round(s).{kept}")
     elif snapshot.status == "stopped":
         who = "you" if mine else "its owner"
         st.warning(f"Stopped by {who} after {snapshot.round} round(s).{kept}")

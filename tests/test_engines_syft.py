@@ -23,6 +23,7 @@ from fed_core.engines.syft_engine import DataOwner, JobRefused, SyftEngine, Syft
 from fed_core.engines.syft_warm_pool import WarmPool, WarmWorker
 from fed_core.engines.syft_warm_worker import TrainingRequest
 from fed_core.engines.worker_job import LocalTask, encode_vector, load_update, save_shard, train_local
+from fed_core.job import STOPPED, JobSlots, TrainingJob
 from fed_core.models import build_model
 from ui import session
 
@@ -167,6 +168,32 @@ def test_stop_ends_the_run_its_owners_warm_workers_and_syfts_threads(mnist, stop
     assert syft_processes() == [], "no warm worker or job process outlives a stopped run"
 
 
+def test_train_page_says_when_nobody_approved_in_time(mnist, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("FEDMNIST_APPROVAL_SECONDS", "1")
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=60)
+    at.switch_page("pages/1_Train.py").run()
+    next(s for s in at.selectbox if s.label == "Where workers train").set_value("syft").run()
+    next(t for t in at.toggle if t.label == "Approve jobs manually").set_value(True)
+    next(w for w in at.number_input if w.label == "Workers").set_value(1)
+    next(w for w in at.number_input if w.label == "Rounds").set_value(1)
+    next(b for b in at.button if b.label == "Start").click().run()
+    job = at.session_state[session.JOB]
+    try:
+        job.join(120)
+        at.run()
+        assert not at.exception
+        assert job.snapshot().status == "stopped"
+        [warning] = [w.value for w in at.warning if "did not approve" in w.value]
+        assert warning.startswith("The run ended: owner0@example.org did not approve worker 0's job round-001-worker-0")
+        assert "It ran 0 round(s)." in warning
+        assert not [b for b in at.button if b.label.startswith("Approve ")]
+    finally:
+        job.stop()
+        job.join(60)
+
+
 def test_train_page_shows_the_datasites_and_approves_jobs_with_a_button(mnist):
     from streamlit.testing.v1 import AppTest
 
@@ -199,6 +226,33 @@ def test_train_page_shows_the_datasites_and_approves_jobs_with_a_button(mnist):
     finally:
         job.stop()
         job.join(60)
+
+
+def test_a_job_nobody_approves_ends_the_run_keeping_its_model_and_its_slot_frees(mnist, monkeypatch):
+    """Issue 16, item 3: round 1 is approved, round 2 never is. The run ends after the approval time-out as
+    stopped, says why, keeps round 1's model, leaves nothing running and frees its slot."""
+    monkeypatch.setenv("FEDMNIST_APPROVAL_SECONDS", "2")
+    slots = JobSlots(capacity=1, deadline_seconds=600.0)
+    job = TrainingJob(engine_for(TrainConfig(**{**ONE_OWNER_BY_HAND.to_dict(), "rounds": 2})))
+    assert slots.try_start(job) is None
+    engine = job.engine
+    wait_for(lambda: engine.datasites() and engine.datasites()[0].awaiting_approval)
+    engine.approve(0, "round-001-worker-0")
+    started = time.monotonic()
+    job.join(120)
+    snap = job.snapshot()
+    assert snap.status == STOPPED and snap.round == 1, (snap.status, snap.error)
+    assert snap.stop_reason == (
+        "The run ended: owner0@example.org did not approve worker 0's job round-002-worker-0 within 2 s."
+    )
+    assert time.monotonic() - started < 60
+    assert job.model is not None  # round 1's
+    assert [j.status for j in engine.datasites()[0].jobs] == ["done", "not approved in time"]
+    assert engine.datasites()[0].awaiting_approval == []  # no Approve button left
+    assert syft_processes() == []
+    other = TrainingJob(engine_for(ONE_OWNER))
+    assert slots.try_start(other) is None
+    other.join(120)
 
 
 # --- what an owner runs ------------------------------------------------------------------------------

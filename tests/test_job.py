@@ -4,6 +4,7 @@ import threading
 import pytest
 import torch
 
+from fed_core.budget import load_budget
 from fed_core.client import TrainingDiverged, flatten, model_params
 from fed_core.config import ConfigError, TrainConfig
 from fed_core.engines import engine_for
@@ -148,3 +149,33 @@ def test_one_owner_runs_one_job_at_a_time(tiny_data):
     gate.set()
     for job in (first, other):
         job.join(60)
+
+
+def test_a_run_past_the_slot_deadline_stops_saying_so_keeps_its_model_and_frees_its_slot(tiny_data):
+    """No run holds a slot longer than the deadline (issue 16, item 3): a 200-round run given 2 s stops by itself."""
+    slots = JobSlots(capacity=1, deadline_seconds=2.0)
+    job = TrainingJob(engine_for(TrainConfig(**{**SMALL.to_dict(), "rounds": 200})), load_data=lambda: tiny_data)
+    assert slots.try_start(job) is None
+    job.join(60)
+    snap = job.snapshot()
+    assert snap.status == STOPPED and 1 <= snap.round < 200
+    assert snap.elapsed < 2.0 + 1.0  # stops at its next check, between batches
+    assert "time limit of 2 s per run" in snap.stop_reason
+    assert job.model is not None  # the model of its last finished round
+    following = TrainingJob(engine_for(SMALL), load_data=lambda: tiny_data)
+    assert slots.try_start(following) is None
+    following.join(60)
+
+
+def test_a_run_stopped_by_its_owner_gives_no_reason(tiny_data):
+    job = TrainingJob(engine_for(TrainConfig(**{**SMALL.to_dict(), "rounds": 200})), load_data=lambda: tiny_data)
+    job.start(deadline_seconds=600.0)
+    job.stop()
+    job.join(60)
+    assert job.snapshot().status == STOPPED and job.snapshot().stop_reason is None
+
+
+def test_the_slot_deadline_is_the_time_budget_plus_the_margin():
+    budget = load_budget({"FEDMNIST_RUN_SECONDS": "100", "FEDMNIST_RUN_MARGIN_SECONDS": "20"})
+    assert budget.run_deadline_seconds == 120
+    assert load_budget({}).approval_seconds == 180

@@ -47,6 +47,7 @@ import torch
 from syft_perms import SyftPermContext
 from syft_rds import SyftRDSClient, job_matches_criteria
 
+from fed_core.budget import duration_text, load_budget
 from fed_core.client import TrainingStopped, WorkerUpdate
 from fed_core.config import TrainConfig
 from fed_core.data import Mnist
@@ -89,6 +90,10 @@ HANDOFF_FILE = Path(__file__).resolve().with_name("syft_handoff.py")
 
 class SyftJobFailed(EngineError):
     """An owner rejected a round's job, or the job failed on the owner's machine."""
+
+
+class ApprovalTimedOut(TrainingStopped):
+    """An owner neither approved nor rejected a round's job in time: the run ends as if stopped, keeping its model."""
 
 
 class JobRefused(RuntimeError):
@@ -175,7 +180,8 @@ class JobRecord:
     name: str
     round: int
     arrived: float  # time.time() when the owner first saw it
-    status: str = "awaiting approval"  # then "queued" (for a warm worker), "running", "done", "failed" or "rejected"
+    # then "queued" (for a warm worker), "running", "done", "failed", "rejected" or "not approved in time"
+    status: str = "awaiting approval"
     approval: str = ""  # "auto" or "manual"
     waited: float | None = None  # seconds from arrival to approval
     started: float | None = None  # time.time() when it got a warm worker
@@ -253,6 +259,19 @@ class DataOwner:
     def wake(self) -> None:
         """New jobs were sent. (A real owner's job loop polls Drive instead.)"""
         self._wake.set()
+
+    def awaits_verdict(self, job_name: str) -> bool:
+        """Whether ``job_name`` has neither been approved nor rejected yet (or not even seen)."""
+        with self._lock:
+            record = self._records.get(job_name)
+            return record is None or record.status == "awaiting approval"
+
+    def expire(self, job_name: str) -> None:
+        """The aggregator stopped waiting for ``job_name``: it no longer awaits approval (no Approve button)."""
+        with self._lock:
+            record = self._records.get(job_name)
+            if record is not None and record.status == "awaiting approval":
+                record.status = "not approved in time"
 
     def approve(self, job_name: str) -> None:
         """A person approved ``job_name`` on the page; the owner's thread approves it in syft."""
@@ -462,7 +481,11 @@ def _round_of(job) -> int:
 
 
 class SyftPool:
-    """The aggregator: one job per sampled owner per round; only the jobs' outputs come back."""
+    """The aggregator: one job per sampled owner per round; only the jobs' outputs come back.
+
+    It waits ``approval_seconds`` at most for an owner to approve (or reject) a job: an owner who never
+    answers, say a manual approval nobody gives, must not hold the server's training slot forever.
+    """
 
     def __init__(
         self,
@@ -470,16 +493,19 @@ class SyftPool:
         owners: dict[int, DataOwner],
         config: TrainConfig,
         should_stop: Callable[[], bool] | None = None,
+        approval_seconds: float = float("inf"),
     ) -> None:
         self.clients = clients
         self.owners = owners
         self.config = config
         self.should_stop = should_stop
+        self.approval_seconds = approval_seconds
 
     def train(self, global_vector: torch.Tensor, workers: list[int], round_idx: int) -> list[WorkerUpdate]:
         weights = encode_vector(global_vector)
+        submitted = time.monotonic()
         names = {w: self._submit(w, LocalTask.for_round(self.config, w, round_idx), weights) for w in workers}
-        return [self._collect(w, names[w]) for w in workers]
+        return [self._collect(w, names[w], submitted) for w in workers]
 
     def _submit(self, worker: int, task: LocalTask, weights: str) -> str:
         name = f"round-{task.round:03d}-worker-{worker}"
@@ -499,7 +525,7 @@ class SyftPool:
         (code / JOB_FILE).write_text(json.dumps({"dataset": DATASET, "task": task.to_dict()}))
         (code / GLOBAL_MODEL_FILE).write_text(weights)
 
-    def _collect(self, worker: int, name: str) -> WorkerUpdate:
+    def _collect(self, worker: int, name: str, submitted: float) -> WorkerUpdate:
         owner = self.owners[worker]
         while True:
             with owner.drive_lock:
@@ -514,6 +540,14 @@ class SyftPool:
                     raise SyftJobFailed(
                         f"Worker {worker}'s job {name} failed on {owner_email(worker)}. {_last_error_line(job)}".strip()
                     )
+            # The owner's own record, not syft's status: the aggregator sees "pending" until the owner syncs,
+            # which it does only once an approved job has run.
+            if time.monotonic() - submitted > self.approval_seconds and owner.awaits_verdict(name):
+                owner.expire(name)
+                raise ApprovalTimedOut(
+                    f"The run ended: {owner_email(worker)} did not approve worker {worker}'s job {name} within "
+                    f"{duration_text(self.approval_seconds)}."
+                )
             if self.should_stop and self.should_stop():
                 raise TrainingStopped()
             owner.replied.wait(AGGREGATOR_POLL_SECONDS)
@@ -535,6 +569,7 @@ class SyftEngine(Engine):
     def __init__(self, config: TrainConfig) -> None:
         super().__init__(config)
         self.manual_approval = config.manual_approval
+        self.approval_seconds = load_budget().approval_seconds  # this server's patience (FEDMNIST_APPROVAL_SECONDS)
         self._owners: dict[int, DataOwner] = {}
         self._mocks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._clients: list[SyftRDSClient] = []
@@ -580,7 +615,7 @@ class SyftEngine(Engine):
             with owner.drive_lock:  # what the aggregator sees of the dataset
                 mock = clients[worker].datasets.get(DATASET, datasite=owner_email(worker)).mock_files[0]
             self._mocks[worker] = load_shard(mock)
-        return SyftPool(clients, self._owners, config, should_stop)
+        return SyftPool(clients, self._owners, config, should_stop, self.approval_seconds)
 
     def datasites(self) -> list[DatasiteView]:
         return [
