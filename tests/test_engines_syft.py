@@ -19,6 +19,7 @@ import torch
 from fed_core.client import TrainingStopped
 from fed_core.config import TrainConfig
 from fed_core.engines import EngineError, engine_for, syft_warm_pool
+from fed_core.engines.owner_limits import OwnerLimits
 from fed_core.engines.syft_engine import DataOwner, JobRefused, SyftEngine, SyftPool, job_script
 from fed_core.engines.syft_warm_pool import WarmPool, WarmWorker
 from fed_core.engines.syft_warm_worker import TrainingRequest
@@ -288,6 +289,70 @@ def test_a_job_that_is_not_exactly_the_training_script_is_rejected(mnist, monkey
     [job] = engine.datasites()[0].jobs
     assert job.status == "rejected"
     assert syft_processes() == []
+
+
+def forge_settings(monkeypatch, **settings) -> None:
+    """The aggregator writes a job.json whose local settings are ``settings`` instead of the run's."""
+    write_job = SyftPool.write_job
+
+    def write_forged_job(pool, job_dir, task, weights):
+        write_job(pool, job_dir, task, weights)
+        path = job_dir / "code" / "job.json"
+        job = json.loads(path.read_text())
+        job["task"].update(settings)
+        path.write_text(json.dumps(job))
+
+    monkeypatch.setattr(SyftPool, "write_job", write_forged_job)
+
+
+@pytest.mark.parametrize(
+    "config", [ONE_OWNER, ONE_OWNER_BY_HAND], ids=["auto approval", "manual approval: nobody is asked"]
+)
+def test_an_owner_rejects_a_forged_job_json_over_its_limits_and_says_why(mnist, monkeypatch, config):
+    """Issue 16, item 10: the script is the exact training script, but job.json asks for 1000 epochs and a
+    learning rate of 50. The owner rejects it before anything trains, and the aggregator is told why."""
+    forge_settings(monkeypatch, epochs=1000, lr=50.0)
+    engine = engine_for(config)
+    with pytest.raises(EngineError) as refused:
+        engine.run(mnist)
+    assert str(refused.value) == (
+        "Worker 0's job round-001-worker-0 was rejected by owner0@example.org: Its local settings are over "
+        "owner0@example.org's limits: local epochs 1000 is not between 1 and 20; learning rate 50 is not in (0, 10]."
+    )
+    [job] = engine.datasites()[0].jobs
+    assert (job.status, job.started) == ("rejected", None)  # never given a warm worker
+    assert syft_processes() == []
+
+
+def test_an_owner_rejects_a_job_that_would_take_longer_than_it_allows(mnist, monkeypatch):
+    forge_settings(monkeypatch, epochs=20, batch_size=1)  # within the epoch and batch limits, but slow
+    engine = engine_for(ONE_OWNER)
+    engine.owner_limits = OwnerLimits(max_seconds=5)  # the estimate: about 8 s
+    with pytest.raises(EngineError, match=r"training would take about \d+ s, more than the 5 s this owner allows"):
+        engine.run(mnist)
+
+
+def test_owner_limits_check_types_and_each_setting():
+    task = LocalTask.for_round(TrainConfig(), worker=0, round_idx=1)
+    limits = OwnerLimits(max_epochs=5, min_batch_size=16, max_batch_size=256, max_lr=0.5, max_seconds=3600)
+    assert limits.problems(task, 12_000) == []
+
+    def forged(**settings):
+        return LocalTask.from_dict({**task.to_dict(), **settings})
+
+    assert limits.problems(forged(epochs=6), 100) == ["local epochs 6 is not between 1 and 5"]
+    assert limits.problems(forged(batch_size=8), 100) == ["batch size 8 is not between 16 and 256"]
+    assert limits.problems(forged(lr=0.6), 100) == ["learning rate 0.6 is not in (0, 0.5]"]
+    assert limits.problems(forged(lr=-1.0), 100) == ["learning rate -1 is not in (0, 0.5]"]
+    assert limits.problems(forged(clip_norm=0.0), 100) == ["gradient clip norm 0 is not positive"]
+    assert limits.problems(forged(epochs=2.5), 100) == ["epochs must be a whole number, got 2.5"]
+    assert limits.problems(forged(epochs=True), 100) == ["epochs must be a whole number, got True"]
+    assert limits.problems(forged(lr="0.1"), 100) == ["lr must be a finite number, got '0.1'"]
+    assert limits.problems(forged(lr=float("nan")), 100) == ["lr must be a finite number, got nan"]
+    assert limits.problems(forged(model="evil"), 100) == ["unknown model 'evil'"]
+    assert OwnerLimits(max_seconds=1).problems(forged(epochs=5), 60_000) == [
+        "training would take about 10 s, more than the 1 s this owner allows a job"
+    ]
 
 
 def test_a_job_changed_after_approval_is_not_trained(mnist, monkeypatch):
