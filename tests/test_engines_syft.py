@@ -169,6 +169,20 @@ def test_stop_ends_the_run_its_owners_warm_workers_and_syfts_threads(mnist, stop
     assert syft_processes() == [], "no warm worker or job process outlives a stopped run"
 
 
+def test_the_command_line_ends_a_run_whose_owner_never_answers_with_one_line(capsys, monkeypatch):
+    from fed_core.cli import main
+
+    monkeypatch.setenv("FEDMNIST_APPROVAL_SECONDS", "1")
+    monkeypatch.setattr(DataOwner, "_review", lambda owner, job: "waiting")  # an owner who never decides
+    code = main(["train", "--engine", "syft", "--workers", "1", "--rounds", "1", "--train-size", "1000"])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err
+    assert (
+        "error: The run ended: owner0@example.org did not approve worker 0's job round-001-worker-0 within 1 s. "
+        "No round had finished, so there is nothing to save." in err
+    )
+
+
 def test_train_page_says_when_nobody_approved_in_time(mnist, monkeypatch):
     from streamlit.testing.v1 import AppTest
 

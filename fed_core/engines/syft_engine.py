@@ -94,8 +94,12 @@ class SyftJobFailed(EngineError):
     """An owner rejected a round's job, or the job failed on the owner's machine."""
 
 
-class ApprovalTimedOut(TrainingStopped):
-    """An owner neither approved nor rejected a round's job in time: the run ends as if stopped, keeping its model."""
+class ApprovalTimedOut(TrainingStopped, EngineError):
+    """An owner neither approved nor rejected a round's job in time: the run ends as if stopped, keeping its model.
+
+    A TrainingStopped for the Train page's job (stopped, with this message as the reason), and an EngineError
+    for the command line (which keeps the finished rounds and says why, as for a failed run).
+    """
 
 
 class JobRefused(RuntimeError):
