@@ -134,13 +134,17 @@ def start(config: TrainConfig) -> bool:
 
 def settings_check(config: TrainConfig) -> list[str]:
     """Show why the settings cannot run here (invalid, or over this server's budget), or what they will cost."""
-    found = problems(config) or budget_problems(config, load_budget())
+    budget = load_budget()
+    found = problems(config) or budget_problems(config, budget)
     if found:
         st.error("These settings can't run here:\n\n" + "\n".join(f"- {p}" for p in found))
     else:
         text = f"Estimated time on a 2-core machine: about {format_duration(estimate_seconds(config))}"
         if config.engine == "inprocess":
             text += f"; memory about {estimate_run_bytes(config) / 1e6:,.0f} MB"
+        text += f". This server stops any run after {format_duration(budget.run_deadline_seconds)}"
+        if config.manual_approval:
+            text += f", and a run whose job nobody approves within {format_duration(budget.approval_seconds)}"
         st.caption(text + ".")
     return found
 

@@ -193,6 +193,8 @@ def test_train_page_says_when_nobody_approved_in_time(mnist, monkeypatch):
     next(t for t in at.toggle if t.label == "Approve jobs manually").set_value(True)
     next(w for w in at.number_input if w.label == "Workers").set_value(1)
     next(w for w in at.number_input if w.label == "Rounds").set_value(1)
+    at.run()
+    assert any("a run whose job nobody approves within 1.0 s" in c.value for c in at.caption)
     next(b for b in at.button if b.label == "Start").click().run()
     job = at.session_state[session.JOB]
     try:
