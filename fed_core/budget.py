@@ -42,6 +42,8 @@ class Budget:
     runs_per_server: int = 2  # training runs at once, all sessions together
     runs_per_session: int = 1  # training runs at once started by one browser
     run_seconds: float = 600.0  # estimated wall time a run may take (fed_core.config.estimate_seconds)
+    run_margin_seconds: float = 300.0  # a run still going this long past run_seconds is stopped (job.JobSlots)
+    approval_seconds: float = 180.0  # how long a syft run waits for an owner to approve a job before it ends
     training_memory_mb: int = 400  # peak memory one in-process run may add to the server
     heavy_tasks_at_once: int = 1  # Encrypted Test evaluations and What leaks attacks at once, all sessions
     heavy_task_wait_seconds: float = 20.0  # how long a request waits for that slot before it is refused
@@ -51,6 +53,11 @@ class Budget:
     mpc_images_per_request: int = 10_000  # the whole test set: MPC does thousands of images a second
     he_key_idle_seconds: float = 600.0  # a session's HE keys are released after this long unused
     he_key_sets: int = 2  # sessions holding HE keys at once (about 160 MB each); the least recently used goes
+
+    @property
+    def run_deadline_seconds(self) -> float:
+        """How long any run may hold a training slot: the time budget plus the margin for slow estimates."""
+        return self.run_seconds + self.run_margin_seconds
 
     @property
     def training_memory_bytes(self) -> int:
@@ -172,7 +179,8 @@ def _fix_text(fixes: list[str], fallback: str) -> str:
     return "lower " + ", or ".join(fixes) if fixes else fallback
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """A duration as a page says it: seconds up to 90, whole minutes beyond."""
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
@@ -187,8 +195,8 @@ def budget_problems(config: TrainConfig, budget: Budget) -> list[str]:
     if seconds > budget.run_seconds:
         fixes = _fixes(config, lambda c: estimate_seconds(c) <= budget.run_seconds, ("rounds", "local_epochs"))
         out.append(
-            f"This run would take about {_duration(seconds)}; this server allows {_duration(budget.run_seconds)} "
-            f"per run: {_fix_text(fixes, 'lower Rounds and Local epochs E')}."
+            f"This run would take about {duration_text(seconds)}; this server allows "
+            f"{duration_text(budget.run_seconds)} per run: {_fix_text(fixes, 'lower Rounds and Local epochs E')}."
         )
     if config.engine == "inprocess":
         size = estimate_run_bytes(config, budget)

@@ -2,7 +2,9 @@
 
 The thread never touches any UI: a page (or the CLI) polls :meth:`TrainingJob.snapshot`. A run belongs to
 whoever holds its secret owner token: only they may stop it or take its model; anyone with its id may watch.
-:class:`JobSlots` caps how many runs share the machine at once, and how many one owner runs.
+:class:`JobSlots` caps how many runs share the machine at once, and how many one owner runs, and how long a
+run may hold its slot: past that deadline the run stops as if its owner had pressed Stop, keeping the model of
+its last finished round, and says why.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .budget import duration_text
 from .client import TrainingStopped
 from .config import estimate_seconds
 from .data import Mnist, load_mnist
@@ -44,6 +47,7 @@ class JobSnapshot:
     elapsed: float = 0.0
     eta: float | None = None
     error: str | None = None
+    stop_reason: str | None = None  # why a stopped run stopped, when not by its owner (a deadline, a time-out)
 
     @property
     def finished(self) -> bool:
@@ -76,6 +80,8 @@ class TrainingJob:
         self._server_view: ServerView | None = None
         self._label_histogram: list[list[int]] = []
         self._error: str | None = None
+        self._stop_reason: str | None = None
+        self._deadline: float | None = None  # seconds the run may take from start(), or None for no limit
         self._started_at = 0.0
         self._finished_at: float | None = None
         self._thread = threading.Thread(target=self._work, name="federated-run", daemon=True)
@@ -89,7 +95,9 @@ class TrainingJob:
     def same_owner(self, other: TrainingJob) -> bool:
         return other.is_owner(self._owner_token)
 
-    def start(self) -> TrainingJob:
+    def start(self, deadline_seconds: float | None = None) -> TrainingJob:
+        """Launch the run; past ``deadline_seconds`` (if given) it stops itself at its next stop check."""
+        self._deadline = deadline_seconds
         self._started_at = time.perf_counter()
         self._status = RUNNING
         self._thread.start()
@@ -108,14 +116,31 @@ class TrainingJob:
                 self._load_data(),
                 on_start=self._attach,
                 on_round=self._record,
-                should_stop=self._stop.is_set,
+                should_stop=self._should_stop,
             )
             self._finish(DONE)
-        except TrainingStopped:
+        except TrainingStopped as exc:  # by the owner, the deadline, or an engine's own time-out (its message)
+            with self._lock:
+                self._stop_reason = self._stop_reason or str(exc) or None
             self._finish(STOPPED)
         except Exception as exc:  # reported to the page through the snapshot, and logged in full here
             log.exception("federated run failed")
             self._finish(FAILED, str(exc) or type(exc).__name__)
+
+    def _should_stop(self) -> bool:
+        """Whether the owner pressed Stop or the run is past its deadline (then it says so)."""
+        if self._stop.is_set():
+            return True
+        if self._deadline is not None and time.perf_counter() - self._started_at > self._deadline:
+            with self._lock:
+                self._stop_reason = (
+                    "The run was stopped: it passed this server's time limit of "
+                    f"{duration_text(self._deadline)} per run (the time budget plus a margin), so that it does not "
+                    "hold a training slot any longer."
+                )
+            self._stop.set()
+            return True
+        return False
 
     def _attach(self, run: FederatedRun) -> None:
         with self._lock:
@@ -151,6 +176,7 @@ class TrainingJob:
                 elapsed=elapsed,
                 eta=self._eta(history, elapsed),
                 error=self._error,
+                stop_reason=self._stop_reason if self._status == STOPPED else None,
             )
 
     def _eta(self, history: list[dict], elapsed: float) -> float | None:
@@ -184,9 +210,10 @@ class JobSlots:
     It also remembers every job it started by id, so a reloaded page (or a shared link) can find the run.
     """
 
-    def __init__(self, capacity: int = 2, per_owner: int = 1) -> None:
+    def __init__(self, capacity: int = 2, per_owner: int = 1, deadline_seconds: float | None = None) -> None:
         self.capacity = capacity
         self.per_owner = per_owner
+        self.deadline_seconds = deadline_seconds  # how long a run may hold a slot (budget.Budget.run_deadline_seconds)
         self._lock = threading.Lock()
         self._running: list[TrainingJob] = []
         self._by_id: dict[str, TrainingJob] = {}
@@ -207,7 +234,7 @@ class JobSlots:
             self._running.append(job)
             self._by_id[job.job_id] = job
             self._forget_oldest_finished()
-        job.start()
+        job.start(self.deadline_seconds)
         return None
 
     def _forget_oldest_finished(self, keep: int = 32) -> None:

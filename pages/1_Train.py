@@ -135,13 +135,17 @@ def start(config: TrainConfig) -> bool:
 
 def settings_check(config: TrainConfig) -> list[str]:
     """Show why the settings cannot run here (invalid, or over this server's budget), or what they will cost."""
-    found = problems(config) or budget_problems(config, load_budget())
+    budget = load_budget()
+    found = problems(config) or budget_problems(config, budget)
     if found:
         st.error("These settings can't run here:\n\n" + "\n".join(f"- {p}" for p in found))
     else:
         text = f"Estimated time on a 2-core machine: about {format_duration(estimate_seconds(config))}"
         if config.engine == "inprocess":
             text += f"; memory about {estimate_run_bytes(config) / 1e6:,.0f} MB"
+        text += f". This server stops any run after {format_duration(budget.run_deadline_seconds)}"
+        if config.manual_approval:
+            text += f", and a run whose job nobody approves within {format_duration(budget.approval_seconds)}"
         st.caption(text + ".")
     return found
 
@@ -171,6 +175,8 @@ def show_progress(snapshot: JobSnapshot, mine: bool) -> None:
     kept = f" The model of round {snapshot.round}, its last finished round, is kept." if snapshot.round else ""
     if snapshot.status == "failed":
         st.error(f"The run stopped with an error in round {snapshot.round + 1}: {snapshot.error}{kept}")
+    elif snapshot.status == "stopped" and snapshot.stop_reason:
+        st.warning(f"{snapshot.stop_reason} It ran {snapshot.round} round(s).{kept}")
     elif snapshot.status == "stopped":
         who = "you" if mine else "its owner"
         st.warning(f"Stopped by {who} after {snapshot.round} round(s).{kept}")

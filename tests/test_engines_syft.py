@@ -19,10 +19,12 @@ import torch
 from fed_core.client import TrainingStopped
 from fed_core.config import TrainConfig
 from fed_core.engines import EngineError, engine_for, syft_warm_pool
+from fed_core.engines.owner_limits import OwnerLimits
 from fed_core.engines.syft_engine import DataOwner, JobRefused, SyftEngine, SyftPool, job_script
 from fed_core.engines.syft_warm_pool import WarmPool, WarmWorker
 from fed_core.engines.syft_warm_worker import TrainingRequest
 from fed_core.engines.worker_job import LocalTask, encode_vector, load_update, save_shard, train_local
+from fed_core.job import STOPPED, JobSlots, TrainingJob
 from fed_core.models import build_model
 from ui import session
 
@@ -167,6 +169,48 @@ def test_stop_ends_the_run_its_owners_warm_workers_and_syfts_threads(mnist, stop
     assert syft_processes() == [], "no warm worker or job process outlives a stopped run"
 
 
+def test_the_command_line_ends_a_run_whose_owner_never_answers_with_one_line(capsys, monkeypatch):
+    from fed_core.cli import main
+
+    monkeypatch.setenv("FEDMNIST_APPROVAL_SECONDS", "1")
+    monkeypatch.setattr(DataOwner, "_review", lambda owner, job: "waiting")  # an owner who never decides
+    code = main(["train", "--engine", "syft", "--workers", "1", "--rounds", "1", "--train-size", "1000"])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err
+    assert (
+        "error: The run ended: owner0@example.org did not approve worker 0's job round-001-worker-0 within 1 s. "
+        "No round had finished, so there is nothing to save." in err
+    )
+
+
+def test_train_page_says_when_nobody_approved_in_time(mnist, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("FEDMNIST_APPROVAL_SECONDS", "1")
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=60)
+    at.switch_page("pages/1_Train.py").run()
+    next(s for s in at.selectbox if s.label == "Where workers train").set_value("syft").run()
+    next(t for t in at.toggle if t.label == "Approve jobs manually").set_value(True)
+    next(w for w in at.number_input if w.label == "Workers").set_value(1)
+    next(w for w in at.number_input if w.label == "Rounds").set_value(1)
+    at.run()
+    assert any("a run whose job nobody approves within 1.0 s" in c.value for c in at.caption)
+    next(b for b in at.button if b.label == "Start").click().run()
+    job = at.session_state[session.JOB]
+    try:
+        job.join(120)
+        at.run()
+        assert not at.exception
+        assert job.snapshot().status == "stopped"
+        [warning] = [w.value for w in at.warning if "did not approve" in w.value]
+        assert warning.startswith("The run ended: owner0@example.org did not approve worker 0's job round-001-worker-0")
+        assert "It ran 0 round(s)." in warning
+        assert not [b for b in at.button if b.label.startswith("Approve ")]
+    finally:
+        job.stop()
+        job.join(60)
+
+
 def test_train_page_shows_the_datasites_and_approves_jobs_with_a_button(mnist):
     from streamlit.testing.v1 import AppTest
 
@@ -199,6 +243,33 @@ def test_train_page_shows_the_datasites_and_approves_jobs_with_a_button(mnist):
     finally:
         job.stop()
         job.join(60)
+
+
+def test_a_job_nobody_approves_ends_the_run_keeping_its_model_and_its_slot_frees(mnist, monkeypatch):
+    """Issue 16, item 3: round 1 is approved, round 2 never is. The run ends after the approval time-out (5 s) as
+    stopped, says why, keeps round 1's model, leaves nothing running and frees its slot."""
+    monkeypatch.setenv("FEDMNIST_APPROVAL_SECONDS", "5")
+    slots = JobSlots(capacity=1, deadline_seconds=600.0)
+    job = TrainingJob(engine_for(TrainConfig(**{**ONE_OWNER_BY_HAND.to_dict(), "rounds": 2})))
+    assert slots.try_start(job) is None
+    engine = job.engine
+    wait_for(lambda: engine.datasites())  # the owner is up: approve round 1 as soon as it can be named
+    engine.approve(0, "round-001-worker-0")
+    started = time.monotonic()
+    job.join(120)
+    snap = job.snapshot()
+    assert snap.status == STOPPED and snap.round == 1, (snap.status, snap.error)
+    assert snap.stop_reason == (
+        "The run ended: owner0@example.org did not approve worker 0's job round-002-worker-0 within 5 s."
+    )
+    assert time.monotonic() - started < 60
+    assert job.model is not None  # round 1's
+    assert [j.status for j in engine.datasites()[0].jobs] == ["done", "not approved in time"]
+    assert engine.datasites()[0].awaiting_approval == []  # no Approve button left
+    assert syft_processes() == []
+    other = TrainingJob(engine_for(ONE_OWNER))
+    assert slots.try_start(other) is None
+    other.join(120)
 
 
 # --- what an owner runs ------------------------------------------------------------------------------
@@ -234,6 +305,70 @@ def test_a_job_that_is_not_exactly_the_training_script_is_rejected(mnist, monkey
     [job] = engine.datasites()[0].jobs
     assert job.status == "rejected"
     assert syft_processes() == []
+
+
+def forge_settings(monkeypatch, **settings) -> None:
+    """The aggregator writes a job.json whose local settings are ``settings`` instead of the run's."""
+    write_job = SyftPool.write_job
+
+    def write_forged_job(pool, job_dir, task, weights):
+        write_job(pool, job_dir, task, weights)
+        path = job_dir / "code" / "job.json"
+        job = json.loads(path.read_text())
+        job["task"].update(settings)
+        path.write_text(json.dumps(job))
+
+    monkeypatch.setattr(SyftPool, "write_job", write_forged_job)
+
+
+@pytest.mark.parametrize(
+    "config", [ONE_OWNER, ONE_OWNER_BY_HAND], ids=["auto approval", "manual approval: nobody is asked"]
+)
+def test_an_owner_rejects_a_forged_job_json_over_its_limits_and_says_why(mnist, monkeypatch, config):
+    """Issue 16, item 10: the script is the exact training script, but job.json asks for 1000 epochs and a
+    learning rate of 50. The owner rejects it before anything trains, and the aggregator is told why."""
+    forge_settings(monkeypatch, epochs=1000, lr=50.0)
+    engine = engine_for(config)
+    with pytest.raises(EngineError) as refused:
+        engine.run(mnist)
+    assert str(refused.value) == (
+        "Worker 0's job round-001-worker-0 was rejected by owner0@example.org: Its local settings are over "
+        "owner0@example.org's limits: local epochs 1000 is not between 1 and 20; learning rate 50 is not in (0, 10]."
+    )
+    [job] = engine.datasites()[0].jobs
+    assert (job.status, job.started) == ("rejected", None)  # never given a warm worker
+    assert syft_processes() == []
+
+
+def test_an_owner_rejects_a_job_that_would_take_longer_than_it_allows(mnist, monkeypatch):
+    forge_settings(monkeypatch, epochs=20, batch_size=1)  # within the epoch and batch limits, but slow
+    engine = engine_for(ONE_OWNER)
+    engine.owner_limits = OwnerLimits(max_seconds=5)  # the estimate: about 8 s
+    with pytest.raises(EngineError, match=r"training would take about \d+ s, more than the 5 s this owner allows"):
+        engine.run(mnist)
+
+
+def test_owner_limits_check_types_and_each_setting():
+    task = LocalTask.for_round(TrainConfig(), worker=0, round_idx=1)
+    limits = OwnerLimits(max_epochs=5, min_batch_size=16, max_batch_size=256, max_lr=0.5, max_seconds=3600)
+    assert limits.problems(task, 12_000) == []
+
+    def forged(**settings):
+        return LocalTask.from_dict({**task.to_dict(), **settings})
+
+    assert limits.problems(forged(epochs=6), 100) == ["local epochs 6 is not between 1 and 5"]
+    assert limits.problems(forged(batch_size=8), 100) == ["batch size 8 is not between 16 and 256"]
+    assert limits.problems(forged(lr=0.6), 100) == ["learning rate 0.6 is not in (0, 0.5]"]
+    assert limits.problems(forged(lr=-1.0), 100) == ["learning rate -1 is not in (0, 0.5]"]
+    assert limits.problems(forged(clip_norm=0.0), 100) == ["gradient clip norm 0 is not positive"]
+    assert limits.problems(forged(epochs=2.5), 100) == ["epochs must be a whole number, got 2.5"]
+    assert limits.problems(forged(epochs=True), 100) == ["epochs must be a whole number, got True"]
+    assert limits.problems(forged(lr="0.1"), 100) == ["lr must be a finite number, got '0.1'"]
+    assert limits.problems(forged(lr=float("nan")), 100) == ["lr must be a finite number, got nan"]
+    assert limits.problems(forged(model="evil"), 100) == ["unknown model 'evil'"]
+    assert OwnerLimits(max_seconds=1).problems(forged(epochs=5), 60_000) == [
+        "training would take about 10 s, more than the 1 s this owner allows a job"
+    ]
 
 
 def test_a_job_changed_after_approval_is_not_trained(mnist, monkeypatch):

@@ -1,9 +1,11 @@
 import secrets
 import threading
+import time
 
 import pytest
 import torch
 
+from fed_core.budget import load_budget
 from fed_core.client import TrainingDiverged, flatten, model_params
 from fed_core.config import ConfigError, TrainConfig
 from fed_core.engines import engine_for
@@ -148,3 +150,58 @@ def test_one_owner_runs_one_job_at_a_time(tiny_data):
     gate.set()
     for job in (first, other):
         job.join(60)
+
+
+def test_a_run_past_the_slot_deadline_stops_saying_so_and_frees_its_slot(tiny_data):
+    """No run holds a slot longer than the deadline (issue 16, item 3): a 200-round run given 1 s, whose data
+    takes 1.5 s to load, stops at its first check after the deadline."""
+
+    def slow_data():
+        time.sleep(1.5)
+        return tiny_data
+
+    slots = JobSlots(capacity=1, deadline_seconds=1.0)
+    job = TrainingJob(engine_for(TrainConfig(**{**SMALL.to_dict(), "rounds": 200})), load_data=slow_data)
+    assert slots.try_start(job) is None
+    job.join(60)
+    snap = job.snapshot()
+    assert snap.status == STOPPED and snap.round == 0
+    assert snap.stop_reason == (
+        "The run was stopped: it passed this server's time limit of 1 s per run (the time budget plus a margin), "
+        "so that it does not hold a training slot any longer."
+    )
+    following = TrainingJob(engine_for(SMALL), load_data=lambda: tiny_data)
+    assert slots.try_start(following) is None
+    following.join(60)
+
+
+def test_a_run_stopped_by_the_deadline_keeps_the_model_of_its_last_round(tiny_data):
+    slots = JobSlots(capacity=1, deadline_seconds=600.0)
+    job = TrainingJob(engine_for(TrainConfig(**{**SMALL.to_dict(), "rounds": 200})), load_data=lambda: tiny_data)
+    record = job._record
+
+    def ten_minutes_pass_in_round_1(run, row):
+        record(run, row)
+        job._started_at -= 600.0  # as if the round had taken ten minutes
+
+    job._record = ten_minutes_pass_in_round_1
+    assert slots.try_start(job) is None
+    job.join(60)
+    snap = job.snapshot()
+    assert snap.status == STOPPED and snap.round == 1
+    assert "time limit of 10 min per run" in snap.stop_reason
+    assert job.model is not None
+
+
+def test_a_run_stopped_by_its_owner_gives_no_reason(tiny_data):
+    job = TrainingJob(engine_for(TrainConfig(**{**SMALL.to_dict(), "rounds": 200})), load_data=lambda: tiny_data)
+    job.start(deadline_seconds=600.0)
+    job.stop()
+    job.join(60)
+    assert job.snapshot().status == STOPPED and job.snapshot().stop_reason is None
+
+
+def test_the_slot_deadline_is_the_time_budget_plus_the_margin():
+    budget = load_budget({"FEDMNIST_RUN_SECONDS": "100", "FEDMNIST_RUN_MARGIN_SECONDS": "20"})
+    assert budget.run_deadline_seconds == 120
+    assert load_budget({}).approval_seconds == 180

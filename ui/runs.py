@@ -25,9 +25,10 @@ TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{43}")  # what secrets.token_urlsafe(32)
 
 @st.cache_resource
 def job_slots() -> JobSlots:
-    """One set of slots for the whole server: every browser session shares them."""
+    """One set of slots for the whole server: every browser session shares them, none for longer than the
+    run deadline (the time budget plus a margin)."""
     budget = load_budget()
-    return JobSlots(budget.runs_per_server, budget.runs_per_session)
+    return JobSlots(budget.runs_per_server, budget.runs_per_session, budget.run_deadline_seconds)
 
 
 def owner_token() -> str | None:

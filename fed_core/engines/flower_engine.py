@@ -46,6 +46,7 @@ from fed_core.server import FederatedRun
 
 from . import Engine, EngineError, Rounds, StopCheck
 from .flower_secagg import SecureRound, secure_round, train_reply
+from .ray_guard import locked_down_ray, set_switches
 from .worker_job import LocalTask, load_shard, save_shard, train_local
 
 POLL_SECONDS = 0.1  # how often the server pulls replies (Flower's own send_and_receive waits 3 s)
@@ -277,14 +278,16 @@ def simulate(workers: int, serve: Callable[[Grid, Path], None], should_stop: Cal
     """Run ``serve(grid, shard_dir)`` as a ServerApp's main, with ``workers`` virtual SuperNodes.
 
     Node ``i`` reads its shard from ``shard_dir / shard_file_name(i)``, which
-    ``flower_pool_factory(grid, shard_dir)`` writes.
+    ``flower_pool_factory(grid, shard_dir)`` writes. Ray's cluster requires a fresh token and listens on
+    loopback only (ray_guard.py).
     """
+    set_switches()  # before Flower's simulation imports Ray, which reads them once
     # Here, not at the top: it imports Ray (seconds), which deployed SuperNodes and ServerApps never use.
     from flwr.simulation import run_simulation
 
     _wait_for_slot(should_stop)
     try:
-        with tempfile.TemporaryDirectory(prefix="fed-flower-") as shard_dir:
+        with locked_down_ray(), tempfile.TemporaryDirectory(prefix="fed-flower-") as shard_dir:
             server = ServerApp()
 
             @server.main()
@@ -312,8 +315,15 @@ def _wait_for_slot(should_stop: Callable[[], bool] | None) -> None:
 
 
 def simulation_backend() -> dict:
-    """Ray sized for this machine: one core per virtual SuperNode, so nodes train side by side."""
+    """Ray sized for this machine: one core per virtual SuperNode, so nodes train side by side; no dashboard
+    (one more server to expose)."""
     return {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"num_cpus": os.cpu_count() or 1, "num_gpus": 0, "logging_level": "ERROR", "log_to_driver": False},
+        "init_args": {
+            "num_cpus": os.cpu_count() or 1,
+            "num_gpus": 0,
+            "logging_level": "ERROR",
+            "log_to_driver": False,
+            "include_dashboard": False,
+        },
     }

@@ -3,7 +3,8 @@
 Each owner publishes its MNIST shard as a syft-rds dataset: a mock file anyone it shares with may
 read (random images of the same shape) and a private file only approved jobs read. Each round the
 aggregator submits one bash job per sampled owner. The owner approves the job (automatically, if it is
-exactly the expected training script, or when a person presses Approve), syft's job runner runs it, and
+exactly the expected training script and its local settings are within the owner's limits, owner_limits.py,
+or when a person presses Approve; a job over the limits is rejected), syft's job runner runs it, and
 the owner shares back only the outputs: the weight delta, the sample count and the metrics of a
 :class:`~fed_core.client.WorkerUpdate`.
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shlex
 import shutil
@@ -47,12 +49,14 @@ import torch
 from syft_perms import SyftPermContext
 from syft_rds import SyftRDSClient, job_matches_criteria
 
+from fed_core.budget import duration_text, load_budget
 from fed_core.client import TrainingStopped, WorkerUpdate
 from fed_core.config import TrainConfig
 from fed_core.data import Mnist
 from fed_core.server import FederatedRun
 
 from . import Engine, EngineError, Rounds, StopCheck
+from .owner_limits import OwnerLimits
 from .syft_handoff import MessageError, owner_socket, receive_message, send_message
 from .syft_warm_pool import PoolClosed, WarmPool, WarmWorker, WarmWorkerError, join_shared_pool, leave_shared_pool
 from .syft_warm_worker import TrainingRequest
@@ -81,7 +85,6 @@ MOCK_IMAGES = 16
 # aggregator also checks between polls whether the user pressed Stop.
 OWNER_POLL_SECONDS = 30.0
 AGGREGATOR_POLL_SECONDS = 1.0
-JOB_TIMEOUT_SECONDS = 3600  # syft's default is 10 min; many local epochs of a large model take longer
 HANDOFF_POLL_SECONDS = 0.05  # how often an owner running a job checks whether syft's runner has finished
 HANDOFF_READ_SECONDS = 5.0  # how long an owner waits for a connected job to say which folder it is
 HANDOFF_FILE = Path(__file__).resolve().with_name("syft_handoff.py")
@@ -89,6 +92,14 @@ HANDOFF_FILE = Path(__file__).resolve().with_name("syft_handoff.py")
 
 class SyftJobFailed(EngineError):
     """An owner rejected a round's job, or the job failed on the owner's machine."""
+
+
+class ApprovalTimedOut(TrainingStopped, EngineError):
+    """An owner neither approved nor rejected a round's job in time: the run ends as if stopped, keeping its model.
+
+    A TrainingStopped for the Train page's job (stopped, with this message as the reason), and an EngineError
+    for the command line (which keeps the finished rounds and says why, as for a failed run).
+    """
 
 
 class JobRefused(RuntimeError):
@@ -175,7 +186,8 @@ class JobRecord:
     name: str
     round: int
     arrived: float  # time.time() when the owner first saw it
-    status: str = "awaiting approval"  # then "queued" (for a warm worker), "running", "done", "failed" or "rejected"
+    # then "queued" (for a warm worker), "running", "done", "failed", "rejected" or "not approved in time"
+    status: str = "awaiting approval"
     approval: str = ""  # "auto" or "manual"
     waited: float | None = None  # seconds from arrival to approval
     started: float | None = None  # time.time() when it got a warm worker
@@ -208,12 +220,20 @@ class DataOwner:
     share wait for ``drive_lock``.
     """
 
-    def __init__(self, worker: int, client: SyftRDSClient, manual_approval: bool, pool: WarmPool):
+    def __init__(
+        self,
+        worker: int,
+        client: SyftRDSClient,
+        manual_approval: bool,
+        pool: WarmPool,
+        limits: OwnerLimits | None = None,
+    ):
         self.worker = worker
         self.client = client
         self.drive_lock = threading.Lock()  # syft's in-memory Drive is not thread-safe: one side at a time
         self.manual_approval = manual_approval
         self.pool = pool
+        self.limits = limits or OwnerLimits()
         self.private_images = 0
         self.private_bytes = 0
         self._private_file: Path | None = None
@@ -253,6 +273,19 @@ class DataOwner:
     def wake(self) -> None:
         """New jobs were sent. (A real owner's job loop polls Drive instead.)"""
         self._wake.set()
+
+    def awaits_verdict(self, job_name: str) -> bool:
+        """Whether ``job_name`` has neither been approved nor rejected yet (or not even seen)."""
+        with self._lock:
+            record = self._records.get(job_name)
+            return record is None or record.status == "awaiting approval"
+
+    def expire(self, job_name: str) -> None:
+        """The aggregator stopped waiting for ``job_name``: it no longer awaits approval (no Approve button)."""
+        with self._lock:
+            record = self._records.get(job_name)
+            if record is not None and record.status == "awaiting approval":
+                record.status = "not approved in time"
 
     def approve(self, job_name: str) -> None:
         """A person approved ``job_name`` on the page; the owner's thread approves it in syft."""
@@ -346,14 +379,16 @@ class DataOwner:
             shutil.rmtree(job.job_review_path, ignore_errors=True)
 
     def _review(self, job) -> str:
-        """Approve ``job`` if policy allows (:func:`follows_policy`) and, if asked for, a person.
+        """Approve ``job`` if policy (:func:`follows_policy`) and this owner's limits allow, and, if asked for,
+        a person; a job over the limits is rejected without asking anyone.
 
         Returns "approved", "rejected", or "waiting" (for a person to approve it).
         """
+        refusal = self._refusal(job)
         with self._lock:
             record = self._records.setdefault(job.name, JobRecord(job.name, _round_of(job), time.time()))
-            if not follows_policy(job):
-                job.reject("Only the project's training script may run on this data.")
+            if refusal:
+                job.reject(refusal)
                 record.status = "rejected"
                 return "rejected"
             if self.manual_approval and job.name not in self._approved_by_person:
@@ -364,6 +399,19 @@ class DataOwner:
         with self._lock:
             self._approved[job.code_dir.resolve()] = job_fingerprint(job.code_dir)
         return "approved"
+
+    def _refusal(self, job) -> str | None:
+        """Why this owner rejects ``job`` (shared with the aggregator), or None if it may run."""
+        if not follows_policy(job):
+            return "Only the project's training script may run on this data."
+        try:
+            task = read_task(job.code_dir)
+        except ValueError as exc:
+            return str(exc)
+        over = self.limits.problems(task, self.private_images)
+        if over:
+            return f"Its local settings are over {owner_email(self.worker)}'s limits: {'; '.join(over)}."
+        return None
 
     def _run_jobs(self, jobs: list) -> None:
         """Run the approved jobs with a warm worker, once one of the server's pool is free."""
@@ -392,7 +440,7 @@ class DataOwner:
             # Running a job touches only the owner's own files: the Drive stays free meanwhile.
             self.client.job_runner.process_approved_jobs(
                 stream_output=False,
-                timeout=JOB_TIMEOUT_SECONDS,
+                timeout=math.ceil(self.limits.max_seconds),  # syft's default, 5 min, is too short for some runs
                 share_outputs_with_submitter=True,
                 share_logs_with_submitter=True,
             )
@@ -441,20 +489,28 @@ class DataOwner:
         if job_fingerprint(code_dir) != fingerprint:
             raise JobRefused(f"the files of {code_dir.parent.name} changed after it was approved")
         try:
-            job = json.loads((code_dir / JOB_FILE).read_text())
-            if job["dataset"] != DATASET:
-                raise ValueError(f"dataset {job['dataset']!r} is not {DATASET!r}")
-            task = LocalTask.from_dict(job["task"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise JobRefused(f"{JOB_FILE} is not a training task: {exc}") from None
+            task = read_task(code_dir)  # as reviewed: the fingerprint says the file is unchanged
+        except ValueError as exc:
+            raise JobRefused(str(exc)) from None
         threads = max(1, (os.cpu_count() or 1) // self.pool.size)  # the owner's cores, shared by its pool
         return TrainingRequest(task, threads, self._private_file, code_dir / GLOBAL_MODEL_FILE, code_dir / UPDATE_FILE)
 
 
+def read_task(code_dir: Path) -> LocalTask:
+    """The training task a job's ``job.json`` asks for; raises ValueError saying why it is not one."""
+    try:
+        job = json.loads((code_dir / JOB_FILE).read_text())
+        if job["dataset"] != DATASET:
+            raise ValueError(f"dataset {job['dataset']!r} is not {DATASET!r}")
+        return LocalTask.from_dict(job["task"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{JOB_FILE} is not a training task: {exc}") from None
+
+
 def _round_of(job) -> int:
     try:
-        return json.loads((job.code_dir / JOB_FILE).read_text())["task"]["round"]
-    except (OSError, ValueError, KeyError):
+        return int(read_task(job.code_dir).round)
+    except (ValueError, TypeError):
         return 0
 
 
@@ -462,7 +518,11 @@ def _round_of(job) -> int:
 
 
 class SyftPool:
-    """The aggregator: one job per sampled owner per round; only the jobs' outputs come back."""
+    """The aggregator: one job per sampled owner per round; only the jobs' outputs come back.
+
+    It waits ``approval_seconds`` at most for an owner to approve (or reject) a job: an owner who never
+    answers, say a manual approval nobody gives, must not hold the server's training slot forever.
+    """
 
     def __init__(
         self,
@@ -470,16 +530,19 @@ class SyftPool:
         owners: dict[int, DataOwner],
         config: TrainConfig,
         should_stop: Callable[[], bool] | None = None,
+        approval_seconds: float = float("inf"),
     ) -> None:
         self.clients = clients
         self.owners = owners
         self.config = config
         self.should_stop = should_stop
+        self.approval_seconds = approval_seconds
 
     def train(self, global_vector: torch.Tensor, workers: list[int], round_idx: int) -> list[WorkerUpdate]:
         weights = encode_vector(global_vector)
+        submitted = time.monotonic()
         names = {w: self._submit(w, LocalTask.for_round(self.config, w, round_idx), weights) for w in workers}
-        return [self._collect(w, names[w]) for w in workers]
+        return [self._collect(w, names[w], submitted) for w in workers]
 
     def _submit(self, worker: int, task: LocalTask, weights: str) -> str:
         name = f"round-{task.round:03d}-worker-{worker}"
@@ -499,7 +562,7 @@ class SyftPool:
         (code / JOB_FILE).write_text(json.dumps({"dataset": DATASET, "task": task.to_dict()}))
         (code / GLOBAL_MODEL_FILE).write_text(weights)
 
-    def _collect(self, worker: int, name: str) -> WorkerUpdate:
+    def _collect(self, worker: int, name: str, submitted: float) -> WorkerUpdate:
         owner = self.owners[worker]
         while True:
             with owner.drive_lock:
@@ -514,6 +577,14 @@ class SyftPool:
                     raise SyftJobFailed(
                         f"Worker {worker}'s job {name} failed on {owner_email(worker)}. {_last_error_line(job)}".strip()
                     )
+            # The owner's own record, not syft's status: the aggregator sees "pending" until the owner syncs,
+            # which it does only once an approved job has run.
+            if time.monotonic() - submitted > self.approval_seconds and owner.awaits_verdict(name):
+                owner.expire(name)
+                raise ApprovalTimedOut(
+                    f"The run ended: {owner_email(worker)} did not approve worker {worker}'s job {name} within "
+                    f"{duration_text(self.approval_seconds)}."
+                )
             if self.should_stop and self.should_stop():
                 raise TrainingStopped()
             owner.replied.wait(AGGREGATOR_POLL_SECONDS)
@@ -535,6 +606,8 @@ class SyftEngine(Engine):
     def __init__(self, config: TrainConfig) -> None:
         super().__init__(config)
         self.manual_approval = config.manual_approval
+        self.approval_seconds = load_budget().approval_seconds  # this server's patience (FEDMNIST_APPROVAL_SECONDS)
+        self.owner_limits = OwnerLimits()  # every owner's limits on the settings a job asks for
         self._owners: dict[int, DataOwner] = {}
         self._mocks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._clients: list[SyftRDSClient] = []
@@ -573,14 +646,14 @@ class SyftEngine(Engine):
                 use_in_memory_cache=False,
             )
             self._clients += [clients[worker], owner_client]
-            owner = DataOwner(worker, owner_client, self.manual_approval, self._pool)
+            owner = DataOwner(worker, owner_client, self.manual_approval, self._pool, self.owner_limits)
             self._owners = {**self._owners, worker: owner}  # a new dict, so the page never sees one change
             # The demo hands each owner its shard; from here on only the owner's thread touches it.
             owner.start(data.train_images[shard], data.train_labels[shard], self._root / f"staging{worker}")
             with owner.drive_lock:  # what the aggregator sees of the dataset
                 mock = clients[worker].datasets.get(DATASET, datasite=owner_email(worker)).mock_files[0]
             self._mocks[worker] = load_shard(mock)
-        return SyftPool(clients, self._owners, config, should_stop)
+        return SyftPool(clients, self._owners, config, should_stop, self.approval_seconds)
 
     def datasites(self) -> list[DatasiteView]:
         return [
