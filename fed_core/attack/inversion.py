@@ -30,13 +30,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .client import (
+from ..client import (
     BatchedTrainer,
     LocalSettings,
     Params,
@@ -46,17 +45,18 @@ from .client import (
     unflatten,
     worker_seed,
 )
-from .config import TrainConfig
-from .data import MEAN, STD, Mnist, load_mnist, normalize
-from .dp import SecureRandom, clip_rows
-from .engines import engine_for
-from .models import CryptoCNN, build_model, new_model
-from .secagg import secure_sum
-from .server import partition_for
+from ..config import TrainConfig
+from ..data import MEAN, STD, Mnist, load_mnist, normalize
+from ..dp import SecureRandom, clip_rows
+from ..engines import engine_for
+from ..models import CryptoCNN, build_model, new_model
+from ..secagg import secure_sum
+from ..server import partition_for
+from .scores import mean_psnr, scores, to_pixels
 
 LOW, HIGH = (0.0 - MEAN) / STD, (1.0 - MEAN) / STD  # the valid pixel range after normalisation
-DEFENCES = ("none", "secure-agg", "dp")
-MAX_IMAGES = 16  # the replay holds every candidate image's activations per step: more would not fit a small server
+DEFENCES = ("none", "secure-agg", "dp", "both")
+MAX_IMAGES = 64  # images one attacked worker holds (the page's and the CLI's limit)
 FRACTION_BITS = 16  # fixed-point scale 2**16 in the 64-bit ring, as a secure-aggregation encoder would use
 SOLVED_MISMATCH = 1e-4  # 1 - cosine below which the square-CNN inversion stops trying priors (about 40 dB)
 Progress = Callable[[int, int, torch.Tensor, dict], None]
@@ -99,9 +99,11 @@ class AttackResult:
     psnr: list[float] = field(default_factory=list)  # per true image, when the true images were given
     ssim: list[float] = field(default_factory=list)
     matched: list[int] = field(default_factory=list)  # matched[i]: the reconstruction scored against image i
+    worker_check: list[str] = field(default_factory=list)  # why a checking worker would refuse the model sent
 
     def to_dict(self) -> dict:
         return {
+            "worker_check": self.worker_check,
             "labels": self.labels,
             "method": self.method,
             "seconds": self.seconds,
@@ -125,6 +127,19 @@ def worker_examples(config: TrainConfig, data: Mnist, worker: int, count: int) -
         raise ValueError(f"images must be between 1 and {most} for worker {worker}, got {count}.")
     index = shards[worker][:count]
     return data.train_images[index], data.train_labels[index]
+
+
+def with_local_steps(settings: LocalSettings, images: int, steps: int) -> LocalSettings:
+    """The worker's settings for ``steps`` local SGD steps on ``images`` images.
+
+    Up to one step per image: one epoch in batches of ceil(images / steps) (exactly ``steps`` steps when it
+    divides ``images``, as FedAvg's "16 images, batch 4, one epoch"); more steps: that many epochs of one batch.
+    """
+    if steps < 1:
+        raise ValueError(f"local steps must be at least 1, got {steps}.")
+    if steps > images:
+        return replace(settings, epochs=steps, batch_size=images)
+    return replace(settings, epochs=1, batch_size=-(-images // steps))
 
 
 def make_update(
@@ -178,71 +193,23 @@ def observe(
     noise_multiplier: float = 1.0,
     clip_norm: float | None = None,
 ) -> ObservedUpdate:
-    """What the server holds about ``update`` under ``defence``; the DP clip defaults to one local step's bound."""
-    if defence == "none":
-        vector = update.delta
-    elif defence == "secure-agg":  # the worker's masked vector in a round of two (secagg.py)
-        round_of_two = torch.stack([update.delta, torch.zeros_like(update.delta)])
-        vector = secure_sum(round_of_two, [update.num_examples] * 2).server_view(0)
-    elif defence == "dp":  # the Gaussian mechanism on the worker's update (dp.py): clipped, plus noise
+    """What the server holds about ``update`` under ``defence``; the DP clip defaults to one local step's bound.
+
+    "both": the worker adds its DP noise, then masks the noisy update for secure aggregation.
+    """
+    if defence not in DEFENCES:
+        raise ValueError(f"Unknown defence {defence!r}; choose one of {', '.join(DEFENCES)}.")
+    vector = update.delta
+    if defence in ("dp", "both"):  # the Gaussian mechanism on the worker's update (dp.py): clipped, plus noise
         clip = clip_norm if clip_norm is not None else settings.lr * settings.clip_norm
         if clip <= 0 or noise_multiplier < 0:
             raise ValueError("DP needs a positive clip norm and a non-negative noise multiplier.")
-        noise = SecureRandom().normal(update.delta.shape, noise_multiplier * clip)
-        vector = clip_rows(update.delta.unsqueeze(0), clip)[0] + noise
-    else:
-        raise ValueError(f"Unknown defence {defence!r}; choose one of {', '.join(DEFENCES)}.")
+        noise = SecureRandom().normal(vector.shape, noise_multiplier * clip)
+        vector = clip_rows(vector.unsqueeze(0), clip)[0] + noise
+    if defence in ("secure-agg", "both"):  # the worker's masked vector in a round of two (secagg.py)
+        round_of_two = torch.stack([vector, torch.zeros_like(vector)])
+        vector = secure_sum(round_of_two, [update.num_examples] * 2).server_view(0)
     return ObservedUpdate(model_name, global_vector, vector, update.num_examples, settings)
-
-
-# ----------------------------------------------------------------------------- scores
-
-
-def psnr(image: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0) -> float:
-    """Peak signal-to-noise ratio in dB of two images with pixels in [0, data_range]; inf when identical."""
-    mse = (image.double() - reference.double()).pow(2).mean().item()
-    return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
-
-
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :]).view(1, 1, size, size)
-
-
-def ssim(image: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0) -> float:
-    """Structural similarity (Wang et al. 2004): 11x11 Gaussian window (sigma 1.5), mean over valid windows."""
-    x, y = image.double().view(1, 1, *image.shape[-2:]), reference.double().view(1, 1, *reference.shape[-2:])
-    window = _gaussian_window()
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_x, mu_y = F.conv2d(x, window), F.conv2d(y, window)
-    var_x = F.conv2d(x * x, window) - mu_x**2
-    var_y = F.conv2d(y * y, window) - mu_y**2
-    cov = F.conv2d(x * y, window) - mu_x * mu_y
-    score = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return score.mean().item()
-
-
-def to_pixels(x: torch.Tensor) -> torch.Tensor:
-    """Normalised [N, 1, 28, 28] -> pixels [N, 28, 28] in [0, 1]."""
-    return (x.detach() * STD + MEAN).clamp(0, 1).view(-1, 28, 28)
-
-
-def match_images(images: torch.Tensor, reference: torch.Tensor) -> list[int]:
-    """matched[i]: the reconstruction paired with true image i (greedy on squared error; the order is unknown)."""
-    errors = (reference.unsqueeze(1) - images.unsqueeze(0)).pow(2).flatten(2).mean(2)
-    matched = [-1] * len(reference)
-    for _ in range(len(reference)):
-        i, j = divmod(int(errors.argmin()), errors.shape[1])
-        matched[i] = j
-        errors[i, :], errors[:, j] = math.inf, math.inf
-    return matched
-
-
-def time_to_psnr(history: list[dict], target: float) -> float | None:
-    """Seconds until the mean PSNR in ``history`` first reached ``target`` dB (None if it never did)."""
-    return next((h["seconds"] for h in history if h.get("psnr", -math.inf) >= target), None)
 
 
 # ----------------------------------------------------------------------------- labels
@@ -524,8 +491,7 @@ class Trace:
         entry = {"step": step, "seconds": time.perf_counter() - self.started, "loss": mismatch}
         pixels = to_pixels(x)
         if self.truth is not None:
-            matched = pixels[match_images(pixels, self.truth)]
-            entry["psnr"] = float(np.mean([psnr(p, t) for p, t in zip(matched, self.truth)]))
+            entry["psnr"] = mean_psnr(pixels, self.truth)
         self.history.append(entry)
         if self.progress:
             self.progress(step, self.total, pixels, entry)
@@ -580,7 +546,5 @@ def reconstruct(
     method = "square-CNN inversion + gradient matching" if structured else "gradient matching"
     result = AttackResult(pixels, labels, method, time.perf_counter() - trace.started, trace.history)
     if trace.truth is not None:
-        result.matched = match_images(pixels, trace.truth)
-        result.psnr = [psnr(pixels[j], t) for j, t in zip(result.matched, trace.truth)]
-        result.ssim = [ssim(pixels[j], t) for j, t in zip(result.matched, trace.truth)]
+        result.matched, result.psnr, result.ssim = scores(pixels, trace.truth)
     return result
