@@ -1,11 +1,13 @@
 """What a server can read from the workers' updates, and what stops it.
 
-* :mod:`.inversion`: a curious server inverts one worker's update by gradient matching;
+* :mod:`.curious`: a curious server inverts one worker's update (:mod:`.inversion` for one image,
+  :mod:`.batch` for several images and local steps);
 * :mod:`.imprint`: a malicious server edits the model it sends and reads images back exactly, even from a
   securely aggregated sum;
 * :mod:`.scores`: PSNR, SSIM and the matching of rebuilt images to real ones.
 """
 
+from .curious import reconstruct
 from .imprint import (
     BINS,
     ImprintedModel,
@@ -27,9 +29,9 @@ from .inversion import (
     SquareCNNInversion,
     StagedUpdate,
     infer_labels,
+    label_counts,
     make_update,
     observe,
-    reconstruct,
     simulate_update,
     stage_update,
     with_local_steps,
@@ -53,6 +55,7 @@ __all__ = [
     "check_received_model",
     "imprint_model",
     "infer_labels",
+    "label_counts",
     "make_update",
     "match_images",
     "observe",

@@ -46,13 +46,13 @@ from ..client import (
     worker_seed,
 )
 from ..config import TrainConfig
-from ..data import MEAN, STD, Mnist, load_mnist, normalize
+from ..data import MEAN, STD, Mnist, normalize
 from ..dp import SecureRandom, clip_rows
 from ..engines import engine_for
-from ..models import CryptoCNN, build_model, new_model
+from ..models import CryptoCNN, new_model
 from ..secagg import secure_sum
 from ..server import partition_for
-from .scores import mean_psnr, scores, to_pixels
+from .scores import mean_psnr, to_pixels
 
 LOW, HIGH = (0.0 - MEAN) / STD, (1.0 - MEAN) / STD  # the valid pixel range after normalisation
 DEFENCES = ("none", "secure-agg", "dp", "both")
@@ -87,6 +87,7 @@ class AttackOptions:
     neighbours: int = 50  # public images voting on each convolution sign
     sign_rounds: int = 15  # convex solves per prior before giving up on it
     structure: bool = True  # use the closed-form start when the model and the update allow it
+    time_budget: float = 25.0  # seconds; the batch inversion and the polish stop when it is spent
 
 
 @dataclass
@@ -222,24 +223,44 @@ def last_bias_name(model: nn.Module) -> str:
     return f"{linears[-1]}.bias"
 
 
-def infer_labels(model: nn.Module, observed: ObservedUpdate) -> list[int]:
-    """iDLG: -update points along the gradient, whose last-bias part is softmax - one-hot: negative at the label.
+def mean_softmax(model: nn.Module, params: Params, public: torch.Tensor) -> torch.Tensor:
+    """The model's mean class probabilities over public images (uint8): the server's estimate for a batch."""
+    with torch.no_grad():
+        logits = torch.cat([functional_call(model, params, (normalize(part),)) for part in public.split(1000)])
+    return torch.softmax(logits.double(), 1).mean(0)
 
-    Exact for one image and one step. For several images it is a heuristic: every class with a negative entry
-    is present, and the remaining slots go to the negative entries in proportion to their size.
+
+def label_counts(bias_gradient: torch.Tensor, count: int, mean_probs: torch.Tensor) -> list[int]:
+    """A batch's labels, sorted, from its last bias gradient (any positive scale) and the mean softmax.
+
+    After Wainakh et al. 2022 ("LLG"): gradient = s * (mean_probs - counts / count). A class absent from the
+    batch has the largest gradient / mean_probs ratio (a present one's is lower), which gives s; the counts
+    follow, rounded by largest remainder to ``count``.
     """
-    bias_grad = unflatten(-observed.update, model_params(model))[last_bias_name(model)].double()
-    order = torch.argsort(bias_grad).tolist()
-    negative = [c for c in order if bias_grad[c] < 0] or order[:1]
-    count = observed.num_examples
-    if count <= len(negative):
-        return sorted(negative[:count])
-    weights = -bias_grad[negative]
-    extra = weights / weights.sum() * (count - len(negative))
-    counts = [1 + int(e) for e in extra.floor()]
-    for i in torch.argsort(extra - extra.floor(), descending=True)[: count - sum(counts)].tolist():
-        counts[i] += 1
-    return sorted(c for c, n in zip(negative, counts) for _ in range(n))
+    g = bias_gradient.double()
+    scale = (g / mean_probs).max().clamp(min=1e-30)
+    estimate = (count * (mean_probs - g / scale)).clamp(min=0)
+    counts = estimate.floor()
+    for c in torch.argsort(estimate - counts, descending=True)[: max(0, count - int(counts.sum()))]:
+        counts[c] += 1
+    for c in torch.argsort(estimate - counts)[: max(0, int(counts.sum()) - count)]:
+        counts[c] -= 1  # only when the floors alone exceed ``count``: take back the least supported
+    return sorted(c for c in range(len(counts)) for _ in range(int(counts[c])))
+
+
+def infer_labels(model: nn.Module, observed: ObservedUpdate, public: torch.Tensor | None = None) -> list[int]:
+    """The labels of the images in ``observed``, sorted.
+
+    One image (iDLG): -update points along the gradient, whose last-bias part is softmax - one-hot, negative
+    at the label only: exact. Several: :func:`label_counts`, with the mean softmax over ``public`` images
+    (uniform without them).
+    """
+    params = unflatten(observed.global_vector, model_params(model))
+    bias_grad = unflatten(-observed.update, params)[last_bias_name(model)].double()
+    if observed.num_examples == 1:
+        return [int(bias_grad.argmin())]
+    probs = mean_softmax(model, params, public) if public is not None else torch.full_like(bias_grad, 0.1)
+    return label_counts(bias_grad, observed.num_examples, probs)
 
 
 # ----------------------------------------------------------------------------- gradient matching
@@ -303,11 +324,18 @@ def _from_logits(z: torch.Tensor) -> torch.Tensor:
 
 
 def match_gradients(
-    matcher: GradientMatcher, start: torch.Tensor, steps: int, lr: float, optimizer: str, report: Callable
+    matcher: GradientMatcher,
+    start: torch.Tensor,
+    steps: int,
+    lr: float,
+    optimizer: str,
+    report: Callable,
+    deadline: float = math.inf,
 ) -> torch.Tensor:
     """Move ``start`` (normalised [N, 1, 28, 28]) to lower the objective; returns the best iterate seen.
 
-    ``report(step, x, mismatch)`` follows every step with the best iterate so far.
+    ``report(step, x, mismatch)`` follows every step with the best iterate so far. Stops early at ``deadline``
+    (a time.perf_counter() value).
     """
     z = _to_logits(start).requires_grad_(True)
     objective, mismatch = matcher.objective(start)
@@ -328,6 +356,8 @@ def match_gradients(
         return objective
 
     for step in range(steps):
+        if time.perf_counter() > deadline:
+            break
         value = opt.step(closure).item()
         schedule.step()
         if math.isfinite(value) and value < best_value:
@@ -357,17 +387,22 @@ class SquareCNNInversion:
     prior_weight = 0.3  # how much the public vote still counts once a solution has its own signs
     smoothing = 0.05  # weight of the squared-difference prior while the signs settle
 
-    def __init__(self, model: CryptoCNN, observed: ObservedUpdate, public: torch.Tensor) -> None:
-        params = unflatten(observed.global_vector, model_params(model))
-        grads = unflatten(-observed.update / observed.update.norm().clamp(min=1e-30), params)  # homogeneous: scale-free
+    def __init__(
+        self,
+        model: CryptoCNN,
+        params: Params,
+        magnitude: torch.Tensor,
+        r: torch.Tensor,
+        grad_w: torch.Tensor | None,
+        public: torch.Tensor,
+    ) -> None:
+        """One image's |u| and dL/da (``r``), and the conv weight gradient when it is that image's alone (else None)."""
         conv_w, conv_b = params["conv.weight"], params["conv.bias"]
         channels, _, k, _ = conv_w.shape
         stride = model.conv.stride[0]
-        d = grads["fc1.bias"]
-        squared = grads["fc1.weight"].T @ d / d.dot(d).clamp(min=1e-30)
-        self.magnitude = squared.clamp(min=0).sqrt()  # |u|, channel-major like the flattened conv output
-        self.r = params["fc1.weight"].T @ d  # dL/da (times the unknown scale)
-        self.grad_w = grads["conv.weight"].reshape(channels, -1)
+        self.magnitude = magnitude  # |u|, channel-major like the flattened conv output
+        self.r = r
+        self.grad_w = None if grad_w is None else grad_w.reshape(channels, -1)
         eye = torch.eye(28 * 28).view(-1, 1, 28, 28)
         self.forward = F.conv2d(eye, conv_w, stride=stride).flatten(1).T  # [C*L, 784]
         self.bias = conv_b.repeat_interleave(self.forward.shape[0] // channels)
@@ -376,26 +411,51 @@ class SquareCNNInversion:
         self.public_u = public_u.flatten(1)
         self.public_distance = (self.public_u.abs() - self.magnitude).pow(2).sum(1)
 
+    @classmethod
+    def from_update(cls, model: CryptoCNN, observed: ObservedUpdate, public: torch.Tensor) -> SquareCNNInversion:
+        """The single-image case: |u| and dL/da read off fc1's gradient, the conv gradient is the image's own."""
+        params = unflatten(observed.global_vector, model_params(model))
+        grads = unflatten(-observed.update / observed.update.norm().clamp(min=1e-30), params)  # homogeneous: scale-free
+        d = grads["fc1.bias"]
+        squared = grads["fc1.weight"].T @ d / d.dot(d).clamp(min=1e-30)
+        r = params["fc1.weight"].T @ d  # dL/da (times the unknown scale)
+        return cls(model, params, squared.clamp(min=0).sqrt(), r, grads["conv.weight"], public)
+
     def prior(self, neighbours: int, within: torch.Tensor | None = None) -> torch.Tensor:
         """Mean sign of u over the public images nearest in |u| (optionally only those where ``within``)."""
         distance = self.public_distance if within is None else self.public_distance.masked_fill(~within, math.inf)
         nearest = distance.topk(min(neighbours, len(distance)), largest=False).indices
         return torch.sign(self.public_u[nearest]).mean(0)
 
+    def gradient_rows(self, u: torch.Tensor) -> torch.Tensor:
+        """The conv weight gradient as a linear map of the image, given its conv output u: [C * k * k, 784]."""
+        v = (2 * self.r * u).view(-1, self.unfold.shape[2])
+        return torch.einsum("cp,jkp->ckj", v, self.unfold).reshape(-1, self.forward.shape[1])
+
     def solve(
         self, signs: torch.Tensor, weights: torch.Tensor, x: torch.Tensor, smoothing: float, iters: int
     ) -> torch.Tensor:
         """min over x in the box of |w(Ax + b - signs|u|)|^2 + |conv-gradient residual|^2 + smoothing |Dx|^2."""
         u = signs * self.magnitude
-        v = (2 * self.r * u).view(self.grad_w.shape[0], -1)
-        grad_rows = torch.einsum("cp,jkp->ckj", v, self.unfold).reshape(-1, self.forward.shape[1])
+        if self.grad_w is None:
+            return _box_least_squares(
+                weights.unsqueeze(1) * self.forward, weights * (u - self.bias), x, smoothing, iters
+            )
         scale = self.magnitude.norm() / self.grad_w.norm().clamp(min=1e-30)
-        lhs = torch.cat([weights.unsqueeze(1) * self.forward, scale * grad_rows])
+        lhs = torch.cat([weights.unsqueeze(1) * self.forward, scale * self.gradient_rows(u)])
         rhs = torch.cat([weights * (u - self.bias), scale * self.grad_w.flatten()])
         return _box_least_squares(lhs, rhs, x, smoothing, iters)
 
-    def run(self, options: AttackOptions, label: int, public_labels: torch.Tensor, trace: Trace) -> torch.Tensor:
-        """Try a few priors until one matches almost perfectly; returns the best image, normalised [1, 1, 28, 28]."""
+    def run(
+        self,
+        options: AttackOptions,
+        label: int,
+        public_labels: torch.Tensor,
+        trace: Trace,
+        deadline: float = math.inf,
+    ) -> torch.Tensor:
+        """Try a few priors until one matches almost perfectly or ``deadline`` passes; returns the best image,
+        normalised [1, 1, 28, 28]."""
         priors = [
             self.prior(options.neighbours),
             self.prior(options.neighbours, public_labels == label),
@@ -411,7 +471,7 @@ class SquareCNNInversion:
             if mismatch < best_mismatch:
                 best, best_mismatch = image, mismatch
             trace((i + 1) * options.sign_rounds, best, best_mismatch)
-            if best_mismatch < SOLVED_MISMATCH:
+            if best_mismatch < SOLVED_MISMATCH or time.perf_counter() > deadline:
                 break
         return best
 
@@ -495,56 +555,3 @@ class Trace:
         self.history.append(entry)
         if self.progress:
             self.progress(step, self.total, pixels, entry)
-
-
-def reconstruct(
-    observed: ObservedUpdate,
-    options: AttackOptions | None = None,
-    progress: Progress | None = None,
-    reference: torch.Tensor | None = None,
-    public: Mnist | None = None,
-) -> AttackResult:
-    """Reconstruct the worker's images from what the server holds.
-
-    ``reference`` (the true uint8 images, known only because the worker is simulated) is used for scores and
-    never by the optimisation. ``public`` is the server's own data for the sign prior (default: MNIST's test
-    set, disjoint from every worker's training images). ``progress(step, total, images, metrics)`` follows
-    every step with the current reconstruction in [0, 1].
-    """
-    options = options or AttackOptions()
-    if options.optimizer not in ("adam", "lbfgs"):
-        raise ValueError(f"Unknown optimizer {options.optimizer!r}; choose adam or lbfgs.")
-    if options.steps < 0 or options.sign_rounds < 1 or options.neighbours < 1:
-        raise ValueError("steps must be >= 0, sign rounds and neighbours >= 1.")
-    model = build_model(observed.model)
-    if observed.update.shape != observed.global_vector.shape:
-        raise ValueError("The update and the global weights have different sizes.")
-    if reference is not None and len(reference) != observed.num_examples:
-        raise ValueError(f"{len(reference)} reference images for an update of {observed.num_examples} examples.")
-    labels = infer_labels(model, observed)
-    matcher = GradientMatcher(model, observed, labels, options.tv_weight)
-    structured = options.structure and isinstance(model, CryptoCNN)
-    structured = structured and observed.num_examples == 1 and observed.local_steps == 1
-    trace = Trace(matcher, (4 * options.sign_rounds if structured else 0) + options.steps, reference, progress)
-    if structured:
-        public = public or load_mnist()
-        start = SquareCNNInversion(model, observed, public.test_images).run(
-            options, labels[0], public.test_labels, trace
-        )
-        lr = options.lr / 10  # the start is already close: small steps
-    else:
-        gen = torch.Generator().manual_seed(options.seed)
-        start = LOW + (HIGH - LOW) * torch.rand((observed.num_examples, 1, 28, 28), generator=gen)
-        lr = options.lr
-    offset = trace.step
-    best = match_gradients(
-        matcher, start, options.steps, lr, options.optimizer, lambda s, x, mismatch: trace(offset + s, x, mismatch)
-    )
-    if trace.step < trace.total:
-        trace(trace.total, best, trace.mismatch(best))
-    pixels = to_pixels(best)
-    method = "square-CNN inversion + gradient matching" if structured else "gradient matching"
-    result = AttackResult(pixels, labels, method, time.perf_counter() - trace.started, trace.history)
-    if trace.truth is not None:
-        result.matched, result.psnr, result.ssim = scores(pixels, trace.truth)
-    return result
