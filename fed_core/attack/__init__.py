@@ -7,6 +7,7 @@
 * :mod:`.scores`: PSNR, SSIM and the matching of rebuilt images to real ones.
 """
 
+from .batch import FeatureDecomposition
 from .curious import reconstruct
 from .imprint import (
     BINS,
@@ -46,6 +47,7 @@ __all__ = [
     "READABLE_DB",
     "AttackOptions",
     "AttackResult",
+    "FeatureDecomposition",
     "GradientMatcher",
     "ImprintedModel",
     "MaliciousRound",

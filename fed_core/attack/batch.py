@@ -12,7 +12,11 @@ signs. The square CNN's layers after the convolution can instead be undone for t
    with random restarts from public digits finds all a_n (exactly for one local step, up to float error).
 3. **Each image from its |u_n| = sqrt(a_n)**: the single-image square-CNN inversion (signs from public digits,
    box-constrained least squares), without the convolution gradient, which only the batch's sum gives.
-4. **Gradient matching** of the whole batch (inversion.match_gradients, the worker's local steps replayed
+4. **All images jointly** (:func:`refine_jointly`): given the signs, u_n = conv(x_n) + b for every image and
+   the batch's conv weight gradient (a sum over images) are linear in the images. That is fewer equations
+   than pixels for two images or more, so an L1 pull towards the background decides (a digit covers about a
+   fifth of its image: compressed sensing); signs and images are updated in turn.
+5. **Gradient matching** of the whole batch (inversion.match_gradients, the worker's local steps replayed
    differentiably as in Dimitrov et al. 2022) polishes the images for the rest of the time budget.
 
 With several local steps the fc1 weights move between steps, so step 2 is an approximation: its features are
@@ -34,6 +38,7 @@ from ..models import CryptoCNN
 from .inversion import HIGH, LOW, AttackOptions, ObservedUpdate, SquareCNNInversion
 
 SOLVED = 1e-7  # 1 - cosine of the fc layers' gradients below which the features are taken as found
+SPARSITY = 0.01  # weight of the L1 pull towards the background: a digit covers a fifth of its image
 NEGATIVE_PENALTY = 10.0  # a_n = u_n^2 cannot be negative
 
 
@@ -106,6 +111,7 @@ def refine_jointly(
     target = conv_gradient.flatten()
     weight = magnitudes.norm() / target.norm().clamp(min=1e-30)
     forward_norm = torch.linalg.matrix_norm(forward, 2) ** 2
+    weight_l1 = magnitudes.norm() / magnitudes.shape[1] ** 0.5
     while time.perf_counter() < deadline:  # a round: signs from the images, then the images given the signs
         signs = torch.sign(x @ forward.T + bias)
         u = signs * magnitudes
@@ -116,7 +122,7 @@ def refine_jointly(
             forward_residual = y @ forward.T + bias - u
             gradient_residual = torch.einsum("nrj,nj->r", rows, y) - weight * target
             step = forward_residual @ forward + torch.einsum("nrj,r->nj", rows, gradient_residual)
-            x_next = (y - step / lipschitz).clamp(LOW, HIGH)
+            x_next = (y - (step + SPARSITY * weight_l1) / lipschitz).clamp(LOW, HIGH)
             t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
             y = x_next + (t - 1) / t_next * (x_next - previous)
             previous, t = x_next, t_next
@@ -180,7 +186,7 @@ def invert_batch(
     budget = deadline - started
     features, _ = decomposition.fit(public_features, started + budget / 4)
     images_until = started + budget / 2
-    _, d = decomposition.head_gradients(features)
+    flat, d = decomposition.head_gradients(features)
     images = torch.zeros(len(labels), 1, 28, 28)
     inversions = []
     for n, label in enumerate(labels):
@@ -198,7 +204,6 @@ def invert_batch(
             1, 28, 28
         )
         inversions.append(inversion)
-    flat, _ = decomposition.head_gradients(features)
     observed_head = torch.cat([gradient[name].double().flatten() for name in decomposition.names])
     scale = observed_head.dot(flat) / flat.dot(flat).clamp(min=1e-300)  # the update's unknown factor
     refined = refine_jointly(

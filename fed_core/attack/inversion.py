@@ -164,10 +164,14 @@ class StagedUpdate:
     labels: torch.Tensor
     global_vector: torch.Tensor
     update: WorkerUpdate
+    settings: LocalSettings  # how it trained (public: the server sends them)
 
 
-def stage_update(config: TrainConfig, data: Mnist, worker: int, count: int, round_idx: int = 1) -> StagedUpdate:
-    """``worker`` of the federation ``config`` holds its first ``count`` images and trains in round ``round_idx``.
+def stage_update(
+    config: TrainConfig, data: Mnist, worker: int, count: int, round_idx: int = 1, local_steps: int = 1
+) -> StagedUpdate:
+    """``worker`` of the federation ``config`` holds its first ``count`` images and trains in round ``round_idx``
+    for ``local_steps`` steps (:func:`with_local_steps`).
 
     The global model of that round is the federation's after ``round_idx - 1`` in-process rounds.
     """
@@ -177,9 +181,9 @@ def stage_update(config: TrainConfig, data: Mnist, worker: int, count: int, roun
         model = engine_for(replace(config, rounds=round_idx - 1, engine="inprocess")).run(data).model
     global_vector = flatten(model_params(model))
     seed = worker_seed(config.seed, round_idx, worker)
-    return StagedUpdate(
-        images, labels, global_vector, make_update(model, global_vector, images, labels, config.local, seed)
-    )
+    settings = with_local_steps(config.local, count, local_steps)
+    update = make_update(model, global_vector, images, labels, settings, seed)
+    return StagedUpdate(images, labels, global_vector, update, settings)
 
 
 # ----------------------------------------------------------------------------- what the server sees
@@ -464,7 +468,7 @@ class SquareCNNInversion:
         ]
         best, best_mismatch = None, math.inf
         for i, prior in enumerate(priors):
-            x = self._settle_signs(prior, options.sign_rounds, trace, i * options.sign_rounds)
+            x = self._settle_signs(prior, options.sign_rounds, trace, i * options.sign_rounds, deadline)
             signs = torch.sign(self.forward @ x + self.bias)
             image = as_image(self.solve(signs, torch.ones_like(signs), x, 0.0, 500))
             mismatch = trace.mismatch(image)
@@ -475,7 +479,9 @@ class SquareCNNInversion:
                 break
         return best
 
-    def _settle_signs(self, prior: torch.Tensor, rounds: int, trace: Trace, first_step: int) -> torch.Tensor:
+    def _settle_signs(
+        self, prior: torch.Tensor, rounds: int, trace: Trace, first_step: int, deadline: float = math.inf
+    ) -> torch.Tensor:
         signs, weights = torch.sign(prior + 1e-3), prior.abs()
         x = torch.full((self.forward.shape[1],), LOW)
         for round_idx in range(rounds):
@@ -487,7 +493,7 @@ class SquareCNNInversion:
             weights = score.abs() / 2  # rows of the forward map then weigh about as much as the gradient rows
             image = as_image(x)
             trace(first_step + round_idx + 1, image, trace.mismatch(image))
-            if round_idx >= 2 and torch.equal(new_signs, signs):
+            if (round_idx >= 2 and torch.equal(new_signs, signs)) or time.perf_counter() > deadline:
                 break
             signs = new_signs
         return x
