@@ -141,11 +141,12 @@ def _largest_eigenvalue(rows: torch.Tensor) -> torch.Tensor:
 
 
 class ImageTrace:
-    """What SquareCNNInversion.run asks of its trace, for one image of a batch: a score and progress."""
+    """What SquareCNNInversion.run asks of its trace, for one image of a batch: a score. Progress is reported
+    per finished image (by :func:`invert_batch`), as scoring the whole batch after every sign round would cost
+    more than the round."""
 
-    def __init__(self, inversion: SquareCNNInversion, report: Callable[[torch.Tensor], None]) -> None:
+    def __init__(self, inversion: SquareCNNInversion) -> None:
         self.inversion = inversion
-        self.report = report
 
     def mismatch(self, image: torch.Tensor) -> float:
         """Relative error of |conv(x) + b| against the |u| the decomposition found."""
@@ -153,8 +154,8 @@ class ImageTrace:
         target = self.inversion.magnitude
         return ((u.abs() - target).norm() / target.norm().clamp(min=1e-30)).item()
 
-    def __call__(self, _step: int, image: torch.Tensor, _mismatch: float) -> None:
-        self.report(image)
+    def __call__(self, _step: int, _image: torch.Tensor, _mismatch: float) -> None:
+        """Nothing to do between sign rounds."""
 
 
 def invert_batch(
@@ -193,17 +194,11 @@ def invert_batch(
         inversion = SquareCNNInversion(
             model, params, features[n].float().sqrt(), (d[n] @ decomposition.w1).float(), None, public.test_images
         )
-
-        def show(image: torch.Tensor, n: int = n) -> None:
-            images[n] = image.view(1, 28, 28)
-            report(images, n)
-
         share = (images_until - time.perf_counter()) / (len(labels) - n)
-        trace = ImageTrace(inversion, show)
-        images[n] = inversion.run(options, label, public.test_labels, trace, time.perf_counter() + share).view(
-            1, 28, 28
-        )
+        image = inversion.run(options, label, public.test_labels, ImageTrace(inversion), time.perf_counter() + share)
+        images[n] = image.view(1, 28, 28)
         inversions.append(inversion)
+        report(images, n)
     observed_head = torch.cat([gradient[name].double().flatten() for name in decomposition.names])
     scale = observed_head.dot(flat) / flat.dot(flat).clamp(min=1e-300)  # the update's unknown factor
     refined = refine_jointly(
