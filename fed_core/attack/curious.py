@@ -4,8 +4,9 @@
 * several images or local steps on ``crypto_cnn``: the batch inversion (batch.invert_batch);
 * any other model: gradient matching from random images.
 
-Every path ends with gradient matching against the worker's replayed local training, and all of it stops when
-``AttackOptions.time_budget`` is spent.
+Every path ends with gradient matching against the worker's replayed local training, except the batch
+inversion of an update whose images were split into several batches (the server does not know the split), and
+all of it stops when ``AttackOptions.time_budget`` is spent.
 """
 
 from __future__ import annotations
@@ -64,7 +65,10 @@ def reconstruct(
     structured = options.structure and isinstance(model, CryptoCNN)
     single = observed.num_examples == 1 and observed.local_steps == 1
     start_steps = (4 * options.sign_rounds if single else observed.num_examples) if structured else 0
-    trace = Trace(matcher, start_steps + options.steps, reference, progress)
+    # Replaying several local steps needs the worker's split into batches, unknown when it used more than one.
+    split_unknown = observed.settings.batch_size < observed.num_examples
+    polish_steps = 0 if structured and split_unknown else options.steps  # see batch.py, step 5
+    trace = Trace(matcher, start_steps + polish_steps, reference, progress)
     if structured and single:
         start = SquareCNNInversion.from_update(model, observed, public.test_images).run(
             options, labels[0], public.test_labels, trace
@@ -77,8 +81,9 @@ def reconstruct(
             done.add(n)
             trace(len(done), images, trace.mismatch(images))
 
-        start = invert_batch(model, observed, labels, options, public, deadline, report)
-        method = "batch square-CNN inversion + gradient matching"
+        polish = polish_steps > 0
+        start = invert_batch(model, observed, labels, options, public, deadline, report, polish)
+        method = "batch square-CNN inversion" + (" + gradient matching" if polish else "")
     else:
         gen = torch.Generator().manual_seed(options.seed)
         start = LOW + (HIGH - LOW) * torch.rand((observed.num_examples, 1, 28, 28), generator=gen)
@@ -88,7 +93,7 @@ def reconstruct(
     best = match_gradients(
         matcher,
         start,
-        options.steps,
+        polish_steps,
         lr,
         options.optimizer,
         lambda s, x, mismatch: trace(offset + s, x, mismatch),
