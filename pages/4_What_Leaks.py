@@ -129,7 +129,8 @@ with shown_safely("showing the attack"):
         table = views.attacks_table(attacks)
         st.subheader("Your attacks so far")
         st.dataframe(table, width="stretch", hide_index=True)
-        st.caption(views.CHECK_NOTE)
+        if any(choice["server"] == "malicious" for choice, _, _ in attacks):
+            st.caption(views.CHECK_NOTE)
     else:
         st.info(
             "Pick a server and press **Attack this update**. Try the curious server with *secure aggregation* and with "
