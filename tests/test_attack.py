@@ -18,6 +18,7 @@ from fed_core.attack import (
     simulate_update,
     ssim,
     time_to_psnr,
+    with_local_steps,
     worker_examples,
 )
 from fed_core.cli import main
@@ -109,7 +110,7 @@ def test_behind_secure_aggregation_the_server_holds_fresh_noise(mnist):
     assert 0.45 < float((first < 0).float().mean()) < 0.55  # the sign bit is a fair coin
 
 
-@pytest.mark.parametrize("defence", ["secure-agg", "dp"])
+@pytest.mark.parametrize("defence", ["secure-agg", "dp", "both"])
 def test_the_attack_fails_behind_a_defence(mnist, defence):
     """The masked vector is uniform noise; DP noise (z = 1 times the clip norm) drowns the update."""
     _model, global_vector, images, _labels, update = worker_update(mnist)
@@ -153,6 +154,17 @@ def test_cli_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith(("error:", "usage:", "python -m fed_core"))
+
+
+def test_local_steps_set_the_batches():
+    """16 images in 4 steps: one epoch in batches of 4 (FedAvg's setting); more steps than images: full batches."""
+    four = with_local_steps(SETTINGS, 16, 4)
+    assert (four.epochs, four.batch_size) == (1, 4)
+    assert (with_local_steps(SETTINGS, 8, 1).epochs, with_local_steps(SETTINGS, 8, 1).batch_size) == (1, 8)
+    many = with_local_steps(SETTINGS, 2, 5)
+    assert (many.epochs, many.batch_size) == (5, 2)
+    with pytest.raises(ValueError, match="at least 1"):
+        with_local_steps(SETTINGS, 4, 0)
 
 
 def test_label_counts_of_a_batch(mnist):
