@@ -54,7 +54,9 @@ def match_images(images: torch.Tensor, reference: torch.Tensor) -> list[int]:
 
     The pairing minimises the summed mean squared error over all pairs (scipy's linear_sum_assignment).
     """
-    errors = (reference.unsqueeze(1).double() - images.unsqueeze(0).double()).pow(2).flatten(2).mean(2)
+    real, rebuilt = reference.flatten(1).double(), images.flatten(1).double()
+    # |r - g|^2 = |r|^2 + |g|^2 - 2 r.g: no [N, M, 784] difference tensor (2.6 GB for 640 images)
+    errors = real.pow(2).sum(1, keepdim=True) + rebuilt.pow(2).sum(1) - 2 * real @ rebuilt.T
     rows, cols = linear_sum_assignment(errors.numpy())
     matched = [-1] * len(reference)
     for i, j in zip(rows.tolist(), cols.tolist()):
