@@ -12,6 +12,7 @@ from fed_core.attack import (
     ObservedUpdate,
     infer_labels,
     make_update,
+    match_images,
     observe,
     psnr,
     reconstruct,
@@ -154,6 +155,14 @@ def test_cli_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith(("error:", "usage:", "python -m fed_core"))
+
+
+def test_matching_pairs_each_real_image_with_one_rebuilt():
+    """The Hungarian pairing undoes any order; real images left over when fewer were rebuilt get -1."""
+    real = torch.rand(5, 28, 28, generator=torch.Generator().manual_seed(0))
+    rebuilt = real[[3, 0, 4, 1, 2]] + 0.01
+    assert match_images(rebuilt, real) == [1, 3, 4, 0, 2]
+    assert match_images(rebuilt[:3], real) == [1, -1, -1, 0, 2]
 
 
 def test_local_steps_set_the_batches():
