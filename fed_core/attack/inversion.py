@@ -2,11 +2,12 @@
 
 The server of a federated round holds, for each worker, the global weights it sent, the update that came
 back (local model minus global model), the worker's example count and the public local settings (learning
-rate, momentum, gradient clip, epochs, batch size). :func:`reconstruct` takes exactly that
-(:class:`ObservedUpdate`) and looks for images whose update matches it:
+rate, momentum, gradient clip, epochs, batch size). ``curious.reconstruct`` takes exactly that
+(:class:`ObservedUpdate`) and looks for images whose update matches it with the pieces defined here:
 
 * labels first, as iDLG (Zhao et al. 2020): the last layer's bias gradient is softmax minus one-hot, so the
-  true class is the one entry of the other sign;
+  true class is the one entry of the other sign; a batch's label counts from the same gradient and the mean
+  softmax over public digits (:func:`label_counts`);
 * gradient matching as in DLG (Zhu et al. 2019) with the cosine loss and total variation of "Inverting
   Gradients" (Geiping et al. 2020): the worker's local training is replayed on candidate images
   (:func:`simulate_update`, differentiable) and the candidates are moved until the replayed update points the
@@ -16,11 +17,12 @@ Plain gradient matching stalls far from the image on ``crypto_cnn`` (about 7-13 
 hides the sign of every convolution output, and each of the 512 signs is a separate basin. For a single image
 trained for one local step the attack therefore starts from :class:`SquareCNNInversion`, which reads the
 layers in closed form and settles the signs with a prior from public digits (the MNIST test set, never a
-worker's training image) and a few convex solves; gradient matching then polishes the result.
+worker's training image) and a few convex solves; gradient matching then polishes the result. Several images
+or local steps: batch.py.
 
-The two defences are met as the server meets them (:func:`observe`): under secure aggregation the worker's
+The defences are met as the server meets them (:func:`observe`): under secure aggregation the worker's
 masked vector from fed_core.secagg (uniformly random in the 64-bit ring), under DP the update clipped plus
-Gaussian noise from fed_core.dp's CSPRNG.
+Gaussian noise from fed_core.dp's CSPRNG, under both the noisy update masked.
 """
 
 from __future__ import annotations
