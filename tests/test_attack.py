@@ -1,4 +1,4 @@
-"""The curious server's gradient inversion: it works on a plain update and fails behind the two defences."""
+"""The curious server's gradient inversion: one image and batches from a plain update; it fails behind the defences."""
 
 import json
 import math
@@ -8,15 +8,18 @@ import torch
 
 from fed_core.attack import (
     AttackOptions,
+    FeatureDecomposition,
     ObservedUpdate,
     infer_labels,
     make_update,
+    match_images,
     observe,
     psnr,
     reconstruct,
     simulate_update,
     ssim,
     time_to_psnr,
+    with_local_steps,
     worker_examples,
 )
 from fed_core.cli import main
@@ -108,7 +111,7 @@ def test_behind_secure_aggregation_the_server_holds_fresh_noise(mnist):
     assert 0.45 < float((first < 0).float().mean()) < 0.55  # the sign bit is a fair coin
 
 
-@pytest.mark.parametrize("defence", ["secure-agg", "dp"])
+@pytest.mark.parametrize("defence", ["secure-agg", "dp", "both"])
 def test_the_attack_fails_behind_a_defence(mnist, defence):
     """The masked vector is uniform noise; DP noise (z = 1 times the clip norm) drowns the update."""
     _model, global_vector, images, _labels, update = worker_update(mnist)
@@ -142,6 +145,8 @@ def test_cli_writes_the_result(tmp_path, capsys):
         (["--images", "0"], "must be at least 1"),
         (["--images", "9999"], "images must be between 1 and"),
         (["--noise", "-1"], "noise multiplier must be >= 0"),
+        (["--images", "65"], "images must be between 1 and 64"),
+        (["--server", "malicious", "--round", "2"], "leave --round at 1"),
         (["--lr", "0"], "learning rate must be in"),
     ],
 )
@@ -150,3 +155,74 @@ def test_cli_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith(("error:", "usage:", "python -m fed_core"))
+
+
+def test_matching_pairs_each_real_image_with_one_rebuilt():
+    """The Hungarian pairing undoes any order; real images left over when fewer were rebuilt get -1."""
+    real = torch.rand(5, 28, 28, generator=torch.Generator().manual_seed(0))
+    rebuilt = real[[3, 0, 4, 1, 2]] + 0.01
+    assert match_images(rebuilt, real) == [1, 3, 4, 0, 2]
+    assert match_images(rebuilt[:3], real) == [1, -1, -1, 0, 2]
+
+
+def test_local_steps_set_the_batches():
+    """16 images in 4 steps: one epoch in batches of 4 (FedAvg's setting); more steps than images: full batches."""
+    four = with_local_steps(SETTINGS, 16, 4)
+    assert (four.epochs, four.batch_size) == (1, 4)
+    assert (with_local_steps(SETTINGS, 8, 1).epochs, with_local_steps(SETTINGS, 8, 1).batch_size) == (1, 8)
+    many = with_local_steps(SETTINGS, 2, 5)
+    assert (many.epochs, many.batch_size) == (5, 2)
+    with pytest.raises(ValueError, match="at least 1"):
+        with_local_steps(SETTINGS, 4, 0)
+
+
+def test_label_counts_of_a_batch(mnist):
+    """Eight images, one local step: the counts from the last bias and the public mean softmax are right."""
+    model, global_vector, _images, labels, update = worker_update(mnist, count=8)
+    observed = observe("crypto_cnn", global_vector, update, SETTINGS)
+    assert infer_labels(model, observed, mnist.test_images) == sorted(labels.tolist())
+
+
+def test_the_batch_features_are_found_exactly(mnist):
+    """fc1 and fc2's gradients of four images give each image's squared conv output a_n (up to order)."""
+    model, global_vector, images, labels, update = worker_update(mnist, count=4)
+    params = unflatten(global_vector, model_params(model))
+    decomposition = FeatureDecomposition(params, unflatten(-update.delta, params), sorted(labels.tolist()))
+    starts = torch.Generator().manual_seed(0)
+    public = normalize(mnist.test_images[:500])
+    conv = torch.nn.functional.conv2d(public, params["conv.weight"], params["conv.bias"], stride=3).flatten(1)
+
+    def public_features() -> torch.Tensor:
+        return conv[torch.randint(len(conv), (4,), generator=starts)].double().pow(2)
+
+    features, mismatch = decomposition.fit(public_features, deadline=math.inf)
+    truth = torch.nn.functional.conv2d(normalize(images), params["conv.weight"], params["conv.bias"], stride=3)
+    truth = truth.flatten(1).double().pow(2)
+    errors = torch.cdist(features, truth).min(0).values / truth.norm(dim=1)
+    assert mismatch < 1e-6 and errors.max() < 1e-3
+
+
+def test_a_batch_of_four_is_rebuilt(mnist):
+    """The curious server's batch inversion: most of four images above 25 dB within the time budget."""
+    _model, global_vector, images, labels, update = worker_update(mnist, count=4)
+    seen = []
+    result = reconstruct(
+        observe("crypto_cnn", global_vector, update, SETTINGS),
+        AttackOptions(time_budget=25),
+        progress=lambda step, total, x, metrics: seen.append(step),
+        reference=images,
+        public=mnist,
+    )
+    assert result.labels == sorted(labels.tolist()) and result.method.startswith("batch")
+    assert sorted(result.psnr)[1] >= 20 and sum(p >= 25 for p in result.psnr) >= 2
+    assert result.seconds < 35 and seen == sorted(seen)
+
+
+def test_cli_malicious_server_reads_the_secure_sum(tmp_path, capsys):
+    out = tmp_path / "attack.json"
+    argv = ["attack", "--server", "malicious", "--workers", "4", "--images", "4", "--defence", "secure-agg"]
+    assert run_cli([*argv, "--out", str(out)]) == 0
+    assert "would refuse it" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["server"] == "malicious" and len(report["psnr"]) == len(report["ssim"]) == 16
+    assert report["images_at_least_25_db"] >= 14 and report["worker_check"]

@@ -2,11 +2,12 @@
 
 The server of a federated round holds, for each worker, the global weights it sent, the update that came
 back (local model minus global model), the worker's example count and the public local settings (learning
-rate, momentum, gradient clip, epochs, batch size). :func:`reconstruct` takes exactly that
-(:class:`ObservedUpdate`) and looks for images whose update matches it:
+rate, momentum, gradient clip, epochs, batch size). ``curious.reconstruct`` takes exactly that
+(:class:`ObservedUpdate`) and looks for images whose update matches it with the pieces defined here:
 
 * labels first, as iDLG (Zhao et al. 2020): the last layer's bias gradient is softmax minus one-hot, so the
-  true class is the one entry of the other sign;
+  true class is the one entry of the other sign; a batch's label counts from the same gradient and the mean
+  softmax over public digits (:func:`label_counts`);
 * gradient matching as in DLG (Zhu et al. 2019) with the cosine loss and total variation of "Inverting
   Gradients" (Geiping et al. 2020): the worker's local training is replayed on candidate images
   (:func:`simulate_update`, differentiable) and the candidates are moved until the replayed update points the
@@ -16,11 +17,12 @@ Plain gradient matching stalls far from the image on ``crypto_cnn`` (about 7-13 
 hides the sign of every convolution output, and each of the 512 signs is a separate basin. For a single image
 trained for one local step the attack therefore starts from :class:`SquareCNNInversion`, which reads the
 layers in closed form and settles the signs with a prior from public digits (the MNIST test set, never a
-worker's training image) and a few convex solves; gradient matching then polishes the result.
+worker's training image) and a few convex solves; gradient matching then polishes the result. Several images
+or local steps: batch.py.
 
-The two defences are met as the server meets them (:func:`observe`): under secure aggregation the worker's
+The defences are met as the server meets them (:func:`observe`): under secure aggregation the worker's
 masked vector from fed_core.secagg (uniformly random in the 64-bit ring), under DP the update clipped plus
-Gaussian noise from fed_core.dp's CSPRNG.
+Gaussian noise from fed_core.dp's CSPRNG, under both the noisy update masked.
 """
 
 from __future__ import annotations
@@ -30,13 +32,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .client import (
+from ..client import (
     BatchedTrainer,
     LocalSettings,
     Params,
@@ -46,17 +47,18 @@ from .client import (
     unflatten,
     worker_seed,
 )
-from .config import TrainConfig
-from .data import MEAN, STD, Mnist, load_mnist, normalize
-from .dp import SecureRandom, clip_rows
-from .engines import engine_for
-from .models import CryptoCNN, build_model, new_model
-from .secagg import MIN_SURVIVORS, secure_sum
-from .server import partition_for
+from ..config import TrainConfig
+from ..data import MEAN, STD, Mnist, normalize
+from ..dp import SecureRandom, clip_rows
+from ..engines import engine_for
+from ..models import CryptoCNN, new_model
+from ..secagg import MIN_SURVIVORS, secure_sum
+from ..server import partition_for
+from .scores import mean_psnr, to_pixels
 
 LOW, HIGH = (0.0 - MEAN) / STD, (1.0 - MEAN) / STD  # the valid pixel range after normalisation
-DEFENCES = ("none", "secure-agg", "dp")
-MAX_IMAGES = 16  # the replay holds every candidate image's activations per step: more would not fit a small server
+DEFENCES = ("none", "secure-agg", "dp", "both")
+MAX_IMAGES = 64  # images one attacked worker holds (the page's and the CLI's limit)
 FRACTION_BITS = 16  # fixed-point scale 2**16 in the 64-bit ring, as a secure-aggregation encoder would use
 SOLVED_MISMATCH = 1e-4  # 1 - cosine below which the square-CNN inversion stops trying priors (about 40 dB)
 Progress = Callable[[int, int, torch.Tensor, dict], None]
@@ -87,6 +89,7 @@ class AttackOptions:
     neighbours: int = 50  # public images voting on each convolution sign
     sign_rounds: int = 15  # convex solves per prior before giving up on it
     structure: bool = True  # use the closed-form start when the model and the update allow it
+    time_budget: float = 25.0  # seconds; the batch inversion and the polish stop when it is spent
 
 
 @dataclass
@@ -99,9 +102,11 @@ class AttackResult:
     psnr: list[float] = field(default_factory=list)  # per true image, when the true images were given
     ssim: list[float] = field(default_factory=list)
     matched: list[int] = field(default_factory=list)  # matched[i]: the reconstruction scored against image i
+    worker_check: list[str] = field(default_factory=list)  # why a checking worker would refuse the model sent
 
     def to_dict(self) -> dict:
         return {
+            "worker_check": self.worker_check,
             "labels": self.labels,
             "method": self.method,
             "seconds": self.seconds,
@@ -127,6 +132,19 @@ def worker_examples(config: TrainConfig, data: Mnist, worker: int, count: int) -
     return data.train_images[index], data.train_labels[index]
 
 
+def with_local_steps(settings: LocalSettings, images: int, steps: int) -> LocalSettings:
+    """The worker's settings for ``steps`` local SGD steps on ``images`` images.
+
+    Up to one step per image: one epoch in batches of ceil(images / steps) (exactly ``steps`` steps when it
+    divides ``images``, as FedAvg's "16 images, batch 4, one epoch"); more steps: that many epochs of one batch.
+    """
+    if steps < 1:
+        raise ValueError(f"local steps must be at least 1, got {steps}.")
+    if steps > images:
+        return replace(settings, epochs=steps, batch_size=images)
+    return replace(settings, epochs=1, batch_size=-(-images // steps))
+
+
 def make_update(
     model: nn.Module,
     global_vector: torch.Tensor,
@@ -148,10 +166,14 @@ class StagedUpdate:
     labels: torch.Tensor
     global_vector: torch.Tensor
     update: WorkerUpdate
+    settings: LocalSettings  # how it trained (public: the server sends them)
 
 
-def stage_update(config: TrainConfig, data: Mnist, worker: int, count: int, round_idx: int = 1) -> StagedUpdate:
-    """``worker`` of the federation ``config`` holds its first ``count`` images and trains in round ``round_idx``.
+def stage_update(
+    config: TrainConfig, data: Mnist, worker: int, count: int, round_idx: int = 1, local_steps: int = 1
+) -> StagedUpdate:
+    """``worker`` of the federation ``config`` holds its first ``count`` images and trains in round ``round_idx``
+    for ``local_steps`` steps (:func:`with_local_steps`).
 
     The global model of that round is the federation's after ``round_idx - 1`` in-process rounds.
     """
@@ -161,9 +183,9 @@ def stage_update(config: TrainConfig, data: Mnist, worker: int, count: int, roun
         model = engine_for(replace(config, rounds=round_idx - 1, engine="inprocess")).run(data).model
     global_vector = flatten(model_params(model))
     seed = worker_seed(config.seed, round_idx, worker)
-    return StagedUpdate(
-        images, labels, global_vector, make_update(model, global_vector, images, labels, config.local, seed)
-    )
+    settings = with_local_steps(config.local, count, local_steps)
+    update = make_update(model, global_vector, images, labels, settings, seed)
+    return StagedUpdate(images, labels, global_vector, update, settings)
 
 
 # ----------------------------------------------------------------------------- what the server sees
@@ -178,72 +200,24 @@ def observe(
     noise_multiplier: float = 1.0,
     clip_norm: float | None = None,
 ) -> ObservedUpdate:
-    """What the server holds about ``update`` under ``defence``; the DP clip defaults to one local step's bound."""
-    if defence == "none":
-        vector = update.delta
-    elif defence == "secure-agg":  # the worker's masked vector in the smallest round secagg.py allows
-        others = [torch.zeros_like(update.delta)] * (MIN_SURVIVORS - 1)
-        smallest_round = torch.stack([update.delta, *others])
-        vector = secure_sum(smallest_round, [update.num_examples] * MIN_SURVIVORS).server_view(0)
-    elif defence == "dp":  # the Gaussian mechanism on the worker's update (dp.py): clipped, plus noise
+    """What the server holds about ``update`` under ``defence``; the DP clip defaults to one local step's bound.
+
+    "both": the worker adds its DP noise, then masks the noisy update for secure aggregation.
+    """
+    if defence not in DEFENCES:
+        raise ValueError(f"Unknown defence {defence!r}; choose one of {', '.join(DEFENCES)}.")
+    vector = update.delta
+    if defence in ("dp", "both"):  # the Gaussian mechanism on the worker's update (dp.py): clipped, plus noise
         clip = clip_norm if clip_norm is not None else settings.lr * settings.clip_norm
         if clip <= 0 or noise_multiplier < 0:
             raise ValueError("DP needs a positive clip norm and a non-negative noise multiplier.")
-        noise = SecureRandom().normal(update.delta.shape, noise_multiplier * clip)
-        vector = clip_rows(update.delta.unsqueeze(0), clip)[0] + noise
-    else:
-        raise ValueError(f"Unknown defence {defence!r}; choose one of {', '.join(DEFENCES)}.")
+        noise = SecureRandom().normal(vector.shape, noise_multiplier * clip)
+        vector = clip_rows(vector.unsqueeze(0), clip)[0] + noise
+    if defence in ("secure-agg", "both"):  # the worker's masked vector in the smallest round secagg.py allows
+        others = [torch.zeros_like(vector)] * (MIN_SURVIVORS - 1)
+        smallest_round = torch.stack([vector, *others])
+        vector = secure_sum(smallest_round, [update.num_examples] * MIN_SURVIVORS).server_view(0)
     return ObservedUpdate(model_name, global_vector, vector, update.num_examples, settings)
-
-
-# ----------------------------------------------------------------------------- scores
-
-
-def psnr(image: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0) -> float:
-    """Peak signal-to-noise ratio in dB of two images with pixels in [0, data_range]; inf when identical."""
-    mse = (image.double() - reference.double()).pow(2).mean().item()
-    return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
-
-
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :]).view(1, 1, size, size)
-
-
-def ssim(image: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0) -> float:
-    """Structural similarity (Wang et al. 2004): 11x11 Gaussian window (sigma 1.5), mean over valid windows."""
-    x, y = image.double().view(1, 1, *image.shape[-2:]), reference.double().view(1, 1, *reference.shape[-2:])
-    window = _gaussian_window()
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_x, mu_y = F.conv2d(x, window), F.conv2d(y, window)
-    var_x = F.conv2d(x * x, window) - mu_x**2
-    var_y = F.conv2d(y * y, window) - mu_y**2
-    cov = F.conv2d(x * y, window) - mu_x * mu_y
-    score = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return score.mean().item()
-
-
-def to_pixels(x: torch.Tensor) -> torch.Tensor:
-    """Normalised [N, 1, 28, 28] -> pixels [N, 28, 28] in [0, 1]."""
-    return (x.detach() * STD + MEAN).clamp(0, 1).view(-1, 28, 28)
-
-
-def match_images(images: torch.Tensor, reference: torch.Tensor) -> list[int]:
-    """matched[i]: the reconstruction paired with true image i (greedy on squared error; the order is unknown)."""
-    errors = (reference.unsqueeze(1) - images.unsqueeze(0)).pow(2).flatten(2).mean(2)
-    matched = [-1] * len(reference)
-    for _ in range(len(reference)):
-        i, j = divmod(int(errors.argmin()), errors.shape[1])
-        matched[i] = j
-        errors[i, :], errors[:, j] = math.inf, math.inf
-    return matched
-
-
-def time_to_psnr(history: list[dict], target: float) -> float | None:
-    """Seconds until the mean PSNR in ``history`` first reached ``target`` dB (None if it never did)."""
-    return next((h["seconds"] for h in history if h.get("psnr", -math.inf) >= target), None)
 
 
 # ----------------------------------------------------------------------------- labels
@@ -256,24 +230,44 @@ def last_bias_name(model: nn.Module) -> str:
     return f"{linears[-1]}.bias"
 
 
-def infer_labels(model: nn.Module, observed: ObservedUpdate) -> list[int]:
-    """iDLG: -update points along the gradient, whose last-bias part is softmax - one-hot: negative at the label.
+def mean_softmax(model: nn.Module, params: Params, public: torch.Tensor) -> torch.Tensor:
+    """The model's mean class probabilities over public images (uint8): the server's estimate for a batch."""
+    with torch.no_grad():
+        logits = torch.cat([functional_call(model, params, (normalize(part),)) for part in public.split(1000)])
+    return torch.softmax(logits.double(), 1).mean(0)
 
-    Exact for one image and one step. For several images it is a heuristic: every class with a negative entry
-    is present, and the remaining slots go to the negative entries in proportion to their size.
+
+def label_counts(bias_gradient: torch.Tensor, count: int, mean_probs: torch.Tensor) -> list[int]:
+    """A batch's labels, sorted, from its last bias gradient (any positive scale) and the mean softmax.
+
+    After Wainakh et al. 2022 ("LLG"): gradient = s * (mean_probs - counts / count). A class absent from the
+    batch has the largest gradient / mean_probs ratio (a present one's is lower), which gives s; the counts
+    follow, rounded by largest remainder to ``count``.
     """
-    bias_grad = unflatten(-observed.update, model_params(model))[last_bias_name(model)].double()
-    order = torch.argsort(bias_grad).tolist()
-    negative = [c for c in order if bias_grad[c] < 0] or order[:1]
-    count = observed.num_examples
-    if count <= len(negative):
-        return sorted(negative[:count])
-    weights = -bias_grad[negative]
-    extra = weights / weights.sum() * (count - len(negative))
-    counts = [1 + int(e) for e in extra.floor()]
-    for i in torch.argsort(extra - extra.floor(), descending=True)[: count - sum(counts)].tolist():
-        counts[i] += 1
-    return sorted(c for c, n in zip(negative, counts) for _ in range(n))
+    g = bias_gradient.double()
+    scale = (g / mean_probs).max().clamp(min=1e-30)
+    estimate = (count * (mean_probs - g / scale)).clamp(min=0)
+    counts = estimate.floor()
+    for c in torch.argsort(estimate - counts, descending=True)[: max(0, count - int(counts.sum()))]:
+        counts[c] += 1
+    for c in torch.argsort(estimate - counts)[: max(0, int(counts.sum()) - count)]:
+        counts[c] -= 1  # only when the floors alone exceed ``count``: take back the least supported
+    return sorted(c for c in range(len(counts)) for _ in range(int(counts[c])))
+
+
+def infer_labels(model: nn.Module, observed: ObservedUpdate, public: torch.Tensor | None = None) -> list[int]:
+    """The labels of the images in ``observed``, sorted.
+
+    One image (iDLG): -update points along the gradient, whose last-bias part is softmax - one-hot, negative
+    at the label only: exact. Several: :func:`label_counts`, with the mean softmax over ``public`` images
+    (uniform without them).
+    """
+    params = unflatten(observed.global_vector, model_params(model))
+    bias_grad = unflatten(-observed.update, params)[last_bias_name(model)].double()
+    if observed.num_examples == 1:
+        return [int(bias_grad.argmin())]
+    probs = mean_softmax(model, params, public) if public is not None else torch.full_like(bias_grad, 0.1)
+    return label_counts(bias_grad, observed.num_examples, probs)
 
 
 # ----------------------------------------------------------------------------- gradient matching
@@ -337,11 +331,18 @@ def _from_logits(z: torch.Tensor) -> torch.Tensor:
 
 
 def match_gradients(
-    matcher: GradientMatcher, start: torch.Tensor, steps: int, lr: float, optimizer: str, report: Callable
+    matcher: GradientMatcher,
+    start: torch.Tensor,
+    steps: int,
+    lr: float,
+    optimizer: str,
+    report: Callable,
+    deadline: float = math.inf,
 ) -> torch.Tensor:
     """Move ``start`` (normalised [N, 1, 28, 28]) to lower the objective; returns the best iterate seen.
 
-    ``report(step, x, mismatch)`` follows every step with the best iterate so far.
+    ``report(step, x, mismatch)`` follows every step with the best iterate so far. Stops early at ``deadline``
+    (a time.perf_counter() value).
     """
     z = _to_logits(start).requires_grad_(True)
     objective, mismatch = matcher.objective(start)
@@ -362,6 +363,8 @@ def match_gradients(
         return objective
 
     for step in range(steps):
+        if time.perf_counter() > deadline:
+            break
         value = opt.step(closure).item()
         schedule.step()
         if math.isfinite(value) and value < best_value:
@@ -391,17 +394,22 @@ class SquareCNNInversion:
     prior_weight = 0.3  # how much the public vote still counts once a solution has its own signs
     smoothing = 0.05  # weight of the squared-difference prior while the signs settle
 
-    def __init__(self, model: CryptoCNN, observed: ObservedUpdate, public: torch.Tensor) -> None:
-        params = unflatten(observed.global_vector, model_params(model))
-        grads = unflatten(-observed.update / observed.update.norm().clamp(min=1e-30), params)  # homogeneous: scale-free
+    def __init__(
+        self,
+        model: CryptoCNN,
+        params: Params,
+        magnitude: torch.Tensor,
+        r: torch.Tensor,
+        grad_w: torch.Tensor | None,
+        public: torch.Tensor,
+    ) -> None:
+        """One image's |u| and dL/da (``r``), and the conv weight gradient when it is that image's alone (else None)."""
         conv_w, conv_b = params["conv.weight"], params["conv.bias"]
         channels, _, k, _ = conv_w.shape
         stride = model.conv.stride[0]
-        d = grads["fc1.bias"]
-        squared = grads["fc1.weight"].T @ d / d.dot(d).clamp(min=1e-30)
-        self.magnitude = squared.clamp(min=0).sqrt()  # |u|, channel-major like the flattened conv output
-        self.r = params["fc1.weight"].T @ d  # dL/da (times the unknown scale)
-        self.grad_w = grads["conv.weight"].reshape(channels, -1)
+        self.magnitude = magnitude  # |u|, channel-major like the flattened conv output
+        self.r = r
+        self.grad_w = None if grad_w is None else grad_w.reshape(channels, -1)
         eye = torch.eye(28 * 28).view(-1, 1, 28, 28)
         self.forward = F.conv2d(eye, conv_w, stride=stride).flatten(1).T  # [C*L, 784]
         self.bias = conv_b.repeat_interleave(self.forward.shape[0] // channels)
@@ -410,26 +418,51 @@ class SquareCNNInversion:
         self.public_u = public_u.flatten(1)
         self.public_distance = (self.public_u.abs() - self.magnitude).pow(2).sum(1)
 
+    @classmethod
+    def from_update(cls, model: CryptoCNN, observed: ObservedUpdate, public: torch.Tensor) -> SquareCNNInversion:
+        """The single-image case: |u| and dL/da read off fc1's gradient, the conv gradient is the image's own."""
+        params = unflatten(observed.global_vector, model_params(model))
+        grads = unflatten(-observed.update / observed.update.norm().clamp(min=1e-30), params)  # homogeneous: scale-free
+        d = grads["fc1.bias"]
+        squared = grads["fc1.weight"].T @ d / d.dot(d).clamp(min=1e-30)
+        r = params["fc1.weight"].T @ d  # dL/da (times the unknown scale)
+        return cls(model, params, squared.clamp(min=0).sqrt(), r, grads["conv.weight"], public)
+
     def prior(self, neighbours: int, within: torch.Tensor | None = None) -> torch.Tensor:
         """Mean sign of u over the public images nearest in |u| (optionally only those where ``within``)."""
         distance = self.public_distance if within is None else self.public_distance.masked_fill(~within, math.inf)
         nearest = distance.topk(min(neighbours, len(distance)), largest=False).indices
         return torch.sign(self.public_u[nearest]).mean(0)
 
+    def gradient_rows(self, u: torch.Tensor) -> torch.Tensor:
+        """The conv weight gradient as a linear map of the image, given its conv output u: [C * k * k, 784]."""
+        v = (2 * self.r * u).view(-1, self.unfold.shape[2])
+        return torch.einsum("cp,jkp->ckj", v, self.unfold).reshape(-1, self.forward.shape[1])
+
     def solve(
         self, signs: torch.Tensor, weights: torch.Tensor, x: torch.Tensor, smoothing: float, iters: int
     ) -> torch.Tensor:
         """min over x in the box of |w(Ax + b - signs|u|)|^2 + |conv-gradient residual|^2 + smoothing |Dx|^2."""
         u = signs * self.magnitude
-        v = (2 * self.r * u).view(self.grad_w.shape[0], -1)
-        grad_rows = torch.einsum("cp,jkp->ckj", v, self.unfold).reshape(-1, self.forward.shape[1])
+        if self.grad_w is None:
+            return _box_least_squares(
+                weights.unsqueeze(1) * self.forward, weights * (u - self.bias), x, smoothing, iters
+            )
         scale = self.magnitude.norm() / self.grad_w.norm().clamp(min=1e-30)
-        lhs = torch.cat([weights.unsqueeze(1) * self.forward, scale * grad_rows])
+        lhs = torch.cat([weights.unsqueeze(1) * self.forward, scale * self.gradient_rows(u)])
         rhs = torch.cat([weights * (u - self.bias), scale * self.grad_w.flatten()])
         return _box_least_squares(lhs, rhs, x, smoothing, iters)
 
-    def run(self, options: AttackOptions, label: int, public_labels: torch.Tensor, trace: Trace) -> torch.Tensor:
-        """Try a few priors until one matches almost perfectly; returns the best image, normalised [1, 1, 28, 28]."""
+    def run(
+        self,
+        options: AttackOptions,
+        label: int,
+        public_labels: torch.Tensor,
+        trace: Trace,
+        deadline: float = math.inf,
+    ) -> torch.Tensor:
+        """Try a few priors until one matches almost perfectly or ``deadline`` passes; returns the best image,
+        normalised [1, 1, 28, 28]."""
         priors = [
             self.prior(options.neighbours),
             self.prior(options.neighbours, public_labels == label),
@@ -438,18 +471,20 @@ class SquareCNNInversion:
         ]
         best, best_mismatch = None, math.inf
         for i, prior in enumerate(priors):
-            x = self._settle_signs(prior, options.sign_rounds, trace, i * options.sign_rounds)
+            x = self._settle_signs(prior, options.sign_rounds, trace, i * options.sign_rounds, deadline)
             signs = torch.sign(self.forward @ x + self.bias)
             image = as_image(self.solve(signs, torch.ones_like(signs), x, 0.0, 500))
             mismatch = trace.mismatch(image)
             if mismatch < best_mismatch:
                 best, best_mismatch = image, mismatch
             trace((i + 1) * options.sign_rounds, best, best_mismatch)
-            if best_mismatch < SOLVED_MISMATCH:
+            if best_mismatch < SOLVED_MISMATCH or time.perf_counter() > deadline:
                 break
         return best
 
-    def _settle_signs(self, prior: torch.Tensor, rounds: int, trace: Trace, first_step: int) -> torch.Tensor:
+    def _settle_signs(
+        self, prior: torch.Tensor, rounds: int, trace: Trace, first_step: int, deadline: float = math.inf
+    ) -> torch.Tensor:
         signs, weights = torch.sign(prior + 1e-3), prior.abs()
         x = torch.full((self.forward.shape[1],), LOW)
         for round_idx in range(rounds):
@@ -461,7 +496,7 @@ class SquareCNNInversion:
             weights = score.abs() / 2  # rows of the forward map then weigh about as much as the gradient rows
             image = as_image(x)
             trace(first_step + round_idx + 1, image, trace.mismatch(image))
-            if round_idx >= 2 and torch.equal(new_signs, signs):
+            if (round_idx >= 2 and torch.equal(new_signs, signs)) or time.perf_counter() > deadline:
                 break
             signs = new_signs
         return x
@@ -525,63 +560,7 @@ class Trace:
         entry = {"step": step, "seconds": time.perf_counter() - self.started, "loss": mismatch}
         pixels = to_pixels(x)
         if self.truth is not None:
-            matched = pixels[match_images(pixels, self.truth)]
-            entry["psnr"] = float(np.mean([psnr(p, t) for p, t in zip(matched, self.truth)]))
+            entry["psnr"] = mean_psnr(pixels, self.truth)
         self.history.append(entry)
         if self.progress:
             self.progress(step, self.total, pixels, entry)
-
-
-def reconstruct(
-    observed: ObservedUpdate,
-    options: AttackOptions | None = None,
-    progress: Progress | None = None,
-    reference: torch.Tensor | None = None,
-    public: Mnist | None = None,
-) -> AttackResult:
-    """Reconstruct the worker's images from what the server holds.
-
-    ``reference`` (the true uint8 images, known only because the worker is simulated) is used for scores and
-    never by the optimisation. ``public`` is the server's own data for the sign prior (default: MNIST's test
-    set, disjoint from every worker's training images). ``progress(step, total, images, metrics)`` follows
-    every step with the current reconstruction in [0, 1].
-    """
-    options = options or AttackOptions()
-    if options.optimizer not in ("adam", "lbfgs"):
-        raise ValueError(f"Unknown optimizer {options.optimizer!r}; choose adam or lbfgs.")
-    if options.steps < 0 or options.sign_rounds < 1 or options.neighbours < 1:
-        raise ValueError("steps must be >= 0, sign rounds and neighbours >= 1.")
-    model = build_model(observed.model)
-    if observed.update.shape != observed.global_vector.shape:
-        raise ValueError("The update and the global weights have different sizes.")
-    if reference is not None and len(reference) != observed.num_examples:
-        raise ValueError(f"{len(reference)} reference images for an update of {observed.num_examples} examples.")
-    labels = infer_labels(model, observed)
-    matcher = GradientMatcher(model, observed, labels, options.tv_weight)
-    structured = options.structure and isinstance(model, CryptoCNN)
-    structured = structured and observed.num_examples == 1 and observed.local_steps == 1
-    trace = Trace(matcher, (4 * options.sign_rounds if structured else 0) + options.steps, reference, progress)
-    if structured:
-        public = public or load_mnist()
-        start = SquareCNNInversion(model, observed, public.test_images).run(
-            options, labels[0], public.test_labels, trace
-        )
-        lr = options.lr / 10  # the start is already close: small steps
-    else:
-        gen = torch.Generator().manual_seed(options.seed)
-        start = LOW + (HIGH - LOW) * torch.rand((observed.num_examples, 1, 28, 28), generator=gen)
-        lr = options.lr
-    offset = trace.step
-    best = match_gradients(
-        matcher, start, options.steps, lr, options.optimizer, lambda s, x, mismatch: trace(offset + s, x, mismatch)
-    )
-    if trace.step < trace.total:
-        trace(trace.total, best, trace.mismatch(best))
-    pixels = to_pixels(best)
-    method = "square-CNN inversion + gradient matching" if structured else "gradient matching"
-    result = AttackResult(pixels, labels, method, time.perf_counter() - trace.started, trace.history)
-    if trace.truth is not None:
-        result.matched = match_images(pixels, trace.truth)
-        result.psnr = [psnr(pixels[j], t) for j, t in zip(result.matched, trace.truth)]
-        result.ssim = [ssim(pixels[j], t) for j, t in zip(result.matched, trace.truth)]
-    return result
