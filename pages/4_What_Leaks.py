@@ -16,6 +16,7 @@ from fed_core.attack import (
 )
 from fed_core.config import TrainConfig
 from fed_core.data import MnistFileError, load_mnist
+from fed_core.secagg import MIN_SURVIVORS
 from ui import attack_views as views
 from ui import session
 from ui.common import format_duration, heavy_task_slot, shown_safely
@@ -52,7 +53,9 @@ def settings() -> dict:
         if defence in ("dp", "both"):
             choice["noise"] = st.slider("DP noise multiplier z", 0.0001, 1.0, 0.01, format="%.4f", help=views.DP_HELP)
     else:
-        choice["workers"] = int(c4.number_input("Workers in the round", 1, MAX_WORKERS, 5))
+        # Secure aggregation releases no sum of fewer than MIN_SURVIVORS updates (secagg.py).
+        fewest = MIN_SURVIVORS if defence in ("secure-agg", "both") else 1
+        choice["workers"] = int(c4.number_input("Workers in the round", fewest, MAX_WORKERS, 5))
         if defence in ("dp", "both"):
             st.caption(
                 f"DP here is the app's example-level DP-SGD inside every worker at its defaults: clip "
