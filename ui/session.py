@@ -13,4 +13,4 @@ DRAW_RESULT = "draw_result"  # (PreparedDigit, DigitResult) of the last classifi
 CANVAS_VERSION = "canvas_version"  # bumped to swap in an empty canvas
 ENCRYPTED_EVAL = "encrypted_eval"  # the last EvalResult of the Encrypted Test page
 FINISHED_RUNS = "finished_runs"  # {job id: one summary line} of this session's finished runs, to compare their cost
-ATTACKS = "attacks"  # [(settings, StagedUpdate, AttackResult)] of the What leaks page, latest last
+ATTACKS = "attacks"  # [(settings, StagedUpdate or MaliciousRound, AttackResult)] of the What leaks page, latest last
