@@ -8,13 +8,12 @@ from fed_core.data import MnistFileError, load_mnist
 from ui import attack_views as views
 from ui import session
 from ui.common import format_duration, heavy_task_slot, shown_safely
-from ui.nav import sidebar_nav
+from ui.nav import in_frame
 
 FEDERATION = TrainConfig()  # the Train page's default run: 5 IID workers, the crypto-friendly CNN
 EXPECTED_SECONDS = 20.0
 
-st.set_page_config(page_title="What leaks · Federated MNIST", page_icon=":material/visibility:", layout="wide")
-sidebar_nav()
+in_frame()
 st.title("What leaks from a worker's update")
 st.caption(
     "A worker's images never leave it, but its update does. Here the server is curious: it takes one worker's "

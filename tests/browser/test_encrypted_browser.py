@@ -4,9 +4,10 @@ import itertools
 import re
 
 import pytest
-from browser_helpers import Page, find_canvas
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+
+from devtools.browser import Page, find_canvas
 
 pytestmark = pytest.mark.browser
 
