@@ -14,12 +14,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fed_core.attack import AttackOptions, make_update, observe, reconstruct, time_to_psnr, worker_examples
 from fed_core.client import flatten, model_params, worker_seed
