@@ -21,15 +21,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import psutil
+from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "browser"))
-
-from browser_helpers import Page, new_browser, streamlit_server
-from selenium.webdriver.common.by import By
-from test_encrypted_browser import SEVEN, choose, classify, draw
-
+from devtools.browser import SEVEN, Page, choose, classify, draw, new_browser, streamlit_server
 from fed_core.budget import Budget, estimate_run_bytes
 from fed_core.config import TrainConfig
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,11 +31,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from fed_core import preprocess
+from fed_core.data import load_mnist
 
-from fed_core import preprocess  # noqa: E402
-from fed_core.data import load_mnist  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 CANVAS = 280
 UPSAMPLE = 4  # the digit is thinned at 112x112 so its centre line is smooth

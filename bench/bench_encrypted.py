@@ -15,23 +15,21 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from fed_core.data import load_mnist, normalize
+from fed_core.encrypted_eval import EvalResult, available_cpus, evaluate_encrypted
+from fed_core.he import DIGIT_PARAMS, HeClient, HeServer
+from fed_core.models import load_model
+from fed_core.mpc import FRAC_BITS, Traffic
+from fed_core.mpc_processes import LAN, WAN, busiest_direction_bytes, mpc_classifier, projected_seconds
+from fed_core.mpc_range import MAX_FAILURE_PER_IMAGE, check_model_range
+from fed_core.mpc_truncation import measure_truncation
 
-from fed_core.data import load_mnist, normalize  # noqa: E402
-from fed_core.encrypted_eval import EvalResult, available_cpus, evaluate_encrypted  # noqa: E402
-from fed_core.he import DIGIT_PARAMS, HeClient, HeServer  # noqa: E402
-from fed_core.models import load_model  # noqa: E402
-from fed_core.mpc import FRAC_BITS, Traffic  # noqa: E402
-from fed_core.mpc_processes import LAN, WAN, busiest_direction_bytes, mpc_classifier, projected_seconds  # noqa: E402
-from fed_core.mpc_range import MAX_FAILURE_PER_IMAGE, check_model_range  # noqa: E402
-from fed_core.mpc_truncation import measure_truncation  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 PRETRAINED = ROOT / "assets" / "pretrained_crypto_cnn.pt"
 # README figures of the previous HE design (7 primes, 7 input ciphertexts, one image per slot).
@@ -51,8 +49,7 @@ def load_or_train(path: Path) -> torch.nn.Module:
     if path.exists():
         return load_model(path)[0]
     print(f"{path} not found: training a CryptoCNN centrally (a few seconds)")
-    sys.path.insert(0, str(ROOT / "tests"))
-    from quick_model import trained_crypto_cnn
+    from devtools.quick_model import trained_crypto_cnn
 
     return trained_crypto_cnn()
 

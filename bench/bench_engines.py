@@ -25,19 +25,15 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import psutil
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-
-from fed_core.config import TrainConfig  # noqa: E402
-from fed_core.data import load_mnist  # noqa: E402
-from fed_core.engines import ENGINES, engine_for  # noqa: E402
-from fed_core.engines.syft_engine import HANDOFF_FILE  # noqa: E402
-from fed_core.engines.syft_warm_pool import SYFT_CONCURRENT_JOBS  # noqa: E402
-from fed_core.server import FederatedRun, RoundRecord  # noqa: E402
+from fed_core.config import TrainConfig
+from fed_core.data import load_mnist
+from fed_core.engines import ENGINES, engine_for
+from fed_core.engines.syft_engine import HANDOFF_FILE
+from fed_core.engines.syft_warm_pool import SYFT_CONCURRENT_JOBS
+from fed_core.server import FederatedRun, RoundRecord
 
 # Later rounds of the default run (5 workers x 3 rounds, 60,000 images) when every syft job was a new
 # Python process (commit 1776d3b): wall seconds on the quiet reference machine (docs/engines.md), and

@@ -13,23 +13,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import sys
 import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 
+from bench_app import MB, PeakMemory, tree_rss
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "browser"))
-
-from bench_app import MB, PeakMemory, tree_rss
-from browser_helpers import Page, new_browser, streamlit_server
-from test_encrypted_browser import SEVEN, choose, draw
+from devtools.browser import SEVEN, Page, choose, draw, new_browser, streamlit_server
 
 RUN_ROUNDS = 5
 

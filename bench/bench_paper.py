@@ -22,7 +22,6 @@ import importlib.util
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -30,8 +29,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fed_core.budget import env_name
 from fed_core.client import TrainingDiverged, TrainingStopped

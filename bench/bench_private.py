@@ -12,10 +12,6 @@ without each defence).
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import private_attack
 import private_dp

@@ -11,7 +11,6 @@ import argparse
 import os
 import resource
 import statistics
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -19,9 +18,6 @@ from pathlib import Path
 import psutil
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from bench_paper import PAPER
 
 from fed_core.budget import MB, env_name, estimate_run_bytes, working_memory

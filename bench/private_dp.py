@@ -19,18 +19,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 import warnings
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fed_core.client import BatchedTrainer, LocalSettings, TrainingDiverged, flatten, model_params
 from fed_core.config import TrainConfig

@@ -17,22 +17,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from fed_core.config import TrainConfig  # noqa: E402
-from fed_core.data import load_mnist  # noqa: E402
-from fed_core.engines import engine_for  # noqa: E402
-from fed_core.models import build_model  # noqa: E402
-from fed_core.secagg import STAGES, SecureAggregate, default_group_size, default_threshold, secure_sum  # noqa: E402
-from fed_core.strategy import fedavg  # noqa: E402
+from fed_core.config import TrainConfig
+from fed_core.data import load_mnist
+from fed_core.engines import engine_for
+from fed_core.models import build_model
+from fed_core.secagg import STAGES, SecureAggregate, default_group_size, default_threshold, secure_sum
+from fed_core.strategy import fedavg
 
 TRAIN_SIZE = 60_000
 TARGET_OVERHEAD = {10: 0.2, 100: 1.0}  # share of a round the protocol may add (the targets)

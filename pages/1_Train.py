@@ -13,7 +13,7 @@ from fed_core.strategy import STRATEGIES
 from ui import engine_views, privacy_views, session
 from ui import train_views as views
 from ui.common import CHART_CONFIG, format_duration, shown_safely
-from ui.nav import sidebar_nav
+from ui.nav import in_frame
 from ui.runs import current_job, ensure_owner_token, job_slots, keep_trained_model, owns, remember_owner
 
 D = TrainConfig()
@@ -29,8 +29,7 @@ PARTITION_LABELS = {
     "shards": "Label shards (FedAvg paper)",
 }
 
-st.set_page_config(page_title="Train · Federated MNIST", page_icon=":material/model_training:", layout="wide")
-sidebar_nav()
+in_frame()
 st.title("Federated training, live")
 st.caption(
     "The server sends the global model to a random sample of workers; each trains on its own "

@@ -19,12 +19,11 @@ from ui.encrypted_common import (
     key_release_note,
     scheme_picker,
 )
-from ui.nav import sidebar_nav
+from ui.nav import in_frame
 
 CANVAS_SIDE, STROKE_WIDTH = 280, 18
 
-st.set_page_config(page_title="Draw · Encrypted inference", page_icon=":material/draw:", layout="wide")
-sidebar_nav()
+in_frame()
 st.title("Draw a digit, classify it encrypted")
 st.caption(
     "Your digit is encrypted with keys only you hold; the model computes on the encrypted data and "

@@ -14,12 +14,11 @@ from ui import encrypted_views as views
 from ui import session
 from ui.common import CHART_CONFIG, ProgressBar, format_bytes, format_duration, heavy_task_slot, shown_safely
 from ui.encrypted_common import encryptable_model, scheme_picker
-from ui.nav import sidebar_nav
+from ui.nav import in_frame
 
 MAX_IMAGES = 10_000
 
-st.set_page_config(page_title="Encrypted Test · Encrypted inference", page_icon=":material/lock:", layout="wide")
-sidebar_nav()
+in_frame()
 st.title("The test set, encrypted")
 st.caption(
     "Every test image is encrypted (or secret-shared) before the model sees it; the model answers on "

@@ -20,15 +20,14 @@ from fed_core.secagg import MIN_SURVIVORS
 from ui import attack_views as views
 from ui import session
 from ui.common import format_duration, heavy_task_slot, shown_safely
-from ui.nav import sidebar_nav
+from ui.nav import in_frame
 
 FEDERATION = TrainConfig()  # the Train page's default run: 5 IID workers, the crypto-friendly CNN
 EXPECTED_SECONDS = 30.0
 MAX_LOCAL_STEPS = 16
 MAX_WORKERS = 10  # workers a malicious round can include
 
-st.set_page_config(page_title="What leaks · Federated MNIST", page_icon=":material/visibility:", layout="wide")
-sidebar_nav()
+in_frame()
 st.title("What leaks from the workers' updates")
 st.caption(
     "A worker's images never leave it, but its update does. A *curious* server takes what it receives and "

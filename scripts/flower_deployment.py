@@ -30,17 +30,15 @@ from pathlib import Path
 
 import psutil
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from fed_core import flower_app
+from fed_core.config import TrainConfig, validate
+from fed_core.data import load_mnist
+from fed_core.engines.flower_engine import shard_file_name
+from fed_core.engines.worker_job import save_shard
+from fed_core.flower_app.app import OUT_DIR, run_config_of
+from fed_core.server import partition_for
 
-from fed_core.config import TrainConfig, validate  # noqa: E402
-from fed_core.data import load_mnist  # noqa: E402
-from fed_core.engines.flower_engine import shard_file_name  # noqa: E402
-from fed_core.engines.worker_job import save_shard  # noqa: E402
-from fed_core.flower_app.app import OUT_DIR, run_config_of  # noqa: E402
-from fed_core.server import partition_for  # noqa: E402
-
-APP_DIR = REPO_ROOT / "fed_core" / "flower_app"
+APP_DIR = Path(flower_app.__file__).parent  # the Flower App `flwr run` builds: its pyproject.toml names the apps
 CONNECTION = "fed-mnist-local"
 HOST = "127.0.0.1"
 
@@ -83,7 +81,6 @@ class LocalFederation:
         return {
             **os.environ,
             "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-            "PYTHONPATH": str(REPO_ROOT),
             "FLWR_HOME": str(self.workdir / "flwr-home"),
             "FLWR_TELEMETRY_ENABLED": "0",
             "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",

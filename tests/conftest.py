@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from quick_model import trained_crypto_cnn
 
+from devtools.quick_model import trained_crypto_cnn
 from fed_core.data import Mnist, load_mnist
 
 

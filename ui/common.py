@@ -9,10 +9,7 @@ from contextlib import contextmanager
 import streamlit as st
 
 from fed_core.budget import Gate, load_budget
-from fed_core.memory import release_freed_memory
 from fed_core.mpc_range import FixedPointRangeError
-
-release_freed_memory()  # once per server process: a shared server must not keep every visitor's peak
 
 log = logging.getLogger(__name__)
 

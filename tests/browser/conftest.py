@@ -7,7 +7,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from browser_helpers import new_browser, streamlit_server
+
+from devtools.browser import new_browser, streamlit_server
 
 
 @pytest.fixture(scope="session")

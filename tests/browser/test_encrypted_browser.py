@@ -1,48 +1,16 @@
 """Draw and Encrypted Test pages in a real browser: mouse strokes on the canvas, encrypted answers."""
 
-import itertools
 import re
 
 import pytest
-from browser_helpers import Page, find_canvas
-from selenium.webdriver.common.action_chains import ActionChains
-from selenium.webdriver.common.by import By
+
+from devtools.browser import SEVEN, Page, choose, classify, draw
 
 pytestmark = pytest.mark.browser
 
 
-def draw(page: Page, strokes: list[list[tuple[int, int]]]) -> None:
-    """Mouse strokes; each point is an offset in px from the canvas centre."""
-    page.wait_idle()  # the canvas is mounted anew by each full rerun
-    canvas = find_canvas(page.driver)
-    for stroke in strokes:
-        actions = ActionChains(page.driver).move_to_element_with_offset(canvas, *stroke[0]).click_and_hold()
-        for (x0, y0), (x1, y1) in itertools.pairwise(stroke):
-            steps = max(1, max(abs(x1 - x0), abs(y1 - y0)) // 40)
-            for _ in range(steps):
-                actions.move_by_offset((x1 - x0) // steps, (y1 - y0) // steps)
-        actions.release().perform()
-
-
-SEVEN = [[(-70, -80), (70, -80), (-20, 100)]]
 DOT = [[(0, 0), (2, 2)]]
 SCRIBBLE = [[(x, y) for y in range(-60, 61, 12) for x in (-60, 60)]]  # one zigzag filling a square
-
-
-def choose(page: Page, option_text: str) -> None:
-    page.wait.until(
-        lambda d: next((el for el in d.find_elements(By.TAG_NAME, "label") if option_text in el.text), False)
-    ).click()
-    page.wait_idle()
-
-
-def classify(page: Page, expect: str) -> str:
-    """Press Classify and return the page once the result naming ``expect`` is fully shown."""
-    page.click("Classify")
-    page.wait_text(expect)
-    page.wait_idle()
-    page.wait.until(lambda d: re.search(r"Prediction\s*\d", page.text()))
-    return page.text()
 
 
 def test_drawn_seven_is_classified_under_he_and_mpc(browser, app_url, screenshot_dir):

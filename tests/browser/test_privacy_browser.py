@@ -4,7 +4,8 @@ aggregation; the Train page's Privacy choice runs with both defences and reports
 import re
 
 import pytest
-from browser_helpers import Page
+
+from devtools.browser import Page
 
 pytestmark = pytest.mark.browser
 

@@ -3,10 +3,10 @@
 import re
 
 import pytest
-from browser_helpers import Page, new_browser, xpath_literal
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from devtools.browser import Page, new_browser, xpath_literal
 from ui.session import OWNER_COOKIE
 
 pytestmark = pytest.mark.browser

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,13 +19,14 @@ from typing import IO
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]  # the repository: `streamlit run app.py` runs there
 CHROME_FLAGS = (
     "--headless=new",
     "--no-sandbox",
@@ -193,3 +196,37 @@ def find_canvas(driver: webdriver.Chrome) -> WebElement:
         }
         return wide(document).pop() || null;"""
     return WebDriverWait(driver, 60, poll_frequency=0.5).until(lambda d: d.execute_script(script))
+
+
+# --- drawing on the Draw page (the browser tests and bench/bench_app.py, bench/bench_load.py) ---
+
+SEVEN = [[(-70, -80), (70, -80), (-20, 100)]]
+
+
+def draw(page: Page, strokes: list[list[tuple[int, int]]]) -> None:
+    """Mouse strokes; each point is an offset in px from the canvas centre."""
+    page.wait_idle()  # the canvas is mounted anew by each full rerun
+    canvas = find_canvas(page.driver)
+    for stroke in strokes:
+        actions = ActionChains(page.driver).move_to_element_with_offset(canvas, *stroke[0]).click_and_hold()
+        for (x0, y0), (x1, y1) in itertools.pairwise(stroke):
+            steps = max(1, max(abs(x1 - x0), abs(y1 - y0)) // 40)
+            for _ in range(steps):
+                actions.move_by_offset((x1 - x0) // steps, (y1 - y0) // steps)
+        actions.release().perform()
+
+
+def choose(page: Page, option_text: str) -> None:
+    page.wait.until(
+        lambda d: next((el for el in d.find_elements(By.TAG_NAME, "label") if option_text in el.text), False)
+    ).click()
+    page.wait_idle()
+
+
+def classify(page: Page, expect: str) -> str:
+    """Press Classify and return the page once the result naming ``expect`` is fully shown."""
+    page.click("Classify")
+    page.wait_text(expect)
+    page.wait_idle()
+    page.wait.until(lambda d: re.search(r"Prediction\s*\d", page.text()))
+    return page.text()
