@@ -13,19 +13,16 @@ the last run to leave stops its workers, so no process outlives the runs that us
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from .syft_handoff import MessageError, receive_message, send_message
 from .syft_warm_worker import TrainingRequest
 
 SYFT_CONCURRENT_JOBS = 2  # owners' jobs training at once in this server, each in one warm worker
-REPO_ROOT = Path(__file__).resolve().parents[2]
 WAIT_SECONDS = 0.25  # how often a waiting owner checks whether its run was stopped
 
 
@@ -41,12 +38,10 @@ class WarmWorker:
     """The owner's end of one warm worker process: the pipe only this process writes to."""
 
     def __init__(self, model: str) -> None:
-        pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "fed_core.engines.syft_warm_worker", model],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": pythonpath},
         )
         self._ready = False
 
