@@ -6,8 +6,8 @@ python bench/private_dp.py --client-only    # only the DP-FedAvg part
 
 Example-level: 10 IID workers, every worker trains every round (C = 1) with DP-SGD
 (Poisson batches, per-example clipping, Gaussian noise); the noise multiplier for each
-target epsilon comes from Opacus's get_noise_multiplier for the worker's sample rate
-and total steps, and the ExampleAccountant's epsilon after the run is printed beside it.
+target epsilon is the least that meets it by the tighter of Opacus's RDP and PRV
+accountants (dp.noise_for_epsilon), and both accountants' epsilon after the run is printed.
 Client-level: DP-FedAvg (clip each worker's update, noise on the sum, fixed denominator
 C*W) with secret Poisson worker sampling at one epsilon and sampling rate, for 10 up to
 6000 workers holding the same 60k images: the noise on the average shrinks as 1/(C*W).
@@ -21,14 +21,11 @@ import argparse
 import math
 import sys
 import time
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from opacus.accountants import RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -42,6 +39,9 @@ from fed_core.dp import (
     ExampleDP,
     SecureRandom,
     clip_rows,
+    describe_epsilon,
+    epsilon_of_history,
+    noise_for_epsilon,
     poisson_plan,
     poisson_sample_workers,
     private_fedavg,
@@ -56,10 +56,8 @@ MODEL = "crypto_cnn"
 
 
 def noise_for(epsilon: float, sample_rate: float, steps: int) -> float:
-    """Opacus's noise multiplier for (epsilon, DELTA) after ``steps`` steps at ``sample_rate``."""
-    with warnings.catch_warnings():  # its search tries tiny noises whose best RDP order is off the grid
-        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-        return get_noise_multiplier(target_epsilon=epsilon, target_delta=DELTA, sample_rate=sample_rate, steps=steps)
+    """The least noise multiplier meeting (epsilon, DELTA) after ``steps`` steps by the tighter of RDP and PRV."""
+    return noise_for_epsilon(epsilon, sample_rate, steps, DELTA)
 
 
 @dataclass(frozen=True)
@@ -94,12 +92,12 @@ def example_level(data: Mnist, epsilon: float, setting: ExampleSetting, seed: in
         vector = vector + fedavg(torch.stack([u.delta for u in updates]), torch.tensor([len(s) for s in shards]))
         accountant.record_round({w: len(shards[w]) for w in workers})
     accuracy, _ = evaluator.evaluate(vector)
-    pooled = RDPAccountant()  # the workers' noises add up: as one DP-SGD on the pooled data, z * sqrt(K)
-    pooled.history = [(noise * math.sqrt(setting.workers), plan.sample_rate, plan.steps * setting.rounds)]
+    # The workers' noises add up: as one DP-SGD on the pooled data, z * sqrt(K).
+    pooled = [(noise * math.sqrt(setting.workers), plan.sample_rate, plan.steps * setting.rounds)]
     print(
         f"target eps {epsilon:g}: noise z={noise:.3f}, q={plan.sample_rate:.4f}, {plan.steps * setting.rounds} steps; "
-        f"accountant eps {accountant.epsilon():.2f} (the same total noise in one pooled DP-SGD: "
-        f"eps {pooled.get_epsilon(DELTA):.2f}); test accuracy {accuracy:.2%} "
+        f"accountant {describe_epsilon(accountant.bounds())} (the same total noise in one pooled DP-SGD: "
+        f"eps {epsilon_of_history(pooled, DELTA).value:.2f}); test accuracy {accuracy:.2%} "
         f"({time.perf_counter() - start:.0f} s)",
         flush=True,
     )
@@ -152,7 +150,7 @@ def client_level(data: Mnist, workers: int, setting: ClientSetting, private: boo
     noise_norm = noise * setting.clip / expected * math.sqrt(len(vector))
     print(
         f"{workers:>5} workers ({expected:g} per round): z={noise:.2f}, noise norm on the average {noise_norm:.2f} "
-        f"vs clip {setting.clip}; eps {accountant.epsilon():.2f} (if who took part is public: "
+        f"vs clip {setting.clip}; {describe_epsilon(accountant.bounds())} (if who took part is public: "
         f"{accountant.epsilon_if_sampling_public():.1f}); test accuracy {accuracy:.2%}{outcome} "
         f"({time.perf_counter() - start:.0f} s)",
         flush=True,

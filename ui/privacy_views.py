@@ -12,6 +12,7 @@ from plotly.subplots import make_subplots
 
 from fed_core.client import model_params, unflatten
 from fed_core.config import TrainConfig
+from fed_core.dp import Epsilon, describe_epsilon
 from fed_core.engines.flower_mask_seed import FLOWER_SECURE_AGGREGATION_NOTE
 from fed_core.models import build_model
 from fed_core.server import ServerView
@@ -74,12 +75,13 @@ def privacy_label(config: TrainConfig) -> str:
 
 def epsilon_text(history: list[dict], config: TrainConfig) -> str | None:
     """One line on the DP guarantee spent so far, or None without DP."""
-    epsilon = history[-1].get("epsilon") if history else None
-    if config.dp == "none" or epsilon is None:
+    last = history[-1] if history else {}
+    if config.dp == "none" or last.get("epsilon") is None:
         return None
     whom = "one training image of any worker" if config.dp == "example" else "one worker's whole data"
-    value = "∞ (no noise)" if not math.isfinite(epsilon) else f"{epsilon:.2f}"
-    return f"Privacy spent so far: ε = {value} at δ = {config.dp_delta:g}, for {whom}."
+    # A record from before both accountants were kept has only the guarantee: it was RDP's.
+    bounds = Epsilon(last.get("epsilon_rdp", last["epsilon"]), last.get("epsilon_prv"))
+    return f"Privacy spent so far: {describe_epsilon(bounds)} at δ = {config.dp_delta:g}, for {whom}."
 
 
 def server_view_figure(view: ServerView, model_name: str) -> go.Figure:

@@ -16,6 +16,7 @@ from fed_core.cli.common import check_writable
 from fed_core.client import TrainingDiverged
 from fed_core.config import DP_MODES, TrainConfig
 from fed_core.data import load_mnist
+from fed_core.dp import Epsilon, describe_epsilon
 from fed_core.engines import ENGINES, EngineError, engine_for
 from fed_core.models import INIT_METHODS, MODELS, save_model
 from fed_core.partition import PARTITIONS
@@ -105,6 +106,10 @@ def train_command(args: argparse.Namespace) -> int:
         f"{run.config.workers} workers x {run.config.rounds} rounds ({run.config.engine}, {run.config.model}): "
         f"test accuracy {last.test_accuracy:.2%}, loss {last.test_loss:.4f}, wall time {run.wall_seconds:.1f} s"
     )
+    if last.epsilon is not None:
+        whom = "one training image" if run.config.dp == "example" else "one worker's data"
+        bounds = Epsilon(last.epsilon_rdp, last.epsilon_prv)
+        print(f"{run.config.dp}-level DP for {whom}: {describe_epsilon(bounds)} at δ = {run.config.dp_delta:g}")
     save_results(run, args.out, args.save_model, "done")
     return 0
 
