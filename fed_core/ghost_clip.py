@@ -57,26 +57,70 @@ def ghost_is_cheaper(positions: int, fan_in: int, fan_out: int) -> bool:
     return positions * (fan_in + fan_out) < fan_in * fan_out
 
 
-def _rows(layer: nn.Module, inputs: torch.Tensor, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The layer's inputs and outputs as [b, T, d] and [b, T, p] (a convolution's inputs unfolded)."""
-    if isinstance(layer, nn.Conv2d):
-        windows = F.unfold(inputs, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
-        return windows.transpose(1, 2), output.flatten(2).transpose(1, 2)
-    return inputs.reshape(inputs.shape[0], -1, inputs.shape[-1]), output.reshape(output.shape[0], -1, output.shape[-1])
+def _windows(layer: nn.Conv2d, inputs: torch.Tensor) -> torch.Tensor:
+    """[b, C, H, W] -> [b, T, C*kh*kw]: the windows the convolution reads, in its weight's (C, kh, kw) order.
+
+    Tensor.unfold views plus one copy: 3x faster on CPU than F.unfold (im2col), which is
+    kept for dilated convolutions only.
+    """
+    if layer.dilation != (1, 1):
+        return F.unfold(inputs, layer.kernel_size, layer.dilation, layer.padding, layer.stride).transpose(1, 2)
+    (ph, pw), (kh, kw), (sh, sw) = layer.padding, layer.kernel_size, layer.stride
+    padded = F.pad(inputs, (pw, pw, ph, ph)) if ph or pw else inputs
+    views = padded.unfold(2, kh, sh).unfold(3, kw, sw)  # [b, C, OH, OW, kh, kw]
+    b, channels, out_h, out_w = views.shape[:4]
+    return views.permute(0, 2, 3, 1, 4, 5).reshape(b, out_h * out_w, channels * kh * kw)
 
 
-def _weight_norms_and_sum(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, ClippedSum]:
-    """Squared per-example weight-gradient norms [b], and a function of the clip factors giving sum_i c_i G_i."""
-    positions, fan_in = a.shape[1:]
-    fan_out = g.shape[2]
-    if positions == 1:  # a linear layer on a flat input
-        a2, g2 = a[:, 0], g[:, 0]
-        return a2.square().sum(1) * g2.square().sum(1), lambda c: (g2 * c[:, None]).T @ a2
-    if ghost_is_cheaper(positions, fan_in, fan_out):
-        norms = (a @ a.transpose(1, 2)).mul_(g @ g.transpose(1, 2)).sum((1, 2))
-        return norms, lambda c: (g * c[:, None, None]).flatten(0, 1).T @ a.flatten(0, 1)
-    per_example = g.transpose(1, 2) @ a  # [b, p, d]
+def _conv_example_grads(layer: nn.Conv2d, inputs: torch.Tensor, out_grad: torch.Tensor) -> torch.Tensor:
+    """Every example's weight gradient [b, p, C*kh*kw], as one grouped convolution (Opacus's alternative form).
+
+    Example i's gradient is its input correlated with its output gradient: a convolution
+    with the images as channels (groups = b) and the output gradients as kernels, the
+    layer's stride and dilation swapped. On MNIST's layers 1.2-2.8x faster than unfolding.
+    """
+    b, channels = inputs.shape[:2]
+    fan_out, (kh, kw) = out_grad.shape[1], layer.kernel_size
+    kernels = out_grad.reshape(b * fan_out, 1, *out_grad.shape[2:])
+    grads = F.conv2d(
+        inputs.transpose(0, 1), kernels, stride=layer.dilation, padding=layer.padding, dilation=layer.stride, groups=b
+    )
+    grads = grads[..., :kh, :kw].reshape(channels, b, fan_out, kh * kw)
+    return grads.permute(1, 2, 0, 3).reshape(b, fan_out, channels * kh * kw)
+
+
+def _materialised(per_example: torch.Tensor) -> tuple[torch.Tensor, ClippedSum]:
     return per_example.square().sum((1, 2)), lambda c: torch.einsum("b,bpd->pd", c, per_example)
+
+
+def _ghost(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, ClippedSum]:
+    """From a [b, T, d] and g [b, T, p]: <A A^T, G G^T> per example, and sum_i c_i G_i as one product."""
+    norms = (a @ a.transpose(1, 2)).mul_(g @ g.transpose(1, 2)).sum((1, 2))
+    return norms, lambda c: (g * c[:, None, None]).flatten(0, 1).T @ a.flatten(0, 1)
+
+
+def _weight_terms(layer: nn.Module, inputs: torch.Tensor, out_grad: torch.Tensor) -> tuple[torch.Tensor, ClippedSum]:
+    """Squared per-example weight-gradient norms [b], and a function of the clip factors giving sum_i c_i G_i."""
+    b, fan_out = len(inputs), out_grad.shape[1]
+    if isinstance(layer, nn.Conv2d):
+        positions, fan_in = out_grad[0, 0].numel(), layer.weight[0].numel()
+        if not ghost_is_cheaper(positions, fan_in, fan_out):
+            return _materialised(_conv_example_grads(layer, inputs, out_grad))
+        return _ghost(_windows(layer, inputs), out_grad.flatten(2).transpose(1, 2))
+    a, g = inputs.reshape(b, -1, inputs.shape[-1]), out_grad.reshape(b, -1, out_grad.shape[-1])
+    if a.shape[1] == 1:  # a linear layer on a flat input: ||a_i||^2 ||g_i||^2, sum_i c_i g_i a_i^T
+        a, g = a[:, 0], g[:, 0]
+        return a.square().sum(1) * g.square().sum(1), lambda c: (g * c[:, None]).T @ a
+    if ghost_is_cheaper(a.shape[1], a.shape[2], g.shape[2]):
+        return _ghost(a, g)
+    return _materialised(g.transpose(1, 2) @ a)
+
+
+def _bias_terms(layer: nn.Module, out_grad: torch.Tensor) -> torch.Tensor:
+    """Per-example bias gradients [b, p]: the output gradients summed over positions."""
+    if isinstance(layer, nn.Conv2d):
+        return out_grad.sum((2, 3))
+    return out_grad.reshape(len(out_grad), -1, out_grad.shape[-1]).sum(1)
 
 
 class GhostClipper:
@@ -92,8 +136,10 @@ class GhostClipper:
         self.model = copy.deepcopy(model)
         self.layers: dict[str, nn.Module] = {}
         for name, layer in self.model.named_modules():
-            if isinstance(layer, nn.Conv2d) and layer.groups != 1:
-                raise ValueError(f"Layer {name}: grouped convolutions are not supported.")
+            if isinstance(layer, nn.Conv2d) and (
+                layer.groups != 1 or layer.padding_mode != "zeros" or isinstance(layer.padding, str)
+            ):
+                raise ValueError(f"Layer {name}: grouped convolutions and non-zero or named padding are not supported.")
             if isinstance(layer, (nn.Linear, nn.Conv2d)):
                 self.layers[name] = layer
         covered = {f"{n}.{p}" for n, layer in self.layers.items() for p, _ in layer.named_parameters()}
@@ -119,10 +165,15 @@ class GhostClipper:
         floats = 0
         for name, layer in self.layers.items():
             capture = self.captures[name]
-            a, g = _rows(layer, capture.inputs, capture.output)
-            positions, fan_in, fan_out = a.shape[1], a.shape[2], g.shape[2]
-            extra = 2 * positions**2 if ghost_is_cheaper(positions, fan_in, fan_out) else fan_in * fan_out
-            floats += capture.inputs.numel() + 2 * capture.output.numel() + a.numel() + extra
+            fan_in, fan_out = layer.weight[0].numel(), layer.weight.shape[0]
+            positions = capture.output.numel() // fan_out
+            if positions == 1:
+                extra = 0  # ||a||^2 ||g||^2: nothing per example beyond the activations
+            elif ghost_is_cheaper(positions, fan_in, fan_out):
+                extra = positions * (fan_in + 2 * positions)  # unfolded windows and two Gram matrices
+            else:
+                extra = fan_in * fan_out  # G_i
+            floats += capture.inputs.numel() + 2 * capture.output.numel() + extra
         self._release()
         return 4 * 2 * floats  # x2: the autograd graph keeps about as much again
 
@@ -155,9 +206,8 @@ class GhostClipper:
             sums = []
             for name, out_grad in zip(names, out_grads):
                 layer, inputs = self.layers[name], self.captures[name].inputs.detach()
-                a, g = _rows(layer, inputs, out_grad)
-                weight_sq, weight_sum = _weight_norms_and_sum(a, g)
-                bias = g.sum(1) if layer.bias is not None else None  # [b, p]: summed over positions
+                weight_sq, weight_sum = _weight_terms(layer, inputs, out_grad)
+                bias = _bias_terms(layer, out_grad) if layer.bias is not None else None
                 squared += weight_sq if bias is None else weight_sq + bias.square().sum(1)
                 sums.append((name, layer, weight_sum, bias))
         finally:

@@ -44,6 +44,28 @@ def test_norms_and_clipped_sum_equal_the_materialised_ones(name, form, monkeypat
         torch.testing.assert_close(got_sum[key], want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
 
 
+@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("form", ["ghost", "materialised"])
+def test_padded_strided_and_dilated_convolutions(dilation, form, monkeypatch):
+    monkeypatch.setattr(fed_core.ghost_clip, "ghost_is_cheaper", lambda *_: form == "ghost")
+    torch.manual_seed(2)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 4, stride=2, padding=(1, 2), dilation=dilation),
+        nn.Tanh(),
+        nn.Conv2d(3, 5, 3, padding=1, bias=False),
+        nn.Flatten(),
+        nn.LazyLinear(10),
+    ).double()
+    x, y = torch.randn(9, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (9,))
+    model(x)  # materialise the lazy layer
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    want_norms, clip, want_sum = reference(model, params, x, y)
+    got_sum, got_norms = GhostClipper(model).clipped_sum(params, x, y, clip)
+    torch.testing.assert_close(got_norms, want_norms, rtol=1e-5, atol=0)
+    for key, want in want_sum.items():
+        torch.testing.assert_close(got_sum[key], want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
 def test_chunks_add_up_to_the_whole_batch():
     model, params = double_model("crypto_cnn")
     x, y = torch.randn(50, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (50,))
