@@ -8,18 +8,22 @@
   engine that runs a protocol of its own (Flower's SecAgg+) hands back the same :class:`Aggregate`.
 * Client-level DP (dp.py, DP-FedAvg): each worker clips its update to norm S, all weigh the same, and the
   server adds Gaussian noise to the sum (in the clear or out of secure aggregation) before dividing by the
-  expected number of workers.
+  expected number of workers. With ``dp_distributed`` the workers add it instead, as discrete Gaussian shares
+  inside secure aggregation (distributed_dp.py), and the server never sees the sum without it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from .client import WorkerUpdate
 from .config import TrainConfig
+from .distributed_dp import NoiseSplit
 from .dp import (
     ClientAccountant,
     ClientDP,
@@ -74,7 +78,8 @@ def aggregate(updates: list[WorkerUpdate], dropped: list[int], config: TrainConf
     if config.dp == "client":  # bounded sensitivity: each update clipped to S, every worker weighs the same
         deltas, counts = clip_rows(deltas, config.dp_clip), torch.ones_like(counts)
     if config.secure_aggregation:
-        combined = _secure(deltas, counts, reports, len(dropped))
+        split = NoiseSplit(ClientDP(config.dp_clip, config.dp_noise), config.dp_colluding, deltas.shape[1])
+        combined = _secure(deltas, counts, reports, len(dropped), split.sampler() if config.dp_distributed else None)
     else:
         upload = deltas.shape[1] * FLOAT_BYTES + 8  # the update and its example count
         combined = Aggregate(fedavg(deltas, counts), reports, deltas, counts, deltas[0], None, upload)
@@ -82,7 +87,10 @@ def aggregate(updates: list[WorkerUpdate], dropped: list[int], config: TrainConf
     if config.dp == "client" and combined.average is not None:
         clipped_sum = combined.average * counts.sum()  # the sum over the survivors, each weighing 1
         dp, expected = ClientDP(config.dp_clip, config.dp_noise), config.fraction * config.workers
-        combined.average = private_fedavg(clipped_sum, dp, expected, SecureRandom())
+        if config.dp_distributed:  # the workers' shares in the sum are the noise: the server adds none
+            combined.average = (clipped_sum / expected).float()
+        else:
+            combined.average = private_fedavg(clipped_sum, dp, expected, SecureRandom())
     return combined
 
 
@@ -95,12 +103,18 @@ def report_of(update: WorkerUpdate) -> dict:
     }
 
 
-def _secure(deltas: torch.Tensor, counts: torch.Tensor, reports: list[dict], dropped: int) -> Aggregate:
-    """Dropped workers took part in the key stages, then vanished before sending their masked vector."""
+def _secure(
+    deltas: torch.Tensor,
+    counts: torch.Tensor,
+    reports: list[dict],
+    dropped: int,
+    noise: Callable[[int], np.ndarray] | None = None,
+) -> Aggregate:
+    """Dropped workers took part in the key stages, then vanished before sending their masked vector (and share)."""
     rows = torch.cat([deltas, torch.zeros(dropped, deltas.shape[1])])
     lost = range(len(deltas), len(rows))
     try:
-        result = secure_sum(rows, counts.tolist() + [1] * dropped, dropped_after_masking=lost)
+        result = secure_sum(rows, counts.tolist() + [1] * dropped, dropped_after_masking=lost, noise=noise)
     except SecAggRefused as exc:
         return Aggregate(None, reports, None, None, None, None, 0.0, refused=str(exc))
     upload = float(result.bytes_per_worker().up)

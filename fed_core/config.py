@@ -61,6 +61,10 @@ class TrainConfig:
     dp_clip: float = 1.0  # S: the per-example gradient (example) or per-worker update (client) norm cap
     dp_noise: float = 1.0  # z: Gaussian noise of standard deviation z * S on the clipped sum
     dp_delta: float = 1e-5  # the delta of the (epsilon, delta) guarantee reported after every round
+    # Client-level DP under secure aggregation only: the workers draw the noise in shares inside the masked sum
+    # (distributed_dp.py), calibrated so that it holds with up to dp_colluding workers colluding with the server.
+    dp_distributed: bool = False
+    dp_colluding: int = 0
 
     @property
     def local(self) -> LocalSettings:
@@ -88,6 +92,7 @@ LIMITS = {  # name: (low, high), inclusive
     "train_size": (100, TRAIN_SIZE),
     "contribution_subset": (0, 10_000),
     "seed": (0, 2**31 - 1),
+    "dp_colluding": (0, 99),
 }
 
 
@@ -127,6 +132,11 @@ def problems(config: TrainConfig) -> list[str]:
         out.append("manual approval of jobs needs the syft engine, whose data owners approve each job.")
     if config.dp == "client" and config.secure_aggregation and config.engine != "inprocess":
         out.append("client-level DP with secure aggregation runs on the inprocess engine only.")
+    if config.dp_distributed and not (config.dp == "client" and config.secure_aggregation):
+        out.append(
+            "noise split across workers (distributed DP) needs client-level DP and secure aggregation: the shares "
+            "add up to one noise only inside the masked sum."
+        )
     if config.secure_aggregation and config.engine not in SECURE_AGGREGATION_ENGINES:
         out.append(
             f"secure aggregation runs on these engines only: {', '.join(SECURE_AGGREGATION_ENGINES)}; "
