@@ -10,6 +10,8 @@
   server adds Gaussian noise to the sum (in the clear or out of secure aggregation) before dividing by the
   expected number of workers. With ``dp_distributed`` the workers add it instead, as discrete Gaussian shares
   inside secure aggregation (distributed_dp.py), and the server never sees the sum without it.
+* Example-level DP with ``dp_distributed`` is FedSGD: the workers send clipped gradient sums with noise shares
+  and the server takes one central DP-SGD step with their total.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from .dp import (
     ExampleDP,
     SecureRandom,
     clip_rows,
+    poisson_plan,
     private_fedavg,
 )
 from .secagg import SecAggRefused, secure_sum
@@ -77,13 +80,18 @@ def aggregate(updates: list[WorkerUpdate], dropped: list[int], config: TrainConf
     first_update = deltas[0]
     if config.dp == "client":  # bounded sensitivity: each update clipped to S, every worker weighs the same
         deltas, counts = clip_rows(deltas, config.dp_clip), torch.ones_like(counts)
+    if config.dp_distributed:  # FedSGD's clipped gradient sums add up unweighted
+        counts = torch.ones_like(counts)
     if config.secure_aggregation:
-        split = NoiseSplit(ClientDP(config.dp_clip, config.dp_noise), config.dp_colluding, deltas.shape[1])
+        dp = (ExampleDP if config.dp == "example" else ClientDP)(config.dp_clip, config.dp_noise)
+        split = NoiseSplit(dp, config.dp_colluding, deltas.shape[1])
         combined = _secure(deltas, counts, reports, len(dropped), split.sampler() if config.dp_distributed else None)
     else:
         upload = deltas.shape[1] * FLOAT_BYTES + 8  # the update and its example count
         combined = Aggregate(fedavg(deltas, counts), reports, deltas, counts, deltas[0], None, upload)
     combined.first_update = first_update
+    if config.dp == "example" and config.dp_distributed and combined.average is not None:
+        combined.average = _central_step(combined.average * counts.sum(), updates, config)
     if config.dp == "client" and combined.average is not None:
         clipped_sum = combined.average * counts.sum()  # the sum over the survivors, each weighing 1
         dp, expected = ClientDP(config.dp_clip, config.dp_noise), config.fraction * config.workers
@@ -92,6 +100,17 @@ def aggregate(updates: list[WorkerUpdate], dropped: list[int], config: TrainConf
         else:
             combined.average = private_fedavg(clipped_sum, dp, expected, SecureRandom())
     return combined
+
+
+def _central_step(noisy_sum: torch.Tensor, updates: list[WorkerUpdate], config: TrainConfig) -> torch.Tensor:
+    """FedSGD under the noise split: -lr * (clipped gradients + noise) / E[batch], central DP-SGD's step.
+
+    The divisor is the expected size of the pooled Poisson batch, sum of q_k n_k over the
+    reporting workers (their shard sizes are public): fixed, like the trainer's, so it
+    reveals nothing about who was in the batch.
+    """
+    expected = sum(poisson_plan(u.num_examples, config.batch_size, 1).expected_batch for u in updates)
+    return (noisy_sum * (-config.lr / expected)).float()
 
 
 def report_of(update: WorkerUpdate) -> dict:
@@ -125,7 +144,8 @@ def accountant_for(config: TrainConfig) -> ExampleAccountant | ClientAccountant 
     """The epsilon the run's DP has spent, kept up to date after every round; None without DP."""
     if config.dp == "example":
         dp = ExampleDP(config.dp_clip, config.dp_noise)
-        return ExampleAccountant(dp, config.batch_size, config.local_epochs, config.dp_delta)
+        steps = 1 if config.dp_distributed else None  # FedSGD: one step per round
+        return ExampleAccountant(dp, config.batch_size, config.local_epochs, config.dp_delta, steps)
     if config.dp == "client":
         return ClientAccountant(ClientDP(config.dp_clip, config.dp_noise), config.fraction, config.dp_delta)
     return None

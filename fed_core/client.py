@@ -75,6 +75,9 @@ class LocalSettings:
     dp_clip: float = 0.0  # when positive, example-level DP-SGD: each example's gradient norm cap S
     dp_noise: float = 0.0  # and the noise multiplier z (noise std z * S on each step's sum)
     prox_mu: float = 0.0  # FedProx: weight mu of the proximal term mu/2 ||w - w_global||^2 (0: plain FedAvg)
+    # FedSGD under secure aggregation: one step and no noise here; the update is the clipped gradient sum, and
+    # the noise is added in shares inside the masked sum (distributed_dp.py, aggregation.py).
+    dp_noise_split: bool = False
 
     @property
     def example_dp(self) -> ExampleDP | None:
@@ -371,6 +374,8 @@ class BatchedTrainer:
 
         Losses and accuracies on a worker's own shard would not be private: they are reported as NaN.
         """
+        if self.settings.dp_noise_split:
+            return self._clipped_gradients(global_vector, workers, shards)
         plans = [poisson_plan(len(shard), self.settings.batch_size, self.settings.epochs) for shard in shards]
         expected_batch = torch.tensor([p.expected_batch for p in plans])
         stacked = unflatten(global_vector.expand(len(workers), -1).clone(), self.template)
@@ -388,6 +393,23 @@ class BatchedTrainer:
         return [
             WorkerUpdate(w, len(shard), deltas[i], nan, nan, nan, plan.steps)
             for i, (w, shard, plan) in enumerate(zip(workers, shards, plans))
+        ]
+
+    def _clipped_gradients(
+        self, global_vector: torch.Tensor, workers: list[int], shards: list[torch.Tensor]
+    ) -> list[WorkerUpdate]:
+        """FedSGD's share of one central DP-SGD step: each worker's clipped gradient sum over one Poisson batch.
+
+        No noise and no learning rate here: the sum of these, plus the workers' noise shares,
+        comes out of secure aggregation, and the server takes the step (aggregation.py).
+        """
+        rates = [poisson_plan(len(shard), self.settings.batch_size, 1).sample_rate for shard in shards]
+        batch = _pad(poisson_batches(shards, rates, self._rng))
+        params = unflatten(global_vector.expand(len(workers), -1), self.template)
+        sums = flatten_stacked(self._clipped_sums(params, batch))
+        nan = float("nan")
+        return [
+            WorkerUpdate(w, len(shard), sums[i], nan, nan, nan, 1) for i, (w, shard) in enumerate(zip(workers, shards))
         ]
 
     def _private_step(

@@ -61,8 +61,9 @@ class TrainConfig:
     dp_clip: float = 1.0  # S: the per-example gradient (example) or per-worker update (client) norm cap
     dp_noise: float = 1.0  # z: Gaussian noise of standard deviation z * S on the clipped sum
     dp_delta: float = 1e-5  # the delta of the (epsilon, delta) guarantee reported after every round
-    # Client-level DP under secure aggregation only: the workers draw the noise in shares inside the masked sum
-    # (distributed_dp.py), calibrated so that it holds with up to dp_colluding workers colluding with the server.
+    # DP under secure aggregation only: the workers draw the noise in shares inside the masked sum (distributed_dp.py),
+    # calibrated so that it holds with up to dp_colluding workers colluding with the server. Example-level DP then
+    # runs FedSGD: one DP-SGD step per round, the federation's steps are central DP-SGD's.
     dp_distributed: bool = False
     dp_colluding: int = 0
 
@@ -71,7 +72,15 @@ class TrainConfig:
         example_dp = (self.dp_clip, self.dp_noise) if self.dp == "example" else (0.0, 0.0)
         prox_mu = self.prox_mu if self.strategy == "fedprox" else 0.0
         return LocalSettings(
-            self.model, self.local_epochs, self.batch_size, self.lr, self.momentum, self.clip_norm, *example_dp, prox_mu
+            self.model,
+            self.local_epochs,
+            self.batch_size,
+            self.lr,
+            self.momentum,
+            self.clip_norm,
+            *example_dp,
+            prox_mu,
+            dp_noise_split=self.dp == "example" and self.dp_distributed,
         )
 
     def to_dict(self) -> dict:
@@ -132,11 +141,13 @@ def problems(config: TrainConfig) -> list[str]:
         out.append("manual approval of jobs needs the syft engine, whose data owners approve each job.")
     if config.dp == "client" and config.secure_aggregation and config.engine != "inprocess":
         out.append("client-level DP with secure aggregation runs on the inprocess engine only.")
-    if config.dp_distributed and not (config.dp == "client" and config.secure_aggregation):
+    if config.dp_distributed and (config.dp == "none" or not config.secure_aggregation):
         out.append(
-            "noise split across workers (distributed DP) needs client-level DP and secure aggregation: the shares "
-            "add up to one noise only inside the masked sum."
+            "noise split across workers (distributed DP) needs DP and secure aggregation: the shares add up to one "
+            "noise only inside the masked sum."
         )
+    elif config.dp_distributed and config.engine != "inprocess":
+        out.append("noise split across workers (distributed DP) runs on the inprocess engine only.")
     if config.secure_aggregation and config.engine not in SECURE_AGGREGATION_ENGINES:
         out.append(
             f"secure aggregation runs on these engines only: {', '.join(SECURE_AGGREGATION_ENGINES)}; "

@@ -262,18 +262,22 @@ class ExampleAccountant:
     to the server), as in Opacus.
     """
 
-    def __init__(self, dp: ExampleDP, batch_size: int, epochs: int, delta: float) -> None:
+    def __init__(
+        self, dp: ExampleDP, batch_size: int, epochs: int, delta: float, steps_per_round: int | None = None
+    ) -> None:
         self.dp = dp
         self.batch_size = batch_size
         self.epochs = epochs
         self.delta = delta
+        self.steps_per_round = steps_per_round  # FedSGD: 1; by default the Poisson plan's
         self.histories: dict[int, list[tuple[float, float, int]]] = {}
 
     def record_round(self, shard_sizes: dict[int, int]) -> None:
         """Call after a round with {worker: shard size} of every worker that trained in it."""
         for worker, size in shard_sizes.items():
             plan = poisson_plan(size, self.batch_size, self.epochs)
-            _add_steps(self.histories.setdefault(worker, []), self.dp.noise_multiplier, plan.sample_rate, plan.steps)
+            steps = plan.steps if self.steps_per_round is None else self.steps_per_round
+            _add_steps(self.histories.setdefault(worker, []), self.dp.noise_multiplier, plan.sample_rate, steps)
 
     def bounds_of(self, worker: int) -> Epsilon:
         return epsilon_of_history(self.histories.get(worker, []), self.delta)

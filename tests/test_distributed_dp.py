@@ -11,10 +11,15 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 import fed_core.aggregation
+from fed_core.aggregation import aggregate
+from fed_core.client import BatchedTrainer, flatten, model_params
 from fed_core.config import ConfigError, TrainConfig, validate
+from fed_core.data import normalize
 from fed_core.distributed_dp import RING_UNITS, NoiseSplit, discrete_gaussian
-from fed_core.dp import ClientAccountant, ClientDP, SecureRandom
+from fed_core.dp import ClientAccountant, ClientDP, ExampleAccountant, ExampleDP, SecureRandom
 from fed_core.engines import engine_for
+from fed_core.ghost_clip import GhostClipper
+from fed_core.models import new_model
 from fed_core.secagg import SecAggRefused, secure_sum
 from ui import session
 
@@ -108,11 +113,59 @@ def test_a_run_with_the_noise_split_reports_the_client_accountants_epsilon(tiny_
     assert all(math.isfinite(r.test_accuracy) for r in run.history)
 
 
-def test_the_noise_split_needs_client_level_dp_and_secure_aggregation():
+def test_a_fedsgd_round_is_one_central_dp_sgd_step_on_the_pooled_data(tiny_data):
+    """Without noise and with q = 1, so that the batches are known: the round's step is the central clipped step."""
+    config = TrainConfig(
+        dp="example", dp_clip=0.2, dp_noise=0.0, batch_size=1000, lr=0.5, secure_aggregation=True, dp_distributed=True
+    )
+    model = new_model("crypto_cnn", "default", 0)
+    shards = [torch.arange(0, 40), torch.arange(40, 70), torch.arange(70, 120)]
+    trainer = BatchedTrainer(model, tiny_data.train_images, tiny_data.train_labels, config.local)
+    vector = flatten(model_params(model))
+    updates = trainer.train(vector, [0, 1, 2], shards, [0, 0, 0])
+    step = aggregate(updates, [], config).average
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    pooled = torch.cat(shards)
+    x, y = normalize(tiny_data.train_images[pooled]), tiny_data.train_labels[pooled]
+    clipped, norms = GhostClipper(model).clipped_sum(params, x, y, 0.2)
+    assert (norms > 0.2).any()
+    torch.testing.assert_close(step, -0.5 * flatten(clipped) / len(pooled), rtol=1e-4, atol=1e-6)
+
+
+def test_a_fedsgd_run_accounts_one_step_per_round_and_no_worker_adds_noise_of_its_own(tiny_data, monkeypatch):
+    def own_noise(*_):
+        raise AssertionError("under the noise split a worker's only noise is its share in the ring")
+
+    monkeypatch.setattr(SecureRandom, "normal", own_noise)
+    config = TrainConfig(
+        workers=4,
+        rounds=3,
+        train_size=1200,
+        contribution_subset=0,
+        shapley=False,
+        batch_size=100,
+        lr=0.5,
+        secure_aggregation=True,
+        dp="example",
+        dp_noise=1.0,
+        dp_distributed=True,
+    )
+    run = engine_for(config).run(tiny_data)
+    accountant = ExampleAccountant(ExampleDP(1.0, 1.0), 100, 1, config.dp_delta, steps_per_round=1)
+    for record in run.history:
+        accountant.record_round({w: 300 for w in record.sampled})
+        assert record.epsilon == pytest.approx(accountant.epsilon(), rel=1e-9)
+    assert accountant.histories[0] == [(1.0, 1 / 3, 3)]  # 300 images, B = 100: q = 1/3, one step a round
+    assert run.history[-1].test_accuracy > 0.3  # it learns
+
+
+def test_the_noise_split_needs_dp_secure_aggregation_and_the_inprocess_engine():
     with pytest.raises(ConfigError, match="distributed DP"):
         validate(TrainConfig(dp="client", dp_distributed=True))
     with pytest.raises(ConfigError, match="distributed DP"):
-        validate(TrainConfig(dp="example", secure_aggregation=True, dp_distributed=True))
+        validate(TrainConfig(dp="none", secure_aggregation=True, dp_distributed=True))
+    with pytest.raises(ConfigError, match="inprocess engine only"):
+        validate(TrainConfig(dp="example", secure_aggregation=True, dp_distributed=True, engine="flower"))
     with pytest.raises(ConfigError, match="dp colluding"):
         validate(TrainConfig(dp="client", secure_aggregation=True, dp_distributed=True, dp_colluding=-1))
     validate(TrainConfig(dp="client", secure_aggregation=True, dp_distributed=True, dp_colluding=2))
@@ -123,7 +176,9 @@ def test_the_train_page_offers_the_noise_split_and_states_its_assumption():
     at.switch_page("pages/1_Train.py")
     at.run()
     next(r for r in at.radio if r.label == "Privacy").set_value("split").run()
-    assert any("1/(t − c) of the variance" in m.value for m in at.markdown)
+    assert any("1/(t − c) of the variance" in m.value and "FedSGD" in m.value for m in at.markdown)
+    next(r for r in at.radio if r.label == "Protect").set_value("client").run()
+    assert any("1/(t − c) of the variance" in m.value and "DP-FedAvg" in m.value for m in at.markdown)
     next(n for n in at.number_input if n.label == "Colluding workers c the noise withstands").set_value(1)
     next(n for n in at.number_input if n.label == "Workers").set_value(4)
     next(n for n in at.number_input if n.label == "Rounds").set_value(1)

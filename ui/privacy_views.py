@@ -48,15 +48,23 @@ DP_NOTES = {
 }
 
 
-SPLIT_NOTE = (
-    "**Secure aggregation + client-level DP, the noise split across the workers (distributed DP).** Each worker "
-    "clips its update to norm S and adds its own share of discrete Gaussian noise before masking it; inside the "
-    "masked sum the shares add up to the noise z·S of one central DP-FedAvg step, so nobody, the server included, "
-    "ever sees the sum without it. The shares are sized for the worst case: a sum is released only if at least t "
-    "workers (secure aggregation's threshold) delivered, and up to c of them may collude with the server and "
-    "subtract their own share, so each worker adds 1/(t − c) of the variance. More survivors only add noise; a "
-    "round with t ≤ c is refused. In-process engine only."
+SPLIT_SHARES = (
+    "The shares are sized for the worst case: a sum is released only if at least t workers (secure aggregation's "
+    "threshold) delivered, and up to c of them may collude with the server and subtract their own share, so each "
+    "worker adds 1/(t − c) of the variance. More survivors only add noise; a round with t ≤ c is refused. "
+    "In-process engine only."
 )
+SPLIT_NOTES = {
+    "example": "**Secure aggregation + example-level DP, the noise split across the workers (distributed DP, "
+    "FedSGD).** Every round is one DP-SGD step: each worker clips every image's gradient in a Poisson batch to "
+    "norm S and sends their sum with its own share of discrete Gaussian noise, masked. The shares add up to the "
+    "noise z·S of one central step, so the federation trains as central DP-SGD on the pooled data instead of "
+    "paying every worker's full noise; local epochs and momentum are not used. " + SPLIT_SHARES,
+    "client": "**Secure aggregation + client-level DP, the noise split across the workers (distributed DP).** "
+    "Each worker clips its update to norm S and adds its own share of discrete Gaussian noise before masking it; "
+    "inside the masked sum the shares add up to the noise z·S of one central DP-FedAvg step, so nobody, the "
+    "server included, ever sees the sum without it. " + SPLIT_SHARES,
+}
 
 
 def privacy_settings(engine: str) -> dict:
@@ -70,14 +78,15 @@ def privacy_settings(engine: str) -> dict:
                 st.warning(FLOWER_SECURE_AGGREGATION_NOTE)
         if choice == "split":
             c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
-            values.update(dp="client", dp_distributed=True)
+            values["dp"] = c1.radio("Protect", list(DP_KINDS), format_func=DP_KINDS.get, key="split_dp")
+            values["dp_distributed"] = True
             values["dp_colluding"] = int(
                 c1.number_input("Colluding workers c the noise withstands", 0, 99, D.dp_colluding, 1)
             )
             values["dp_clip"] = float(c2.number_input("Clip norm S", 0.001, 1000.0, D.dp_clip, 0.1, format="%.3f"))
             values["dp_noise"] = float(c3.number_input("Noise multiplier z", 0.0, 100.0, D.dp_noise, 0.1))
             values["dp_delta"] = float(c4.number_input("δ", 1e-9, 0.1, D.dp_delta, format="%.0e"))
-            st.markdown(SPLIT_NOTE)
+            st.markdown(SPLIT_NOTES[values["dp"]])
         if choice in ("dp", "both"):
             c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
             values["dp"] = c1.radio("Protect", list(DP_KINDS), format_func=DP_KINDS.get)
