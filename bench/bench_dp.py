@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     epochs = 5 if args.full else args.epochs
     torch.set_num_threads(1)
-    warnings.filterwarnings("ignore", module="opacus")  # its notes on secure mode and on full backward hooks
+    warnings.filterwarnings("ignore", module="opacus")  # its note on secure mode
+    warnings.filterwarnings("ignore", message="Full backward hook")  # its hooks on an input that needs no gradient
     data, setting = load_mnist(), Setting()
     runs = {name: OurRun(data, setting) if name == "ours" else OpacusRun(name, data, setting) for name in args.engines}
     examples = len(data.train_labels)  # per epoch, expected
