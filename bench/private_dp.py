@@ -4,6 +4,7 @@ python bench/private_dp.py                  # speed, DP-SGD at epsilon 1, 3, 8, 
 python bench/private_dp.py --example-only   # speed and the DP-SGD part
 python bench/private_dp.py --client-only    # only the DP-FedAvg part
 python bench/private_dp.py --distributed    # epsilon 3: central, local-noise federated, noise split under secagg
+python bench/private_dp.py --recipe         # epsilon 3, central: batch size, epochs, clip, momentum one at a time
 
 Example-level: 10 IID workers, every worker trains every round (C = 1) with DP-SGD
 (Poisson batches, per-example clipping, Gaussian noise); the noise multiplier for each
@@ -232,9 +233,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--distributed", action="store_true", help="only central vs local-noise vs split-noise federated, epsilon 3"
     )
+    parser.add_argument("--recipe", action="store_true", help="only central DP-SGD variants at epsilon 3")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     data = load_mnist()
+    if args.recipe:
+        central = replace(ExampleSetting(), workers=1, momentum=0.0)
+        print(f"== the central DP-SGD recipe at epsilon 3, {MODEL}, from {central}: one change at a time")
+        for change in (
+            {},
+            {"batch_size": 4096, "rounds": 40, "lr": 4.0},
+            {"batch_size": 1024, "rounds": 10, "lr": 1.0},
+            {"clip": 0.1, "lr": 20.0},
+            {"momentum": 0.5, "lr": 1.0},
+        ):
+            print(f"-- {change or 'as is'}")
+            example_level(data, 3.0, replace(central, **change))
+        return
     if args.distributed:
         setting = ExampleSetting()
         central = replace(setting, workers=1, momentum=0.0)

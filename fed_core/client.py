@@ -407,6 +407,8 @@ class BatchedTrainer:
         batch = _pad(poisson_batches(shards, rates, self._rng))
         params = unflatten(global_vector.expand(len(workers), -1), self.template)
         sums = flatten_stacked(self._clipped_sums(params, batch))
+        if not sums.isfinite().all():
+            raise TrainingDiverged("DP-SGD diverged: the global model gives NaN gradients; lower the learning rate.")
         nan = float("nan")
         return [
             WorkerUpdate(w, len(shard), sums[i], nan, nan, nan, 1) for i, (w, shard) in enumerate(zip(workers, shards))
