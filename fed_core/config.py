@@ -216,6 +216,8 @@ def estimate_seconds(config: TrainConfig) -> float:
     training = examples / EXAMPLES_PER_SECOND[config.model] * batch_factor * STRATEGY_COST[config.strategy]
     if config.dp == "example":
         training *= DP_SGD_SLOWDOWN
+    if config.dp == "example" and config.dp_distributed:  # FedSGD: one batch of B per worker a round, not E epochs
+        training *= min(1.0, config.batch_size * config.workers / config.train_size) / config.local_epochs
     return training + config.rounds * per_round_eval
 
 
