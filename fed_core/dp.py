@@ -200,7 +200,9 @@ def _rdp_epsilon(history: History, delta: float) -> float:
 
     accountant = RDPAccountant()
     accountant.history = list(history)
-    return accountant.get_epsilon(delta=delta)
+    with warnings.catch_warnings():  # at large noise the best order is its grid's last: a valid, looser bound
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        return accountant.get_epsilon(delta=delta)
 
 
 @lru_cache(maxsize=1024)
