@@ -246,6 +246,8 @@ def main(argv: list[str] | None = None) -> None:
             {"batch_size": 1024, "rounds": 10, "lr": 1.0},
             {"clip": 0.1, "lr": 20.0},
             {"momentum": 0.5, "lr": 1.0},
+            {"batch_size": 4096, "rounds": 80, "lr": 4.0},
+            {"batch_size": 8192, "rounds": 80, "lr": 8.0},
         ):
             print(f"-- {change or 'as is'}")
             example_level(data, 3.0, replace(central, **change))
