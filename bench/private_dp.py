@@ -3,11 +3,13 @@
 python bench/private_dp.py                  # speed, DP-SGD at epsilon 1, 3, 8, then DP-FedAvg
 python bench/private_dp.py --example-only   # speed and the DP-SGD part
 python bench/private_dp.py --client-only    # only the DP-FedAvg part
+python bench/private_dp.py --distributed    # epsilon 3: central, local-noise federated, noise split under secagg
+python bench/private_dp.py --recipe         # epsilon 3, central: batch size, epochs, clip, momentum one at a time
 
 Example-level: 10 IID workers, every worker trains every round (C = 1) with DP-SGD
 (Poisson batches, per-example clipping, Gaussian noise); the noise multiplier for each
-target epsilon comes from Opacus's get_noise_multiplier for the worker's sample rate
-and total steps, and the ExampleAccountant's epsilon after the run is printed beside it.
+target epsilon is the least that meets it by the tighter of Opacus's RDP and PRV
+accountants (dp.noise_for_epsilon), and both accountants' epsilon after the run is printed.
 Client-level: DP-FedAvg (clip each worker's update, noise on the sum, fixed denominator
 C*W) with secret Poisson worker sampling at one epsilon and sampling rate, for 10 up to
 6000 workers holding the same 60k images: the noise on the average shrinks as 1/(C*W).
@@ -20,14 +22,12 @@ from __future__ import annotations
 import argparse
 import math
 import time
-import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from opacus.accountants import RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
 
+from fed_core.aggregation import accountant_for, aggregate
 from fed_core.client import BatchedTrainer, LocalSettings, TrainingDiverged, flatten, model_params
 from fed_core.config import TrainConfig
 from fed_core.data import Mnist, load_mnist
@@ -38,6 +38,9 @@ from fed_core.dp import (
     ExampleDP,
     SecureRandom,
     clip_rows,
+    describe_epsilon,
+    epsilon_of_history,
+    noise_for_epsilon,
     poisson_plan,
     poisson_sample_workers,
     private_fedavg,
@@ -52,10 +55,8 @@ MODEL = "crypto_cnn"
 
 
 def noise_for(epsilon: float, sample_rate: float, steps: int) -> float:
-    """Opacus's noise multiplier for (epsilon, DELTA) after ``steps`` steps at ``sample_rate``."""
-    with warnings.catch_warnings():  # its search tries tiny noises whose best RDP order is off the grid
-        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-        return get_noise_multiplier(target_epsilon=epsilon, target_delta=DELTA, sample_rate=sample_rate, steps=steps)
+    """The least noise multiplier meeting (epsilon, DELTA) after ``steps`` steps by the tighter of RDP and PRV."""
+    return noise_for_epsilon(epsilon, sample_rate, steps, DELTA)
 
 
 @dataclass(frozen=True)
@@ -90,12 +91,12 @@ def example_level(data: Mnist, epsilon: float, setting: ExampleSetting, seed: in
         vector = vector + fedavg(torch.stack([u.delta for u in updates]), torch.tensor([len(s) for s in shards]))
         accountant.record_round({w: len(shards[w]) for w in workers})
     accuracy, _ = evaluator.evaluate(vector)
-    pooled = RDPAccountant()  # the workers' noises add up: as one DP-SGD on the pooled data, z * sqrt(K)
-    pooled.history = [(noise * math.sqrt(setting.workers), plan.sample_rate, plan.steps * setting.rounds)]
+    # The workers' noises add up: as one DP-SGD on the pooled data, z * sqrt(K).
+    pooled = [(noise * math.sqrt(setting.workers), plan.sample_rate, plan.steps * setting.rounds)]
     print(
         f"target eps {epsilon:g}: noise z={noise:.3f}, q={plan.sample_rate:.4f}, {plan.steps * setting.rounds} steps; "
-        f"accountant eps {accountant.epsilon():.2f} (the same total noise in one pooled DP-SGD: "
-        f"eps {pooled.get_epsilon(DELTA):.2f}); test accuracy {accuracy:.2%} "
+        f"accountant {describe_epsilon(accountant.bounds())} (the same total noise in one pooled DP-SGD: "
+        f"eps {epsilon_of_history(pooled, DELTA).value:.2f}); test accuracy {accuracy:.2%} "
         f"({time.perf_counter() - start:.0f} s)",
         flush=True,
     )
@@ -148,8 +149,48 @@ def client_level(data: Mnist, workers: int, setting: ClientSetting, private: boo
     noise_norm = noise * setting.clip / expected * math.sqrt(len(vector))
     print(
         f"{workers:>5} workers ({expected:g} per round): z={noise:.2f}, noise norm on the average {noise_norm:.2f} "
-        f"vs clip {setting.clip}; eps {accountant.epsilon():.2f} (if who took part is public: "
+        f"vs clip {setting.clip}; {describe_epsilon(accountant.bounds())} (if who took part is public: "
         f"{accountant.epsilon_if_sampling_public():.1f}); test accuracy {accuracy:.2%}{outcome} "
+        f"({time.perf_counter() - start:.0f} s)",
+        flush=True,
+    )
+    return accuracy
+
+
+def distributed_fedsgd(data: Mnist, epsilon: float, workers: int = 10, steps: int = 600) -> float:
+    """Example-level DP under secure aggregation with the noise split (FedSGD): one central DP-SGD step a round.
+
+    The same sample rate (q = 1/30: 200 of a 6,000-image shard), step count, clip and
+    learning rate as the central reference, so the two differ only in who adds the noise
+    (the workers' discrete Gaussian shares in the ring vs one Gaussian draw).
+    """
+    shards = partition_iid(len(data.train_labels), workers, np.random.default_rng([0, 0, 2]))
+    config = TrainConfig(
+        workers=workers,
+        batch_size=len(shards[0]) // 30,
+        lr=2.0,
+        secure_aggregation=True,
+        dp="example",
+        dp_distributed=True,
+        dp_clip=1.0,
+    )
+    plan = poisson_plan(len(shards[0]), config.batch_size, epochs=1)
+    config = replace(config, dp_noise=noise_for(epsilon, plan.sample_rate, steps))
+    model = new_model(MODEL, "default", 0)
+    trainer = BatchedTrainer(model, data.train_images, data.train_labels, config.local)
+    accountant = accountant_for(config)
+    evaluator = Evaluator(model, data, TrainConfig(contribution_subset=0))
+    vector, everyone = flatten(model_params(model)), list(range(workers))
+    start = time.perf_counter()
+    for _ in range(steps):
+        combined = aggregate(trainer.train(vector, everyone, shards, [0] * workers), [], config)
+        vector = vector + combined.average
+        accountant.record_round({w: len(shards[w]) for w in everyone})
+    accuracy, _ = evaluator.evaluate(vector)
+    print(
+        f"distributed (noise split, secure aggregation), {workers} workers, target eps {epsilon:g}: "
+        f"z={config.dp_noise:.3f}, q={plan.sample_rate:.4f}, {steps} rounds of one step; "
+        f"accountant {describe_epsilon(accountant.bounds())}; test accuracy {accuracy:.2%} "
         f"({time.perf_counter() - start:.0f} s)",
         flush=True,
     )
@@ -185,9 +226,37 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--example-only", action="store_true")
     parser.add_argument("--client-only", action="store_true")
+    parser.add_argument(
+        "--distributed", action="store_true", help="only central vs local-noise vs split-noise federated, epsilon 3"
+    )
+    parser.add_argument("--recipe", action="store_true", help="only central DP-SGD variants at epsilon 3")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     data = load_mnist()
+    if args.recipe:
+        central = replace(ExampleSetting(), workers=1, momentum=0.0)
+        print(f"== the central DP-SGD recipe at epsilon 3, {MODEL}, from {central}: one change at a time")
+        for change in (
+            {},
+            {"batch_size": 4096, "rounds": 40, "lr": 4.0},
+            {"batch_size": 1024, "rounds": 10, "lr": 1.0},
+            {"clip": 0.1, "lr": 20.0},
+            {"momentum": 0.5, "lr": 1.0},
+            {"batch_size": 4096, "rounds": 80, "lr": 4.0},
+            {"batch_size": 8192, "rounds": 80, "lr": 8.0},
+        ):
+            print(f"-- {change or 'as is'}")
+            example_level(data, 3.0, replace(central, **change))
+        return
+    if args.distributed:
+        setting = ExampleSetting()
+        central = replace(setting, workers=1, momentum=0.0)
+        print(f"== epsilon 3, {MODEL}: central DP-SGD {central}")
+        example_level(data, 3.0, central)
+        print(f"federated, each worker adds the full noise to its own DP-SGD: {setting}")
+        example_level(data, 3.0, setting)
+        distributed_fedsgd(data, 3.0)
+        return
     if not args.client_only:
         speed(data)
         setting = ExampleSetting()

@@ -20,8 +20,8 @@ Two local objectives beside FedAvg's: FedProx adds mu/2 ||w - w_global||^2; SCAF
 adds a control-variate correction (c - c_i) to every step (scaffold.py keeps the variates).
 
 With example-level DP (dp.ExampleDP) each worker runs DP-SGD instead: Poisson
-batches, each example's gradient clipped (per-example gradients are one more vmap,
-computed a chunk of examples at a time to bound memory), Gaussian noise on the sum.
+batches, each example's gradient clipped (its norm from the layers' activations and
+output gradients, ghost_clip.py, without building it), Gaussian noise on the sum.
 """
 
 from __future__ import annotations
@@ -34,20 +34,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, grad_and_value, vmap
-from torch.linalg import vector_norm
+from torch.func import functional_call, grad_and_value, vmap
 
 from .data import normalize
 from .dp import ExampleDP, SecureRandom, poisson_batches, poisson_plan
+from .ghost_clip import GhostClipper
 from .models import PoolingCNN, build_model
 
 Params = dict[str, torch.Tensor]
 WorkerTensors = list[list[torch.Tensor]]  # [worker][parameter], in the model's parameter order
 EVAL_SAMPLE = 512  # examples of its own shard each worker scores itself on, before and after
 SCORE_CHUNK = 16  # of those, scored per forward pass (small activations stay in cache: faster)
-# Per-example gradients of one DP-SGD chunk (all workers). Under glibc's 32 MB mmap threshold, so the
-# memory is reused between chunks instead of being mapped (and page-faulted) afresh every time.
-PER_EXAMPLE_BYTES = 30 * 2**20
 # What a run's trainer may hold at once for its workers' batches, activations and model copies.
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
 # Activations of one evaluation chunk: about the size of a CPU's last-level cache, where a forward pass is fastest
@@ -78,6 +75,9 @@ class LocalSettings:
     dp_clip: float = 0.0  # when positive, example-level DP-SGD: each example's gradient norm cap S
     dp_noise: float = 0.0  # and the noise multiplier z (noise std z * S on each step's sum)
     prox_mu: float = 0.0  # FedProx: weight mu of the proximal term mu/2 ||w - w_global||^2 (0: plain FedAvg)
+    # FedSGD under secure aggregation: one step and no noise here; the update is the clipped gradient sum, and
+    # the noise is added in shares inside the masked sum (distributed_dp.py, aggregation.py).
+    dp_noise_split: bool = False
 
     @property
     def example_dp(self) -> ExampleDP | None:
@@ -210,9 +210,7 @@ class BatchedTrainer:
         self.grouped = isinstance(model, PoolingCNN)  # the explicit grouped pass instead of vmap
         self._grad_step = vmap(grad_and_value(self._batch_loss))
         self._forward = vmap(self._logits)
-        # [K workers, b examples] -> one gradient per example; params are shared by a worker's examples.
-        self._example_grads = vmap(vmap(grad(self._example_loss), in_dims=(None, 0, 0)))
-        self._weighted_grads = vmap(grad(self._weighted_loss))
+        self._clipper = GhostClipper(model) if self.dp else None
         self._rng = SecureRandom() if self.dp else None
 
     def _logits(self, params: Params, x: torch.Tensor) -> torch.Tensor:
@@ -221,9 +219,6 @@ class BatchedTrainer:
     def _batch_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         losses = F.cross_entropy(self._logits(params, x), y, reduction="none")
         return (losses * mask).sum() / mask.sum().clamp(min=1)
-
-    def _example_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self._logits(params, x.unsqueeze(0)), y.unsqueeze(0))
 
     def train(
         self,
@@ -379,6 +374,8 @@ class BatchedTrainer:
 
         Losses and accuracies on a worker's own shard would not be private: they are reported as NaN.
         """
+        if self.settings.dp_noise_split:
+            return self._clipped_gradients(global_vector, workers, shards)
         plans = [poisson_plan(len(shard), self.settings.batch_size, self.settings.epochs) for shard in shards]
         expected_batch = torch.tensor([p.expected_batch for p in plans])
         stacked = unflatten(global_vector.expand(len(workers), -1).clone(), self.template)
@@ -396,6 +393,25 @@ class BatchedTrainer:
         return [
             WorkerUpdate(w, len(shard), deltas[i], nan, nan, nan, plan.steps)
             for i, (w, shard, plan) in enumerate(zip(workers, shards, plans))
+        ]
+
+    def _clipped_gradients(
+        self, global_vector: torch.Tensor, workers: list[int], shards: list[torch.Tensor]
+    ) -> list[WorkerUpdate]:
+        """FedSGD's share of one central DP-SGD step: each worker's clipped gradient sum over one Poisson batch.
+
+        No noise and no learning rate here: the sum of these, plus the workers' noise shares,
+        comes out of secure aggregation, and the server takes the step (aggregation.py).
+        """
+        rates = [poisson_plan(len(shard), self.settings.batch_size, 1).sample_rate for shard in shards]
+        batch = _pad(poisson_batches(shards, rates, self._rng))
+        params = unflatten(global_vector.expand(len(workers), -1), self.template)
+        sums = flatten_stacked(self._clipped_sums(params, batch))
+        if not sums.isfinite().all():
+            raise TrainingDiverged("DP-SGD diverged: the global model gives NaN gradients; lower the learning rate.")
+        nan = float("nan")
+        return [
+            WorkerUpdate(w, len(shard), sums[i], nan, nan, nan, 1) for i, (w, shard) in enumerate(zip(workers, shards))
         ]
 
     def _private_step(
@@ -425,35 +441,17 @@ class BatchedTrainer:
         self._momentum_step(params, velocity, steps, (scale > 0).float(), corrections)
 
     def _clipped_sums(self, params: Params, batch: torch.Tensor) -> Params:
-        """Per worker, the sum over its batch of each example's gradient clipped to norm S.
+        """Per worker, the sum over its batch of each example's gradient clipped to norm S (ghost_clip.py).
 
-        The per-example gradients are only needed for their norms, so they are made a
-        chunk at a time and dropped; the clipped sum is then one batched backward pass
-        of the loss weighted by each example's clip factor (Opacus's factor).
+        Each worker's real examples (the batch is padded at the end with -1) go through
+        one forward and one backward pass; the per-example gradients are never all built.
         """
-        mask = (batch >= 0).float()
         x, y = self._gather(batch)
-        chunk = max(1, PER_EXAMPLE_BYTES // (4 * len(batch) * self.num_params))
-        norms = (
-            torch.cat(
-                [
-                    self._example_norms(params, x[:, start : start + chunk], y[:, start : start + chunk])
-                    for start in range(0, batch.shape[1], chunk)
-                ],
-                dim=1,
-            )
-            if batch.shape[1]
-            else torch.zeros_like(mask)
-        )
-        factors = (self.dp.clip / (norms + 1e-6)).clamp(max=1.0) * mask
-        return self._weighted_grads(params, x, y, factors)
-
-    def _example_norms(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        grads = self._example_grads(params, x, y)
-        return vector_norm(torch.stack([vector_norm(g.flatten(2), dim=2) for g in grads.values()]), dim=0)
-
-    def _weighted_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return (F.cross_entropy(self._logits(params, x), y, reduction="none") * weights).sum()
+        sums = []
+        for k, size in enumerate((batch >= 0).sum(1).tolist()):
+            worker = {name: p[k] for name, p in params.items()}
+            sums.append(self._clipper.clipped_sum(worker, x[k, :size], y[k, :size], self.dp.clip)[0])
+        return {name: torch.stack([s[name] for s in sums]) for name in params}
 
     def _score(self, params: Params, probe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean loss and accuracy of each worker's model on its own probe examples."""

@@ -18,9 +18,9 @@ SECURE_AGGREGATION_ENGINES = ("inprocess", "flower")
 # Measured with bench/bench_train.py on the 2-core reference machine: training examples per second
 # (one local epoch of every worker counts its shard once) and seconds per full test-set evaluation.
 EXAMPLES_PER_SECOND = {"crypto_cnn": 30_000, "relu_cnn": 4_000, "fedavg_cnn": 2_000}
-# Per-example gradients skip the grouped pass: 2.2 s against 0.45 s for a 5-worker round of 12k images
-# measured with the old vmapped pass (3,000 examples/s), so about 600 examples/s against 4,000 today.
-DP_SGD_SLOWDOWN = 7
+# DP-SGD's ghost clipping (ghost_clip.py) against plain SGD, crypto_cnn, 10 workers, B=128, one thread:
+# about 20k against 30k examples per CPU second (it was 7x slower with per-example gradients by vmap).
+DP_SGD_SLOWDOWN = 1.5
 EVAL_SECONDS = {"crypto_cnn": 0.05, "relu_cnn": 0.6, "fedavg_cnn": 2.0}
 # Extra local work per step: FedProx's proximal gradient, SCAFFOLD's correction (one model-sized add each).
 STRATEGY_COST = {"fedavg": 1.0, "fedprox": 1.1, "scaffold": 1.1}
@@ -62,13 +62,26 @@ class TrainConfig:
     dp_clip: float = 1.0  # S: the per-example gradient (example) or per-worker update (client) norm cap
     dp_noise: float = 1.0  # z: Gaussian noise of standard deviation z * S on the clipped sum
     dp_delta: float = 1e-5  # the delta of the (epsilon, delta) guarantee reported after every round
+    # DP under secure aggregation only: the workers draw the noise in shares inside the masked sum (distributed_dp.py),
+    # calibrated so that it holds with up to dp_colluding workers colluding with the server. Example-level DP then
+    # runs FedSGD: one DP-SGD step per round, the federation's steps are central DP-SGD's.
+    dp_distributed: bool = False
+    dp_colluding: int = 0
 
     @property
     def local(self) -> LocalSettings:
         example_dp = (self.dp_clip, self.dp_noise) if self.dp == "example" else (0.0, 0.0)
         prox_mu = self.prox_mu if self.strategy == "fedprox" else 0.0
         return LocalSettings(
-            self.model, self.local_epochs, self.batch_size, self.lr, self.momentum, self.clip_norm, *example_dp, prox_mu
+            self.model,
+            self.local_epochs,
+            self.batch_size,
+            self.lr,
+            self.momentum,
+            self.clip_norm,
+            *example_dp,
+            prox_mu,
+            dp_noise_split=self.dp == "example" and self.dp_distributed,
         )
 
     def to_dict(self) -> dict:
@@ -89,6 +102,7 @@ LIMITS = {  # name: (low, high), inclusive
     "train_size": (100, TRAIN_SIZE),
     "contribution_subset": (0, 10_000),
     "seed": (0, 2**31 - 1),
+    "dp_colluding": (0, 99),
 }
 
 
@@ -128,6 +142,13 @@ def problems(config: TrainConfig) -> list[str]:
         out.append("manual approval of jobs needs the syft engine, whose data owners approve each job.")
     if config.dp == "client" and config.secure_aggregation and config.engine != "inprocess":
         out.append("client-level DP with secure aggregation runs on the inprocess engine only.")
+    if config.dp_distributed and (config.dp == "none" or not config.secure_aggregation):
+        out.append(
+            "noise split across workers (distributed DP) needs DP and secure aggregation: the shares add up to one "
+            "noise only inside the masked sum."
+        )
+    elif config.dp_distributed and config.engine != "inprocess":
+        out.append("noise split across workers (distributed DP) runs on the inprocess engine only.")
     if config.secure_aggregation and config.engine not in SECURE_AGGREGATION_ENGINES:
         out.append(
             f"secure aggregation runs on these engines only: {', '.join(SECURE_AGGREGATION_ENGINES)}; "
@@ -216,6 +237,8 @@ def estimate_seconds(config: TrainConfig) -> float:
     training = examples / EXAMPLES_PER_SECOND[config.model] * batch_factor * STRATEGY_COST[config.strategy]
     if config.dp == "example":
         training *= DP_SGD_SLOWDOWN
+    if config.dp == "example" and config.dp_distributed:  # FedSGD: one batch of B per worker a round, not E epochs
+        training *= min(1.0, config.batch_size * config.workers / config.train_size) / config.local_epochs
     return training + config.rounds * per_round_eval
 
 

@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -138,9 +138,11 @@ def message_bytes(message: dict[int, bytes]) -> int:
 class SecAggClient:
     """One worker: it knows its own update and only what the server forwards to it."""
 
-    def __init__(self, worker: int, delta: torch.Tensor, count: int) -> None:
+    def __init__(self, worker: int, delta: torch.Tensor, count: int, noise: np.ndarray | None = None) -> None:
         self.worker = worker
         self.encoded = encode(delta, count)
+        if noise is not None:  # distributed DP: the worker's integer noise share, added in the ring before masking
+            self.encoded[:-1] += noise.astype(np.int64).view(np.uint64)
         self.group: list[int] = []
         self.peer_keys: dict[int, bytes] = {}  # peer -> channel public key + mask public key
         self.channels: dict[int, bytes] = {}  # peer -> key that encrypts the shares between us
@@ -357,13 +359,15 @@ def secure_sum(
     dropped_after_masking: Collection[int] = (),
     threshold: int | None = None,
     group_size: int | None = None,
+    noise: Callable[[int], np.ndarray] | None = None,
 ) -> SecureAggregate:
     """Aggregate updates [K, P] weighted by counts, with the workers in ``dropped_after_masking`` lost.
 
     Row k of ``updates`` is worker k's delta. ``group_size`` defaults to :func:`default_group_size`,
-    ``threshold`` to a majority of the group. Raises :class:`EncodingOverflow` for updates outside
-    the encoding's bounds and :class:`SecAggRefused` when fewer than ``MIN_SURVIVORS`` workers take part or
-    too few survive.
+    ``threshold`` to a majority of the group. ``noise``, given the round's threshold, returns a
+    worker's integer noise share [P] in ring units (distributed_dp.py); each worker adds its own.
+    Raises :class:`EncodingOverflow` for updates outside the encoding's bounds and :class:`SecAggRefused`
+    when fewer than ``MIN_SURVIVORS`` workers take part or too few survive.
     """
     num_workers, length = updates.shape
     if num_workers > MAX_WORKERS:
@@ -379,7 +383,10 @@ def secure_sum(
     server = SecAggServer(num_workers, length + 1, group_size, threshold)
     seconds: dict[str, float] = {}
     with _timed(seconds, "encode"):
-        clients = [SecAggClient(w, updates[w], counts[w]) for w in range(num_workers)]
+        clients = [
+            SecAggClient(w, updates[w], counts[w], None if noise is None else noise(threshold))
+            for w in range(num_workers)
+        ]
     return run_protocol(server, clients, set(dropped_after_masking), seconds)
 
 

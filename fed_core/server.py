@@ -65,6 +65,8 @@ class RoundRecord:
     upload_bytes: float = 0.0  # mean bytes a sampled worker sent the server
     note: str | None = None  # why the global model did not move this round, if it did not
     epsilon: float | None = None  # the DP guarantee spent so far (at the config's delta); None without DP
+    epsilon_rdp: float | None = None  # the two accountants' bounds; epsilon is the smaller (dp.Epsilon)
+    epsilon_prv: float | None = None
     # The reporting workers' loss before and after local training and local accuracy, example-weighted means
     # (summed through the masks under secure aggregation); None where not released (DP, or no update)
     local_means: dict[str, float] | None = None
@@ -328,6 +330,7 @@ def run_federated(
         load_vector(model, global_vector)
         if accountant:  # a round that released nothing is counted too: that only overstates epsilon
             accountant.record_round({w: len(shards[w]) for w in outcome.reporting})
+        bounds = accountant.bounds() if accountant else None
         now = time.perf_counter()
         sampled = sorted(outcome.reporting + outcome.dropped)
         record = RoundRecord(
@@ -341,7 +344,9 @@ def run_federated(
             outcome.rows,
             outcome.upload_bytes,
             outcome.note,
-            accountant.epsilon() if accountant else None,
+            bounds.value if bounds else None,
+            bounds.rdp if bounds else None,
+            bounds.prv if bounds else None,
             outcome.local_means,
         )
         record = published(record, config)

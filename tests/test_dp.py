@@ -6,8 +6,9 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
-from opacus.accountants import RDPAccountant
+from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.analysis import rdp
+from opacus.accountants.utils import get_noise_multiplier
 from scipy import stats
 
 import fed_core.client
@@ -16,10 +17,14 @@ from fed_core.data import normalize
 from fed_core.dp import (
     ClientAccountant,
     ClientDP,
+    Epsilon,
     ExampleAccountant,
     ExampleDP,
     SecureRandom,
     clip_rows,
+    describe_epsilon,
+    epsilon_of_history,
+    noise_for_epsilon,
     poisson_batches,
     poisson_plan,
     poisson_sample_workers,
@@ -180,6 +185,32 @@ def opacus_epsilon(noise: float, rate: float, steps: int, delta: float) -> float
     return eps
 
 
+def opacus_prv_epsilon(noise: float, rate: float, steps: int, delta: float) -> float:
+    accountant = PRVAccountant()
+    accountant.history = [(noise, rate, steps)]
+    return accountant.get_epsilon(delta)
+
+
+def test_prv_is_tighter_than_rdp_on_the_issues_history_and_the_tighter_is_the_guarantee():
+    """150 steps at q = 1/30, z = 1 (5 epochs of 60k at B = 2000): RDP 3.2111, PRV 2.77."""
+    bounds = epsilon_of_history([(1.0, 1 / 30, 150)], 1e-5)
+    assert bounds.rdp == pytest.approx(3.2111, abs=1e-4)
+    assert bounds.prv == pytest.approx(2.77, abs=0.01)
+    assert bounds.value == bounds.prv
+    assert "2.77" in describe_epsilon(bounds) and "3.21" in describe_epsilon(bounds)
+    assert Epsilon(1.5, None).value == 1.5  # PRV unavailable: RDP alone holds
+
+
+def test_noise_for_a_target_epsilon_meets_it_with_the_tighter_accountant():
+    rate, steps = 1 / 30, 150
+    noise = noise_for_epsilon(3.0, rate, steps, 1e-5)
+    reached = epsilon_of_history([(noise, rate, steps)], 1e-5)
+    assert reached.value <= 3.0 < reached.rdp  # PRV meets the budget with less noise than RDP would need
+    rdp_only = get_noise_multiplier(target_epsilon=3.0, target_delta=1e-5, sample_rate=rate, steps=steps)
+    assert noise < rdp_only
+    assert epsilon_of_history([(noise * 0.97, rate, steps)], 1e-5).value > 3.0  # and no noise is wasted
+
+
 def test_example_epsilon_is_opacus_for_the_rounds_a_worker_trained_in():
     accountant = ExampleAccountant(ExampleDP(clip=1.0, noise_multiplier=1.1), batch_size=64, epochs=2, delta=1e-5)
     accountant.record_round({0: 6000, 1: 6000})
@@ -187,10 +218,25 @@ def test_example_epsilon_is_opacus_for_the_rounds_a_worker_trained_in():
     accountant.record_round({0: 6000})
     accountant.record_round({0: 6000})
     # 6000 examples, B = 64: 94 steps per epoch at q = 1/94; worker 0 trained 3 rounds of 2 epochs.
-    assert accountant.epsilon_of(0) == pytest.approx(opacus_epsilon(1.1, 1 / 94, 3 * 2 * 94, 1e-5), rel=1e-9)
+    history = (1.1, 1 / 94, 3 * 2 * 94)
+    assert accountant.bounds_of(0).rdp == pytest.approx(opacus_epsilon(*history, 1e-5), rel=1e-9)
+    assert accountant.bounds_of(0).prv == pytest.approx(opacus_prv_epsilon(*history, 1e-5), rel=1e-9)
+    assert accountant.epsilon_of(0) == min(accountant.bounds_of(0).rdp, accountant.bounds_of(0).prv)
     assert accountant.epsilon_of(1) == pytest.approx(first, rel=1e-9) and first < accountant.epsilon_of(0)
     assert accountant.epsilon_of(2) == 0  # never sampled: spent nothing
     assert accountant.epsilon() == accountant.epsilon_of(0)
+    assert accountant.bounds() == accountant.bounds_of(0)
+
+
+def test_many_distinct_histories_share_one_dominating_prv():
+    """Six shard sizes, six histories: one PRV at the largest rate and step count bounds every worker's."""
+    accountant = ExampleAccountant(ExampleDP(clip=1.0, noise_multiplier=1.0), batch_size=100, epochs=1, delta=1e-5)
+    sizes = {w: 1000 + 150 * w for w in range(6)}  # 10 to 18 steps at q = 1/10 to 1/18
+    accountant.record_round(sizes)
+    bounds = accountant.bounds()
+    assert bounds.prv == pytest.approx(opacus_prv_epsilon(1.0, 1 / 10, 18, 1e-5), rel=1e-9)
+    assert all(bounds.prv >= accountant.bounds_of(w).prv for w in sizes)
+    assert bounds.rdp == max(accountant.bounds_of(w).rdp for w in sizes)
 
 
 def test_example_epsilon_shrinks_with_more_noise_and_is_infinite_without():
@@ -211,9 +257,12 @@ def test_client_epsilon_is_opacus_with_rate_c_and_one_step_per_round():
         accountant.record_round(participants)
         epsilons.append(accountant.epsilon())
     assert epsilons[0] < epsilons[1] < epsilons[2]
-    assert epsilons[2] == pytest.approx(opacus_epsilon(1.0, 0.1, 3, 1e-5), rel=1e-9)
+    assert accountant.bounds().rdp == pytest.approx(opacus_epsilon(1.0, 0.1, 3, 1e-5), rel=1e-9)
+    assert accountant.bounds().prv == pytest.approx(opacus_prv_epsilon(1.0, 0.1, 3, 1e-5), rel=1e-9)
+    assert epsilons[2] == accountant.bounds().value
     # Worker 2 took part twice: without secret sampling that is two plain Gaussian mechanisms.
-    assert accountant.epsilon_if_sampling_public() == pytest.approx(opacus_epsilon(1.0, 1.0, 2, 1e-5), rel=1e-9)
+    public = min(opacus_epsilon(1.0, 1.0, 2, 1e-5), opacus_prv_epsilon(1.0, 1.0, 2, 1e-5))
+    assert accountant.epsilon_if_sampling_public() == pytest.approx(public, rel=1e-9)
     assert accountant.epsilon_if_sampling_public() > accountant.epsilon()
     louder = ClientAccountant(ClientDP(clip=1.0, noise_multiplier=3.0), fraction=0.1, delta=1e-5)
     for _ in range(3):

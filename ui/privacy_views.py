@@ -12,6 +12,7 @@ from plotly.subplots import make_subplots
 
 from fed_core.client import model_params, unflatten
 from fed_core.config import TrainConfig
+from fed_core.dp import Epsilon, describe_epsilon
 from fed_core.engines.flower_mask_seed import FLOWER_SECURE_AGGREGATION_NOTE
 from fed_core.models import build_model
 from fed_core.server import ServerView
@@ -30,6 +31,7 @@ CHOICES = {
     "secure": "Secure aggregation",
     "dp": "Differential privacy",
     "both": "Both",
+    "split": "Secure aggregation + DP, noise split across workers",
 }
 DP_KINDS = {
     "example": "each training image (DP-SGD inside every worker)",
@@ -55,15 +57,45 @@ DP_NOTES = {
 }
 
 
+SPLIT_SHARES = (
+    "The shares are sized for the worst case: a sum is released only if at least t workers (secure aggregation's "
+    "threshold) delivered, and up to c of them may collude with the server and subtract their own share, so each "
+    "worker adds 1/(t − c) of the variance. More survivors only add noise; a round with t ≤ c is refused. "
+    "In-process engine only."
+)
+SPLIT_NOTES = {
+    "example": "**Secure aggregation + example-level DP, the noise split across the workers (distributed DP, "
+    "FedSGD).** Every round is one DP-SGD step: each worker clips every image's gradient in a Poisson batch to "
+    "norm S and sends their sum with its own share of discrete Gaussian noise, masked. The shares add up to the "
+    "noise z·S of one central step, so the federation trains as central DP-SGD on the pooled data instead of "
+    "paying every worker's full noise; local epochs and momentum are not used. " + SPLIT_SHARES,
+    "client": "**Secure aggregation + client-level DP, the noise split across the workers (distributed DP).** "
+    "Each worker clips its update to norm S and adds its own share of discrete Gaussian noise before masking it; "
+    "inside the masked sum the shares add up to the noise z·S of one central DP-FedAvg step, so nobody, the "
+    "server included, ever sees the sum without it. " + SPLIT_SHARES,
+}
+
+
 def privacy_settings(engine: str) -> dict:
     """The Privacy widgets; returns the TrainConfig fields they set."""
     with st.expander("Privacy: secure aggregation and differential privacy"):
         choice = st.radio("Privacy", list(CHOICES), format_func=CHOICES.get, horizontal=True)
-        values = {"secure_aggregation": choice in ("secure", "both"), "dp": "none"}
+        values = {"secure_aggregation": choice in ("secure", "both", "split"), "dp": "none", "dp_distributed": False}
         if values["secure_aggregation"]:
             st.markdown(SECURE_NOTE)
             if engine == "flower":
                 st.warning(FLOWER_SECURE_AGGREGATION_NOTE)
+        if choice == "split":
+            c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
+            values["dp"] = c1.radio("Protect", list(DP_KINDS), format_func=DP_KINDS.get, key="split_dp")
+            values["dp_distributed"] = True
+            values["dp_colluding"] = int(
+                c1.number_input("Colluding workers c the noise withstands", 0, 99, D.dp_colluding, 1)
+            )
+            values["dp_clip"] = float(c2.number_input("Clip norm S", 0.001, 1000.0, D.dp_clip, 0.1, format="%.3f"))
+            values["dp_noise"] = float(c3.number_input("Noise multiplier z", 0.0, 100.0, D.dp_noise, 0.1))
+            values["dp_delta"] = float(c4.number_input("δ", 1e-9, 0.1, D.dp_delta, format="%.0e"))
+            st.markdown(SPLIT_NOTES[values["dp"]])
         if choice in ("dp", "both"):
             c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
             values["dp"] = c1.radio("Protect", list(DP_KINDS), format_func=DP_KINDS.get)
@@ -78,17 +110,26 @@ def privacy_label(config: TrainConfig) -> str:
     parts = ["secure aggregation"] if config.secure_aggregation else []
     if config.dp != "none":
         parts.append(f"{config.dp}-level DP (S={config.dp_clip:g}, z={config.dp_noise:g})")
+    if config.dp_distributed:
+        parts.append(f"noise split across workers (c={config.dp_colluding})")
     return " + ".join(parts) or "none"
 
 
 def epsilon_text(history: list[dict], config: TrainConfig) -> str | None:
     """One line on the DP guarantee spent so far, or None without DP."""
-    epsilon = history[-1].get("epsilon") if history else None
-    if config.dp == "none" or epsilon is None:
+    last = history[-1] if history else {}
+    if config.dp == "none" or last.get("epsilon") is None:
         return None
     whom = "one training image of any worker" if config.dp == "example" else "one worker's whole data"
-    value = "∞ (no noise)" if not math.isfinite(epsilon) else f"{epsilon:.2f}"
-    return f"Privacy spent so far: ε = {value} at δ = {config.dp_delta:g}, for {whom}."
+    # A record from before both accountants were kept has only the guarantee: it was RDP's.
+    bounds = Epsilon(last.get("epsilon_rdp", last["epsilon"]), last.get("epsilon_prv"))
+    line = f"Privacy spent so far: {describe_epsilon(bounds)} at δ = {config.dp_delta:g}, for {whom}."
+    if config.dp_distributed:
+        line += (
+            f" The workers drew the noise in shares inside secure aggregation: it holds against the server too, "
+            f"as long as at most {config.dp_colluding} worker(s) collude with it."
+        )
+    return line
 
 
 def server_view_figure(view: ServerView, model_name: str) -> go.Figure:

@@ -16,6 +16,7 @@ from fed_core.cli.common import check_writable
 from fed_core.client import TrainingDiverged
 from fed_core.config import DP_MODES, TrainConfig
 from fed_core.data import load_mnist
+from fed_core.dp import Epsilon, describe_epsilon
 from fed_core.engines import ENGINES, EngineError, engine_for
 from fed_core.models import INIT_METHODS, MODELS, save_model
 from fed_core.partition import PARTITIONS
@@ -70,6 +71,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--clip", dest="dp_clip", type=float, default=DEFAULTS.dp_clip, help="DP clip norm S")
     p.add_argument("--noise", dest="dp_noise", type=float, default=DEFAULTS.dp_noise, help="DP noise multiplier z")
     p.add_argument("--delta", dest="dp_delta", type=float, default=DEFAULTS.dp_delta, help="DP delta")
+    p.add_argument(
+        "--dp-distributed",
+        action="store_true",
+        help="with --dp client --secure-agg: the workers add the noise in discrete Gaussian shares inside the "
+        "masked sum, so the server never sees the sum without it",
+    )
+    p.add_argument(
+        "--dp-colluding",
+        type=int,
+        default=DEFAULTS.dp_colluding,
+        help="workers that may collude with the server whose noise shares are not counted on (default 0)",
+    )
     p.add_argument("--out", type=Path, help="write every round's metrics as JSON here")
     p.add_argument("--save-model", type=Path, help="save the trained global model (.pt) here")
     p.set_defaults(func=train_command)
@@ -106,7 +119,14 @@ def train_command(args: argparse.Namespace) -> int:
         f"test accuracy {last.test_accuracy:.2%}, loss {last.test_loss:.4f}, wall time {run.wall_seconds:.1f} s"
     )
     if last.epsilon is not None:
-        print(f"privacy spent: epsilon {last.epsilon:.2f} at delta {run.config.dp_delta:g}")
+        whom = "one training image" if run.config.dp == "example" else "one worker's data"
+        bounds = Epsilon(last.epsilon_rdp, last.epsilon_prv)
+        print(f"{run.config.dp}-level DP for {whom}: {describe_epsilon(bounds)} at δ = {run.config.dp_delta:g}")
+        if run.config.dp_distributed:
+            print(
+                "the workers added the noise in shares inside secure aggregation: it holds against the server too, "
+                f"with up to {run.config.dp_colluding} worker(s) colluding with it"
+            )
     if not publishes_workers(run.config):
         print("client-level DP: the run record names no participant and has no per-worker figure (epsilon assumes so)")
     save_results(run, args.out, args.save_model, "done")
