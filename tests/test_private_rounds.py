@@ -89,7 +89,7 @@ def test_the_cli_says_what_a_client_level_dp_run_publishes(capsys, tmp_path, mon
     args = "--workers 6 --fraction 0.5 --rounds 1 --dp client --secure-agg --contribution-subset 0 --train-size 1500"
     assert main(["train", *args.split(), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "privacy spent: epsilon" in printed and "names no participant" in printed
+    assert "client-level DP for one worker's data: ε = " in printed and "names no participant" in printed
     run = json.loads(out.read_text())
     assert "label_histogram" not in run and run["rounds"][0]["sampled"] == run["rounds"][0]["workers"] == []
 
