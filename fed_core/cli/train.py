@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from fed_core.budget import batch_problem
 from fed_core.cli.common import check_writable
 from fed_core.client import TrainingDiverged
 from fed_core.config import DP_MODES, TrainConfig
@@ -82,6 +83,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def train_command(args: argparse.Namespace) -> int:
     engine = engine_for(config_from_args(args))
+    # The in-process trainer sizes its worker groups from the memory budget; one worker must fit it alone.
+    problem = batch_problem(engine.config) if engine.config.engine == "inprocess" else None
+    if problem:
+        raise ValueError(problem[0].upper() + problem[1:])
     for flag, path in (("--out", args.out), ("--save-model", args.save_model)):
         check_writable(flag, path)
     started: list[FederatedRun] = []
