@@ -22,6 +22,7 @@ from .client import TrainingStopped
 from .config import estimate_seconds
 from .data import Mnist, load_mnist
 from .engines import Engine
+from .memory import give_back
 from .server import FederatedRun, RoundRecord, ServerView, cumulative_contributions
 from .shapley import cumulative_shapley
 
@@ -128,6 +129,7 @@ class TrainingJob:
         with self._lock:
             self._history.append(row)
             self._server_view = run.server_view
+        give_back()  # the round is over: the free heap pages of its training and scoring go back to the system
 
     def _finish(self, status: str, error: str | None = None) -> None:
         with self._lock:

@@ -9,10 +9,10 @@ from contextlib import contextmanager
 import streamlit as st
 
 from fed_core.budget import Gate, load_budget
-from fed_core.memory import release_freed_memory
+from fed_core.memory import give_back, release_freed_memory
 from fed_core.mpc_range import FixedPointRangeError
 
-release_freed_memory()  # once per server process: a shared server must not keep every visitor's peak
+release_freed_memory()  # once per server process, before the request threads allocate (fed_core/memory.py)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ def heavy_task_slot(expected_seconds: float, what: str) -> Iterator[bool]:
         yield True
     finally:
         gate.release(ticket)
+        give_back()  # an evaluation or attack is over: the free heap pages it used go back to the system
 
 
 @contextmanager

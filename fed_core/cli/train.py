@@ -18,6 +18,7 @@ from fed_core.client import TrainingDiverged
 from fed_core.config import DP_MODES, TrainConfig
 from fed_core.data import load_mnist
 from fed_core.engines import ENGINES, EngineError, engine_for
+from fed_core.memory import give_back
 from fed_core.models import INIT_METHODS, MODELS, save_model
 from fed_core.partition import PARTITIONS
 from fed_core.report import json_text
@@ -93,6 +94,7 @@ def train_command(args: argparse.Namespace) -> int:
     bar = tqdm(total=engine.config.rounds, desc="rounds", unit="round", file=sys.stderr)
 
     def show(run: FederatedRun, record: RoundRecord) -> None:
+        give_back()  # the round's training, scoring and evaluation are over: their free heap pages can go
         bar.set_postfix(accuracy=f"{record.test_accuracy:.4f}")
         bar.update(1)
 
