@@ -2,7 +2,7 @@
 
 python bench/bench_train.py                 # default run, centralized reference, scale, page rerun
 python bench/bench_train.py --only scale    # one part: default, reference, scale, rerun, paper-round, memory,
-                                            # allocator
+                                            # allocator, threads
 Every row prints its wall time, CPU time (user and sys) and peak resident memory together (bench/usage.py).
 The FedAvg paper setting to 99% (rounds and curves): bench/bench_paper.py.
 """
@@ -33,6 +33,7 @@ from fed_core.data import load_mnist, normalize
 from fed_core.engines import engine_for
 from fed_core.memory import CHOSEN, ENV
 from fed_core.models import new_model
+from fed_core.threads import ENV as THREADS_ENV
 
 THRESHOLDS = (0.97, 0.98)
 
@@ -211,6 +212,34 @@ def bench_allocator(repeats: int = 2) -> None:
                 print(f"{label} | {setting:>9} | {usage} | {out.strip().splitlines()[-1]}", flush=True)
 
 
+CLI = ("-m", "fed_core")
+MODEL = ("--model", "assets/pretrained_crypto_cnn.pt")
+THREAD_PATHS = {
+    "grouped training (10 workers, 2 rounds, no scoring)": [
+        *(*CLI, "train", "--workers", "10", "--rounds", "2", "--contribution-subset", "0")
+    ],
+    "the same with leave-one-out and Shapley scoring": [*(*CLI, "train", "--workers", "10", "--rounds", "2")],
+    "DP-SGD (5 workers, 1 round, no scoring)": [
+        *(*CLI, "train", "--dp", "example", "--rounds", "1", "--contribution-subset", "0")
+    ],
+    "MPC, 10k test images in one process": [*(*CLI, "encrypted-eval", *MODEL, "--scheme", "mpc", "--n", "10000")],
+    "HE, 20 test images": [*(*CLI, "encrypted-eval", *MODEL, "--scheme", "he", "--n", "20")],
+}
+
+
+def bench_threads() -> None:
+    """Each hot path at 1 and 2 torch threads (FEDMNIST_TORCH_THREADS), interleaved, in fresh processes.
+
+    Scoring's own cost is the difference of the first two rows. CPU time is what the path takes from the
+    machine's other users; a second thread pays only if it cuts wall time by more than it adds CPU time.
+    """
+    print(f"== threads per hot path ({THREADS_ENV}), fresh processes, interleaved")
+    for label, args in THREAD_PATHS.items():
+        for threads in ("1", "2"):
+            usage, out = run_measured(args, {THREADS_ENV: threads, "OMP_NUM_THREADS": threads})
+            print(f"{label} | {threads} thread(s) | {usage} | {out.strip().splitlines()[-1]}", flush=True)
+
+
 PARTS = {
     "default": bench_default,
     "reference": bench_reference,
@@ -219,10 +248,11 @@ PARTS = {
     "rerun": bench_page_rerun,
     "memory": bench_memory,
     "allocator": bench_allocator,
+    "threads": bench_threads,
 }
 
 
-LONG_PARTS = ("paper-round", "memory", "allocator")
+LONG_PARTS = ("paper-round", "memory", "allocator", "threads")
 
 
 def main() -> None:

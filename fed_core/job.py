@@ -25,6 +25,7 @@ from .engines import Engine
 from .memory import give_back
 from .server import FederatedRun, RoundRecord, ServerView, cumulative_contributions
 from .shapley import cumulative_shapley
+from .threads import lower_this_threads_priority, threads_for
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +59,15 @@ class TrainingJob:
         self,
         engine: Engine,
         load_data: Callable[[], Mnist] = load_mnist,
-        torch_threads: int = 1,
+        torch_threads: int | None = None,
         owner_token: str | None = None,
     ) -> None:
         self.engine = engine  # from fed_core.engines.engine_for, which validated its config
         self.config = engine.config
         self._owner_token = owner_token  # a secret (secrets.token_urlsafe) of the session that started the run
-        # One intra-op thread per run: two OpenMP threads that share the cores with a browser, another run
-        # or a web server spin-wait for each other, measured here at 5-10x slower rounds; one thread is not.
-        self.torch_threads = torch_threads
+        # One intra-op thread per run (fed_core.threads): two OpenMP threads that share the cores with a browser,
+        # another run or a web server spin-wait for each other, measured here at 5-10x slower rounds.
+        self.torch_threads = torch_threads or threads_for("training")
         self.job_id = uuid.uuid4().hex[:12]
         self._load_data = load_data
         self._lock = threading.Lock()
@@ -104,6 +105,7 @@ class TrainingJob:
 
     def _work(self) -> None:
         torch.set_num_threads(self.torch_threads)  # applies to this thread only
+        lower_this_threads_priority()  # a visitor's Draw classification or page rerun goes first
         try:
             self.engine.run(
                 self._load_data(),

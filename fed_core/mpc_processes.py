@@ -48,6 +48,7 @@ from fed_core.mpc_model import WEIGHTS, Architecture, crypto_cnn
 from fed_core.mpc_prg import KEY_BYTES, Prg
 from fed_core.mpc_range import check_images, check_model_range
 from fed_core.mpc_wire import Link, listener
+from fed_core.threads import threads_for
 
 PARTY_FORMS = ("in-process", "processes")
 IMAGE_SHAPE = (1, 28, 28)
@@ -108,7 +109,7 @@ def _party_counters(peer: Link, dealer: Link) -> torch.Tensor:
 
 def run_party(party: int, architecture: Architecture, frac_bits: int, listeners: Listeners) -> None:
     """A compute party's process: receive the weights' shares, then evaluate batch after batch."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads_for("mpc"))
     owner = Link.accept(listeners.owner[party])
     dealer_link = Link.accept(listeners.dealer[party])
     if party == 1:
@@ -143,7 +144,7 @@ def deal_batch(dealer: Dealer, architecture: Architecture, batch_shape: torch.Si
 
 def run_dealer(architecture: Architecture, listeners: Listeners) -> None:
     """The dealer's process: send each party its stream key, then deal for each batch the owner announces."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads_for("mpc"))
     party_addresses = [server.getsockname() for server in listeners.dealer]
     owner = Link.accept(listeners.dealer_owner)
     listeners.close()

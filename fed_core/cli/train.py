@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from fed_core.budget import batch_problem
@@ -24,6 +25,7 @@ from fed_core.partition import PARTITIONS
 from fed_core.report import json_text
 from fed_core.server import FederatedRun, RoundRecord
 from fed_core.strategy import STRATEGIES
+from fed_core.threads import threads_for
 
 DEFAULTS = TrainConfig()
 RUN_FAILED, INTERRUPTED = 1, 130
@@ -98,6 +100,7 @@ def train_command(args: argparse.Namespace) -> int:
         bar.set_postfix(accuracy=f"{record.test_accuracy:.4f}")
         bar.update(1)
 
+    torch.set_num_threads(threads_for("training"))
     try:
         run = engine.run(load_mnist(), on_start=started.append, on_round=show)
     except KeyboardInterrupt:

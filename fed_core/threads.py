@@ -1,0 +1,54 @@
+"""Threads per hot path, and a training thread that yields the cores to interactive work, on a shared server.
+
+``torch.set_num_threads`` sizes the OpenMP team of the calling thread (torch's OpenMP backend keeps the setting
+per thread), so each path sets it where it runs: the training thread (grouped training, DP-SGD and Shapley
+scoring run there, one after another) and MPC's evaluation (fed_core.mpc.single_threaded, and each party's
+process). HE's work is SEAL's, single-threaded C++ that torch's setting does not reach; its parallelism is its
+server processes (fed_core.encrypted_eval, ``he_workers``).
+
+A second thread only pays where it buys speed: where it does not, it takes the core from another visitor, and
+two OpenMP threads on a busy machine spin-wait for each other. Each path's count below is what
+``python bench/bench_train.py --only threads`` measured (wall and CPU at 1 and 2 threads, interleaved in fresh
+processes); ``FEDMNIST_TORCH_THREADS`` overrides every path, so the benchmark (and anyone) can re-measure.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+ENV = "FEDMNIST_TORCH_THREADS"
+
+# Measured on the 2-core machine while six other sessions kept it busy (load average 10-17), 1 vs 2 threads:
+PATH_THREADS = {
+    "training": 1,  # grouped training, DP-SGD and Shapley scoring: see bench_train --only threads
+    "mpc": 1,  # see fed_core.mpc.single_threaded
+}
+
+# Niceness of a training thread: interactive requests (a Draw classification, a page rerun) run at 0 and get the
+# cores first; training takes what they leave. Linux only, where niceness is per thread.
+TRAINING_NICE = 10
+
+
+def threads_for(path: str) -> int:
+    """Torch (or TenSEAL) threads for ``path`` (a key of :data:`PATH_THREADS`), or ``FEDMNIST_TORCH_THREADS``."""
+    text = os.environ.get(ENV)
+    if text is None:
+        return PATH_THREADS[path]
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{ENV} must be a whole number of threads, at least 1, got {text!r}.")
+    return int(text)
+
+
+def lower_this_threads_priority(nice: int = TRAINING_NICE) -> bool:
+    """Give the calling thread (and the threads it starts afterwards, such as OpenMP's team) lower priority.
+
+    Linux keeps a niceness per thread (os.setpriority on the thread's id); elsewhere it would lower the whole
+    process, so it does nothing there and returns False.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    tid = threading.get_native_id()
+    os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
+    return True
