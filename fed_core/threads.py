@@ -27,8 +27,10 @@ PATH_THREADS = {
 }
 
 # Niceness of a training thread: interactive requests (a Draw classification, a page rerun) run at 0 and get the
-# cores first; training takes what they leave. Linux only, where niceness is per thread.
+# cores first; training takes what they leave. Linux only, where niceness is per thread. FEDMNIST_TRAINING_NICE
+# changes it (0: train at the requests' priority, as before), for bench/bench_load.py to compare.
 TRAINING_NICE = 10
+NICE_ENV = "FEDMNIST_TRAINING_NICE"
 
 
 def threads_for(path: str) -> int:
@@ -41,8 +43,19 @@ def threads_for(path: str) -> int:
     return int(text)
 
 
-def lower_this_threads_priority(nice: int = TRAINING_NICE) -> bool:
-    """Give the calling thread (and the threads it starts afterwards, such as OpenMP's team) lower priority.
+def training_nice() -> int:
+    """The training thread's niceness: ``FEDMNIST_TRAINING_NICE`` (0-19) if set, else :data:`TRAINING_NICE`."""
+    text = os.environ.get(NICE_ENV)
+    if text is None:
+        return TRAINING_NICE
+    if not text.isdigit() or int(text) > 19:
+        raise ValueError(f"{NICE_ENV} must be a whole number from 0 to 19, got {text!r}.")
+    return int(text)
+
+
+def lower_this_threads_priority(nice: int | None = None) -> bool:
+    """Give the calling thread (and the threads it starts afterwards, such as OpenMP's team) the niceness
+    ``nice`` (default: :func:`training_nice`), never raising its priority.
 
     Linux keeps a niceness per thread (os.setpriority on the thread's id); elsewhere it would lower the whole
     process, so it does nothing there and returns False.
@@ -50,5 +63,6 @@ def lower_this_threads_priority(nice: int = TRAINING_NICE) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     tid = threading.get_native_id()
+    nice = training_nice() if nice is None else nice
     os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
     return True

@@ -10,7 +10,15 @@ import torch
 from fed_core.config import TrainConfig
 from fed_core.engines import engine_for
 from fed_core.job import DONE, TrainingJob
-from fed_core.threads import ENV, PATH_THREADS, TRAINING_NICE, lower_this_threads_priority, threads_for
+from fed_core.threads import (
+    ENV,
+    NICE_ENV,
+    PATH_THREADS,
+    TRAINING_NICE,
+    lower_this_threads_priority,
+    threads_for,
+    training_nice,
+)
 
 SMALL = TrainConfig(workers=2, rounds=1, train_size=600, contribution_subset=20, batch_size=32)
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
@@ -28,6 +36,16 @@ def test_each_path_has_its_measured_count_and_the_environment_overrides_them(mon
     monkeypatch.setenv(ENV, "0")
     with pytest.raises(ValueError, match="FEDMNIST_TORCH_THREADS must be a whole number"):
         threads_for("mpc")
+
+
+def test_the_training_niceness_can_be_set_for_a_comparison(monkeypatch):
+    monkeypatch.delenv(NICE_ENV, raising=False)
+    assert training_nice() == TRAINING_NICE
+    monkeypatch.setenv(NICE_ENV, "0")
+    assert training_nice() == 0
+    monkeypatch.setenv(NICE_ENV, "20")
+    with pytest.raises(ValueError, match="FEDMNIST_TRAINING_NICE must be a whole number from 0 to 19"):
+        training_nice()
 
 
 @linux_only
