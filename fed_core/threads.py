@@ -20,10 +20,17 @@ import threading
 
 ENV = "FEDMNIST_TORCH_THREADS"
 
-# Measured on the 2-core machine while six other sessions kept it busy (load average 10-17), 1 vs 2 threads:
+# `python bench/bench_train.py --only threads` on the 2-core machine (load average 2-4 from other sessions), each
+# path at 1 vs 2 threads, wall and CPU (user + sys) seconds of the whole command. The second thread bought speed on
+# no path; under heavier load (average 10-17) the gaps were as wide (DP-SGD: 161 s / 16 CPU-s vs 918 s / 115 CPU-s).
+#   grouped training, 10 workers, 2 rounds, no scoring:  8.6 s /  8.6 CPU-s  vs  42.7 s / 43.2 CPU-s
+#   the same with leave-one-out and Shapley scoring:   10.2 s / 10.0 CPU-s  vs  27.0 s / 26.2 CPU-s
+#   DP-SGD, 5 workers, 1 round:                          24.0 s / 16.4 CPU-s  vs  92.8 s / 62.1 CPU-s
+#   MPC, 10k test images in one process:                  7.8 s /  5.1 CPU-s  vs  12.7 s / 11.4 CPU-s
+#   HE, 20 test images (SEAL; torch's threads do not reach it): 5.0 s / 4.7 CPU-s vs 4.8 s / 4.7 CPU-s
 PATH_THREADS = {
-    "training": 1,  # grouped training, DP-SGD and Shapley scoring: see bench_train --only threads
-    "mpc": 1,  # see fed_core.mpc.single_threaded
+    "training": 1,  # grouped training, DP-SGD and Shapley scoring, which run one after another in one thread
+    "mpc": 1,  # fed_core.mpc.single_threaded and each party's process (fed_core.mpc_processes)
 }
 
 # Niceness of a training thread: interactive requests (a Draw classification, a page rerun) run at 0 and get the
