@@ -2,10 +2,12 @@
 
     python bench/bench_app.py              # cold start; peak server memory: a default run, then a Draw (HE)
                                            # classification; then the worst case the default budget allows
-    python bench/bench_app.py worst        # only that worst case
+    python bench/bench_app.py worst [glibc] # only that worst case (with another allocator setting)
     python bench/bench_app.py estimator    # fed_core.budget.estimate_run_bytes vs measured peak RSS of real runs
 
-Starts `streamlit run app.py` on a free loopback port and drives it with headless Chromium.
+Starts `streamlit run app.py` on a free loopback port and drives it with headless Chromium. Every row prints the
+server's wall, CPU (user and sys) and peak memory together; the default run is measured with the chosen allocator
+setting and with glibc's defaults in the same run (fed_core/memory.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,10 +29,12 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from devtools.browser import SEVEN, Page, choose, classify, draw, new_browser, streamlit_server
+from usage import Usage, run_measured
+
 from fed_core.budget import Budget, estimate_run_bytes
 from fed_core.config import TrainConfig
+from fed_core.memory import CHOSEN, ENV, allocator_setting
 
-ROOT = Path(__file__).resolve().parent.parent
 MB = 1e6
 
 
@@ -38,24 +44,39 @@ def tree_rss(pid: int) -> float:
     return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
 
 
+def tree_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds (user, sys) of a process and its children, living and reaped."""
+    process = psutil.Process(pid)
+    times = [p.cpu_times() for p in [process, *process.children(recursive=True)]]
+    return (
+        sum(t.user + t.children_user for t in times),
+        sum(t.system + t.children_system for t in times),
+    )
+
+
 class PeakMemory:
-    """Samples a process tree's resident memory every 50 ms in a thread; ``peak`` in bytes."""
+    """Samples a process tree's resident memory every 50 ms in a thread; ``peak`` in bytes, and ``usage``: the
+    block's wall time, the tree's CPU time (user and sys) and that peak, together (bench/usage.py)."""
 
     def __init__(self, pid: int) -> None:
         self.pid, self.peak, self._stop = pid, 0.0, threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
+        self.usage = Usage()
 
     def _sample(self) -> None:
         while not self._stop.wait(0.05):
             self.peak = max(self.peak, tree_rss(self.pid))
 
     def __enter__(self) -> PeakMemory:
+        self._started, self._cpu = time.perf_counter(), tree_cpu(self.pid)
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        user, sys_ = tree_cpu(self.pid)
+        self.usage = Usage(time.perf_counter() - self._started, user - self._cpu[0], sys_ - self._cpu[1], self.peak)
 
 
 # --- in the browser -------------------------------------------------------------------------------------------
@@ -88,29 +109,48 @@ def classify_drawn_digit(page: Page, url: str) -> None:
 
 
 def browser_main() -> None:
+    """Cold start and a default run with a Draw (HE) after it, on a server with the chosen allocator setting and
+    on one with glibc's defaults, one after the other; then the worst case, with the chosen setting only."""
     browser = new_browser()  # started first: its own start-up is not the app's cold start
-    log = tempfile.NamedTemporaryFile(prefix="streamlit-bench-", suffix=".log", delete=False)  # noqa: SIM115 (the server writes to it until the end)
     try:
-        started = time.perf_counter()
-        with streamlit_server(log) as (url, process):
-            healthy = time.perf_counter() - started
-            page = Page(browser, timeout=300)
-            browser.get(url)
-            page.wait_text("Private machine learning, live")
-            first_paint = time.perf_counter() - started
-            print(f"cold start: server healthy after {healthy:.1f} s, landing page painted after {first_paint:.1f} s")
-            print(f"server memory idle: {tree_rss(process.pid) / MB:.0f} MB")
-            with PeakMemory(process.pid) as memory:
-                seconds = train_in_browser(page, url, TrainConfig().workers, TrainConfig().rounds)
-                after_run = memory.peak
-                classify_drawn_digit(page, url)
-            print(
-                f"default run in the browser: {seconds:.1f} s; peak server memory {after_run / MB:.0f} MB during "
-                f"the run, {memory.peak / MB:.0f} MB with the Draw (HE) classification after it (goal: 1,000 MB)"
-            )
-            worst_case(url, process.pid)
+        for setting in (CHOSEN, "glibc"):
+            with server_with(setting) as (url, process):
+                default_run_then_draw(browser, url, process, setting)
+                if setting == CHOSEN:
+                    worst_case(url, process.pid)
     finally:
         browser.quit()
+
+
+@contextmanager
+def server_with(setting: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`streamlit run app.py` with the allocator ``setting`` (fed_core.memory); prints its cold start."""
+    log = tempfile.NamedTemporaryFile(prefix="streamlit-bench-", suffix=".log", delete=False)  # noqa: SIM115 (the server writes to it until the end)
+    os.environ[ENV] = setting  # the server inherits this process's environment
+    started = time.perf_counter()
+    with streamlit_server(log) as (url, process):
+        print(f"[{ENV}={setting}] server healthy after {time.perf_counter() - started:.1f} s")
+        yield url, process
+
+
+def default_run_then_draw(browser, url: str, process: subprocess.Popen, setting: str) -> None:
+    page = Page(browser, timeout=300)
+    started = time.perf_counter()
+    browser.get(url)
+    page.wait_text("Private machine learning, live")
+    print(
+        f"[{ENV}={setting}] landing page painted {time.perf_counter() - started:.1f} s after the request; "
+        f"server memory idle: {tree_rss(process.pid) / MB:.0f} MB"
+    )
+    with PeakMemory(process.pid) as memory:
+        seconds = train_in_browser(page, url, TrainConfig().workers, TrainConfig().rounds)
+        after_run = memory.peak
+        classify_drawn_digit(page, url)
+    print(
+        f"[{ENV}={setting}] default run in the browser: {seconds:.1f} s; peak server memory {after_run / MB:.0f} MB "
+        f"during the run, {memory.peak / MB:.0f} MB with the Draw (HE) classification after it (goal: 1,000 MB) | "
+        f"server, run and Draw: {memory.usage}"
+    )
 
 
 def worst_case(url: str, pid: int) -> None:
@@ -143,8 +183,9 @@ def worst_case(url: str, pid: int) -> None:
                 WebDriverWait(page.driver, 3600, poll_frequency=1).until(lambda d, p=page: "Done:" in p.text())
             WebDriverWait(tester.driver, 3600, poll_frequency=1).until(lambda d: "HE (" in tester.text())
         print(
-            f"two worst allowed runs, an HE evaluation of {budget.he_images_per_request:,} test images and "
-            f"{budget.he_key_sets} Draw (HE) classifications at once: peak server memory {memory.peak / MB:.0f} MB"
+            f"[{ENV}={allocator_setting()}] two worst allowed runs, an HE evaluation of "
+            f"{budget.he_images_per_request:,} test images and {budget.he_key_sets} Draw (HE) classifications at "
+            f"once: peak server memory {memory.peak / MB:.0f} MB (goal: 1,700 MB) | server: {memory.usage}"
         )
     finally:
         for b in browsers:
@@ -189,6 +230,7 @@ MEASURE_ONE = """
 import json, resource, sys, threading, time, psutil, torch
 torch.set_num_threads(1)
 from fed_core.config import TrainConfig
+from fed_core.memory import CHOSEN, ENV, allocator_setting
 from fed_core.data import load_mnist
 from fed_core.engines import engine_for
 config = TrainConfig.from_dict(json.loads(sys.argv[1]))
@@ -214,15 +256,8 @@ def estimator_main() -> None:
     print("settings | estimate | measured peak RSS growth | measured / estimate | one-time warm-up of the process")
     for config in ESTIMATOR_SETTINGS:
         config = replace(config, rounds=1)
-        reply = subprocess.run(
-            [sys.executable, "-c", MEASURE_ONE, json.dumps(config.to_dict())],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )
-        figures = json.loads(reply.stdout.strip().splitlines()[-1])
+        usage, out = run_measured(["-c", MEASURE_ONE, json.dumps(config.to_dict())], {"OMP_NUM_THREADS": "1"})
+        figures = json.loads(out.strip().splitlines()[-1])
         measured, estimate = figures["peak"] - figures["before"], estimate_run_bytes(config)
         label = (
             f"{config.model}, {config.workers} workers, C={config.fraction}, B={config.batch_size}, "
@@ -230,13 +265,12 @@ def estimator_main() -> None:
         )
         print(
             f"{label} | {estimate / MB:.0f} MB | {measured / MB:.0f} MB | {measured / estimate:.2f} | "
-            f"{figures['warm_up'] / MB:.0f} MB"
+            f"{figures['warm_up'] / MB:.0f} MB | the whole process: {usage}"
         )
 
 
 def worst_main() -> None:
-    log = tempfile.NamedTemporaryFile(prefix="streamlit-bench-", suffix=".log", delete=False)  # noqa: SIM115 (the server writes to it until the end)
-    with streamlit_server(log) as (url, process):
+    with server_with(sys.argv[2] if sys.argv[2:] else CHOSEN) as (url, process):
         worst_case(url, process.pid)
 
 

@@ -1,7 +1,9 @@
 """Training benchmarks: prints the figures quoted in the README.
 
 python bench/bench_train.py                 # default run, centralized reference, scale, page rerun
-python bench/bench_train.py --only scale    # one part: default, reference, scale, rerun, paper-round, memory
+python bench/bench_train.py --only scale    # one part: default, reference, scale, rerun, paper-round, memory,
+                                            # allocator, threads
+Every row prints its wall time, CPU time (user and sys) and peak resident memory together (bench/usage.py).
 The FedAvg paper setting to 99% (rounds and curves): bench/bench_paper.py.
 """
 
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import time
 from dataclasses import replace
@@ -19,13 +20,16 @@ import psutil
 import torch
 import torch.nn.functional as F
 from bench_paper import PAPER
+from usage import measured, run_measured
 
 from fed_core.budget import MB, env_name, estimate_run_bytes, working_memory
 from fed_core.client import bytes_per_worker, workers_per_group
 from fed_core.config import TrainConfig
 from fed_core.data import load_mnist, normalize
 from fed_core.engines import engine_for
+from fed_core.memory import CHOSEN, ENV
 from fed_core.models import new_model
+from fed_core.threads import ENV as THREADS_ENV
 
 THRESHOLDS = (0.97, 0.98)
 
@@ -67,8 +71,9 @@ def federated_points(config: TrainConfig) -> list[tuple[float, float]]:
 def bench_reference() -> None:
     print("== centralized reference (whole set as tensors, SGD momentum 0.9, batch 128)")
     for name, epochs, lr, clip in (("crypto_cnn", 2, 0.02, 1.0), ("relu_cnn", 1, 0.05, 10.0)):
-        points = centralized(name, epochs, TrainConfig(lr=lr, clip_norm=clip))
-        print(f"{name}: {points[-1][1]:.2%} after {epochs} epoch(s) in {points[-1][0]:.1f} s")
+        with measured() as usage:
+            points = centralized(name, epochs, TrainConfig(lr=lr, clip_norm=clip))
+        print(f"{name}: {points[-1][1]:.2%} after {epochs} epoch(s) in {points[-1][0]:.1f} s | {usage}")
 
 
 def bench_default() -> None:
@@ -77,13 +82,15 @@ def bench_default() -> None:
         f"== default federated run: {config.workers} workers, {config.rounds} rounds, {config.partition}, "
         f"B={config.batch_size}, lr={config.lr}, E={config.local_epochs}"
     )
-    fed = federated_points(config)
-    print(f"peak RSS after the federated run: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
-    cen = centralized(config.model, 5, config)
-    for label, points in (("federated", fed), ("centralized", cen)):
+    with measured() as fed_usage:
+        fed = federated_points(config)
+    with measured() as cen_usage:
+        cen = centralized(config.model, 5, config)
+    for label, points, usage in (("federated", fed, fed_usage), ("centralized", cen, cen_usage)):
         print(
             f"{label:>11}: final {points[-1][1]:.2%} at {points[-1][0]:.1f} s; "
             + ", ".join(f"time to {t:.0%}: {time_to(points, t)}" for t in THRESHOLDS)
+            + f" | {usage}"
         )
 
 
@@ -107,9 +114,13 @@ def bench_scale() -> None:
         seconds = {}
         for workers in (10, 100):
             config = TrainConfig(workers=workers, rounds=2, batch_size=32, contribution_subset=subset)
-            wall, cpu = timed_rounds(config)[-1]
+            with measured() as usage:
+                wall, cpu = timed_rounds(config)[-1]
             seconds[workers] = (wall, cpu)
-            print(f"{workers:>3} workers, {scoring}: {wall:.2f} s per round (process CPU {cpu:.2f} s)")
+            print(
+                f"{workers:>3} workers, {scoring}: {wall:.2f} s per round (process CPU {cpu:.2f} s) | "
+                f"both rounds: {usage}"
+            )
         wall_ratio, cpu_ratio = seconds[100][0] / seconds[10][0], seconds[100][1] / seconds[10][1]
         print(f"ratio 100/10, {scoring}: {wall_ratio:.2f}x wall, {cpu_ratio:.2f}x CPU")
 
@@ -118,8 +129,11 @@ def bench_paper_round() -> None:
     """One round of the FedAvg paper's setting: 10 sampled workers x 5 epochs x 600 images, fedavg_cnn, B=10."""
     print("== paper round: 100 workers, C=0.1, E=5, B=10, fedavg_cnn (2 rounds, no leave-one-out scoring)")
     config = replace(PAPER, rounds=2)
-    for i, (wall, cpu) in enumerate(timed_rounds(config), 1):
+    with measured() as usage:
+        rounds = timed_rounds(config)
+    for i, (wall, cpu) in enumerate(rounds, 1):
         print(f"round {i}: {wall:.1f} s wall, process CPU {cpu:.1f} s (threads: {torch.get_num_threads()})")
+    print(f"both rounds: {usage}")
 
 
 def bench_page_rerun() -> None:
@@ -132,16 +146,18 @@ def bench_page_rerun() -> None:
     at.run()
     job = at.session_state["job"]
     durations = []
-    while not job.snapshot().finished and len(durations) < 40:
-        start = time.perf_counter()
-        at.run()
-        durations.append(time.perf_counter() - start)
-        time.sleep(0.2)
-    job.stop()
-    job.join()
+    with measured() as usage:
+        while not job.snapshot().finished and len(durations) < 40:
+            start = time.perf_counter()
+            at.run()
+            durations.append(time.perf_counter() - start)
+            time.sleep(0.2)
+        job.stop()
+        job.join()
     print(
         f"== Train page rerun during training (AppTest, {len(durations)} reruns): "
-        f"median {1000 * statistics.median(durations):.0f} ms, max {1000 * max(durations):.0f} ms"
+        f"median {1000 * statistics.median(durations):.0f} ms, max {1000 * max(durations):.0f} ms | "
+        f"reruns and run together: {usage}"
     )
 
 
@@ -160,9 +176,64 @@ def bench_memory() -> None:
         f"estimate {estimate_run_bytes(config) / MB:.0f} MB"
     )
     before = psutil.Process().memory_info().rss
-    wall, cpu = timed_rounds(config)[-1]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(f"round: {wall:.1f} s wall, process CPU {cpu:.1f} s; the run added {(peak - before) / MB:.0f} MB at peak")
+    with measured() as usage:
+        wall, cpu = timed_rounds(config)[-1]
+    print(
+        f"round: {wall:.1f} s wall, process CPU {cpu:.1f} s; the run added {(usage.peak_rss - before) / MB:.0f} MB "
+        f"at peak | {usage}"
+    )
+
+
+ALLOCATOR_COMMANDS = {
+    "train --workers 10 --rounds 6": ["-m", "fed_core", "train", "--workers", "10", "--rounds", "6"],
+    "encrypted-eval --scheme mpc --n 10000": [
+        *("-m", "fed_core", "encrypted-eval", "--model", "assets/pretrained_crypto_cnn.pt"),
+        *("--scheme", "mpc", "--n", "10000"),
+    ],
+}
+
+
+def bench_allocator(repeats: int = 2) -> None:
+    """The CLI's commands in fresh processes, the chosen allocator setting against glibc's defaults, interleaved.
+
+    Interleaved so that other load on the machine hits every setting alike; the last line of each command's
+    output (accuracy, images/s) shows the settings compute the same thing.
+    """
+    settings = ("glibc", CHOSEN, "mmap-1mb")
+    print(f"== allocator ({ENV}): {', '.join(settings)}; {repeats} runs each, interleaved; torch threads as set")
+    for label, args in ALLOCATOR_COMMANDS.items():
+        for _ in range(repeats):
+            for setting in settings:
+                usage, out = run_measured(args, {ENV: setting})
+                print(f"{label} | {setting:>9} | {usage} | {out.strip().splitlines()[-1]}", flush=True)
+
+
+CLI = ("-m", "fed_core")
+MODEL = ("--model", "assets/pretrained_crypto_cnn.pt")
+THREAD_PATHS = {
+    "grouped training (10 workers, 2 rounds, no scoring)": [
+        *(*CLI, "train", "--workers", "10", "--rounds", "2", "--contribution-subset", "0")
+    ],
+    "the same with leave-one-out and Shapley scoring": [*(*CLI, "train", "--workers", "10", "--rounds", "2")],
+    "DP-SGD (5 workers, 1 round, no scoring)": [
+        *(*CLI, "train", "--dp", "example", "--rounds", "1", "--contribution-subset", "0")
+    ],
+    "MPC, 10k test images in one process": [*(*CLI, "encrypted-eval", *MODEL, "--scheme", "mpc", "--n", "10000")],
+    "HE, 20 test images": [*(*CLI, "encrypted-eval", *MODEL, "--scheme", "he", "--n", "20")],
+}
+
+
+def bench_threads() -> None:
+    """Each hot path at 1 and 2 torch threads (FEDMNIST_TORCH_THREADS), interleaved, in fresh processes.
+
+    Scoring's own cost is the difference of the first two rows. CPU time is what the path takes from the
+    machine's other users; a second thread pays only if it cuts wall time by more than it adds CPU time.
+    """
+    print(f"== threads per hot path ({THREADS_ENV}), fresh processes, interleaved")
+    for label, args in THREAD_PATHS.items():
+        for threads in ("1", "2"):
+            usage, out = run_measured(args, {THREADS_ENV: threads, "OMP_NUM_THREADS": threads})
+            print(f"{label} | {threads} thread(s) | {usage} | {out.strip().splitlines()[-1]}", flush=True)
 
 
 PARTS = {
@@ -172,10 +243,12 @@ PARTS = {
     "paper-round": bench_paper_round,
     "rerun": bench_page_rerun,
     "memory": bench_memory,
+    "allocator": bench_allocator,
+    "threads": bench_threads,
 }
 
 
-LONG_PARTS = ("paper-round", "memory")
+LONG_PARTS = ("paper-round", "memory", "allocator", "threads")
 
 
 def main() -> None:

@@ -137,6 +137,34 @@ def estimate_run_bytes(config: TrainConfig, budget: Budget | None = None) -> int
     return held_bytes(config) + max(training, scoring, EVAL_CHUNK_BYTES)
 
 
+def largest_batch(config: TrainConfig, budget: Budget | None = None) -> int:
+    """The largest batch size at which one worker of ``config`` fits the run's working memory (at least 1).
+
+    This, not a fixed number, caps the batch: workers train in groups that fit the budget, so only one worker
+    alone can overflow it. Binary search: a worker's bytes grow with its batch (fed_core.client.bytes_per_worker).
+    """
+    working = working_memory(config, budget)
+    low, high = 1, LIMITS["batch_size"][1]
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if bytes_per_worker(config.model, middle) <= working else (low, middle - 1)
+    return low
+
+
+def batch_problem(config: TrainConfig, budget: Budget | None = None) -> str | None:
+    """Why one worker at ``config.batch_size`` does not fit the memory budget, with the largest batch that does."""
+    largest = largest_batch(config, budget)
+    if config.batch_size <= largest:
+        return None
+    one_worker = bytes_per_worker(config.model, config.batch_size)
+    return (
+        f"batch size {config.batch_size:,} needs about {one_worker / MB:,.0f} MB "
+        f"for one {config.model} worker; the memory budget ({env_name('training_memory_mb')}="
+        f"{training_memory_budget(budget) // MB:,} MB) allows batch sizes up to {largest:,}: lower the batch size "
+        f"or raise the budget."
+    )
+
+
 def training_memory_budget(budget: Budget | None = None) -> int:
     """Bytes one training run may use on this server (FEDMNIST_TRAINING_MEMORY_MB, 400 MB by default)."""
     return (budget or load_budget()).training_memory_bytes
@@ -151,7 +179,7 @@ SETTING_LABELS = {
     "batch_size": "Batch size B",
     "workers": "Workers",
 }
-BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+BATCH_SIZES = tuple(2**i for i in range(LIMITS["batch_size"][1].bit_length()))  # the sizes a refusal suggests
 
 
 def _cheaper_values(config: TrainConfig, name: str) -> list:

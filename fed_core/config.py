@@ -97,7 +97,9 @@ LIMITS = {  # name: (low, high), inclusive
     "workers": (1, 100),
     "rounds": (1, 200),
     "local_epochs": (1, 20),
-    "batch_size": (1, 1024),
+    # No fixed cap below the training set: the memory budget decides (fed_core.budget.largest_batch), so DP-SGD
+    # can take the large expected batches it wants (1,000-4,000 for MNIST) where one worker of them fits.
+    "batch_size": (1, TRAIN_SIZE),
     "shards_per_worker": (1, 20),
     "train_size": (100, TRAIN_SIZE),
     "contribution_subset": (0, 10_000),

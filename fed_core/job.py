@@ -25,8 +25,10 @@ from .client import TrainingStopped
 from .config import estimate_seconds
 from .data import Mnist, load_mnist
 from .engines import Engine
+from .memory import give_back
 from .server import FederatedRun, RoundRecord, ServerView, cumulative_contributions
 from .shapley import cumulative_shapley
+from .threads import lower_this_threads_priority, threads_for
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +63,15 @@ class TrainingJob:
         self,
         engine: Engine,
         load_data: Callable[[], Mnist] = load_mnist,
-        torch_threads: int = 1,
+        torch_threads: int | None = None,
         owner_token: str | None = None,
     ) -> None:
         self.engine = engine  # from fed_core.engines.engine_for, which validated its config
         self.config = engine.config
         self._owner_token = owner_token  # a secret (secrets.token_urlsafe) of the session that started the run
-        # One intra-op thread per run: two OpenMP threads that share the cores with a browser, another run
-        # or a web server spin-wait for each other, measured here at 5-10x slower rounds; one thread is not.
-        self.torch_threads = torch_threads
+        # One intra-op thread per run (fed_core.threads): two OpenMP threads that share the cores with a browser,
+        # another run or a web server spin-wait for each other, measured here at 5-10x slower rounds.
+        self.torch_threads = torch_threads or threads_for("training")
         self.job_id = uuid.uuid4().hex[:12]
         self._load_data = load_data
         self._lock = threading.Lock()
@@ -111,6 +113,7 @@ class TrainingJob:
 
     def _work(self) -> None:
         torch.set_num_threads(self.torch_threads)  # applies to this thread only
+        lower_this_threads_priority()  # a visitor's Draw classification or page rerun goes first
         try:
             self.engine.run(
                 self._load_data(),
@@ -153,6 +156,7 @@ class TrainingJob:
         with self._lock:
             self._history.append(row)
             self._server_view = run.server_view
+        give_back()  # the round is over: the free heap pages of its training and scoring go back to the system
 
     def _finish(self, status: str, error: str | None = None) -> None:
         with self._lock:

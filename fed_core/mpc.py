@@ -56,6 +56,7 @@ from fed_core.models import CryptoCNN
 from fed_core.mpc_model import WEIGHTS, Architecture, BilinearOp, crypto_cnn, model_parameters, squared
 from fed_core.mpc_prg import KEY_BYTES, Prg
 from fed_core.mpc_range import check_images, check_model_range
+from fed_core.threads import threads_for
 
 FRAC_BITS = 16
 BYTES_PER_ELEMENT = 8
@@ -65,7 +66,7 @@ Method = TypeVar("Method", bound=Callable)
 
 
 def single_threaded(method: Method) -> Method:
-    """Run on one torch thread (of the calling thread only: the setting is per thread).
+    """Run on fed_core.threads' MPC thread count, one (of the calling thread only: the setting is per thread).
 
     Measured on the 10k test set on the 2-core machine: one thread takes ~2 s; two take
     1.8 s when the machine is quiet, but 8.4 s when other processes keep the cores busy
@@ -75,7 +76,7 @@ def single_threaded(method: Method) -> Method:
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)
+        torch.set_num_threads(threads_for("mpc"))
         try:
             return method(*args, **kwargs)
         finally:

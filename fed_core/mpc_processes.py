@@ -57,6 +57,7 @@ from fed_core.mpc_model import WEIGHTS, Architecture, crypto_cnn
 from fed_core.mpc_prg import KEY_BYTES, Prg
 from fed_core.mpc_range import check_images, check_model_range
 from fed_core.mpc_wire import Link, LinkKey, listener
+from fed_core.threads import threads_for
 
 PARTY_FORMS = ("in-process", "processes")
 IMAGE_SHAPE = (1, 28, 28)
@@ -135,7 +136,7 @@ def run_party(
     party: int, architecture: Architecture, frac_bits: int, listeners: Listeners, keys: dict[str, LinkKey]
 ) -> None:
     """A compute party's process: receive the weights' shares, then evaluate batch after batch."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads_for("mpc"))
     role = _role(party)
     owner = Link.accept(listeners.owner[party], keys[f"owner-{role}"])
     dealer_link = Link.accept(listeners.dealer[party], keys[f"dealer-{role}"])
@@ -171,7 +172,7 @@ def deal_batch(dealer: Dealer, architecture: Architecture, batch_shape: torch.Si
 
 def run_dealer(architecture: Architecture, listeners: Listeners, keys: dict[str, LinkKey]) -> None:
     """The dealer's process: send each party its stream key, then deal for each batch the owner announces."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads_for("mpc"))
     party_addresses = [server.getsockname() for server in listeners.dealer]
     owner = Link.accept(listeners.dealer_owner, keys["owner-dealer"])
     listeners.close()

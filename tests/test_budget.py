@@ -11,13 +11,16 @@ from fed_core.budget import (
     BudgetError,
     Gate,
     SessionCache,
+    batch_problem,
     budget_problems,
     estimate_run_bytes,
+    largest_batch,
     load_budget,
     training_memory_budget,
+    working_memory,
 )
 from fed_core.client import bytes_per_worker
-from fed_core.config import TrainConfig, estimate_seconds
+from fed_core.config import TrainConfig, estimate_seconds, problems
 
 DEFAULT = TrainConfig()
 REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
@@ -129,3 +132,20 @@ def test_streamlit_does_not_warn_about_the_pinned_uvicorn_and_websockets(monkeyp
 
 def test_streamlit_does_not_warn_about_the_installed_uvicorn_and_websockets(monkeypatch):
     assert proxy_warnings(monkeypatch) == []
+
+
+def test_the_batch_cap_comes_from_the_memory_budget_not_a_fixed_number():
+    dp_sgd = replace(DEFAULT, dp="example", batch_size=2000)
+    assert problems(dp_sgd) == []  # once refused: "between 1 and 1024"
+    assert batch_problem(dp_sgd, Budget()) is None and budget_problems(dp_sgd, Budget(run_seconds=10**6)) == []
+    largest = largest_batch(dp_sgd, Budget())
+    working = working_memory(dp_sgd, Budget())
+    assert bytes_per_worker("crypto_cnn", largest) <= working < bytes_per_worker("crypto_cnn", largest + 1)
+    tight = Budget(training_memory_mb=60)
+    problem = batch_problem(dp_sgd, tight)
+    assert f"allows batch sizes up to {largest_batch(dp_sgd, tight):,}" in problem
+    assert "FEDMNIST_TRAINING_MEMORY_MB=60 MB" in problem
+    # The app's refusal names a batch size that fits, now above the old cap where the budget allows it.
+    [refusal] = budget_problems(replace(dp_sgd, batch_size=60_000), Budget(run_seconds=10**9))
+    batch = int(refusal.split("Batch size B to ")[1].split(",")[0].rstrip("."))
+    assert batch > 1024

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import streamlit as st
 
 from fed_core.budget import Gate, load_budget
+from fed_core.memory import give_back
 from fed_core.mpc_range import FixedPointRangeError
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ def heavy_task_slot(expected_seconds: float, what: str) -> Iterator[bool]:
         yield True
     finally:
         gate.release(ticket)
+        give_back()  # an evaluation or attack is over: the free heap pages it used go back to the system
 
 
 @contextmanager

@@ -10,19 +10,23 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
+from fed_core.budget import batch_problem
 from fed_core.cli.common import check_writable
 from fed_core.client import TrainingDiverged
 from fed_core.config import DP_MODES, TrainConfig
 from fed_core.data import load_mnist
 from fed_core.dp import Epsilon, describe_epsilon
 from fed_core.engines import ENGINES, EngineError, engine_for
+from fed_core.memory import give_back
 from fed_core.models import INIT_METHODS, MODELS, save_model
 from fed_core.partition import PARTITIONS
 from fed_core.report import json_text
 from fed_core.server import FederatedRun, RoundRecord, publishes_workers
 from fed_core.strategy import STRATEGIES
+from fed_core.threads import threads_for
 
 DEFAULTS = TrainConfig()
 RUN_FAILED, INTERRUPTED = 1, 130
@@ -95,15 +99,21 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def train_command(args: argparse.Namespace) -> int:
     engine = engine_for(config_from_args(args))
+    # The in-process trainer sizes its worker groups from the memory budget; one worker must fit it alone.
+    problem = batch_problem(engine.config) if engine.config.engine == "inprocess" else None
+    if problem:
+        raise ValueError(problem[0].upper() + problem[1:])
     for flag, path in (("--out", args.out), ("--save-model", args.save_model)):
         check_writable(flag, path)
     started: list[FederatedRun] = []
     bar = tqdm(total=engine.config.rounds, desc="rounds", unit="round", file=sys.stderr)
 
     def show(run: FederatedRun, record: RoundRecord) -> None:
+        give_back()  # the round's training, scoring and evaluation are over: their free heap pages can go
         bar.set_postfix(accuracy=f"{record.test_accuracy:.4f}")
         bar.update(1)
 
+    torch.set_num_threads(threads_for("training"))
     try:
         run = engine.run(load_mnist(), on_start=started.append, on_round=show)
     except KeyboardInterrupt:
