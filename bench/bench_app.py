@@ -22,15 +22,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from pathlib import Path
 
 import psutil
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
-
-from devtools.browser import SEVEN, Page, choose, classify, draw, new_browser, streamlit_server
 from usage import Usage, run_measured
 
+from devtools.browser import SEVEN, Page, choose, classify, draw, new_browser, streamlit_server
 from fed_core.budget import Budget, estimate_run_bytes
 from fed_core.config import TrainConfig
 from fed_core.memory import CHOSEN, ENV, allocator_setting

@@ -21,17 +21,13 @@ example), which would measure the loader rather than the clipping.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fed_core.client import BatchedTrainer, LocalSettings, flatten, model_params
 from fed_core.data import Mnist, load_mnist, normalize

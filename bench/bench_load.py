@@ -27,10 +27,7 @@ from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from bench_app import MB, PeakMemory, tree_rss
-
 from devtools.browser import SEVEN, Page, choose, draw, new_browser, streamlit_server
-
 from fed_core.threads import NICE_ENV, TRAINING_NICE
 
 RUN_ROUNDS = 5
