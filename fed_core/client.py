@@ -26,6 +26,7 @@ computed a chunk of examples at a time to bound memory), Gaussian noise on the s
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from functools import cache
@@ -37,7 +38,8 @@ from torch import nn
 from torch.func import functional_call, grad, grad_and_value, vmap
 from torch.linalg import vector_norm
 
-from .data import normalize
+from .augment import augmented
+from .data import MEAN, STD, normalize
 from .dp import ExampleDP, SecureRandom, poisson_batches, poisson_plan
 from .models import PoolingCNN, build_model
 
@@ -55,6 +57,7 @@ DEFAULT_MEMORY_BUDGET = 2 * 2**30
 EVAL_CHUNK_BYTES = 32 * 2**20
 # Model-sized float32 tensors one worker keeps during a step: weights, velocity, gradient, scaled step, correction.
 MODEL_COPIES = 5
+AUGMENT_STREAM = 1  # worker_seed(seed, 0, AUGMENT_STREAM) seeds a worker's augmentation, apart from its batch order
 
 
 class TrainingStopped(Exception):
@@ -78,6 +81,7 @@ class LocalSettings:
     dp_clip: float = 0.0  # when positive, example-level DP-SGD: each example's gradient norm cap S
     dp_noise: float = 0.0  # and the noise multiplier z (noise std z * S on each step's sum)
     prox_mu: float = 0.0  # FedProx: weight mu of the proximal term mu/2 ||w - w_global||^2 (0: plain FedAvg)
+    augment: bool = False  # every training batch randomly redrawn as other hands would (fed_core/augment.py)
 
     @property
     def example_dp(self) -> ExampleDP | None:
@@ -264,6 +268,7 @@ class BatchedTrainer:
         k = len(workers)
         orders = [epoch_orders(len(shard), self.settings.epochs, seed) for shard, seed in zip(shards, seeds)]
         probe = _pad([shard[order[0][:EVAL_SAMPLE]] for shard, order in zip(shards, orders)])
+        augmenters = self._augmenters(seeds)
         stacked = unflatten(global_vector.expand(k, -1).clone(), self.template)
         loss_before, _ = self._score(stacked, probe)
         velocity = {name: torch.zeros_like(p) for name, p in stacked.items()}
@@ -275,7 +280,7 @@ class BatchedTrainer:
                     raise TrainingStopped()
                 batch = visits[:, start : start + self.settings.batch_size]
                 steps += (batch >= 0).any(1)
-                self._sgd_step(stacked, velocity, batch, workers, global_vector, corrections)
+                self._sgd_step(stacked, velocity, batch, workers, global_vector, corrections, augmenters)
         loss_after, accuracy_after = self._score(stacked, probe)
         deltas = flatten_stacked(stacked) - global_vector
         return [
@@ -299,10 +304,11 @@ class BatchedTrainer:
         workers: list[int],
         global_vector: torch.Tensor,
         corrections: torch.Tensor | None,
+        augmenters: list[torch.Generator] | None,
     ) -> None:
         """One masked SGD-with-momentum step for every worker; index -1 marks padding."""
         mask = (batch >= 0).float()
-        x, y = self._gather(batch)
+        x, y = self._gather(batch, augmenters)
         grads, losses = self._gradients(params, x, y, mask)
         if not torch.isfinite(losses).all():
             bad = [workers[i] for i in torch.nonzero(~torch.isfinite(losses)).flatten().tolist()]
@@ -383,6 +389,8 @@ class BatchedTrainer:
         expected_batch = torch.tensor([p.expected_batch for p in plans])
         stacked = unflatten(global_vector.expand(len(workers), -1).clone(), self.template)
         velocity = {name: torch.zeros_like(p) for name, p in stacked.items()}
+        # DP-SGD's batches come from the secure generator, unseeded, so the redrawing is unseeded too.
+        augmenters = self._augmenters([secrets.randbits(32) for _ in workers])
         for step in range(max(p.steps for p in plans)):
             if should_stop and should_stop():
                 raise TrainingStopped()
@@ -390,7 +398,9 @@ class BatchedTrainer:
             rates = [p.sample_rate if step < p.steps else 0.0 for p in plans]
             active = torch.tensor([rate > 0 for rate in rates], dtype=torch.float32)
             batch = _pad(poisson_batches(shards, rates, self._rng))
-            self._private_step(stacked, velocity, batch, active / expected_batch, workers, global_vector, corrections)
+            self._private_step(
+                stacked, velocity, batch, active / expected_batch, workers, global_vector, corrections, augmenters
+            )
         deltas = flatten_stacked(stacked) - global_vector
         nan = float("nan")
         return [
@@ -407,12 +417,13 @@ class BatchedTrainer:
         workers: list[int],
         global_vector: torch.Tensor,
         corrections: torch.Tensor | None,
+        augmenters: list[torch.Generator] | None,
     ) -> None:
         """One DP-SGD step: clipped per-example gradients summed, plus N(0, z^2 S^2), times ``scale`` = 1/E[batch].
 
         A worker whose ``scale`` is 0 has finished its steps and does not move.
         """
-        sums = self._clipped_sums(params, batch)
+        sums = self._clipped_sums(params, batch, augmenters)
         noise = self._rng.normal((len(workers), self.num_params), self.dp.noise_multiplier * self.dp.clip)
         noisy = {name: g + n for (name, g), n in zip(sums.items(), unflatten(noise, self.template).values())}
         # Only the noisy sums are looked at: the raw losses of private examples are never read.
@@ -424,7 +435,7 @@ class BatchedTrainer:
         self._add_proximal(steps, params, global_vector)  # data-independent: costs no privacy
         self._momentum_step(params, velocity, steps, (scale > 0).float(), corrections)
 
-    def _clipped_sums(self, params: Params, batch: torch.Tensor) -> Params:
+    def _clipped_sums(self, params: Params, batch: torch.Tensor, augmenters: list[torch.Generator] | None) -> Params:
         """Per worker, the sum over its batch of each example's gradient clipped to norm S.
 
         The per-example gradients are only needed for their norms, so they are made a
@@ -432,7 +443,7 @@ class BatchedTrainer:
         of the loss weighted by each example's clip factor (Opacus's factor).
         """
         mask = (batch >= 0).float()
-        x, y = self._gather(batch)
+        x, y = self._gather(batch, augmenters)
         chunk = max(1, PER_EXAMPLE_BYTES // (4 * len(batch) * self.num_params))
         norms = (
             torch.cat(
@@ -474,9 +485,21 @@ class BatchedTrainer:
             return grouped_pooling_logits(self.model, [dict(zip(params, row)) for row in per_worker(params)], x)
         return self._forward(params, x)
 
-    def _gather(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _gather(
+        self, index: torch.Tensor, augmenters: list[torch.Generator] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images [K, B, 1, 28, 28], normalised, and labels of the indices; redrawn at random with augmenters."""
         safe = index.clamp(min=0)
-        return normalize(self.images[safe.flatten()]).view(*index.shape, 1, 28, 28), self.labels[safe]
+        if augmenters is None:
+            return normalize(self.images[safe.flatten()]).view(*index.shape, 1, 28, 28), self.labels[safe]
+        images = self.images[safe.flatten()].float().div(255).view(*index.shape, 1, 28, 28)
+        return (augmented(images, augmenters) - MEAN) / STD, self.labels[safe]
+
+    def _augmenters(self, seeds: list[int]) -> list[torch.Generator] | None:
+        """One generator per worker for its redrawn batches, when the run augments (its own stream of the seed)."""
+        if not self.settings.augment:
+            return None
+        return [torch.Generator().manual_seed(worker_seed(seed, 0, AUGMENT_STREAM)) for seed in seeds]
 
 
 def flatten_stacked(params: Params) -> torch.Tensor:
