@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
 from fed_core.data import normalize
+from fed_core.strokes import WORK_BOX, deslanted
 
 SIDE, DIGIT_BOX = 28, 20
 MIN_SIDE, MAX_SIDE = 16, 4096
@@ -165,11 +166,14 @@ def ink_map(image: np.ndarray) -> np.ndarray:
 def prepare_digit(image: np.ndarray) -> PreparedDigit:
     """Canvas RGBA / RGB / grayscale array -> the 28x28 digit the model sees.
 
-    The ink is cropped and shrunk to the digit's size while still 8-bit; float work starts at 20 px.
+    The ink is cropped and shrunk to WORK_BOX px while still 8-bit; float work starts there. A slant beyond
+    MNIST's range is brought back to it (fed_core.strokes), and MNIST's recipe does the rest.
     """
     ink = ink_map(image)
     box = _ink_box(ink)
-    pixels = _centre_by_mass(_scale_to_box(ink[box]))
+    work = deslanted(_resized(ink[box], WORK_BOX))
+    digit = ink[box] if work is None else _cropped(work)
+    pixels = _centre_by_mass(_resized(digit, DIGIT_BOX))
     return PreparedDigit(pixels=pixels, tensor=normalize(torch.from_numpy(pixels)[None]))
 
 
@@ -221,13 +225,23 @@ def _has_loop(box: np.ndarray) -> bool:
     return sizes.max() >= MIN_HOLE * box.size
 
 
-def _scale_to_box(ink: np.ndarray) -> np.ndarray:
-    """Scale so the longer side is 20 px, keeping the aspect ratio, with antialiasing: uint8 in, float32 out."""
+def _resized(ink: np.ndarray, side: int) -> np.ndarray:
+    """Scale so the longer side is ``side`` px, keeping the aspect ratio, with antialiasing -> float32 0..1.
+
+    uint8 ink is resized as 8-bit (the canvas-sized step); float32 ink (already small) as float.
+    """
     height, width = ink.shape
-    factor = DIGIT_BOX / max(height, width)
+    factor = side / max(height, width)
     size = (max(1, round(width * factor)), max(1, round(height * factor)))
-    resized = Image.fromarray(ink).resize(size, Image.Resampling.LANCZOS)
-    return np.asarray(resized, dtype=np.float32) / 255
+    resized = np.asarray(Image.fromarray(ink).resize(size, Image.Resampling.LANCZOS), dtype=np.float32)
+    return np.clip(resized / 255 if ink.dtype == np.uint8 else resized, 0.0, 1.0)
+
+
+def _cropped(ink: np.ndarray) -> np.ndarray:
+    """Cut to the ink's bounding box again: shearing moves the ink within its frame."""
+    mask = ink > INK_LEVEL / 4
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
 def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
