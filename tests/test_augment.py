@@ -83,3 +83,15 @@ def test_the_cli_has_the_option():
     register(parser.add_subparsers())
     assert parser.parse_args(["train", "--augment"]).augment is True
     assert parser.parse_args(["train"]).augment is False
+
+
+def test_the_train_page_offers_it_and_its_estimate_counts_it():
+    from test_train_page import train_page_app, widget
+
+    at = train_page_app().run()
+    before = next(c.value for c in at.caption if "Estimated time" in c.value)
+    box = widget(at.checkbox, "Augment: redraw digits at random")
+    assert box.value is False and "Draw page" in box.help
+    box.check().run()
+    after = next(c.value for c in at.caption if "Estimated time" in c.value)
+    assert not at.exception and after != before
