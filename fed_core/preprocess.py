@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
 from fed_core.data import normalize
-from fed_core.strokes import WORK_BOX, deslanted
+from fed_core.strokes import WORK_BOX, normalised
 
 SIDE, DIGIT_BOX = 28, 20
 MIN_SIDE, MAX_SIDE = 16, 4096
@@ -166,12 +166,12 @@ def ink_map(image: np.ndarray) -> np.ndarray:
 def prepare_digit(image: np.ndarray) -> PreparedDigit:
     """Canvas RGBA / RGB / grayscale array -> the 28x28 digit the model sees.
 
-    The ink is cropped and shrunk to WORK_BOX px while still 8-bit; float work starts there. A slant beyond
-    MNIST's range is brought back to it (fed_core.strokes), and MNIST's recipe does the rest.
+    The ink is cropped and shrunk to WORK_BOX px while still 8-bit; float work starts there. A slant or a
+    stroke width beyond MNIST's range is brought back to it (fed_core.strokes), and MNIST's recipe does the rest.
     """
     ink = ink_map(image)
     box = _ink_box(ink)
-    work = deslanted(_resized(ink[box], WORK_BOX))
+    work = normalised(_resized(ink[box], WORK_BOX))
     digit = ink[box] if work is None else _cropped(work)
     pixels = _centre_by_mass(_resized(digit, DIGIT_BOX))
     return PreparedDigit(pixels=pixels, tensor=normalize(torch.from_numpy(pixels)[None]))
@@ -238,7 +238,7 @@ def _resized(ink: np.ndarray, side: int) -> np.ndarray:
 
 
 def _cropped(ink: np.ndarray) -> np.ndarray:
-    """Cut to the ink's bounding box again: shearing moves the ink within its frame."""
+    """Cut to the ink's bounding box again: shearing and thinning move the ink's edges within its frame."""
     mask = ink > INK_LEVEL / 4
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     return ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]

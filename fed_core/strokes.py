@@ -1,15 +1,22 @@
-"""A digit's centre line and slant, and the slant brought into MNIST's range.
+"""A digit's slant and stroke width, brought into MNIST's range before MNIST's recipe scales it.
 
-MNIST's writers slanted their digits up to about 30 degrees right and 17 left (5th and 95th percentiles of
-the training digits, measured as below); a hurried hand slants further, and the model then reads other
-digits. So before a drawing is scaled to MNIST's 20 px box, its slant is measured at WORK_BOX px (4x that
-box) as the shear of the ink's second moments (the classic MNIST deskew) and, when outside MNIST's range,
-sheared back to the range's edge rather than to upright: the model learnt from slanted digits too.
+Both are measured at WORK_BOX px (4x MNIST's 20 px box, fine enough to measure a stroke):
 
-Stroke width is left to training (fed_core/augment.py redraws training digits with thicker and thinner
-strokes). Normalising it here measured worse: thinning a bold drawing to its centre line (thin below) and
-redrawing it at MNIST's width read 82% of digits drawn with a 60 px brush right, against 93% as drawn,
-because a bold brush fills the loops of a 4, 6, 8 or 9 and the centre line of a filled loop is a line.
+- slant: the shear of the ink's second moments (the classic MNIST deskew). MNIST's writers slanted up to
+  about 30 degrees right and 17 left (5th and 95th percentiles of the training digits, measured the same
+  way); a slant beyond that is sheared back to the range's edge, not to upright, since the model learnt
+  from slanted digits too.
+- stroke width: the distance transform along the centre line (Zhang-Suen thinning) gives the median
+  half-width. A stroke wider than MAX_WIDTH (px at 28x28; MNIST's strokes are 1.3 to 3.75 px, 5th to 95th
+  percentile) is eroded to it: every pixel loses the excess half-width, from the distance transform, so
+  the ink keeps its shape and its holes. One narrower than MIN_WIDTH (a fine brush on a large drawing,
+  about 1 px once scaled) is dilated to it the same way. Redrawing the centre line at MNIST's width
+  instead measured worse (82% of digits drawn with a 60 px brush read right, against 91% as drawn and 96%
+  eroded), because a bold brush fills the loops of a 4, 6, 8 or 9 and the centre line of a filled loop is
+  a line.
+
+Everything else about width is left to training (fed_core/augment.py draws training digits thicker and
+thinner).
 """
 
 from __future__ import annotations
@@ -18,9 +25,13 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-WORK_BOX = 80  # the digit's longer side, in px, while its slant is measured: 4x MNIST's 20 px box
+WORK_BOX, MNIST_BOX = 80, 20  # the digit's longer side, px, while measured; MNIST's: 4 work px per MNIST px
 # 5th / 95th percentiles over MNIST's training digits (mnist_slant_range; tests/test_preprocess.py checks them).
 SLANT_RANGE = (-0.61, 0.3)  # shear: x moves this much per px of y down (0.36 is 20 degrees); right-leaning < 0
+# Narrowest and widest strokes kept as drawn, px at 28x28: measured best of 1.5 / 2.0 and of 3.0 / 3.5 / 4.0
+# (bench/bench_drawing.py's rows, 500 digits).
+MIN_WIDTH, MAX_WIDTH = 2.0, 3.5
+INK = 0.5  # of full ink: what counts as stroke when measuring its width
 
 
 def thin(binary: np.ndarray) -> np.ndarray:
@@ -70,12 +81,33 @@ def sheared(ink: np.ndarray, amount: float) -> np.ndarray:
     return ndimage.affine_transform(wide, matrix, offset=offset, order=1).astype(np.float32)
 
 
-def deslanted(ink: np.ndarray) -> np.ndarray | None:
-    """Float ink [H, W] sheared so its slant is within MNIST's range; None when it already is (the drawing is
-    then used as drawn, not resampled once more)."""
+def normalised(ink: np.ndarray) -> np.ndarray | None:
+    """Float ink [H, W], longer side WORK_BOX, with slant and stroke width brought into MNIST's range; None when
+    both already are (the drawing is then used as drawn, not resampled once more)."""
     skew = slant(ink)
     target = float(np.clip(skew, *SLANT_RANGE))
-    return None if target == skew else sheared(ink, target - skew)
+    changed = target != skew
+    if changed:
+        ink = sheared(ink, target - skew)
+    ink = np.pad(ink, round(MIN_WIDTH * WORK_BOX / MNIST_BOX))  # room to grow; the caller crops to the ink
+    stroke = ink > INK
+    distance = ndimage.distance_transform_edt(stroke)
+    width = stroke_width(stroke, distance) * MNIST_BOX / WORK_BOX
+    excess = (width - MAX_WIDTH) * WORK_BOX / MNIST_BOX / 2  # work px each side
+    if excess > 0:  # eroded: every pixel loses the excess half-width
+        return np.clip(distance - excess, 0.0, 1.0).astype(np.float32)
+    deficit = (MIN_WIDTH - width) * WORK_BOX / MNIST_BOX / 2
+    if width > 0 and deficit > 0:  # dilated: ink within the missing half-width of the stroke
+        grown = np.clip(deficit + 0.5 - ndimage.distance_transform_edt(~stroke), 0.0, 1.0)
+        return np.maximum(ink, grown).astype(np.float32)
+    return ink if changed else None
+
+
+def stroke_width(stroke: np.ndarray, distance: np.ndarray) -> float:
+    """Median width (px) of a bool stroke image, from its distance transform along its centre line."""
+    line = thin(stroke)
+    # At the centre of a band w px wide the distance to the nearest background pixel is (w + 1) / 2.
+    return float(2 * np.median(distance[line]) - 1) if line.any() else 0.0
 
 
 def mnist_slant_range(images: np.ndarray, low: float = 5, high: float = 95) -> tuple[float, float]:

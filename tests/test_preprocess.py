@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from scipy import ndimage
 
 from fed_core import preprocess, strokes
 from fed_core.data import load_mnist, normalize
@@ -172,11 +173,32 @@ def test_a_strongly_slanted_drawing_is_brought_back_to_mnist_slants():
     one = brushed([(50, 260), (230, 20)], 18)  # a "1" leaning 37 degrees right
     ink = work_ink(one)
     assert strokes.slant(ink) < strokes.SLANT_RANGE[0] - 0.1
-    assert strokes.slant(strokes.deslanted(ink)) == pytest.approx(strokes.SLANT_RANGE[0], abs=0.03)
+    assert strokes.slant(strokes.normalised(ink)) == pytest.approx(strokes.SLANT_RANGE[0], abs=0.03)
 
 
-def test_a_digit_already_in_mnists_range_is_used_as_drawn(mnist_digit):
-    assert strokes.deslanted(work_ink(canvas_with(mnist_digit, 8, 20, 20))) is None
+def test_a_digit_already_in_range_is_used_as_drawn(mnist):
+    two = mnist.test_images[1].numpy()  # strokes 2.25 px wide, slant -0.2
+    assert strokes.normalised(work_ink(canvas_with(two, 8, 20, 20))) is None
+
+
+def test_a_fine_brush_is_widened_to_the_narrowest_stroke_kept():
+    ink = work_ink(brushed([(170, 40), (80, 170), (210, 170)], 6) | brushed([(165, 90), (165, 250)], 6))
+    assert width_28(ink) < strokes.MIN_WIDTH - 0.5
+    assert width_28(strokes.normalised(ink)) == pytest.approx(strokes.MIN_WIDTH, abs=0.4)
+
+
+def width_28(ink: np.ndarray) -> float:
+    stroke = np.pad(ink > strokes.INK, 1)
+    width = strokes.stroke_width(stroke, ndimage.distance_transform_edt(stroke))
+    return width * strokes.MNIST_BOX / strokes.WORK_BOX
+
+
+@pytest.mark.parametrize("width", [60, 75])
+def test_a_bold_brush_is_eroded_to_mnists_widest_stroke(width):
+    four = brushed([(170, 40), (80, 170), (210, 170)], width) | brushed([(165, 90), (165, 250)], width)
+    ink = work_ink(four)
+    assert width_28(ink) > strokes.MAX_WIDTH + 0.5
+    assert width_28(strokes.normalised(ink)) == pytest.approx(strokes.MAX_WIDTH, abs=0.4)
 
 
 def test_the_slant_range_is_mnists(mnist):
