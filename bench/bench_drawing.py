@@ -1,6 +1,6 @@
 """How well the Draw page reads a drawn digit, and how often it refuses one, before and after a change.
 
-    python bench/bench_drawing.py --limit 1000         # 1,000 test digits, 16 rows, both rules
+    python bench/bench_drawing.py --limit 500          # 500 test digits, 16 rows, both rules: ~2 CPU min
     python bench/bench_drawing.py --before <git rev>   # compare with that revision's fed_core/preprocess.py
     python bench/bench_drawing.py --model other.pt     # read by another model (default: the pretrained one)
 
