@@ -1,19 +1,20 @@
-"""How often the Draw page refuses a real digit, and how often it refuses a scribble, before and after a change.
+"""How well the Draw page reads a drawn digit, and how often it refuses one, before and after a change.
 
-    python bench/bench_drawing.py                      # all 10k test digits, the rule now and at --before: 25 CPU min
-    python bench/bench_drawing.py --limit 1000         # a quicker look: 3 CPU min
+    python bench/bench_drawing.py --limit 500          # 500 test digits, 16 rows, both rules: ~2 CPU min
     python bench/bench_drawing.py --before <git rev>   # compare with that revision's fed_core/preprocess.py
+    python bench/bench_drawing.py --model other.pt     # read by another model (default: the pretrained one)
 
 Digits are redrawn the way the canvas records a drawing (pages/2_Draw.py: a 280x280 canvas, white strokes
 of a round brush on an opaque black background): each MNIST test digit is thinned to its centre line (at
-4x resolution, so the line is smooth), the line is scaled so the digit is about 200, 100 or 60 px tall, and
-every pixel within half a brush width of it is ink, with a one-pixel antialiased edge. So the writer's
-path is kept and the pen is replaced by the brush, at widths 10 to 30 px (the page uses 18).
-MNIST's own bitmaps, enlarged 10x, show the bold pens of its writers as they are.
-Scribbles are strokes of the same brush (10 to 30 px) zigzagging over a rectangle closely enough to cover
-it (level, upright or slanted), or looping many times over an area, as people scratch a drawing out.
-
-Needs scipy (installed with the pinned packages, not pinned itself) for the distance transform.
+4x resolution, so the line is smooth), the line is scaled, slanted and centred on the canvas, and every pixel
+within half a brush width of it is ink, with a one-pixel antialiased edge. So the writer's path is kept and the
+pen is replaced by the brush. One thing varies per row, the others stay at the page's usual drawing (brush
+18 px, upright as written, MNIST's 20 px box drawn 70% of the canvas, about 196 px):
+brush widths 8 to 60 px, slants of -20 to +20 degrees (positive leans right, on top of the writer's own),
+and sizes from 40% to 100% of the canvas. Each row gives the share read right by the model (refusals count
+as wrong) and the share refused. MNIST's own bitmaps, enlarged 10x, show the bold pens of its writers as they
+are. Scribbles are strokes of a 10 to 30 px brush zigzagging over a rectangle closely enough to cover it
+(level, upright or slanted), or looping many times over an area, as people scratch a drawing out.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -33,39 +35,43 @@ from scipy import ndimage
 
 from fed_core import preprocess
 from fed_core.data import load_mnist
+from fed_core.models import load_model
+from fed_core.strokes import thin
 
 ROOT = Path(__file__).resolve().parent.parent
 
 CANVAS = 280
 UPSAMPLE = 4  # the digit is thinned at 112x112 so its centre line is smooth
-WIDTHS = (10, 14, 18, 22, 26, 30)
-SCALES = (10, 5, 3)  # canvas px per MNIST px: digits about 200, 100 and 60 px tall
-BEFORE = "d1945da"  # the last commit with the old rule (fill > 0.85 unless min side < 0.3 of max side)
+BRUSH, SIZE, SLANT = 18, 0.7, 0  # the usual drawing: page's brush, MNIST's box 70% of the canvas, upright
+WIDTHS = (8, 12, 18, 24, 30, 40, 50, 60)
+SLANTS = (-20, -10, 10, 20)  # degrees, positive leaning right
+SIZES = (0.4, 0.55, 0.85, 1.0)  # MNIST's 20 px box drawn this share of the canvas
+BEFORE = "1bd51ea"  # main before the stroke normalisation (issue 19)
+MODEL = ROOT / "assets" / "pretrained_crypto_cnn.pt"
 Prepare = Callable[[np.ndarray], object]
 
 
-def thin(binary: np.ndarray) -> np.ndarray:
-    """Zhang-Suen thinning of a batch [N, H, W] of bool images to one-pixel centre lines."""
-    image = np.pad(binary, ((0, 0), (1, 1), (1, 1))).astype(np.uint8)
-    changed = True
-    while changed:
-        changed = False
-        for first in (True, False):
-            p = image
-            n = p[:, :-2, 1:-1], p[:, :-2, 2:], p[:, 1:-1, 2:], p[:, 2:, 2:]
-            n += p[:, 2:, 1:-1], p[:, 2:, :-2], p[:, 1:-1, :-2], p[:, :-2, :-2]  # clockwise from north
-            count = sum(x.astype(np.int8) for x in n)
-            crossings = sum(((n[i] == 0) & (n[(i + 1) % 8] == 1)).astype(np.int8) for i in range(8))
-            north, east, south, west = n[0], n[2], n[4], n[6]
-            if first:
-                side = ((north & east & south) == 0) & ((east & south & west) == 0)
-            else:
-                side = ((north & east & west) == 0) & ((north & south & west) == 0)
-            remove = (p[:, 1:-1, 1:-1] == 1) & (count >= 2) & (count <= 6) & (crossings == 1) & side
-            if remove.any():
-                image[:, 1:-1, 1:-1][remove] = 0
-                changed = True
-    return image[:, 1:-1, 1:-1].astype(bool)
+class Row(NamedTuple):
+    label: str
+    width: int
+    size: float
+    slant: int
+
+    @property
+    def scale(self) -> float:
+        return self.size * CANVAS / 20  # canvas px per MNIST px
+
+    @property
+    def shear(self) -> float:
+        return -np.tan(np.radians(self.slant))  # x per px of y (y grows downwards): right-leaning is negative
+
+
+def rows() -> list[Row]:
+    return (
+        [Row(f"brush {w:2d} px", w, SIZE, SLANT) for w in WIDTHS]
+        + [Row(f"slant {d:+d} deg", BRUSH, SIZE, d) for d in SLANTS]
+        + [Row(f"size {round(100 * f):3d}%", BRUSH, f, SLANT) for f in SIZES]
+    )
 
 
 def centre_lines(images: torch.Tensor) -> np.ndarray:
@@ -77,23 +83,27 @@ def centre_lines(images: torch.Tensor) -> np.ndarray:
     return np.concatenate(lines)
 
 
-def distance_to_line(line: np.ndarray, scale: float, margin: int) -> np.ndarray:
-    """Distance of every canvas pixel to the centre line drawn ``scale`` canvas px per MNIST px, centred.
+def distance_to_line(line: np.ndarray, scale: float, shear: float, margin: int) -> np.ndarray:
+    """Distance of every canvas pixel to the centre line drawn ``scale`` canvas px per MNIST px, sheared, centred.
 
     Only pixels within ``margin`` of the line's box are measured; the rest are set to infinity.
     """
     step = scale / UPSAMPLE
     offset = (CANVAS - 28 * scale) / 2
+
+    def canvas_xy(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        cx, cy = offset + step * (x + 0.5), offset + step * (y + 0.5)
+        return cx + shear * (cy - CANVAS / 2), cy
+
     ys, xs = np.nonzero(line)
-    points = np.stack([offset + step * (xs + 0.5), offset + step * (ys + 0.5)], 1)
+    points = np.stack(canvas_xy(xs, ys), 1)
     image = Image.new("1", (CANVAS, CANVAS))
     draw = ImageDraw.Draw(image)
     draw.point([tuple(p) for p in points], 1)
     for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):  # join 8-neighbours; each pair once
         joined = line & np.roll(line, (-dy, -dx), axis=(0, 1))
         for y, x in zip(*np.nonzero(joined)):
-            start = offset + step * (x + 0.5), offset + step * (y + 0.5)
-            draw.line((*start, start[0] + step * dx, start[1] + step * dy), fill=1)
+            draw.line((*canvas_xy(x, y), *canvas_xy(x + dx, y + dy)), fill=1)
     return distance_near(np.asarray(image), points, margin)
 
 
@@ -176,51 +186,72 @@ def preprocess_at(revision: str):
     return module
 
 
-def drawn_digits(images: torch.Tensor, scales: list[int], widths: list[int]) -> Iterator[tuple[int, int, np.ndarray]]:
+def drawn_digits(images: torch.Tensor, table: list[Row]) -> Iterator[tuple[int, np.ndarray]]:
+    """(row index, canvas) for every digit and row; rows of the same size and slant share one distance map."""
+    margin = max(row.width for row in table)
     for line in centre_lines(images):
-        for scale in scales:
-            distance = distance_to_line(line, scale, margin=max(widths))
-            for width in widths:
-                yield scale, width, brush(distance, width)
+        shapes = {(row.scale, row.shear) for row in table}
+        distances = {shape: distance_to_line(line, *shape, margin) for shape in shapes}
+        for i, row in enumerate(table):
+            yield i, brush(distances[row.scale, row.shear], row.width)
 
 
 def percent(count: int, total: int) -> str:
-    return f"{100 * count / total:5.2f}% ({count}/{total})"
+    return f"{100 * count / total:6.2f}%"
+
+
+class Tally:
+    """Refusals and readings of one rule on one row; the prepared digits are read in one batch at the end."""
+
+    def __init__(self) -> None:
+        self.refused, self.tensors, self.labels = 0, [], []
+
+    def add(self, prepare: Prepare, canvas: np.ndarray, label: int) -> None:
+        try:
+            self.tensors.append(prepare(canvas).tensor)
+            self.labels.append(label)
+        except preprocess.DrawingError:
+            self.refused += 1
+
+    def read_right(self, model: torch.nn.Module) -> int:
+        if not self.tensors:
+            return 0
+        with torch.no_grad():
+            predictions = torch.cat([model(batch) for batch in torch.cat(self.tensors).split(1000)]).argmax(1)
+        return int((predictions == torch.tensor(self.labels)).sum())
+
+    def cell(self, name: str, model: torch.nn.Module, total: int) -> str:
+        return f"{name} {percent(self.read_right(model), total)} / {percent(self.refused, total)}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--limit", type=int, default=10_000, help="first n MNIST test digits")
+    parser.add_argument("--limit", type=int, default=1000, help="first n MNIST test digits")
     parser.add_argument("--before", default=BEFORE, help="git revision of the rule to compare with")
-    parser.add_argument("--scales", type=int, nargs="+", default=list(SCALES))
-    parser.add_argument("--widths", type=int, nargs="+", default=list(WIDTHS))
+    parser.add_argument("--model", type=Path, default=MODEL, help="the model that reads the digits")
     parser.add_argument("--scribbles", type=int, default=500, help="scribbles of each kind")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rules = {"before": preprocess_at(args.before).prepare_digit, "after": preprocess.prepare_digit}
-    images = load_mnist().test_images[: args.limit]
+    model = load_model(args.model)[0].eval()
+    mnist = load_mnist()
+    images, labels = mnist.test_images[: args.limit], mnist.test_labels[: args.limit].tolist()
+    table = rows()
 
-    counts = {(s, w, r): 0 for s in args.scales for w in args.widths for r in rules}
-    for scale, width, canvas in drawn_digits(images, args.scales, args.widths):
+    tallies = {(i, name): Tally() for i in range(len(table)) for name in rules}
+    for n, (i, canvas) in enumerate(drawn_digits(images, table)):
+        for name, prepare in rules.items():  # interleaved, so the machine's load hits both alike
+            tallies[i, name].add(prepare, canvas, labels[n // len(table)])
+    print(f"== {len(images)} MNIST test digits drawn with a round brush (before = {args.before}, after = working tree)")
+    print(f"   read right by {args.model.name} (refusals count as wrong) / refused")
+    for i, row in enumerate(table):
+        print(f"{row.label:15s}: " + ",  ".join(tallies[i, name].cell(name, model, len(images)) for name in rules))
+
+    bitmaps = {name: Tally() for name in rules}
+    for image, label in zip(images, labels):
         for name, prepare in rules.items():
-            counts[scale, width, name] += refused(prepare, canvas)
-    print(f"== MNIST test digits drawn with a round brush, refused (before = {args.before}, after = working tree)")
-    for scale in args.scales:
-        for width in args.widths:
-            size = f"~{20 * scale + width} px tall, brush {width:2d} px"
-            print(
-                f"{size}: before {percent(counts[scale, width, 'before'], len(images))}, "
-                f"after {percent(counts[scale, width, 'after'], len(images))}"
-            )
-
-    bitmaps = [np.kron(image.numpy(), np.ones((10, 10), dtype=np.uint8)) for image in images]
-    print(
-        "== MNIST bitmaps enlarged 10x (the writers' own pens), refused: "
-        + ", ".join(
-            f"{name} {percent(sum(refused(prepare, b) for b in bitmaps), len(bitmaps))}"
-            for name, prepare in rules.items()
-        )
-    )
+            bitmaps[name].add(prepare, np.kron(image.numpy(), np.ones((10, 10), dtype=np.uint8)), label)
+    print("MNIST bitmaps x10: " + ",  ".join(t.cell(name, model, len(images)) for name, t in bitmaps.items()))
 
     print(f"== scribbles, brush 10-30 px, refused ({args.scribbles} of each kind)")
     rng = np.random.default_rng(0)

@@ -26,6 +26,7 @@ output gradients, ghost_clip.py, without building it), Gaussian noise on the sum
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from functools import cache
@@ -36,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from .data import normalize
+from .augment import augmented
+from .data import MEAN, STD, normalize
 from .dp import ExampleDP, SecureRandom, poisson_batches, poisson_plan
 from .ghost_clip import GhostClipper
 from .models import PoolingCNN, build_model
@@ -52,6 +54,7 @@ DEFAULT_MEMORY_BUDGET = 2 * 2**30
 EVAL_CHUNK_BYTES = 32 * 2**20
 # Model-sized float32 tensors one worker keeps during a step: weights, velocity, gradient, scaled step, correction.
 MODEL_COPIES = 5
+AUGMENT_STREAM = 1  # worker_seed(seed, 0, AUGMENT_STREAM) seeds a worker's augmentation, apart from its batch order
 
 
 class TrainingStopped(Exception):
@@ -78,6 +81,7 @@ class LocalSettings:
     # FedSGD under secure aggregation: one step and no noise here; the update is the clipped gradient sum, and
     # the noise is added in shares inside the masked sum (distributed_dp.py, aggregation.py).
     dp_noise_split: bool = False
+    augment: bool = False  # every training batch randomly redrawn as other hands would (fed_core/augment.py)
 
     @property
     def example_dp(self) -> ExampleDP | None:
@@ -259,6 +263,7 @@ class BatchedTrainer:
         k = len(workers)
         orders = [epoch_orders(len(shard), self.settings.epochs, seed) for shard, seed in zip(shards, seeds)]
         probe = _pad([shard[order[0][:EVAL_SAMPLE]] for shard, order in zip(shards, orders)])
+        augmenters = self._augmenters(seeds)
         stacked = unflatten(global_vector.expand(k, -1).clone(), self.template)
         loss_before, _ = self._score(stacked, probe)
         velocity = {name: torch.zeros_like(p) for name, p in stacked.items()}
@@ -270,7 +275,7 @@ class BatchedTrainer:
                     raise TrainingStopped()
                 batch = visits[:, start : start + self.settings.batch_size]
                 steps += (batch >= 0).any(1)
-                self._sgd_step(stacked, velocity, batch, workers, global_vector, corrections)
+                self._sgd_step(stacked, velocity, batch, workers, global_vector, corrections, augmenters)
         loss_after, accuracy_after = self._score(stacked, probe)
         deltas = flatten_stacked(stacked) - global_vector
         return [
@@ -294,10 +299,11 @@ class BatchedTrainer:
         workers: list[int],
         global_vector: torch.Tensor,
         corrections: torch.Tensor | None,
+        augmenters: list[torch.Generator] | None,
     ) -> None:
         """One masked SGD-with-momentum step for every worker; index -1 marks padding."""
         mask = (batch >= 0).float()
-        x, y = self._gather(batch)
+        x, y = self._gather(batch, augmenters)
         grads, losses = self._gradients(params, x, y, mask)
         if not torch.isfinite(losses).all():
             bad = [workers[i] for i in torch.nonzero(~torch.isfinite(losses)).flatten().tolist()]
@@ -380,6 +386,8 @@ class BatchedTrainer:
         expected_batch = torch.tensor([p.expected_batch for p in plans])
         stacked = unflatten(global_vector.expand(len(workers), -1).clone(), self.template)
         velocity = {name: torch.zeros_like(p) for name, p in stacked.items()}
+        # DP-SGD's batches come from the secure generator, unseeded, so the redrawing is unseeded too.
+        augmenters = self._augmenters([secrets.randbits(32) for _ in workers])
         for step in range(max(p.steps for p in plans)):
             if should_stop and should_stop():
                 raise TrainingStopped()
@@ -387,7 +395,9 @@ class BatchedTrainer:
             rates = [p.sample_rate if step < p.steps else 0.0 for p in plans]
             active = torch.tensor([rate > 0 for rate in rates], dtype=torch.float32)
             batch = _pad(poisson_batches(shards, rates, self._rng))
-            self._private_step(stacked, velocity, batch, active / expected_batch, workers, global_vector, corrections)
+            self._private_step(
+                stacked, velocity, batch, active / expected_batch, workers, global_vector, corrections, augmenters
+            )
         deltas = flatten_stacked(stacked) - global_vector
         nan = float("nan")
         return [
@@ -423,12 +433,13 @@ class BatchedTrainer:
         workers: list[int],
         global_vector: torch.Tensor,
         corrections: torch.Tensor | None,
+        augmenters: list[torch.Generator] | None,
     ) -> None:
         """One DP-SGD step: clipped per-example gradients summed, plus N(0, z^2 S^2), times ``scale`` = 1/E[batch].
 
         A worker whose ``scale`` is 0 has finished its steps and does not move.
         """
-        sums = self._clipped_sums(params, batch)
+        sums = self._clipped_sums(params, batch, augmenters)
         noise = self._rng.normal((len(workers), self.num_params), self.dp.noise_multiplier * self.dp.clip)
         noisy = {name: g + n for (name, g), n in zip(sums.items(), unflatten(noise, self.template).values())}
         # Only the noisy sums are looked at: the raw losses of private examples are never read.
@@ -440,13 +451,15 @@ class BatchedTrainer:
         self._add_proximal(steps, params, global_vector)  # data-independent: costs no privacy
         self._momentum_step(params, velocity, steps, (scale > 0).float(), corrections)
 
-    def _clipped_sums(self, params: Params, batch: torch.Tensor) -> Params:
+    def _clipped_sums(
+        self, params: Params, batch: torch.Tensor, augmenters: list[torch.Generator] | None = None
+    ) -> Params:
         """Per worker, the sum over its batch of each example's gradient clipped to norm S (ghost_clip.py).
 
         Each worker's real examples (the batch is padded at the end with -1) go through
         one forward and one backward pass; the per-example gradients are never all built.
         """
-        x, y = self._gather(batch)
+        x, y = self._gather(batch, augmenters)
         sums = []
         for k, size in enumerate((batch >= 0).sum(1).tolist()):
             worker = {name: p[k] for name, p in params.items()}
@@ -472,9 +485,21 @@ class BatchedTrainer:
             return grouped_pooling_logits(self.model, [dict(zip(params, row)) for row in per_worker(params)], x)
         return self._forward(params, x)
 
-    def _gather(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _gather(
+        self, index: torch.Tensor, augmenters: list[torch.Generator] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images [K, B, 1, 28, 28], normalised, and labels of the indices; redrawn at random with augmenters."""
         safe = index.clamp(min=0)
-        return normalize(self.images[safe.flatten()]).view(*index.shape, 1, 28, 28), self.labels[safe]
+        if augmenters is None:
+            return normalize(self.images[safe.flatten()]).view(*index.shape, 1, 28, 28), self.labels[safe]
+        images = self.images[safe.flatten()].float().div(255).view(*index.shape, 1, 28, 28)
+        return (augmented(images, augmenters) - MEAN) / STD, self.labels[safe]
+
+    def _augmenters(self, seeds: list[int]) -> list[torch.Generator] | None:
+        """One generator per worker for its redrawn batches, when the run augments (its own stream of the seed)."""
+        if not self.settings.augment:
+            return None
+        return [torch.Generator().manual_seed(worker_seed(seed, 0, AUGMENT_STREAM)) for seed in seeds]
 
 
 def flatten_stacked(params: Params) -> torch.Tensor:

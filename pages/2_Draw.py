@@ -1,13 +1,12 @@
 """Draw: a digit drawn on the canvas is encrypted, classified by the server, and decrypted by you."""
 
-import io
+import hashlib
 
-import numpy as np
 import streamlit as st
 from streamlit_drawable_canvas import st_canvas
 
 from fed_core.encrypted_eval import DigitResult, classify_digit
-from fed_core.preprocess import DrawingError, PreparedDigit, prepare_digit, read_image
+from fed_core.preprocess import CANVAS_SIDE, DrawingError, PreparedDigit, prepare_digit, read_canvas_png
 from ui import encrypted_views as views
 from ui import session
 from ui.common import CHART_CONFIG, format_bytes, format_duration, shown_safely
@@ -21,7 +20,7 @@ from ui.encrypted_common import (
 )
 from ui.nav import in_frame
 
-CANVAS_SIDE, STROKE_WIDTH = 280, 18
+STROKE_WIDTH = 18
 
 in_frame()
 st.title("Draw a digit, classify it encrypted")
@@ -42,21 +41,56 @@ def clear() -> None:
     st.session_state.pop(session.DRAW_RESULT, None)
 
 
-def drawn_image(canvas) -> np.ndarray | None:
-    """The canvas's PNG, decoded with the same size checks as an uploaded file (the browser sends the PNG)."""
-    png = canvas.image_bytes
-    return None if png is None else read_image(io.BytesIO(png))
+def canvas_png() -> bytes | None:
+    """Show the canvas; return its PNG as the browser sent it, or None while nothing is drawn.
+
+    The canvas is a bidirectional component: any websocket client can put any value in its place. A value
+    the component cannot even unpack (not a base64 data URL) becomes b"", which read_canvas_png refuses
+    like any other bad PNG, with a message on the page.
+    """
+    try:
+        canvas = st_canvas(
+            stroke_width=STROKE_WIDTH,
+            stroke_color="#FFFFFF",
+            background_color="#000000",
+            height=CANVAS_SIDE,
+            width=CANVAS_SIDE,
+            drawing_mode="freedraw",
+            return_image_data=True,
+            key=canvas_key(),
+        )
+        return canvas.image_bytes
+    except (AttributeError, TypeError, KeyError, ValueError):
+        return b""
 
 
-def classify(model, canvas, scheme: str) -> None:
-    """Prepare and classify the drawing; keep the outcome for the reruns that follow."""
+def prepared_drawing(png: bytes | None) -> PreparedDigit:
+    """The drawing as the model will see it, or DrawingError saying why not.
+
+    Prepared once per distinct drawing: the outcome is kept in the session under the PNG's hash, so the
+    reruns that follow (every click, every chart) and Classify reuse it instead of decoding again.
+    """
+    if png is None:
+        raise DrawingError("The canvas is empty: draw a digit first.")
+    digest = hashlib.sha256(png).digest()
+    cached = st.session_state.get(session.DRAW_PREPARED)
+    if cached is None or cached[0] != digest:
+        try:
+            outcome: PreparedDigit | str = prepare_digit(read_canvas_png(png))
+        except DrawingError as exc:
+            outcome = str(exc)
+        cached = st.session_state[session.DRAW_PREPARED] = (digest, outcome)
+    if isinstance(cached[1], str):
+        raise DrawingError(cached[1])
+    return cached[1]
+
+
+def classify(model, png: bytes | None, scheme: str) -> None:
+    """Classify the prepared drawing; keep the outcome for the reruns that follow."""
     st.session_state.pop(session.DRAW_RESULT, None)
     with shown_safely("classifying your digit"):
         try:
-            image = drawn_image(canvas)
-            if image is None:
-                raise DrawingError("The canvas is empty: draw a digit first.")
-            digit = prepare_digit(image)
+            digit = prepared_drawing(png)
             keys = {"he_client": he_client(), "he_server": he_server(model)} if scheme == "he" else {}
             st.session_state[session.DRAW_RESULT] = (digit, classify_digit(model, digit.tensor, scheme, **keys))
         except DrawingError as exc:
@@ -131,13 +165,12 @@ def show_answer(result: DigitResult) -> None:
         )
 
 
-def show_preview(canvas) -> None:
+def show_preview(png: bytes | None) -> None:
     """As you draw: the 28x28 the model will get, or why the drawing will not do."""
+    if png is None:
+        return
     try:
-        image = drawn_image(canvas)
-        if image is None:
-            return
-        digit = prepare_digit(image)
+        digit = prepared_drawing(png)
     except DrawingError as exc:
         if "empty" not in str(exc):
             st.caption(f"Preview: {exc}")
@@ -159,24 +192,15 @@ if model is None:
 scheme = scheme_picker("draw_scheme")
 left, right = st.columns([1, 2], gap="large")
 with left:
-    canvas = st_canvas(
-        stroke_width=STROKE_WIDTH,
-        stroke_color="#FFFFFF",
-        background_color="#000000",
-        height=CANVAS_SIDE,
-        width=CANVAS_SIDE,
-        drawing_mode="freedraw",
-        return_image_data=True,
-        key=canvas_key(),
-    )
+    png = canvas_png()
     b1, b2 = st.columns(2)
     clicked = b1.button("Classify", type="primary", width="stretch")
     b2.button("Clear", on_click=clear, width="stretch")
-    show_preview(canvas)
+    show_preview(png)
 with right:
     if clicked:
         with st.spinner("Encrypting and classifying…"):
-            classify(model, canvas, scheme)
+            classify(model, png, scheme)
     if session.DRAW_RESULT in st.session_state:
         with shown_safely("showing the result"):
             show_result(*st.session_state[session.DRAW_RESULT])

@@ -4,8 +4,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from scipy import ndimage
 
+from fed_core import preprocess, strokes
 from fed_core.data import load_mnist, normalize
+from fed_core.models import load_model
 from fed_core.preprocess import DrawingError, prepare_digit, read_image
 
 CANVAS = 280
@@ -155,3 +158,74 @@ def test_a_block_scribbled_in_the_browser_is_refused():
     """Chromium's canvas PNG of the browser test's zigzag: 86% of its box, as a bold 8, but with no loop."""
     with pytest.raises(DrawingError, match="scribble"):
         prepare_digit(read_image(Path(__file__).parent / "fixtures" / "browser_scribble.png"))
+
+
+# --- stroke width and slant brought into MNIST's range (fed_core/strokes.py) ---------------------------------
+
+
+def work_ink(canvas: np.ndarray) -> np.ndarray:
+    """The drawing's ink as fed_core.strokes gets it: cropped, longer side WORK_BOX px."""
+    ink = preprocess.ink_map(canvas)
+    return preprocess._resized(ink[preprocess._ink_box(ink)], strokes.WORK_BOX)
+
+
+def test_a_strongly_slanted_drawing_is_brought_back_to_mnist_slants():
+    one = brushed([(50, 260), (230, 20)], 18)  # a "1" leaning 37 degrees right
+    ink = work_ink(one)
+    assert strokes.slant(ink) < strokes.SLANT_RANGE[0] - 0.1
+    assert strokes.slant(strokes.normalised(ink)) == pytest.approx(strokes.SLANT_RANGE[0], abs=0.03)
+
+
+def test_a_digit_already_in_range_is_used_as_drawn(mnist):
+    two = mnist.test_images[1].numpy()  # strokes 2.25 px wide, slant -0.2
+    assert strokes.normalised(work_ink(canvas_with(two, 8, 20, 20))) is None
+
+
+def test_a_fine_brush_is_widened_to_the_narrowest_stroke_kept():
+    ink = work_ink(brushed([(170, 40), (80, 170), (210, 170)], 6) | brushed([(165, 90), (165, 250)], 6))
+    assert width_28(ink) < strokes.MIN_WIDTH - 0.5
+    assert width_28(strokes.normalised(ink)) == pytest.approx(strokes.MIN_WIDTH, abs=0.4)
+
+
+def width_28(ink: np.ndarray) -> float:
+    stroke = np.pad(ink > strokes.INK, 1)
+    width = strokes.stroke_width(stroke, ndimage.distance_transform_edt(stroke))
+    return width * strokes.MNIST_BOX / strokes.WORK_BOX
+
+
+@pytest.mark.parametrize("width", [60, 75])
+def test_a_bold_brush_is_eroded_to_mnists_widest_stroke(width):
+    four = brushed([(170, 40), (80, 170), (210, 170)], width) | brushed([(165, 90), (165, 250)], width)
+    ink = work_ink(four)
+    assert width_28(ink) > strokes.MAX_WIDTH + 0.5
+    assert width_28(strokes.normalised(ink)) == pytest.approx(strokes.MAX_WIDTH, abs=0.4)
+
+
+def test_the_slant_range_is_mnists(mnist):
+    """The constants are the 5th and 95th percentiles of MNIST's training digits (a sample of 2,000)."""
+    low, high = strokes.mnist_slant_range(mnist.train_images[:2000].numpy())
+    assert low == pytest.approx(strokes.SLANT_RANGE[0], abs=0.05)
+    assert high == pytest.approx(strokes.SLANT_RANGE[1], abs=0.05)
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    return load_model(Path(__file__).resolve().parent.parent / "assets" / "pretrained_crypto_cnn.pt")[0]
+
+
+@pytest.mark.parametrize(
+    "label,paths,width",
+    [
+        (4, [[(170, 40), (80, 170), (210, 170)], [(165, 90), (165, 250)]], 55),
+        (1, [[(140, 30), (140, 250)]], 60),
+        (7, [[(60, 40), (220, 40), (120, 250)]], 55),
+    ],
+    ids=["bold 4", "bold 1", "bold 7"],
+)
+def test_bold_digits_are_read_right(pretrained, label, paths, width):
+    """What the issue saw on a projector: a bold 4 read as 6, a bold 1 as 8."""
+    canvas = np.zeros((CANVAS, CANVAS, 4), dtype=np.uint8)
+    for path in paths:
+        canvas |= brushed(path, width)
+    with torch.no_grad():
+        assert pretrained(prepare_digit(canvas).tensor).argmax().item() == label

@@ -10,6 +10,7 @@ ROUND_VIEWS = "round_views"  # the Train page's figures of the latest round, bui
 HE_KEY_ID = "he_key_id"  # this session's id in the server's HE key cache (ui.encrypted_common.he_key_cache)
 HE_KEYS_MADE = "he_keys_made"  # True once this session had keys: if the cache lost them, they were released
 DRAW_RESULT = "draw_result"  # (PreparedDigit, DigitResult) of the last classified drawing
+DRAW_PREPARED = "draw_prepared"  # (sha256 of the canvas PNG, PreparedDigit or refusal message): one decode each
 CANVAS_VERSION = "canvas_version"  # bumped to swap in an empty canvas
 ENCRYPTED_EVAL = "encrypted_eval"  # the last EvalResult of the Encrypted Test page
 FINISHED_RUNS = "finished_runs"  # {job id: one summary line} of this session's finished runs, to compare their cost

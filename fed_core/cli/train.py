@@ -52,6 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fedavg (FedAvgM with --server-momentum), fedprox (proximal term, --prox-mu) or scaffold",
     )
     p.add_argument("--prox-mu", type=float, default=DEFAULTS.prox_mu, help="FedProx proximal weight mu")
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="train on randomly redrawn digits (stroke width, rotation, shear, scale, shift, elastic): "
+        "reads bold or slanted drawings better, costs more time",
+    )
     p.add_argument("--partition", choices=PARTITIONS, default=DEFAULTS.partition)
     p.add_argument("--alpha", type=float, default=DEFAULTS.alpha, help="Dirichlet concentration")
     p.add_argument("--shards-per-worker", type=int, default=DEFAULTS.shards_per_worker)
