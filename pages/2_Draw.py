@@ -129,7 +129,8 @@ def show_server_view(result: DigitResult) -> None:
             f"- your **public context** ({format_bytes(view['public_context_bytes'])}): the parameters and the "
             f"keys to multiply and rotate ciphertexts; secret key included: **{view['server_has_secret_key']}**\n"
             f"- the ciphertexts above: noise to anyone without your secret key\n"
-            f"- it returns **one ciphertext** of {format_bytes(view['output_bytes'])} holding the 10 scores"
+            f"- it returns **one ciphertext** of {format_bytes(view['output_bytes'])} holding the 10 scores "
+            "and nothing else (every other slot decrypts to zero, up to CKKS noise)"
         )
         return
     st.markdown(
