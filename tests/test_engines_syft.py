@@ -10,6 +10,7 @@ import re
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -369,6 +370,32 @@ def test_owner_limits_check_types_and_each_setting():
     assert OwnerLimits(max_seconds=1).problems(forged(epochs=5), 60_000) == [
         "training would take about 10 s, more than the 1 s this owner allows a job"
     ]
+
+
+def test_an_owner_that_joined_under_dp_rejects_a_job_that_drops_the_noise(mnist, monkeypatch):
+    """The run promised example-level DP; the aggregator forges job.json with no noise, which would spend the
+    owner's privacy unprotected. The owner holds the job to the run's DP and rejects it before anything trains."""
+    forge_settings(monkeypatch, dp_noise=0.0)
+    engine = engine_for(replace(ONE_OWNER, dp="example", dp_clip=1.0, dp_noise=1.0))
+    with pytest.raises(EngineError, match=re.escape("noise multiplier at least 1 and clip at most 1 is required")):
+        engine.run(mnist)
+    [job] = engine.datasites()[0].jobs
+    assert (job.status, job.started) == ("rejected", None)
+
+
+def test_owner_dp_requirement_checks_noise_and_clip():
+    task = LocalTask.for_round(TrainConfig(dp="example", dp_clip=1.0, dp_noise=1.0), worker=0, round_idx=1)
+    limits = OwnerLimits.for_run(TrainConfig(dp="example", dp_clip=1.0, dp_noise=1.0))
+    assert limits.problems(task, 1000) == []
+
+    def forged(**settings):
+        return LocalTask.from_dict({**task.to_dict(), **settings})
+
+    assert len(limits.problems(forged(dp_noise=0.5), 1000)) == 1
+    assert len(limits.problems(forged(dp_clip=5.0), 1000)) == 1
+    assert len(limits.problems(forged(dp_clip=0.0, dp_noise=0.0), 1000)) == 1
+    assert limits.problems(forged(dp_noise=2.0, dp_clip=0.5), 1000) == []  # more privacy is always accepted
+    assert OwnerLimits.for_run(TrainConfig()).problems(forged(dp_clip=0.0, dp_noise=0.0), 1000) == []
 
 
 def test_a_job_changed_after_approval_is_not_trained(mnist, monkeypatch):

@@ -9,7 +9,9 @@ rejection and its reason with the aggregator. The time limit is also what syft's
 still running after ``max_seconds`` is killed, and with it the owner's training.
 
 The defaults are the app's own bounds (fed_core.config), so every run the app can start passes; a real owner
-sets tighter ones in the code that starts its job loop.
+sets tighter ones in the code that starts its job loop. An owner that joined a run under example-level DP also
+holds every job to that DP (:meth:`OwnerLimits.for_run`): a job.json that asks for less noise, a larger clip or
+no DP at all would spend the owner's privacy behind its back, and is rejected like any other.
 """
 
 from __future__ import annotations
@@ -34,6 +36,15 @@ class OwnerLimits:
     max_batch_size: int = LIMITS["batch_size"][1]
     max_lr: float = 10.0  # fed_core.config's learning-rate bound, (0, 10]
     max_seconds: float = 3600.0  # estimated local training time of one job; also the runner's kill time-out
+    min_dp_noise: float = 0.0  # example-level DP the owner requires: noise multiplier at least this (0: none)
+    max_dp_clip: float = math.inf  # and a per-example clip norm at most this
+
+    @classmethod
+    def for_run(cls, config: TrainConfig) -> OwnerLimits:
+        """The app's bounds, plus the example-level DP the run promised the owners when they joined it."""
+        if config.dp != "example":
+            return cls()
+        return cls(min_dp_noise=config.dp_noise, max_dp_clip=config.dp_clip)
 
     def problems(self, task: LocalTask, examples: int) -> list[str]:
         """Why this owner will not train ``task`` on its ``examples`` private images; empty if it will.
@@ -57,6 +68,7 @@ class OwnerLimits:
             label, interval, test = REAL_RANGES[name]
             if not test(getattr(settings, name)):
                 found.append(f"{label} {getattr(settings, name):g} is not {interval}")
+        found += self._dp_problems(settings)
         if not found:
             seconds = local_training_seconds(settings, examples)
             if seconds > self.max_seconds:
@@ -65,6 +77,16 @@ class OwnerLimits:
                     f"{duration_text(self.max_seconds)} this owner allows a job"
                 )
         return found
+
+    def _dp_problems(self, settings: LocalSettings) -> list[str]:
+        if self.min_dp_noise <= 0:
+            return []
+        if 0 < settings.dp_clip <= self.max_dp_clip and settings.dp_noise >= self.min_dp_noise:
+            return []
+        return [
+            f"DP-SGD with noise multiplier at least {self.min_dp_noise:g} and clip at most {self.max_dp_clip:g} "
+            f"is required, the job asks for noise {settings.dp_noise:g} and clip {settings.dp_clip:g}"
+        ]
 
 
 def _type_problems(task: LocalTask) -> list[str]:

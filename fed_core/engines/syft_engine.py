@@ -607,7 +607,7 @@ class SyftEngine(Engine):
         super().__init__(config)
         self.manual_approval = config.manual_approval
         self.approval_seconds = load_budget().approval_seconds  # this server's patience (FEDMNIST_APPROVAL_SECONDS)
-        self.owner_limits = OwnerLimits()  # every owner's limits on the settings a job asks for
+        self.owner_limits = OwnerLimits.for_run(config)  # every owner's limits on the settings a job asks for
         self._owners: dict[int, DataOwner] = {}
         self._mocks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._clients: list[SyftRDSClient] = []
