@@ -94,8 +94,7 @@ def aggregate(updates: list[WorkerUpdate], dropped: list[int], config: TrainConf
     if config.dp_distributed:  # FedSGD's clipped gradient sums add up unweighted
         counts = torch.ones_like(counts)
     if config.secure_aggregation:
-        dp = (ExampleDP if config.dp == "example" else ClientDP)(config.dp_clip, config.dp_noise)
-        noise = NoiseSplit(dp, config.dp_colluding, deltas.shape[1]).sampler() if config.dp_distributed else None
+        noise = _noise_shares(config, deltas.shape[1])
         combined = _secure(deltas, counts, [u.worker for u in updates], released, len(dropped), noise)
     else:
         upload = deltas.shape[1] * FLOAT_BYTES + 8  # the update and its example count
@@ -107,12 +106,21 @@ def aggregate(updates: list[WorkerUpdate], dropped: list[int], config: TrainConf
         combined.average = _central_step(combined.average * counts.sum(), updates, config)
     if config.dp == "client" and combined.average is not None:
         clipped_sum = combined.average * counts.sum()  # the sum over the survivors, each weighing 1
-        dp, expected = ClientDP(config.dp_clip, config.dp_noise), config.fraction * config.workers
+        expected = config.fraction * config.workers
         if config.dp_distributed:  # the workers' shares in the sum are the noise: the server adds none
             combined.average = (clipped_sum / expected).float()
         else:
+            dp = ClientDP(config.dp_clip, config.dp_noise)
             combined.average = private_fedavg(clipped_sum, dp, expected, SecureRandom())
     return combined
+
+
+def _noise_shares(config: TrainConfig, length: int) -> Callable[[int], np.ndarray] | None:
+    """Each worker's discrete Gaussian share under the noise split (distributed_dp.py); None otherwise."""
+    if not config.dp_distributed:
+        return None
+    dp = (ExampleDP if config.dp == "example" else ClientDP)(config.dp_clip, config.dp_noise)
+    return NoiseSplit(dp, config.dp_colluding, length).sampler()
 
 
 def _central_step(noisy_sum: torch.Tensor, updates: list[WorkerUpdate], config: TrainConfig) -> torch.Tensor:
