@@ -1,7 +1,7 @@
 """How the server combines a round's updates, and what it sees of each worker while it does.
 
 * In the clear: the FedAvg average of the updates, weighted by examples (strategy.fedavg). The server sees
-  every worker's update, which is what gradient inversion attacks feed on (attack.py).
+  every worker's update, which is what gradient inversion attacks feed on (fed_core/attack).
 * Secure aggregation (secagg.py): every sampled worker masks its update; the server holds only masked
   vectors and learns only their weighted sum. Workers that drop out after masking are recovered through
   Shamir shares; with too few survivors (fewer than three, or below the threshold) the round is refused and
