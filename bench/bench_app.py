@@ -3,11 +3,11 @@
     python bench/bench_app.py              # cold start; peak server memory: a default run, then a Draw (HE)
                                            # classification; then the worst case the default budget allows
     python bench/bench_app.py worst [glibc] # only that worst case (with another allocator setting)
-    python bench/bench_app.py estimator    # fed_core.budget.estimate_run_bytes vs measured peak RSS of real runs
+    python bench/bench_app.py estimator    # fed_core.limits.budget.estimate_run_bytes vs measured peak RSS of real runs
 
 Starts `streamlit run app.py` on a free loopback port and drives it with headless Chromium. Every row prints the
 server's wall, CPU (user and sys) and peak memory together; the default run is measured with the chosen allocator
-setting and with glibc's defaults in the same run (fed_core/memory.py).
+setting and with glibc's defaults in the same run (fed_core/limits/memory.py).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from selenium.webdriver.support.ui import WebDriverWait
 from usage import Usage, run_measured
 
 from devtools.browser import SEVEN, Page, choose, classify, draw, new_browser, streamlit_server
-from fed_core.budget import Budget, estimate_run_bytes
 from fed_core.config import TrainConfig
-from fed_core.memory import CHOSEN, ENV, allocator_setting
+from fed_core.limits.budget import Budget, estimate_run_bytes
+from fed_core.limits.memory import CHOSEN, ENV, allocator_setting
 
 MB = 1e6
 
@@ -122,7 +122,7 @@ def browser_main() -> None:
 
 @contextmanager
 def server_with(setting: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`streamlit run app.py` with the allocator ``setting`` (fed_core.memory); prints its cold start."""
+    """`streamlit run app.py` with the allocator ``setting`` (fed_core.limits.memory); prints its cold start."""
     log = tempfile.NamedTemporaryFile(prefix="streamlit-bench-", suffix=".log", delete=False)  # noqa: SIM115 (the server writes to it until the end)
     os.environ[ENV] = setting  # the server inherits this process's environment
     started = time.perf_counter()
@@ -228,8 +228,8 @@ MEASURE_ONE = """
 import json, resource, sys, threading, time, psutil, torch
 torch.set_num_threads(1)
 from fed_core.config import TrainConfig
-from fed_core.memory import CHOSEN, ENV, allocator_setting
-from fed_core.data import load_mnist
+from fed_core.limits.memory import CHOSEN, ENV, allocator_setting
+from fed_core.data.mnist import load_mnist
 from fed_core.engines import engine_for
 config = TrainConfig.from_dict(json.loads(sys.argv[1]))
 data = load_mnist()

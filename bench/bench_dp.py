@@ -29,9 +29,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fed_core.client import BatchedTrainer, LocalSettings, flatten, model_params
-from fed_core.data import Mnist, load_mnist, normalize
-from fed_core.dp import (
+from fed_core.data.mnist import Mnist, load_mnist, normalize
+from fed_core.federation.server import load_vector
+from fed_core.federation.trainer import BatchedTrainer
+from fed_core.models import new_model
+from fed_core.privacy.dp import (
     Epsilon,
     ExampleAccountant,
     ExampleDP,
@@ -40,8 +42,7 @@ from fed_core.dp import (
     poisson_batches,
     poisson_plan,
 )
-from fed_core.models import new_model
-from fed_core.server import load_vector
+from fed_core.vocabulary import LocalSettings, flatten, model_params
 
 MODEL = "crypto_cnn"
 ENGINES = ("opacus-hooks", "opacus-ghost", "ours")

@@ -1,7 +1,7 @@
 """How well the Draw page reads a drawn digit, and how often it refuses one, before and after a change.
 
     python bench/bench_drawing.py --limit 500          # 500 test digits, 16 rows, both rules: ~2 CPU min
-    python bench/bench_drawing.py --before <git rev>   # compare with that revision's fed_core/preprocess.py
+    python bench/bench_drawing.py --before <git rev>   # compare with that revision's fed_core/drawing/preprocess.py
     python bench/bench_drawing.py --model other.pt     # read by another model (default: the pretrained one)
 
 Digits are redrawn the way the canvas records a drawing (pages/2_Draw.py: a 280x280 canvas, white strokes
@@ -33,10 +33,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from fed_core import preprocess
-from fed_core.data import load_mnist
+from fed_core.data.mnist import load_mnist
+from fed_core.drawing import preprocess as preprocess
+from fed_core.drawing.strokes import thin
 from fed_core.models import load_model
-from fed_core.strokes import thin
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -173,9 +173,13 @@ def refused(prepare: Prepare, canvas: np.ndarray) -> bool:
 
 
 def preprocess_at(revision: str):
-    """fed_core/preprocess.py as it was at a git revision, imported as its own module."""
+    """fed_core/drawing/preprocess.py as it was at a git revision, imported as its own module."""
     source = subprocess.run(
-        ["git", "show", f"{revision}:fed_core/preprocess.py"], cwd=ROOT, capture_output=True, text=True, check=True
+        ["git", "show", f"{revision}:fed_core/drawing/preprocess.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     path = Path(tempfile.mkdtemp()) / "preprocess_before.py"
     path.write_text(source)

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import torch
 
-from fed_core.data import load_mnist, normalize
+from fed_core.data.mnist import load_mnist, normalize
 from fed_core.encrypted_eval import EvalResult, available_cpus, evaluate_encrypted
-from fed_core.he import DIGIT_PARAMS, HeClient, HeServer
+from fed_core.he.ckks import DIGIT_PARAMS, HeClient, HeServer
 from fed_core.models import load_model
-from fed_core.mpc import FRAC_BITS, Traffic
-from fed_core.mpc_processes import LAN, WAN, busiest_direction_bytes, mpc_classifier, projected_seconds
-from fed_core.mpc_range import MAX_FAILURE_PER_IMAGE, check_model_range
-from fed_core.mpc_truncation import measure_truncation
+from fed_core.mpc.processes import LAN, WAN, busiest_direction_bytes, mpc_classifier, projected_seconds
+from fed_core.mpc.protocol import FRAC_BITS, Traffic
+from fed_core.mpc.ranges import MAX_FAILURE_PER_IMAGE, check_model_range
+from fed_core.mpc.truncation import measure_truncation
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 import psutil
 
 from fed_core.config import TrainConfig
-from fed_core.data import load_mnist
+from fed_core.data.mnist import load_mnist
 from fed_core.engines import ENGINES, engine_for
 from fed_core.engines.syft_engine import HANDOFF_FILE
 from fed_core.engines.syft_warm_pool import SYFT_CONCURRENT_JOBS
-from fed_core.server import FederatedRun, RoundRecord
+from fed_core.federation.server import FederatedRun, RoundRecord
 
 # Later rounds of the default run (5 workers x 3 rounds, 60,000 images) when every syft job was a new
 # Python process (commit 1776d3b): wall seconds on the quiet reference machine (docs/engines.md), and

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
-from fed_core.client import flatten, model_params
 from fed_core.config import TrainConfig
-from fed_core.data import load_mnist
+from fed_core.data.mnist import load_mnist
 from fed_core.engines.flower_engine import FlowerPool, flower_pool_factory, simulate
 from fed_core.engines.flower_mask_seed import SEED_SPACE, seeds_per_second
+from fed_core.federation.server import partition_for
+from fed_core.federation.strategy import fedavg
 from fed_core.models import new_model
-from fed_core.server import partition_for
-from fed_core.strategy import fedavg
+from fed_core.vocabulary import flatten, model_params
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ One visitor trains a default run, one opens that run's link (read-only), two dra
 again and again (one under HE, one under MPC), and one runs small encrypted tests (MPC, then HE). Prints the
 errors seen (goal: 0), classification latency p50/p95 under that load (click to result shown), the training
 run's time, and the server's wall, CPU (user and sys) and peak memory (the Streamlit process and its children).
-The whole scene is played once per training-thread niceness given (FEDMNIST_TRAINING_NICE, fed_core/threads.py;
+The whole scene is played once per training-thread niceness given (FEDMNIST_TRAINING_NICE, fed_core/limits/threads.py;
 0 is the old behaviour), in the same run, so the machine's other load hits both.
 """
 
@@ -28,7 +28,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from devtools.browser import SEVEN, Page, choose, draw, new_browser, streamlit_server
-from fed_core.threads import NICE_ENV, TRAINING_NICE
+from fed_core.limits.threads import NICE_ENV, TRAINING_NICE
 
 RUN_ROUNDS = 5
 

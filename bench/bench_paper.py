@@ -30,13 +30,13 @@ from typing import ClassVar
 
 import torch
 
-from fed_core.budget import env_name
-from fed_core.client import TrainingDiverged, TrainingStopped
 from fed_core.config import TrainConfig
-from fed_core.data import load_mnist
+from fed_core.data.mnist import load_mnist
 from fed_core.engines.inprocess import InProcessPool
-from fed_core.server import FederatedRun, RoundRecord, run_federated
-from fed_core.strategy import STRATEGIES
+from fed_core.federation.server import FederatedRun, RoundRecord, run_federated
+from fed_core.federation.strategy import STRATEGIES
+from fed_core.limits.budget import env_name
+from fed_core.vocabulary import TrainingDiverged, TrainingStopped
 
 # Table 2 of the paper, CNN, E=5, B=10 (FedAvg) and FedSGD: communication rounds to reach 99% test accuracy.
 PAPER_ROUNDS = {"iid": {"FedAvg": 20, "FedSGD": 626}, "shards": {"FedAvg": 229, "FedSGD": 483}}

@@ -18,15 +18,14 @@ from dataclasses import replace
 
 import torch
 
-from fed_core.aggregation import Aggregate
-from fed_core.client import flatten, model_params
 from fed_core.config import TrainConfig
-from fed_core.data import Mnist, load_mnist
+from fed_core.data.mnist import Mnist, load_mnist
 from fed_core.engines.inprocess import InProcessPool
+from fed_core.federation.server import Evaluator, contribution_scores, partition_for, run_round
+from fed_core.federation.shapley import EXACT_MAX_WORKERS, shapley_values
+from fed_core.federation.strategy import ServerOptimizer, fedavg
 from fed_core.models import new_model
-from fed_core.server import Evaluator, contribution_scores, partition_for, run_round
-from fed_core.shapley import EXACT_MAX_WORKERS, shapley_values
-from fed_core.strategy import ServerOptimizer, fedavg
+from fed_core.vocabulary import Aggregate, flatten, model_params
 
 
 def median_seconds(work, repeats: int) -> tuple[str, object]:

@@ -22,14 +22,14 @@ import torch.nn.functional as F
 from bench_paper import PAPER
 from usage import measured, run_measured
 
-from fed_core.budget import MB, env_name, estimate_run_bytes, working_memory
-from fed_core.client import bytes_per_worker, workers_per_group
 from fed_core.config import TrainConfig
-from fed_core.data import load_mnist, normalize
+from fed_core.data.mnist import load_mnist, normalize
 from fed_core.engines import engine_for
-from fed_core.memory import CHOSEN, ENV
+from fed_core.federation.trainer import bytes_per_worker, workers_per_group
+from fed_core.limits.budget import MB, env_name, estimate_run_bytes, working_memory
+from fed_core.limits.memory import CHOSEN, ENV
+from fed_core.limits.threads import ENV as THREADS_ENV
 from fed_core.models import new_model
-from fed_core.threads import ENV as THREADS_ENV
 
 THRESHOLDS = (0.97, 0.98)
 

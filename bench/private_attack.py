@@ -37,10 +37,11 @@ from fed_core.attack import (
     time_to_psnr,
     worker_examples,
 )
-from fed_core.client import flatten, model_params, worker_seed
 from fed_core.config import TrainConfig
-from fed_core.data import load_mnist
+from fed_core.data.mnist import load_mnist
+from fed_core.federation.trainer import worker_seed
 from fed_core.models import new_model
+from fed_core.vocabulary import flatten, model_params
 
 TARGET_DB = 25.0
 DEFENCES = [("none", 0.0), ("secure-agg", 0.0), ("dp", 1e-4), ("dp", 1e-3), ("dp", 1e-2), ("dp", 1.0)]

@@ -27,11 +27,15 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from fed_core.aggregation import accountant_for, aggregate
-from fed_core.client import BatchedTrainer, LocalSettings, TrainingDiverged, flatten, model_params
 from fed_core.config import TrainConfig
-from fed_core.data import Mnist, load_mnist
-from fed_core.dp import (
+from fed_core.data.mnist import Mnist, load_mnist
+from fed_core.data.partition import partition_iid
+from fed_core.federation.aggregation import accountant_for, aggregate
+from fed_core.federation.server import Evaluator
+from fed_core.federation.strategy import fedavg
+from fed_core.federation.trainer import BatchedTrainer
+from fed_core.models import new_model
+from fed_core.privacy.dp import (
     ClientAccountant,
     ClientDP,
     ExampleAccountant,
@@ -45,10 +49,7 @@ from fed_core.dp import (
     poisson_sample_workers,
     private_fedavg,
 )
-from fed_core.models import new_model
-from fed_core.partition import partition_iid
-from fed_core.server import Evaluator
-from fed_core.strategy import fedavg
+from fed_core.vocabulary import LocalSettings, TrainingDiverged, flatten, model_params
 
 DELTA = 1e-5
 MODEL = "crypto_cnn"

@@ -5,7 +5,7 @@
     python bench/private_secagg.py --no-training          # skip measuring a real training round
 
 For each number of workers, with no dropout and with 10% of the workers dropping out after masking,
-it prints the seconds of fed_core.secagg.secure_sum (mean of the repeats, and per stage: in this
+it prints the seconds of fed_core.privacy.secagg.secure_sum (mean of the repeats, and per stage: in this
 simulation every worker's part runs in this process one after the other) against the plain
 weighted average, and what it adds to a real in-process training round of that many workers
 (measured here unless --no-training). Then the bytes each worker sends and receives, against the
@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from fed_core.config import TrainConfig
-from fed_core.data import load_mnist
+from fed_core.data.mnist import load_mnist
 from fed_core.engines import engine_for
+from fed_core.federation.strategy import fedavg
 from fed_core.models import build_model
-from fed_core.secagg import STAGES, SecureAggregate, default_group_size, default_threshold, secure_sum
-from fed_core.strategy import fedavg
+from fed_core.privacy.secagg import STAGES, SecureAggregate, default_group_size, default_threshold, secure_sum
 
 TRAIN_SIZE = 60_000
 TARGET_OVERHEAD = {10: 0.2, 100: 1.0}  # share of a round the protocol may add (the targets)

@@ -11,7 +11,7 @@ from functools import cache
 import torch
 from torch import nn
 
-from fed_core.data import load_mnist, normalize
+from fed_core.data.mnist import load_mnist, normalize
 from fed_core.models import CryptoCNN
 
 

@@ -6,11 +6,11 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
-from .client import LocalSettings
-from .models import INIT_METHODS, MODELS
-from .partition import MIN_EXAMPLES_PER_WORKER, PARTITIONS
-from .secagg_primitives import MIN_SURVIVORS
-from .strategy import STRATEGIES
+from fed_core.data.partition import MIN_EXAMPLES_PER_WORKER, PARTITIONS
+from fed_core.federation.strategy import STRATEGIES
+from fed_core.models import INIT_METHODS, MODELS
+from fed_core.privacy.secagg_primitives import MIN_SURVIVORS
+from fed_core.vocabulary import LocalSettings, UserError
 
 TRAIN_SIZE = 60_000
 DP_MODES = ("none", "example", "client")
@@ -24,13 +24,13 @@ DP_SGD_SLOWDOWN = 1.5
 EVAL_SECONDS = {"crypto_cnn": 0.05, "relu_cnn": 0.6, "fedavg_cnn": 2.0}
 # Extra local work per step: FedProx's proximal gradient, SCAFFOLD's correction (one model-sized add each).
 STRATEGY_COST = {"fedavg": 1.0, "fedprox": 1.1, "scaffold": 1.1}
-# Training images redrawn at random per second (fed_core/augment.py), whatever the model: the same order as
+# Training images redrawn at random per second (fed_core/data/augment.py), whatever the model: the same order as
 # crypto_cnn's training, so it about doubles that model's training time (default run: 3 rounds took 9.7-10.4 s
 # of CPU without and 15.5-16.1 s with, interleaved) and adds a few percent to the pooling CNNs'.
 AUGMENT_EXAMPLES_PER_SECOND = 30_000
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """Settings out of range or that do not fit together; the message says which and why."""
 
 
@@ -55,13 +55,13 @@ class TrainConfig:
     server_momentum: float = 0.0
     strategy: str = "fedavg"  # a name of strategy.STRATEGIES: fedavg, fedprox or scaffold
     prox_mu: float = 0.01  # FedProx only: weight mu of the proximal term mu/2 ||w - w_global||^2
-    augment: bool = False  # workers train on randomly redrawn digits (fed_core/augment.py): reads drawings better
+    augment: bool = False  # workers train on randomly redrawn digits (fed_core/data/augment.py): reads drawings better
     train_size: int = TRAIN_SIZE  # first n training images (smaller for quick tests)
     contribution_subset: int = 1000  # test images used for the leave-one-out contribution score
     shapley: bool = True  # also each worker's Shapley value of the round (exact up to 8 workers, else sampled)
     engine: str = "inprocess"  # where workers train: a name of fed_core.engines.ENGINES, checked by engine_for
     manual_approval: bool = False  # syft only: each owner waits for a person to approve every job
-    # Privacy (fed_core/aggregation.py, secagg.py, dp.py):
+    # Privacy (fed_core/federation/aggregation.py, secagg.py, dp.py):
     secure_aggregation: bool = False  # the server holds only masked updates and learns only their sum
     dp: str = "none"  # "example": DP-SGD inside each worker; "client": DP-FedAvg on the workers' updates
     dp_clip: float = 1.0  # S: the per-example gradient (example) or per-worker update (client) norm cap
@@ -103,7 +103,7 @@ LIMITS = {  # name: (low, high), inclusive
     "workers": (1, 100),
     "rounds": (1, 200),
     "local_epochs": (1, 20),
-    # No fixed cap below the training set: the memory budget decides (fed_core.budget.largest_batch), so DP-SGD
+    # No fixed cap below the training set: the memory budget decides (fed_core.limits.budget.largest_batch), so DP-SGD
     # can take the large expected batches it wants (1,000-4,000 for MNIST) where one worker of them fits.
     "batch_size": (1, TRAIN_SIZE),
     "shards_per_worker": (1, 20),

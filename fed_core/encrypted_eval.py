@@ -1,8 +1,8 @@
 """Encrypted evaluation on test images, and encrypted classification of one digit.
 
 Both schemes run the same crypto-friendly CryptoCNN: ``"mpc"`` (two-party secret
-sharing with a dealer, :mod:`fed_core.mpc`) and ``"he"`` (CKKS homomorphic encryption,
-:mod:`fed_core.he`). Step timings use the same names for both: ``encrypt`` (secret-share
+sharing with a dealer, :mod:`fed_core.mpc.protocol`) and ``"he"`` (CKKS homomorphic encryption,
+:mod:`fed_core.he.ckks`). Step timings use the same names for both: ``encrypt`` (secret-share
 or encrypt the images), ``compute`` (the parties or the server run the network) and
 ``decrypt`` (reconstruct or decrypt the logits).
 """
@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from fed_core.he import BATCH_PARAMS, DIGIT_PARAMS, HeClient, HeParams, HeServer, classify_batch_apart
+from fed_core.he.ckks import BATCH_PARAMS, DIGIT_PARAMS, HeClient, HeParams, HeServer, classify_batch_apart
 from fed_core.models import ENCRYPTABLE_MODELS, MODEL_LABELS, is_encryptable
-from fed_core.mpc import FRAC_BITS, MpcClassifier
-from fed_core.mpc_processes import mpc_classifier
+from fed_core.mpc.processes import mpc_classifier
+from fed_core.mpc.protocol import FRAC_BITS, MpcClassifier
+from fed_core.vocabulary import UserError
 
 SCHEMES = {
     "mpc": "Secure multi-party computation (secret sharing)",
@@ -47,7 +48,7 @@ HE_PASS_IMAGES = BATCH_PARAMS.images_per_pass
 Progress = Callable[[float], None]
 
 
-class NotEncryptableError(ValueError):
+class NotEncryptableError(UserError, ValueError):
     """The model cannot run on encrypted data; the message lists the models that can."""
 
 
@@ -191,7 +192,7 @@ def evaluate_encrypted(
     """Run ``model`` on normalised images [N,1,28,28] in plaintext and encrypted, and compare.
 
     ``mpc_parties`` is "in-process" (both parties simulated here) or "processes" (each role
-    its own process, over loopback TCP: :mod:`fed_core.mpc_processes`). ``he_workers``: server
+    its own process, over loopback TCP: :mod:`fed_core.mpc.processes`). ``he_workers``: server
     processes for HE batch passes (default: one per available CPU, at most one per pass); 1 runs
     every pass in this process.
     """

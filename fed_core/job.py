@@ -20,15 +20,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .budget import duration_text
-from .client import TrainingStopped
-from .config import estimate_seconds
-from .data import Mnist, load_mnist
-from .engines import Engine
-from .memory import give_back
-from .server import FederatedRun, RoundRecord, ServerView, cumulative_contributions
-from .shapley import cumulative_shapley
-from .threads import lower_this_threads_priority, threads_for
+from fed_core.config import estimate_seconds
+from fed_core.data.mnist import Mnist, load_mnist
+from fed_core.engines import Engine
+from fed_core.federation.server import FederatedRun, RoundRecord, ServerView, cumulative_contributions
+from fed_core.federation.shapley import cumulative_shapley
+from fed_core.limits.budget import duration_text
+from fed_core.limits.memory import give_back
+from fed_core.limits.threads import lower_this_threads_priority, threads_for
+from fed_core.vocabulary import TrainingStopped
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class TrainingJob:
         self.engine = engine  # from fed_core.engines.engine_for, which validated its config
         self.config = engine.config
         self._owner_token = owner_token  # a secret (secrets.token_urlsafe) of the session that started the run
-        # One intra-op thread per run (fed_core.threads): two OpenMP threads that share the cores with a browser,
+        # One intra-op thread per run (fed_core.limits.threads): two OpenMP threads that share the cores with a browser,
         # another run or a web server spin-wait for each other, measured here at 5-10x slower rounds.
         self.torch_threads = torch_threads or threads_for("training")
         self.job_id = uuid.uuid4().hex[:12]

@@ -2,14 +2,14 @@
 
 import streamlit as st
 
-from fed_core.budget import budget_problems, estimate_run_bytes, load_budget
 from fed_core.config import LIMITS, TrainConfig, estimate_seconds, problems
-from fed_core.data import MnistFileError, load_mnist
+from fed_core.data.mnist import MnistFileError, load_mnist
 from fed_core.engines import engine_for
+from fed_core.federation.server import publishes_workers
+from fed_core.federation.strategy import STRATEGIES
 from fed_core.job import BUSY, OWNER_BUSY, JobSnapshot, TrainingJob
+from fed_core.limits.budget import budget_problems, estimate_run_bytes, load_budget
 from fed_core.models import INIT_METHODS, MODEL_LABELS
-from fed_core.server import publishes_workers
-from fed_core.strategy import STRATEGIES
 from ui import engine_views, privacy_views, session
 from ui import train_views as views
 from ui.common import CHART_CONFIG, format_duration, shown_safely

@@ -5,8 +5,8 @@ import hashlib
 import streamlit as st
 from streamlit_drawable_canvas import st_canvas
 
+from fed_core.drawing.preprocess import CANVAS_SIDE, DrawingError, PreparedDigit, prepare_digit, read_canvas_png
 from fed_core.encrypted_eval import DigitResult, classify_digit
-from fed_core.preprocess import CANVAS_SIDE, DrawingError, PreparedDigit, prepare_digit, read_canvas_png
 from ui import encrypted_views as views
 from ui import session
 from ui.common import CHART_CONFIG, format_bytes, format_duration, shown_safely

@@ -2,14 +2,14 @@
 
 import streamlit as st
 
-from fed_core.budget import load_budget
-from fed_core.data import MnistFileError, load_mnist, normalize
+from fed_core.data.mnist import MnistFileError, load_mnist, normalize
 from fed_core.encrypted_eval import (
     EvalResult,
     describe_he_route,
     estimate_seconds,
     evaluate_encrypted,
 )
+from fed_core.limits.budget import load_budget
 from ui import encrypted_views as views
 from ui import session
 from ui.common import CHART_CONFIG, ProgressBar, format_bytes, format_duration, heavy_task_slot, shown_safely

@@ -15,8 +15,8 @@ from fed_core.attack import (
     stage_update,
 )
 from fed_core.config import TrainConfig
-from fed_core.data import MnistFileError, load_mnist
-from fed_core.secagg import MIN_SURVIVORS
+from fed_core.data.mnist import MnistFileError, load_mnist
+from fed_core.privacy.secagg import MIN_SURVIVORS
 from ui import attack_views as views
 from ui import session
 from ui.common import format_duration, heavy_task_slot, shown_safely

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from devtools.quick_model import trained_crypto_cnn
-from fed_core.data import Mnist, load_mnist
+from fed_core.data.mnist import Mnist, load_mnist
 
 
 def synthetic_mnist(train: int = 2000, test: int = 500, seed: int = 0) -> Mnist:

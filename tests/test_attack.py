@@ -23,10 +23,10 @@ from fed_core.attack import (
     worker_examples,
 )
 from fed_core.cli import main
-from fed_core.client import LocalSettings, flatten, model_params, unflatten
 from fed_core.config import TrainConfig
-from fed_core.data import normalize
+from fed_core.data.mnist import normalize
 from fed_core.models import new_model
+from fed_core.vocabulary import LocalSettings, flatten, model_params, unflatten
 
 SETTINGS = LocalSettings(
     model="crypto_cnn", epochs=1, batch_size=128, lr=0.02, momentum=0.9, clip_norm=1.0

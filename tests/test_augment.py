@@ -4,11 +4,12 @@ from dataclasses import replace
 
 import torch
 
-from fed_core.augment import _dilated, augmented
 from fed_core.cli.train import register
-from fed_core.client import BatchedTrainer, LocalSettings, flatten, model_params
 from fed_core.config import TrainConfig, estimate_seconds
+from fed_core.data.augment import _dilated, augmented
+from fed_core.federation.trainer import BatchedTrainer
 from fed_core.models import new_model
+from fed_core.vocabulary import LocalSettings, flatten, model_params
 
 
 def generators(*seeds: int) -> list[torch.Generator]:

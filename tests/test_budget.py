@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from fed_core.budget import (
+from fed_core.config import TrainConfig, estimate_seconds, problems
+from fed_core.federation.trainer import bytes_per_worker
+from fed_core.limits.budget import (
     Budget,
     BudgetError,
     Gate,
@@ -19,8 +21,6 @@ from fed_core.budget import (
     training_memory_budget,
     working_memory,
 )
-from fed_core.client import bytes_per_worker
-from fed_core.config import TrainConfig, estimate_seconds, problems
 
 DEFAULT = TrainConfig()
 REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"

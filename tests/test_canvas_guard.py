@@ -19,9 +19,9 @@ import torch
 from PIL import Image, ImageDraw
 from test_encrypted_pages import button, canvas_value, page
 
-from fed_core.data import load_mnist
+from fed_core.data.mnist import load_mnist
+from fed_core.drawing.preprocess import DrawingError, prepare_digit, read_canvas_png
 from fed_core.models import load_model
-from fed_core.preprocess import DrawingError, prepare_digit, read_canvas_png
 from ui import session
 from ui.encrypted_common import PRETRAINED_PATH
 
@@ -71,7 +71,7 @@ def peak_growth_mb(png_path: Path, reader: str) -> float:
     """
     script = f"""
 import io
-from fed_core.preprocess import DrawingError, prepare_digit, read_canvas_png, read_image
+from fed_core.drawing.preprocess import DrawingError, prepare_digit, read_canvas_png, read_image
 data = open({str(png_path)!r}, "rb").read()
 def status(field):
     line = next(x for x in open("/proc/self/status") if x.startswith(field + ":"))
@@ -206,7 +206,7 @@ def test_each_distinct_drawing_is_prepared_once(draw_page, monkeypatch):
         calls.append(image.shape)
         return real(image)
 
-    monkeypatch.setattr("fed_core.preprocess.prepare_digit", counted)
+    monkeypatch.setattr("fed_core.drawing.preprocess.prepare_digit", counted)
     at = draw_page
     at.session_state["canvas_0"] = canvas_value(drawn_seven(280))
     at.run().run()

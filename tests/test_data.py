@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchvision.datasets import MNIST
 
-from fed_core.data import SHIPPED_ROOT, MnistFileError, load_from_root, load_mnist
+from fed_core.data.mnist import SHIPPED_ROOT, MnistFileError, load_from_root, load_mnist
 
 
 def test_shipped_copy_is_the_real_mnist(mnist):

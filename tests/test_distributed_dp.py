@@ -10,17 +10,18 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-import fed_core.aggregation
-from fed_core.aggregation import aggregate
-from fed_core.client import BatchedTrainer, flatten, model_params
+import fed_core.federation.aggregation
 from fed_core.config import ConfigError, TrainConfig, validate
-from fed_core.data import normalize
-from fed_core.distributed_dp import RING_UNITS, NoiseSplit, discrete_gaussian
-from fed_core.dp import ClientAccountant, ClientDP, ExampleAccountant, ExampleDP, SecureRandom
+from fed_core.data.mnist import normalize
 from fed_core.engines import engine_for
-from fed_core.ghost_clip import GhostClipper
+from fed_core.federation.aggregation import aggregate
+from fed_core.federation.trainer import BatchedTrainer
 from fed_core.models import new_model
-from fed_core.secagg import SecAggRefused, secure_sum
+from fed_core.privacy.distributed_dp import RING_UNITS, NoiseSplit, discrete_gaussian
+from fed_core.privacy.dp import ClientAccountant, ClientDP, ExampleAccountant, ExampleDP, SecureRandom
+from fed_core.privacy.ghost_clip import GhostClipper
+from fed_core.privacy.secagg import SecAggRefused, secure_sum
+from fed_core.vocabulary import flatten, model_params
 from ui import session
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +92,7 @@ def test_a_run_with_the_noise_split_reports_the_client_accountants_epsilon(tiny_
     def server_noise(*_):
         raise AssertionError("with the noise split the server adds no noise of its own")
 
-    monkeypatch.setattr(fed_core.aggregation, "private_fedavg", server_noise)
+    monkeypatch.setattr(fed_core.federation.aggregation, "private_fedavg", server_noise)
     config = TrainConfig(
         workers=6,
         rounds=2,

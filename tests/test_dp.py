@@ -11,10 +11,11 @@ from opacus.accountants.analysis import rdp
 from opacus.accountants.utils import get_noise_multiplier
 from scipy import stats
 
-import fed_core.client
-from fed_core.client import BatchedTrainer, LocalSettings, flatten, model_params
-from fed_core.data import normalize
-from fed_core.dp import (
+import fed_core.federation.trainer
+from fed_core.data.mnist import normalize
+from fed_core.federation.trainer import BatchedTrainer
+from fed_core.models import new_model
+from fed_core.privacy.dp import (
     ClientAccountant,
     ClientDP,
     Epsilon,
@@ -30,7 +31,7 @@ from fed_core.dp import (
     poisson_sample_workers,
     private_fedavg,
 )
-from fed_core.models import new_model
+from fed_core.vocabulary import LocalSettings, flatten, model_params
 
 ONE_STEP = LocalSettings(
     model="crypto_cnn", epochs=1, batch_size=1000, lr=1.0, momentum=0.0, clip_norm=1e9
@@ -120,7 +121,9 @@ def test_one_examples_contribution_is_bounded_by_the_clip(tiny_data):
 
 def test_dp_sgd_noise_has_std_z_s_over_the_expected_batch_and_empty_batches_still_step(tiny_data, monkeypatch):
     # Every Poisson batch comes out empty: each of the worker's steps is pure noise N(0, (zS)^2) / E[batch].
-    monkeypatch.setattr(fed_core.client, "poisson_batches", lambda shards, rates, rng: [s[:0] for s in shards])
+    monkeypatch.setattr(
+        fed_core.federation.trainer, "poisson_batches", lambda shards, rates, rng: [s[:0] for s in shards]
+    )
     settings = LocalSettings(model="crypto_cnn", epochs=1, batch_size=10, lr=0.5, momentum=0.0, clip_norm=1.0)
     shard = torch.arange(40)  # 4 steps at q = 1/4, expected batch 10
     _, delta = train_private(tiny_data, [shard], ExampleDP(clip=2.0, noise_multiplier=1.5), settings)

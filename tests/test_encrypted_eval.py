@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from fed_core.cli import main
-from fed_core.data import load_mnist, normalize
+from fed_core.data.mnist import load_mnist, normalize
 from fed_core.encrypted_eval import (
     NotEncryptableError,
     choose_he_packing,
@@ -16,7 +16,7 @@ from fed_core.encrypted_eval import (
     estimate_seconds,
     evaluate_encrypted,
 )
-from fed_core.he import HeClient, HeServer
+from fed_core.he.ckks import HeClient, HeServer
 from fed_core.models import build_model, save_model
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 from test_cli import png_claiming
 
-from fed_core.data import load_mnist
+from fed_core.data.mnist import load_mnist
 from fed_core.models import build_model
 from ui import session
 from ui.common import heavy_task_gate

@@ -24,7 +24,6 @@ from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-from fed_core.client import TrainingStopped, flatten, model_params
 from fed_core.config import ConfigError, TrainConfig
 from fed_core.engines import engine_for
 from fed_core.engines.flower_engine import (
@@ -48,10 +47,11 @@ from fed_core.engines.flower_secagg import (
     weighted_input,
 )
 from fed_core.engines.worker_job import LocalTask, train_local
+from fed_core.federation.server import Evaluator, partition_for, sample_workers
+from fed_core.federation.strategy import ServerOptimizer, fedavg
 from fed_core.flower_app.app import config_from_run_config, run_config_of
 from fed_core.models import new_model
-from fed_core.server import Evaluator, partition_for, sample_workers
-from fed_core.strategy import ServerOptimizer, fedavg
+from fed_core.vocabulary import TrainingStopped, flatten, model_params
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(workers=3, rounds=3, train_size=3000, contribution_subset=200, fraction=0.67, seed=3)

@@ -17,7 +17,6 @@ import psutil
 import pytest
 import torch
 
-from fed_core.client import TrainingStopped
 from fed_core.config import TrainConfig
 from fed_core.engines import EngineError, engine_for, syft_warm_pool
 from fed_core.engines.owner_limits import OwnerLimits
@@ -27,6 +26,7 @@ from fed_core.engines.syft_warm_worker import TrainingRequest
 from fed_core.engines.worker_job import LocalTask, encode_vector, load_update, save_shard, train_local
 from fed_core.job import STOPPED, JobSlots, TrainingJob
 from fed_core.models import build_model
+from fed_core.vocabulary import TrainingStopped
 from ui import session
 
 SMALL = dict(rounds=2, train_size=4000, contribution_subset=200)

@@ -1,10 +1,11 @@
 import torch
 import torch.nn.functional as F
 
-from fed_core.client import BatchedTrainer, LocalSettings, epoch_orders, flatten, model_params
-from fed_core.data import normalize
+from fed_core.data.mnist import normalize
+from fed_core.federation.strategy import ServerOptimizer, fedavg
+from fed_core.federation.trainer import BatchedTrainer, epoch_orders
 from fed_core.models import new_model
-from fed_core.strategy import ServerOptimizer, fedavg
+from fed_core.vocabulary import LocalSettings, flatten, model_params
 
 
 def test_fedavg_weights_updates_by_examples():

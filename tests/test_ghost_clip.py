@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-import fed_core.ghost_clip
-from fed_core.ghost_clip import GhostClipper, ghost_is_cheaper
+import fed_core.privacy.ghost_clip
 from fed_core.models import MODELS, new_model
+from fed_core.privacy.ghost_clip import GhostClipper, ghost_is_cheaper
 
 
 def reference(model: nn.Module, params: dict, x: torch.Tensor, y: torch.Tensor):
@@ -33,7 +33,7 @@ def double_model(name: str) -> tuple[nn.Module, dict]:
 @pytest.mark.parametrize("form", ["chosen", "ghost", "materialised"])
 def test_norms_and_clipped_sum_equal_the_materialised_ones(name, form, monkeypatch):
     if form != "chosen":  # every layer in one form, so both are checked on every layer type
-        monkeypatch.setattr(fed_core.ghost_clip, "ghost_is_cheaper", lambda *_: form == "ghost")
+        monkeypatch.setattr(fed_core.privacy.ghost_clip, "ghost_is_cheaper", lambda *_: form == "ghost")
     torch.manual_seed(1)
     model, params = double_model(name)
     x, y = torch.randn(24, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (24,))
@@ -47,7 +47,7 @@ def test_norms_and_clipped_sum_equal_the_materialised_ones(name, form, monkeypat
 @pytest.mark.parametrize("dilation", [1, 2])
 @pytest.mark.parametrize("form", ["ghost", "materialised"])
 def test_padded_strided_and_dilated_convolutions(dilation, form, monkeypatch):
-    monkeypatch.setattr(fed_core.ghost_clip, "ghost_is_cheaper", lambda *_: form == "ghost")
+    monkeypatch.setattr(fed_core.privacy.ghost_clip, "ghost_is_cheaper", lambda *_: form == "ghost")
     torch.manual_seed(2)
     model = nn.Sequential(
         nn.Conv2d(1, 3, 4, stride=2, padding=(1, 2), dilation=dilation),

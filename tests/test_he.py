@@ -4,9 +4,9 @@ import tenseal as ts
 import torch
 import torch.nn.functional as F
 
-from fed_core.data import load_mnist, normalize
+from fed_core.data.mnist import load_mnist, normalize
 from fed_core.encrypted_eval import evaluate_encrypted
-from fed_core.he import (
+from fed_core.he.ckks import (
     BATCH_PARAMS,
     DEFAULT_GEOMETRY,
     DIGIT_PARAMS,

@@ -11,9 +11,9 @@ from fed_core.attack import (
     round_move_bound,
     stage_malicious_round,
 )
-from fed_core.client import flatten, model_params, unflatten
 from fed_core.config import TrainConfig
 from fed_core.models import new_model
+from fed_core.vocabulary import flatten, model_params, unflatten
 
 
 def test_each_image_comes_back_exactly_from_one_workers_batch(mnist):

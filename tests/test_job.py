@@ -5,13 +5,13 @@ import time
 import pytest
 import torch
 
-from fed_core.budget import load_budget
-from fed_core.client import TrainingDiverged, flatten, model_params
 from fed_core.config import ConfigError, TrainConfig
 from fed_core.engines import engine_for
 from fed_core.engines.inprocess import InProcessPool
+from fed_core.federation.server import run_federated
 from fed_core.job import BUSY, DONE, FAILED, OWNER_BUSY, STOPPED, JobSlots, TrainingJob
-from fed_core.server import run_federated
+from fed_core.limits.budget import load_budget
+from fed_core.vocabulary import TrainingDiverged, flatten, model_params
 
 SMALL = TrainConfig(workers=3, rounds=3, train_size=1500, contribution_subset=100, batch_size=32)
 

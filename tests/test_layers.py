@@ -1,5 +1,6 @@
 """The import map: fed_core is a library of layers (no module imports one that imports it back, however
-indirectly), never imports Streamlit or the app's ui, and the pages reach fed_core only."""
+indirectly), its domain packages keep to their floor, it never imports Streamlit or the app's ui, and the
+pages reach fed_core only."""
 
 import ast
 from graphlib import CycleError, TopologicalSorter
@@ -41,8 +42,42 @@ def test_fed_core_imports_form_layers_without_a_cycle():
         order = list(TopologicalSorter(graph).static_order())
     except CycleError as exc:
         raise AssertionError(f"modules import each other in a loop: {' -> '.join(exc.args[1])}") from None
-    assert order.index("fed_core.server") < order.index("fed_core.engines")
-    assert "fed_core.engines" not in graph["fed_core.server"] and "fed_core.job" not in graph["fed_core.server"]
+    assert order.index("fed_core.federation.server") < order.index("fed_core.engines")
+
+
+# What each domain must never reach: the mechanisms (privacy, MPC, HE) and the data know nothing of how a run
+# is organised, so each can be read, tested and replaced on its own.
+ORCHESTRATION = {"federation", "engines", "job", "cli", "attack", "encrypted_eval", "flower_app"}
+FORBIDDEN = {
+    "vocabulary": ORCHESTRATION | {"config", "limits", "models", "data", "drawing", "privacy", "mpc", "he"},
+    "privacy": ORCHESTRATION,
+    "mpc": ORCHESTRATION | {"privacy"},
+    "he": ORCHESTRATION | {"privacy", "mpc"},
+    "data": ORCHESTRATION | {"privacy", "mpc", "he"},
+    "drawing": ORCHESTRATION | {"privacy", "mpc", "he"},
+    "models": ORCHESTRATION | {"privacy", "mpc", "he"},
+    "federation": {"engines", "job", "cli", "attack", "encrypted_eval", "flower_app", "mpc", "he"},
+    "engines": {"job", "cli", "attack", "flower_app"},
+}
+
+
+def domain(module: str) -> str:
+    return module.split(".")[1] if module.count(".") else module
+
+
+def test_each_domain_package_keeps_to_its_floor():
+    crossings = [
+        f"{module} imports {target}"
+        for module, targets in library_graph().items()
+        for target in targets
+        if domain(target) in FORBIDDEN.get(domain(module), set())
+    ]
+    assert not crossings, crossings
+
+
+def test_the_tree_shows_the_domains():
+    top_level = sorted(p.stem for p in (ROOT / "fed_core").glob("*.py") if not p.stem.startswith("__"))
+    assert len(top_level) <= 8, f"fed_core has {len(top_level)} top-level modules again: {top_level}"
 
 
 def test_the_library_never_imports_streamlit_or_the_app():

@@ -1,4 +1,4 @@
-"""The allocator setting (fed_core/memory.py): hot loops reuse their memory instead of page-faulting it afresh,
+"""The allocator setting (fed_core/limits/memory.py): hot loops reuse their memory instead of page-faulting it afresh,
 and the memory a finished piece of work freed goes back to the system. Each case runs in a fresh process:
 mallopt's settings are process-wide."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fed_core.memory import CHOSEN, ENV, allocator_setting, release_freed_memory
+from fed_core.limits.memory import CHOSEN, ENV, allocator_setting, release_freed_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the settings are glibc's")
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the s
 # A hot loop of 4 MB temporaries (a training step's size), then 200 MB of 2 MB blocks of which half are freed.
 PROBE = """
 import json, resource, psutil, torch
-from fed_core.memory import give_back, release_freed_memory
+from fed_core.limits.memory import give_back, release_freed_memory
 assert release_freed_memory()
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(200):

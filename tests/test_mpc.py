@@ -2,8 +2,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fed_core.data import load_mnist, normalize
-from fed_core.mpc import (
+from fed_core.data.mnist import load_mnist, normalize
+from fed_core.mpc.model import conv_op, linear_op
+from fed_core.mpc.prg import Prg
+from fed_core.mpc.protocol import (
     FRAC_BITS,
     Dealer,
     DealerLink,
@@ -18,8 +20,6 @@ from fed_core.mpc import (
     share,
     truncate,
 )
-from fed_core.mpc_model import conv_op, linear_op
-from fed_core.mpc_prg import Prg
 
 
 @pytest.fixture

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from fed_core import mpc_processes, mpc_wire
-from fed_core.data import load_mnist, normalize
+from fed_core.data.mnist import load_mnist, normalize
 from fed_core.encrypted_eval import evaluate_encrypted
-from fed_core.mpc_processes import LINKS, Listeners, keys_of, link_keys
-from fed_core.mpc_wire import NONCE_BYTES, TAG_BYTES, HandshakeError, Link, LinkKey, listener
+from fed_core.mpc import processes as mpc_processes
+from fed_core.mpc import wire as mpc_wire
+from fed_core.mpc.processes import LINKS, Listeners, keys_of, link_keys
+from fed_core.mpc.wire import NONCE_BYTES, TAG_BYTES, HandshakeError, Link, LinkKey, listener
 
 
 def refused(sock: socket.socket) -> bool:

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from fed_core.cli import main
-from fed_core.data import load_mnist, normalize
+from fed_core.data.mnist import load_mnist, normalize
 from fed_core.encrypted_eval import evaluate_encrypted
 from fed_core.models import save_model
-from fed_core.mpc import Traffic
-from fed_core.mpc_processes import LAN, WAN, ProcessMpcClassifier, busiest_direction_bytes, projected_seconds
-from fed_core.mpc_wire import Link, LinkKey, listener
+from fed_core.mpc.processes import LAN, WAN, ProcessMpcClassifier, busiest_direction_bytes, projected_seconds
+from fed_core.mpc.protocol import Traffic
+from fed_core.mpc.wire import Link, LinkKey, listener
 
 BYTES = 8
 # Ring elements per image: openings (x - a for each product: conv input, two squares, fc1, fc2 inputs)

@@ -14,11 +14,11 @@ import random
 import pytest
 import torch
 
-from fed_core import mpc
-from fed_core.data import load_mnist, normalize
-from fed_core.mpc import Dealer, SharedTensor, SimulatedChannel, encode, mask_operands, secure_bilinear, share
-from fed_core.mpc_model import conv_op
-from fed_core.mpc_prg import Prg
+from fed_core.data.mnist import load_mnist, normalize
+from fed_core.mpc import protocol as mpc
+from fed_core.mpc.model import conv_op
+from fed_core.mpc.prg import Prg
+from fed_core.mpc.protocol import Dealer, SharedTensor, SimulatedChannel, encode, mask_operands, secure_bilinear, share
 
 WORD = 0xFFFFFFFF
 MT_STATE_WORDS = 624

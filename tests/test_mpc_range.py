@@ -3,12 +3,12 @@ import copy
 import pytest
 import torch
 
-from fed_core import mpc
 from fed_core.cli import main
-from fed_core.data import load_mnist, normalize
+from fed_core.data.mnist import load_mnist, normalize
 from fed_core.models import save_model
-from fed_core.mpc import FRAC_BITS, MpcClassifier
-from fed_core.mpc_range import FixedPointRangeError, check_images, check_model_range, step_bounds
+from fed_core.mpc import protocol as mpc
+from fed_core.mpc.protocol import FRAC_BITS, MpcClassifier
+from fed_core.mpc.ranges import FixedPointRangeError, check_images, check_model_range, step_bounds
 
 
 def scaled(model: torch.nn.Module, factor: float) -> torch.nn.Module:

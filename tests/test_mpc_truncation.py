@@ -1,9 +1,9 @@
 import torch
 
-from fed_core.data import load_mnist, normalize
-from fed_core.mpc import FRAC_BITS, reconstruct, share, truncate
-from fed_core.mpc_prg import Prg
-from fed_core.mpc_truncation import TruncationStats, measure_truncation
+from fed_core.data.mnist import load_mnist, normalize
+from fed_core.mpc.prg import Prg
+from fed_core.mpc.protocol import FRAC_BITS, reconstruct, share, truncate
+from fed_core.mpc.truncation import TruncationStats, measure_truncation
 
 
 def test_truncation_fails_as_often_as_expected_for_huge_values():

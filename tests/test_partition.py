@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from fed_core.partition import (
+from fed_core.data.partition import (
     PartitionError,
     label_histogram,
     make_partition,

@@ -6,10 +6,11 @@ import torch
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from fed_core import preprocess, strokes
-from fed_core.data import load_mnist, normalize
+from fed_core.data.mnist import load_mnist, normalize
+from fed_core.drawing import preprocess as preprocess
+from fed_core.drawing import strokes as strokes
+from fed_core.drawing.preprocess import DrawingError, prepare_digit, read_image
 from fed_core.models import load_model
-from fed_core.preprocess import DrawingError, prepare_digit, read_image
 
 CANVAS = 280
 
@@ -160,11 +161,11 @@ def test_a_block_scribbled_in_the_browser_is_refused():
         prepare_digit(read_image(Path(__file__).parent / "fixtures" / "browser_scribble.png"))
 
 
-# --- stroke width and slant brought into MNIST's range (fed_core/strokes.py) ---------------------------------
+# --- stroke width and slant brought into MNIST's range (fed_core/drawing/strokes.py) ---------------------------------
 
 
 def work_ink(canvas: np.ndarray) -> np.ndarray:
-    """The drawing's ink as fed_core.strokes gets it: cropped, longer side WORK_BOX px."""
+    """The drawing's ink as fed_core.drawing.strokes gets it: cropped, longer side WORK_BOX px."""
     ink = preprocess.ink_map(canvas)
     return preprocess._resized(ink[preprocess._ink_box(ink)], strokes.WORK_BOX)
 

@@ -6,14 +6,14 @@ import math
 import pytest
 import torch
 
-from fed_core.aggregation import LOCAL_STATS, aggregate
 from fed_core.cli import main
 from fed_core.cli.train import save_results
-from fed_core.client import WorkerUpdate
 from fed_core.config import ConfigError, TrainConfig, validate
-from fed_core.dp import ExampleAccountant, ExampleDP
 from fed_core.engines import engine_for
-from fed_core.server import sample_workers
+from fed_core.federation.aggregation import LOCAL_STATS, aggregate
+from fed_core.federation.server import sample_workers
+from fed_core.privacy.dp import ExampleAccountant, ExampleDP
+from fed_core.vocabulary import WorkerUpdate
 
 SMALL = dict(workers=3, rounds=3, train_size=6000, contribution_subset=300, batch_size=64, seed=2)
 

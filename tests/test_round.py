@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from fed_core.client import WorkerUpdate, flatten, model_params
 from fed_core.config import TrainConfig
 from fed_core.engines.inprocess import InProcessPool
+from fed_core.federation.server import partition_for, run_federated
 from fed_core.models import new_model
-from fed_core.server import partition_for, run_federated
+from fed_core.vocabulary import WorkerUpdate, flatten, model_params
 
 SMALL = dict(train_size=1000, contribution_subset=100, batch_size=32)
 

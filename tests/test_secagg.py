@@ -9,7 +9,8 @@ import torch
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
 from scipy.stats import chisquare
 
-from fed_core.secagg import (
+from fed_core.federation.strategy import fedavg
+from fed_core.privacy.secagg import (
     ID_BYTES,
     STAGES,
     SecAggClient,
@@ -19,7 +20,7 @@ from fed_core.secagg import (
     run_protocol,
     secure_sum,
 )
-from fed_core.secagg_primitives import (
+from fed_core.privacy.secagg_primitives import (
     DELTA_BOUND,
     FRAC_BITS,
     MASK_LABEL,
@@ -37,7 +38,6 @@ from fed_core.secagg_primitives import (
     mask_private_key,
     new_seed,
 )
-from fed_core.strategy import fedavg
 
 SIGNIFICANCE = 1e-6  # a uniformity test falsely fails once in a million runs
 

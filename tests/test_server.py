@@ -3,11 +3,11 @@ import threading
 import pytest
 import torch
 
-from fed_core.client import TrainingDiverged, TrainingStopped
 from fed_core.config import ConfigError, TrainConfig, estimate_seconds, problems
-from fed_core.data import Mnist
+from fed_core.data.mnist import Mnist
 from fed_core.engines import engine_for
-from fed_core.server import partition_for, sample_workers
+from fed_core.federation.server import partition_for, sample_workers
+from fed_core.vocabulary import TrainingDiverged, TrainingStopped
 
 SMALL = dict(train_size=2000, contribution_subset=200, batch_size=32, lr=0.02)
 

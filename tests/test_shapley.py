@@ -3,11 +3,9 @@ import math
 import pytest
 import torch
 
-from fed_core.client import BatchedTrainer, flatten, model_params
 from fed_core.config import TrainConfig
-from fed_core.models import new_model
-from fed_core.server import Evaluator
-from fed_core.shapley import (
+from fed_core.federation.server import Evaluator
+from fed_core.federation.shapley import (
     SHAPLEY_CI_KEY,
     SHAPLEY_KEY,
     ShapleyResult,
@@ -18,7 +16,10 @@ from fed_core.shapley import (
     sampled_shapley,
     shapley_values,
 )
-from fed_core.strategy import ServerOptimizer, fedavg
+from fed_core.federation.strategy import ServerOptimizer, fedavg
+from fed_core.federation.trainer import BatchedTrainer
+from fed_core.models import new_model
+from fed_core.vocabulary import flatten, model_params
 
 SHARD_SIZES = (40, 60, 80, 100, 150, 200)  # unequal FedAvg weights
 

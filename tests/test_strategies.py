@@ -7,12 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from fed_core.cli.train import config_from_args, register
-from fed_core.client import BatchedTrainer, LocalSettings, WorkerUpdate, flatten, model_params, unflatten
 from fed_core.config import TrainConfig, problems
-from fed_core.data import normalize
+from fed_core.data.mnist import normalize
 from fed_core.engines import engine_for
+from fed_core.federation.scaffold import ControlVariates
+from fed_core.federation.trainer import BatchedTrainer
 from fed_core.models import new_model
-from fed_core.scaffold import ControlVariates
+from fed_core.vocabulary import LocalSettings, WorkerUpdate, flatten, model_params, unflatten
 
 LR = 0.1
 

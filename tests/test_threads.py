@@ -1,4 +1,4 @@
-"""Threads per hot path and the training thread's lower priority (fed_core/threads.py)."""
+"""Threads per hot path and the training thread's lower priority (fed_core/limits/threads.py)."""
 
 import os
 import sys
@@ -10,7 +10,7 @@ import torch
 from fed_core.config import TrainConfig
 from fed_core.engines import engine_for
 from fed_core.job import DONE, TrainingJob
-from fed_core.threads import (
+from fed_core.limits.threads import (
     ENV,
     NICE_ENV,
     PATH_THREADS,

@@ -228,7 +228,7 @@ def test_settings_over_the_servers_time_budget_are_refused_with_what_to_lower(tr
 def test_corrupted_data_file_is_named_on_the_page(monkeypatch, tmp_path):
     import shutil
 
-    import fed_core.data as data
+    import fed_core.data.mnist as data
 
     for item in data.SHIPPED_ROOT.iterdir():
         shutil.copy(item, tmp_path / item.name)

@@ -4,22 +4,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fed_core.client import (
+from fed_core.config import TrainConfig
+from fed_core.data.mnist import normalize
+from fed_core.federation.server import Evaluator
+from fed_core.federation.trainer import (
     BatchedTrainer,
-    LocalSettings,
     activation_bytes,
     bytes_per_worker,
     epoch_orders,
-    flatten,
     grouped_pooling_logits,
-    model_params,
-    unflatten,
     workers_per_group,
 )
-from fed_core.config import TrainConfig
-from fed_core.data import normalize
 from fed_core.models import new_model
-from fed_core.server import Evaluator
+from fed_core.vocabulary import LocalSettings, flatten, model_params, unflatten
 
 
 def train_alone(model_name: str, settings: LocalSettings, data, shard: torch.Tensor, seed: int) -> torch.Tensor:

@@ -8,9 +8,9 @@ from contextlib import contextmanager
 
 import streamlit as st
 
-from fed_core.budget import Gate, load_budget
-from fed_core.memory import give_back
-from fed_core.mpc_range import FixedPointRangeError
+from fed_core.limits.budget import Gate, load_budget
+from fed_core.limits.memory import give_back
+from fed_core.mpc.ranges import FixedPointRangeError
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import streamlit as st
 from torch import nn
 
-from fed_core.budget import SessionCache, load_budget
-from fed_core.he import HeClient, HeServer
+from fed_core.he.ckks import HeClient, HeServer
+from fed_core.limits.budget import SessionCache, load_budget
 from fed_core.models import ENCRYPTABLE_MODELS, MODEL_LABELS, is_encryptable, load_model
 from ui import session
 

@@ -12,7 +12,7 @@ import streamlit as st
 from streamlit.navigation.page import StreamlitPage
 from streamlit.runtime.pages_manager import PagesManager
 
-from fed_core.memory import release_freed_memory
+from fed_core.limits.memory import release_freed_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRYPOINT = ROOT / "app.py"

@@ -10,12 +10,12 @@ import streamlit as st
 import torch
 from plotly.subplots import make_subplots
 
-from fed_core.client import model_params, unflatten
 from fed_core.config import TrainConfig
-from fed_core.dp import Epsilon, describe_epsilon
 from fed_core.engines.flower_mask_seed import FLOWER_SECURE_AGGREGATION_NOTE
+from fed_core.federation.server import ServerView
 from fed_core.models import build_model
-from fed_core.server import ServerView
+from fed_core.privacy.dp import Epsilon, describe_epsilon
+from fed_core.vocabulary import model_params, unflatten
 from ui import session
 from ui.common import ACCENT, SECOND, format_bytes
 

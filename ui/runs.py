@@ -15,8 +15,8 @@ import secrets
 
 import streamlit as st
 
-from fed_core.budget import load_budget
 from fed_core.job import JobSlots, JobSnapshot, TrainingJob
+from fed_core.limits.budget import load_budget
 from ui import session
 
 TOKEN_BYTES = 32

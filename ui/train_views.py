@@ -9,10 +9,10 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from fed_core.federation.server import publishes_workers
 from fed_core.job import JobSnapshot, TrainingJob
 from fed_core.models import save_model
 from fed_core.report import json_text
-from fed_core.server import publishes_workers
 from ui import session
 from ui.common import ACCENT, SECOND
 

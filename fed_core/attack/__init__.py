@@ -7,9 +7,9 @@
 * :mod:`.scores`: PSNR, SSIM and the matching of rebuilt images to real ones.
 """
 
-from .batch import FeatureDecomposition
-from .curious import reconstruct
-from .imprint import (
+from fed_core.attack.batch import FeatureDecomposition
+from fed_core.attack.curious import reconstruct
+from fed_core.attack.imprint import (
     BINS,
     ImprintedModel,
     MaliciousRound,
@@ -20,7 +20,7 @@ from .imprint import (
     round_move_bound,
     stage_malicious_round,
 )
-from .inversion import (
+from fed_core.attack.inversion import (
     DEFENCES,
     MAX_IMAGES,
     AttackOptions,
@@ -38,7 +38,7 @@ from .inversion import (
     with_local_steps,
     worker_examples,
 )
-from .scores import READABLE_DB, match_images, psnr, scores, ssim, time_to_psnr, to_pixels
+from fed_core.attack.scores import READABLE_DB, match_images, psnr, scores, ssim, time_to_psnr, to_pixels
 
 __all__ = [
     "BINS",

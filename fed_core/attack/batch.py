@@ -34,10 +34,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ..client import Params, model_params, unflatten
-from ..data import Mnist, normalize
-from ..models import CryptoCNN
-from .inversion import HIGH, LOW, AttackOptions, ObservedUpdate, SquareCNNInversion
+from fed_core.attack.inversion import HIGH, LOW, AttackOptions, ObservedUpdate, SquareCNNInversion
+from fed_core.data.mnist import Mnist, normalize
+from fed_core.models import CryptoCNN
+from fed_core.vocabulary import Params, model_params, unflatten
 
 SOLVED = 1e-7  # 1 - cosine of the fc layers' gradients below which the features are taken as found
 SPARSITY = 0.01  # weight of the L1 pull towards the background: a digit covers a fifth of its image

@@ -15,10 +15,8 @@ import time
 
 import torch
 
-from ..data import Mnist, load_mnist
-from ..models import CryptoCNN, build_model
-from .batch import invert_batch
-from .inversion import (
+from fed_core.attack.batch import invert_batch
+from fed_core.attack.inversion import (
     HIGH,
     LOW,
     AttackOptions,
@@ -31,7 +29,9 @@ from .inversion import (
     infer_labels,
     match_gradients,
 )
-from .scores import scores, to_pixels
+from fed_core.attack.scores import scores, to_pixels
+from fed_core.data.mnist import Mnist, load_mnist
+from fed_core.models import CryptoCNN, build_model
 
 
 def reconstruct(

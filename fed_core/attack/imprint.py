@@ -15,7 +15,7 @@ Every factor common to an update (learning rate, batch mean, gradient clip) canc
 of updates is still a sum over images of the same form. So secure aggregation, which hands the server exactly
 that sum, does not stop the attack: only bins holding two images are lost (about N^2 / 2k of N images).
 
-What stops it is noise the server cannot remove: example-level DP-SGD inside each worker (fed_core.dp's
+What stops it is noise the server cannot remove: example-level DP-SGD inside each worker (fed_core.privacy.dp's
 noise through the app's own trainer). Client-level DP-FedAvg does not, in this app or in general: it is the
 server that adds that noise, and a malicious server simply does not. A worker can also look at the model it
 is sent (:func:`check_received_model`): the imprint adds layers the agreed architecture does not have.
@@ -30,13 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..client import BatchedTrainer, LocalSettings, Params, flatten, model_params, unflatten, worker_seed
-from ..config import TrainConfig
-from ..data import Mnist, normalize
-from ..models import build_model, new_model
-from ..secagg import secure_sum
-from .inversion import DEFENCES, AttackResult, Progress, with_local_steps, worker_examples
-from .scores import mean_psnr, scores, to_pixels
+from fed_core.attack.inversion import DEFENCES, AttackResult, Progress, with_local_steps, worker_examples
+from fed_core.attack.scores import mean_psnr, scores, to_pixels
+from fed_core.config import TrainConfig
+from fed_core.data.mnist import Mnist, normalize
+from fed_core.federation.trainer import BatchedTrainer, worker_seed
+from fed_core.models import build_model, new_model
+from fed_core.privacy.secagg import secure_sum
+from fed_core.vocabulary import LocalSettings, Params, flatten, model_params, unflatten
 
 BINS = 1024  # rows of the imprint: about N^2 / 2048 of N images share a bin (3 of 80)
 MEASUREMENT_SCALE = 0.01  # the rows measure 0.01 s(x): small, so the block barely changes what the model sees

@@ -21,8 +21,8 @@ worker's training image) and a few convex solves; gradient matching then polishe
 or local steps: batch.py.
 
 The defences are met as the server meets them (:func:`observe`): under secure aggregation the worker's
-masked vector from fed_core.secagg (uniformly random in the 64-bit ring), under DP the update clipped plus
-Gaussian noise from fed_core.dp's CSPRNG, under both the noisy update masked.
+masked vector from fed_core.privacy.secagg (uniformly random in the 64-bit ring), under DP the update clipped plus
+Gaussian noise from fed_core.privacy.dp's CSPRNG, under both the noisy update masked.
 """
 
 from __future__ import annotations
@@ -37,24 +37,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ..client import (
-    BatchedTrainer,
-    LocalSettings,
-    Params,
-    WorkerUpdate,
-    flatten,
-    model_params,
-    unflatten,
-    worker_seed,
-)
-from ..config import TrainConfig
-from ..data import MEAN, STD, Mnist, normalize
-from ..dp import SecureRandom, clip_rows
-from ..engines import engine_for
-from ..models import CryptoCNN, new_model
-from ..secagg import MIN_SURVIVORS, secure_sum
-from ..server import partition_for
-from .scores import mean_psnr, to_pixels
+from fed_core.attack.scores import mean_psnr, to_pixels
+from fed_core.config import TrainConfig
+from fed_core.data.mnist import MEAN, STD, Mnist, normalize
+from fed_core.engines import engine_for
+from fed_core.federation.server import partition_for
+from fed_core.federation.trainer import BatchedTrainer, worker_seed
+from fed_core.models import CryptoCNN, new_model
+from fed_core.privacy.dp import SecureRandom, clip_rows
+from fed_core.privacy.secagg import MIN_SURVIVORS, secure_sum
+from fed_core.vocabulary import LocalSettings, Params, WorkerUpdate, flatten, model_params, unflatten
 
 LOW, HIGH = (0.0 - MEAN) / STD, (1.0 - MEAN) / STD  # the valid pixel range after normalisation
 DEFENCES = ("none", "secure-agg", "dp", "both")

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from ..data import MEAN, STD
+from fed_core.data.mnist import MEAN, STD
 
 READABLE_DB = 25.0  # a faithful copy to the eye: the figure the page and the CLI count images above
 

@@ -11,7 +11,7 @@ import sys
 
 from fed_core.cli import attack, encrypted, train
 from fed_core.cli.common import USAGE_ERROR, USER_ERRORS
-from fed_core.memory import release_freed_memory
+from fed_core.limits.memory import release_freed_memory
 
 COMMANDS = (train, encrypted, attack)
 

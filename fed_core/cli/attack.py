@@ -35,9 +35,9 @@ from fed_core.attack import (
 )
 from fed_core.cli.common import check_writable, positive_int
 from fed_core.config import TrainConfig, validate
-from fed_core.data import Mnist, load_mnist
+from fed_core.data.mnist import Mnist, load_mnist
+from fed_core.data.partition import PARTITIONS
 from fed_core.models import INIT_METHODS, MODELS
-from fed_core.partition import PARTITIONS
 from fed_core.report import json_text
 
 DEFAULTS = TrainConfig()

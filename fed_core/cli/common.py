@@ -9,13 +9,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from fed_core.client import TrainingDiverged
-from fed_core.data import MnistFileError
-from fed_core.engines import EngineError
+from fed_core.vocabulary import UserError
 
 USAGE_ERROR = 2
-# What a user can cause and fix: bad settings or files, a diverged run, a worker its engine could not reach.
-USER_ERRORS = (ValueError, OSError, MnistFileError, TrainingDiverged, EngineError)
+# What a user can cause and fix: every fed_core UserError (bad settings, files or drawings, a diverged run, a
+# worker its engine could not reach), and the ValueError or OSError a library raises on a bad file or path.
+USER_ERRORS = (UserError, ValueError, OSError)
 
 
 class FractionBar:

@@ -9,7 +9,8 @@ from pathlib import Path
 from torch import nn
 
 from fed_core.cli.common import FractionBar, check_writable, positive_int
-from fed_core.data import load_mnist, normalize
+from fed_core.data.mnist import load_mnist, normalize
+from fed_core.drawing.preprocess import prepare_digit, read_image
 from fed_core.encrypted_eval import (
     HE_PACKINGS,
     SCHEMES,
@@ -18,8 +19,7 @@ from fed_core.encrypted_eval import (
     require_encryptable,
 )
 from fed_core.models import load_model
-from fed_core.mpc_processes import PARTY_FORMS
-from fed_core.preprocess import prepare_digit, read_image
+from fed_core.mpc.processes import PARTY_FORMS
 
 TEST_IMAGES = 10_000
 

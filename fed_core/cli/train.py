@@ -13,20 +13,20 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from fed_core.budget import batch_problem
 from fed_core.cli.common import check_writable
-from fed_core.client import TrainingDiverged
 from fed_core.config import DP_MODES, TrainConfig
-from fed_core.data import load_mnist
-from fed_core.dp import Epsilon, describe_epsilon
+from fed_core.data.mnist import load_mnist
+from fed_core.data.partition import PARTITIONS
 from fed_core.engines import ENGINES, EngineError, engine_for
-from fed_core.memory import give_back
+from fed_core.federation.server import FederatedRun, RoundRecord, publishes_workers
+from fed_core.federation.strategy import STRATEGIES
+from fed_core.limits.budget import batch_problem
+from fed_core.limits.memory import give_back
+from fed_core.limits.threads import threads_for
 from fed_core.models import INIT_METHODS, MODELS, save_model
-from fed_core.partition import PARTITIONS
+from fed_core.privacy.dp import Epsilon, describe_epsilon
 from fed_core.report import json_text
-from fed_core.server import FederatedRun, RoundRecord, publishes_workers
-from fed_core.strategy import STRATEGIES
-from fed_core.threads import threads_for
+from fed_core.vocabulary import TrainingDiverged
 
 DEFAULTS = TrainConfig()
 RUN_FAILED, INTERRUPTED = 1, 130

@@ -1,7 +1,7 @@
 """Where local training runs: in this process, as syft jobs on data owners' datasites, or on Flower SuperNodes.
 
-Every engine runs the same server loop (:func:`fed_core.server.run_federated`) and the same worker training
-(:class:`fed_core.client.BatchedTrainer`); they differ only in where a worker's training happens and how its
+Every engine runs the same server loop (:func:`fed_core.federation.server.run_federated`) and the same worker training
+(:class:`fed_core.federation.trainer.BatchedTrainer`); they differ only in where a worker's training happens and how its
 update travels. :func:`engine_for` is the one place a run's engine is chosen and its settings are validated.
 
 To add an engine, write a module with a subclass of :class:`Engine` (its ``host`` runs the rounds with the
@@ -15,8 +15,9 @@ from collections.abc import Callable
 from importlib import import_module
 
 from fed_core.config import ConfigError, TrainConfig, validate
-from fed_core.data import Mnist
-from fed_core.server import FederatedRun, RoundRecord, WorkerPool, run_federated
+from fed_core.data.mnist import Mnist
+from fed_core.federation.server import FederatedRun, RoundRecord, WorkerPool, run_federated
+from fed_core.vocabulary import UserError
 
 ENGINES = {  # name: "module:class"
     "inprocess": "fed_core.engines.inprocess:InProcessEngine",
@@ -25,7 +26,7 @@ ENGINES = {  # name: "module:class"
 }
 
 
-class EngineError(RuntimeError):
+class EngineError(UserError, RuntimeError):
     """A worker could not train on its engine (a job rejected or failed, a node missing); says which and why."""
 
 

@@ -38,16 +38,14 @@ from flwr.clientapp import ClientApp
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.serverapp import Grid, ServerApp
 
-from fed_core.aggregation import Aggregate
-from fed_core.client import TrainingStopped, WorkerUpdate
 from fed_core.config import TrainConfig
-from fed_core.data import Mnist
-from fed_core.server import FederatedRun
-
-from . import Engine, EngineError, Rounds, StopCheck
-from .flower_secagg import SecureRound, secure_round, train_reply
-from .ray_guard import locked_down_ray, set_switches
-from .worker_job import LocalTask, load_shard, save_shard, train_local
+from fed_core.data.mnist import Mnist
+from fed_core.engines import Engine, EngineError, Rounds, StopCheck
+from fed_core.engines.flower_secagg import SecureRound, secure_round, train_reply
+from fed_core.engines.ray_guard import locked_down_ray, set_switches
+from fed_core.engines.worker_job import LocalTask, load_shard, save_shard, train_local
+from fed_core.federation.server import FederatedRun
+from fed_core.vocabulary import Aggregate, TrainingStopped, WorkerUpdate
 
 POLL_SECONDS = 0.1  # how often the server pulls replies (Flower's own send_and_receive waits 3 s)
 CONNECT_SECONDS = 120.0  # how long the server waits for every worker's SuperNode to connect

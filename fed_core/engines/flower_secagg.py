@@ -61,11 +61,11 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
 
-from fed_core.aggregation import LOCAL_STATS, Aggregate
 from fed_core.config import TrainConfig
-from fed_core.secagg import default_group_size, default_threshold, too_few_workers
-
-from .worker_job import LocalTask, train_local
+from fed_core.engines.worker_job import LocalTask, train_local
+from fed_core.federation.aggregation import LOCAL_STATS
+from fed_core.privacy.secagg import default_group_size, default_threshold, too_few_workers
+from fed_core.vocabulary import Aggregate
 
 CLIPPING_RANGE = 8.0  # Flower's default: every masked value lies in [-8, 8]
 QUANTIZATION_RANGE = 2**25  # steps over the clipping range

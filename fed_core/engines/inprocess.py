@@ -7,13 +7,14 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from fed_core.budget import working_memory
-from fed_core.client import BatchedTrainer, WorkerUpdate, worker_seed
 from fed_core.config import TrainConfig
-from fed_core.data import Mnist
+from fed_core.data.mnist import Mnist
 from fed_core.engines import Engine, Rounds, StopCheck
-from fed_core.scaffold import ControlVariates
-from fed_core.server import FederatedRun
+from fed_core.federation.scaffold import ControlVariates
+from fed_core.federation.server import FederatedRun
+from fed_core.federation.trainer import BatchedTrainer, worker_seed
+from fed_core.limits.budget import working_memory
+from fed_core.vocabulary import WorkerUpdate
 
 
 class InProcessPool:

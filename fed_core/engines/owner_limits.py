@@ -19,12 +19,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from fed_core.budget import duration_text
-from fed_core.client import LocalSettings
 from fed_core.config import LIMITS, REAL_RANGES, TrainConfig, estimate_seconds
+from fed_core.engines.worker_job import LocalTask
+from fed_core.limits.budget import duration_text
 from fed_core.models import MODELS
-
-from .worker_job import LocalTask
+from fed_core.vocabulary import LocalSettings
 
 
 @dataclass(frozen=True)

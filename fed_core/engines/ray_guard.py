@@ -24,7 +24,7 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from . import EngineError
+from fed_core.engines import EngineError
 
 AUTH_MODE_VARIABLE = "RAY_AUTH_MODE"
 TOKEN_VARIABLE = "RAY_AUTH_TOKEN"

@@ -6,7 +6,7 @@ aggregator submits one bash job per sampled owner. The owner approves the job (a
 exactly the expected training script and its local settings are within the owner's limits, owner_limits.py,
 or when a person presses Approve; a job over the limits is rejected), syft's job runner runs it, and
 the owner shares back only the outputs: the weight delta, the sample count and the metrics of a
-:class:`~fed_core.client.WorkerUpdate`.
+:class:`~fed_core.federation.trainer.WorkerUpdate`.
 
 Warm workers and the trust boundary. A fresh Python process pays about 4 s to import torch and take its
 first gradient, so the approved script does not train itself. It runs ``syft_handoff.py`` (standard
@@ -49,18 +49,21 @@ import torch
 from syft_perms import SyftPermContext
 from syft_rds import SyftRDSClient, job_matches_criteria
 
-from fed_core.budget import duration_text, load_budget
-from fed_core.client import TrainingStopped, WorkerUpdate
 from fed_core.config import TrainConfig
-from fed_core.data import Mnist
-from fed_core.server import FederatedRun
-
-from . import Engine, EngineError, Rounds, StopCheck
-from .owner_limits import OwnerLimits
-from .syft_handoff import MessageError, owner_socket, receive_message, send_message
-from .syft_warm_pool import PoolClosed, WarmPool, WarmWorker, WarmWorkerError, join_shared_pool, leave_shared_pool
-from .syft_warm_worker import TrainingRequest
-from .worker_job import (
+from fed_core.data.mnist import Mnist
+from fed_core.engines import Engine, EngineError, Rounds, StopCheck
+from fed_core.engines.owner_limits import OwnerLimits
+from fed_core.engines.syft_handoff import MessageError, owner_socket, receive_message, send_message
+from fed_core.engines.syft_warm_pool import (
+    PoolClosed,
+    WarmPool,
+    WarmWorker,
+    WarmWorkerError,
+    join_shared_pool,
+    leave_shared_pool,
+)
+from fed_core.engines.syft_warm_worker import TrainingRequest
+from fed_core.engines.worker_job import (
     GLOBAL_MODEL_FILE,
     JOB_FILE,
     UPDATE_FILE,
@@ -70,6 +73,9 @@ from .worker_job import (
     load_update,
     save_shard,
 )
+from fed_core.federation.server import FederatedRun
+from fed_core.limits.budget import duration_text, load_budget
+from fed_core.vocabulary import TrainingStopped, WorkerUpdate
 
 log = logging.getLogger(__name__)
 

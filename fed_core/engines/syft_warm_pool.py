@@ -19,8 +19,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .syft_handoff import MessageError, receive_message, send_message
-from .syft_warm_worker import TrainingRequest
+from fed_core.engines.syft_handoff import MessageError, receive_message, send_message
+from fed_core.engines.syft_warm_worker import TrainingRequest
 
 SYFT_CONCURRENT_JOBS = 2  # owners' jobs training at once in this server, each in one warm worker
 WAIT_SECONDS = 0.25  # how often a waiting owner checks whether its run was stopped

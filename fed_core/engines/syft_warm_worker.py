@@ -27,11 +27,10 @@ from pathlib import Path
 
 import torch
 
-from fed_core.client import LocalSettings, flatten, model_params
+from fed_core.engines.syft_handoff import MessageError, receive_message, send_message
+from fed_core.engines.worker_job import LocalTask, decode_vector, load_shard, save_update, train_local
 from fed_core.models import MODELS, build_model
-
-from .syft_handoff import MessageError, receive_message, send_message
-from .worker_job import LocalTask, decode_vector, load_shard, save_update, train_local
+from fed_core.vocabulary import LocalSettings, flatten, model_params
 
 REQUEST_KEYS = ("task", "threads", "shard", "weights", "update")
 TASK_KEYS = ("worker", "round", "seed", *(f.name for f in fields(LocalSettings)))  # LocalTask.to_dict's keys

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fed_core.client import BatchedTrainer, LocalSettings, WorkerUpdate, worker_seed
+from fed_core.federation.trainer import BatchedTrainer, worker_seed
 from fed_core.models import build_model
+from fed_core.vocabulary import LocalSettings, WorkerUpdate
 
 if TYPE_CHECKING:
     from fed_core.config import TrainConfig

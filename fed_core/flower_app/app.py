@@ -17,10 +17,10 @@ from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from fed_core.config import TrainConfig, validate
-from fed_core.data import load_mnist
+from fed_core.data.mnist import load_mnist
 from fed_core.engines.flower_engine import SHARD_FILE, client_app_for, flower_pool_factory
+from fed_core.federation.server import FederatedRun, RoundRecord, run_federated
 from fed_core.models import save_model
-from fed_core.server import FederatedRun, RoundRecord, run_federated
 
 OUT_DIR = "out-dir"  # where the ServerApp writes run.json and model.pt; empty: nowhere
 

@@ -15,7 +15,7 @@ Both are measured at WORK_BOX px (4x MNIST's 20 px box, fine enough to measure a
   eroded), because a bold brush fills the loops of a 4, 6, 8 or 9 and the centre line of a filled loop is
   a line.
 
-Everything else about width is left to training (fed_core/augment.py draws training digits thicker and
+Everything else about width is left to training (fed_core/data/augment.py draws training digits thicker and
 thinner).
 """
 

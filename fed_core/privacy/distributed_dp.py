@@ -44,9 +44,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .dp import ClientDP, ExampleDP, SecureRandom
-from .secagg import SecAggRefused
-from .secagg_primitives import FRAC_BITS
+from fed_core.privacy.dp import ClientDP, ExampleDP, SecureRandom
+from fed_core.privacy.secagg import SecAggRefused
+from fed_core.privacy.secagg_primitives import FRAC_BITS
 
 RING_UNITS = 2.0**FRAC_BITS  # ring units per 1.0 of an update coordinate
 

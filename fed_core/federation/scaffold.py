@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from .client import WorkerUpdate
+from fed_core.vocabulary import WorkerUpdate
 
 
 class ControlVariates:

@@ -10,7 +10,7 @@ role's memory). They run the same protocol code as the simulation
 (:class:`SecureCryptoCNN`, :class:`Dealer`); only the channel and the dealer's link are
 sockets here.
 
-Links (each a TCP connection; bytes and rounds are counted on them, see :mod:`fed_core.mpc_wire`):
+Links (each a TCP connection; bytes and rounds are counted on them, see :mod:`fed_core.mpc.wire`):
 owner <-> party 0, owner <-> party 1, owner -> dealer (batch sizes), party 0 <-> party 1
 (openings), dealer -> party 0 (its key), dealer -> party 1 (its key, then its shares of
 every product). After setup and after each batch a party reports its counters to the
@@ -20,7 +20,7 @@ Who is at the other end of a link is checked, not assumed: the calling process d
 key per link and per evaluation (:func:`link_keys`) and hands each role only the keys of its
 own links, inside the pickled arguments that the fork server passes down a pipe (never on a
 command line, where ``ps`` would show them). Each link opens with a mutual HMAC handshake
-under its key (:mod:`fed_core.mpc_wire`), so a local process that connects to a party's port
+under its key (:mod:`fed_core.mpc.wire`), so a local process that connects to a party's port
 first is refused and the party waits for the real role. This authenticates the roles; the
 protocol itself stays semi-honest: the shares carry no MACs, so a party that deviates from
 the protocol could change the result undetected (or learn from a wrong answer).
@@ -36,8 +36,11 @@ from dataclasses import dataclass
 
 import torch
 
+from fed_core.limits.threads import threads_for
 from fed_core.models import CryptoCNN
-from fed_core.mpc import (
+from fed_core.mpc.model import WEIGHTS, Architecture, crypto_cnn
+from fed_core.mpc.prg import KEY_BYTES, Prg
+from fed_core.mpc.protocol import (
     FRAC_BITS,
     PARTIES,
     Channel,
@@ -53,11 +56,8 @@ from fed_core.mpc import (
     share,
     share_model,
 )
-from fed_core.mpc_model import WEIGHTS, Architecture, crypto_cnn
-from fed_core.mpc_prg import KEY_BYTES, Prg
-from fed_core.mpc_range import check_images, check_model_range
-from fed_core.mpc_wire import Link, LinkKey, listener
-from fed_core.threads import threads_for
+from fed_core.mpc.ranges import check_images, check_model_range
+from fed_core.mpc.wire import Link, LinkKey, listener
 
 PARTY_FORMS = ("in-process", "processes")
 IMAGE_SHAPE = (1, 28, 28)

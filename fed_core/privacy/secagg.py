@@ -54,7 +54,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
 
-from .secagg_primitives import (
+from fed_core.privacy.secagg_primitives import (
     FRAC_BITS,
     KEY_BYTES,
     MASK_LABEL,

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SHIPPED_ROOT = Path(__file__).resolve().parent.parent / "assets" / "mnist"
+from fed_core.vocabulary import UserError
+
+SHIPPED_ROOT = Path(__file__).resolve().parents[2] / "assets" / "mnist"
 FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
     "train_labels": "train-labels-idx1-ubyte.gz",
@@ -26,7 +28,7 @@ FILES = {
 MEAN, STD = 0.1307, 0.3081
 
 
-class MnistFileError(RuntimeError):
+class MnistFileError(UserError, RuntimeError):
     """A data file is missing, corrupted or not an IDX file; the message names the file and the fix."""
 
 

@@ -18,9 +18,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 
-from .client import EVAL_CHUNK_BYTES, bytes_per_worker, workers_per_group
-from .config import LIMITS, TrainConfig, estimate_seconds
-from .models import MODELS
+from fed_core.config import LIMITS, TrainConfig, estimate_seconds
+from fed_core.federation.trainer import EVAL_CHUNK_BYTES, bytes_per_worker, workers_per_group
+from fed_core.models import MODELS
+from fed_core.vocabulary import UserError
 
 ENV_PREFIX = "FEDMNIST_"
 MB = 1_000_000
@@ -31,7 +32,7 @@ MB = 1_000_000
 SYFT_OWNER_JOBS_AT_ONCE = 1
 
 
-class BudgetError(ValueError):
+class BudgetError(UserError, ValueError):
     """A budget setting from the environment is not a positive number; the message names the variable."""
 
 
@@ -93,7 +94,7 @@ def load_budget(environ: Mapping[str, str] | None = None) -> Budget:
 
 # --- memory of an in-process run ---------------------------------------------------------------------------
 # The trainer trains workers in groups and the evaluator scores models in chunks, both sized from the training
-# memory budget (fed_core.client.workers_per_group, fed_core.server.Evaluator), so a run's memory is bounded
+# memory budget (trainer.workers_per_group, server.Evaluator), so a run's memory is bounded
 # by the budget whatever its workers and batch size, unless one worker alone does not fit. A "scored" example
 # is one image through one model without gradients, measured on the 2-core machine from the growth of peak RSS
 # (one torch thread); ``python bench/bench_app.py estimator`` compares the estimate with whole runs.
@@ -107,7 +108,7 @@ def _parameters(model: str) -> int:
 
 
 def sampled_workers(config: TrainConfig) -> int:
-    """Workers sampled in a round (fed_core.server.sample_workers takes this many, before dropout)."""
+    """Workers sampled in a round (fed_core.federation.server.sample_workers takes this many, before dropout)."""
     return max(1, round(config.fraction * config.workers))
 
 
@@ -141,7 +142,7 @@ def largest_batch(config: TrainConfig, budget: Budget | None = None) -> int:
     """The largest batch size at which one worker of ``config`` fits the run's working memory (at least 1).
 
     This, not a fixed number, caps the batch: workers train in groups that fit the budget, so only one worker
-    alone can overflow it. Binary search: a worker's bytes grow with its batch (fed_core.client.bytes_per_worker).
+    alone can overflow it. Binary search: a worker's bytes grow with its batch (trainer.bytes_per_worker).
     """
     working = working_memory(config, budget)
     low, high = 1, LIMITS["batch_size"][1]

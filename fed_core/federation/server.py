@@ -25,25 +25,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from .aggregation import Aggregate, accountant_for, collect
-from .budget import working_memory
-from .client import (
-    DEFAULT_MEMORY_BUDGET,
-    EVAL_CHUNK_BYTES,
-    Params,
-    WorkerUpdate,
-    activation_bytes,
-    flatten,
-    model_params,
-    unflatten,
-)
-from .config import TrainConfig
-from .data import Mnist, normalize
-from .dp import SecureRandom, poisson_sample_workers
-from .models import new_model
-from .partition import label_histogram, make_partition
-from .shapley import coalition_accuracy, cumulative_shapley, leave_one_out, shapley_values
-from .strategy import ServerOptimizer, cosine_to
+from fed_core.config import TrainConfig
+from fed_core.data.mnist import Mnist, normalize
+from fed_core.data.partition import label_histogram, make_partition
+from fed_core.federation.aggregation import accountant_for, collect
+from fed_core.federation.shapley import coalition_accuracy, cumulative_shapley, leave_one_out, shapley_values
+from fed_core.federation.strategy import ServerOptimizer, cosine_to
+from fed_core.federation.trainer import DEFAULT_MEMORY_BUDGET, EVAL_CHUNK_BYTES, activation_bytes
+from fed_core.limits.budget import working_memory
+from fed_core.models import new_model
+from fed_core.privacy.dp import SecureRandom, poisson_sample_workers
+from fed_core.vocabulary import Aggregate, Params, WorkerUpdate, flatten, model_params, unflatten
 
 
 class WorkerPool(Protocol):

@@ -9,11 +9,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fed_core.vocabulary import UserError
+
 PARTITIONS = ("iid", "dirichlet", "shards")
 MIN_EXAMPLES_PER_WORKER = 10
 
 
-class PartitionError(ValueError):
+class PartitionError(UserError, ValueError):
     """The requested split cannot be made (e.g. more workers than the data can serve)."""
 
 

@@ -18,8 +18,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
-from fed_core.data import normalize
-from fed_core.strokes import WORK_BOX, normalised
+from fed_core.data.mnist import normalize
+from fed_core.drawing.strokes import WORK_BOX, normalised
+from fed_core.vocabulary import UserError
 
 SIDE, DIGIT_BOX = 28, 20
 MIN_SIDE, MAX_SIDE = 16, 4096
@@ -44,7 +45,7 @@ THIN_BAR, BOLD_ONE = 0.3, 0.5  # short side / long side
 MIN_DIGIT_FRACTION = 0.1  # of the image's shorter side
 
 
-class DrawingError(ValueError):
+class DrawingError(UserError, ValueError):
     """The image cannot be read as one digit; the message tells the user what to change."""
 
 
@@ -167,7 +168,7 @@ def prepare_digit(image: np.ndarray) -> PreparedDigit:
     """Canvas RGBA / RGB / grayscale array -> the 28x28 digit the model sees.
 
     The ink is cropped and shrunk to WORK_BOX px while still 8-bit; float work starts there. A slant or a
-    stroke width beyond MNIST's range is brought back to it (fed_core.strokes), and MNIST's recipe does the rest.
+    stroke width beyond MNIST's range is brought back to it (drawing.strokes), and MNIST's recipe does the rest.
     """
     ink = ink_map(image)
     box = _ink_box(ink)

@@ -9,7 +9,7 @@ Roles:
   * only the logits are reconstructed, by the data owner.
 
 Randomness: every share, mask and triple is drawn from a ChaCha20 keystream keyed with 32
-bytes from ``secrets`` (:class:`fed_core.mpc_prg.Prg`), so a party's shares are uniform and
+bytes from ``secrets`` (:class:`fed_core.mpc.prg.Prg`), so a party's shares are uniform and
 unpredictable even given all its earlier ones. The owners each key their own stream. The
 dealer draws one key per compute party and sends it once (CrypTen's and SPDZ's seeded
 dealer): party i then draws its shares of every mask b and every a itself, party 0 also its
@@ -27,9 +27,9 @@ each party shifts its own share. The result is off by at most one unit in the la
 except when the two shares wrap around the ring, which for a uniform share happens with
 probability |x| / 2^64 (x the ring value before truncation, i.e. |real| * 2^(2*FRAC_BITS)):
 2^-32 per unit of the real value, 3.5e-8 for |x| = 150. The result is then off by 2^48
-units. :mod:`fed_core.mpc_truncation` measures it: on the 10k test set with the pretrained
+units. :mod:`fed_core.mpc.truncation` measures it: on the 10k test set with the pretrained
 model, 0 of 12.9 million truncated elements failed, 0.003 failures expected.
-:mod:`fed_core.mpc_range` refuses models and images whose values could overflow the ring
+:mod:`fed_core.mpc.ranges` refuses models and images whose values could overflow the ring
 or make failures likely.
 
 Measured on this machine before choosing the design: int64 matmul in torch runs at
@@ -38,7 +38,7 @@ Measured on this machine before choosing the design: int64 matmul in torch runs 
 The protocol code is written once for two forms. A ``SharedTensor`` holds the shares of
 whoever runs the code: both in ``MpcClassifier``, the simulation in one process (every
 operation still touches share i only with party i's data and the values both open), and
-one in a party's own process (:mod:`fed_core.mpc_processes`). Channels and the dealer's
+one in a party's own process (:mod:`fed_core.mpc.processes`). Channels and the dealer's
 link differ between the forms; the layers do not.
 """
 
@@ -52,11 +52,11 @@ from typing import TypeVar
 
 import torch
 
+from fed_core.limits.threads import threads_for
 from fed_core.models import CryptoCNN
-from fed_core.mpc_model import WEIGHTS, Architecture, BilinearOp, crypto_cnn, model_parameters, squared
-from fed_core.mpc_prg import KEY_BYTES, Prg
-from fed_core.mpc_range import check_images, check_model_range
-from fed_core.threads import threads_for
+from fed_core.mpc.model import WEIGHTS, Architecture, BilinearOp, crypto_cnn, model_parameters, squared
+from fed_core.mpc.prg import KEY_BYTES, Prg
+from fed_core.mpc.ranges import check_images, check_model_range
 
 FRAC_BITS = 16
 BYTES_PER_ELEMENT = 8
@@ -66,7 +66,7 @@ Method = TypeVar("Method", bound=Callable)
 
 
 def single_threaded(method: Method) -> Method:
-    """Run on fed_core.threads' MPC thread count, one (of the calling thread only: the setting is per thread).
+    """Run on fed_core.limits.threads' MPC thread count, one (of the calling thread only: the setting is per thread).
 
     Measured on the 10k test set on the 2-core machine: one thread takes ~2 s; two take
     1.8 s when the machine is quiet, but 8.4 s when other processes keep the cores busy
@@ -362,7 +362,7 @@ class SecureCryptoCNN:
         return self._truncate(secure_square(x, self.dealer, self.channel), squared(name))
 
     def _truncate(self, x: SharedTensor, step: str) -> SharedTensor:
-        """``step`` names the product being truncated (:mod:`fed_core.mpc_range` audits by step)."""
+        """``step`` names the product being truncated (:mod:`fed_core.mpc.ranges` audits by step)."""
         return truncate(x, self.frac_bits)
 
 
@@ -371,10 +371,10 @@ class MpcClassifier:
 
     The simulation: owners, dealer and both compute parties in this process. Refuses, with
     a ``FixedPointRangeError``, a model or images whose values could break the fixed-point
-    encoding (:mod:`fed_core.mpc_range`).
+    encoding (:mod:`fed_core.mpc.ranges`).
     """
 
-    network_class = SecureCryptoCNN  # a subclass may observe the steps (fed_core.mpc_range)
+    network_class = SecureCryptoCNN  # a subclass may observe the steps (fed_core.mpc.ranges)
 
     @single_threaded
     def __init__(self, model: CryptoCNN, frac_bits: int = FRAC_BITS) -> None:

@@ -26,7 +26,7 @@ from typing import Protocol
 
 import torch
 
-from .strategy import ServerOptimizer
+from fed_core.federation.strategy import ServerOptimizer
 
 
 class Evaluator(Protocol):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from fed_core.models import CryptoCNN
-from fed_core.mpc import MpcClassifier, SecureCryptoCNN, SharedTensor, reconstruct, single_threaded
+from fed_core.mpc.protocol import MpcClassifier, SecureCryptoCNN, SharedTensor, reconstruct, single_threaded
 
 RING = 2.0**64
 

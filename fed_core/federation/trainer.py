@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
 from functools import cache
 
 import numpy as np
@@ -37,13 +36,21 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from .augment import augmented
-from .data import MEAN, STD, normalize
-from .dp import ExampleDP, SecureRandom, poisson_batches, poisson_plan
-from .ghost_clip import GhostClipper
-from .models import PoolingCNN, build_model
+from fed_core.data.augment import augmented
+from fed_core.data.mnist import MEAN, STD, normalize
+from fed_core.models import PoolingCNN, build_model
+from fed_core.privacy.dp import ExampleDP, SecureRandom, poisson_batches, poisson_plan
+from fed_core.privacy.ghost_clip import GhostClipper
+from fed_core.vocabulary import (
+    LocalSettings,
+    Params,
+    TrainingDiverged,
+    TrainingStopped,
+    WorkerUpdate,
+    model_params,
+    unflatten,
+)
 
-Params = dict[str, torch.Tensor]
 WorkerTensors = list[list[torch.Tensor]]  # [worker][parameter], in the model's parameter order
 EVAL_SAMPLE = 512  # examples of its own shard each worker scores itself on, before and after
 SCORE_CHUNK = 16  # of those, scored per forward pass (small activations stay in cache: faster)
@@ -55,73 +62,6 @@ EVAL_CHUNK_BYTES = 32 * 2**20
 # Model-sized float32 tensors one worker keeps during a step: weights, velocity, gradient, scaled step, correction.
 MODEL_COPIES = 5
 AUGMENT_STREAM = 1  # worker_seed(seed, 0, AUGMENT_STREAM) seeds a worker's augmentation, apart from its batch order
-
-
-class TrainingStopped(Exception):
-    """The user stopped the run; raised between batches."""
-
-
-class TrainingDiverged(RuntimeError):
-    """A worker's loss became NaN or infinite."""
-
-
-@dataclass(frozen=True)
-class LocalSettings:
-    """How every worker of a run trains: what the server sends along with the weights each round."""
-
-    model: str
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float
-    clip_norm: float  # per-worker gradient norm cap; square activations blow up without it
-    dp_clip: float = 0.0  # when positive, example-level DP-SGD: each example's gradient norm cap S
-    dp_noise: float = 0.0  # and the noise multiplier z (noise std z * S on each step's sum)
-    prox_mu: float = 0.0  # FedProx: weight mu of the proximal term mu/2 ||w - w_global||^2 (0: plain FedAvg)
-    # FedSGD under secure aggregation: one step and no noise here; the update is the clipped gradient sum, and
-    # the noise is added in shares inside the masked sum (distributed_dp.py, aggregation.py).
-    dp_noise_split: bool = False
-    augment: bool = False  # every training batch randomly redrawn as other hands would (fed_core/augment.py)
-
-    @property
-    def example_dp(self) -> ExampleDP | None:
-        return ExampleDP(self.dp_clip, self.dp_noise) if self.dp_clip > 0 else None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> LocalSettings:
-        return cls(**{f.name: values[f.name] for f in fields(cls)})
-
-
-@dataclass
-class WorkerUpdate:
-    worker: int
-    num_examples: int  # size of the worker's shard: its FedAvg weight
-    delta: torch.Tensor  # flat float32 [P]: local model minus global model
-    loss_before: float
-    loss_after: float
-    accuracy_after: float  # on its own shard (a sample of it)
-    local_steps: int = 0  # optimizer steps the worker took (SCAFFOLD's control update divides by them)
-
-
-def flatten(params: Params) -> torch.Tensor:
-    return torch.cat([p.reshape(-1) for p in params.values()])
-
-
-def unflatten(vector: torch.Tensor, like: Params) -> Params:
-    """Inverse of :func:`flatten`; also works on a stacked [K, P] vector (gives [K, ...] tensors)."""
-    out, start = {}, 0
-    lead = vector.shape[:-1]
-    for name, p in like.items():
-        out[name] = vector[..., start : start + p.numel()].reshape(*lead, *p.shape)
-        start += p.numel()
-    return out
-
-
-def model_params(model: nn.Module) -> Params:
-    return {name: p.detach() for name, p in model.named_parameters()}
 
 
 def worker_seed(seed: int, round_idx: int, worker: int) -> int:
@@ -207,7 +147,7 @@ class BatchedTrainer:
         self.images = images  # uint8 [N, 28, 28], the whole training set
         self.labels = labels
         self.settings = settings
-        self.dp = settings.example_dp
+        self.dp = ExampleDP(settings.dp_clip, settings.dp_noise) if settings.dp_clip > 0 else None
         self.template = model_params(model)
         self.num_params = sum(p.numel() for p in self.template.values())
         self.group_size = workers_per_group(settings.model, settings.batch_size, memory_budget_bytes)

@@ -2,7 +2,7 @@
 
 ``torch.set_num_threads`` sizes the OpenMP team of the calling thread (torch's OpenMP backend keeps the setting
 per thread), so each path sets it where it runs: the training thread (grouped training, DP-SGD and Shapley
-scoring run there, one after another) and MPC's evaluation (fed_core.mpc.single_threaded, and each party's
+scoring run there, one after another) and MPC's evaluation (fed_core.mpc.protocol.single_threaded, and each party's
 process). HE's work is SEAL's, single-threaded C++ that torch's setting does not reach; its parallelism is its
 server processes (fed_core.encrypted_eval, ``he_workers``).
 
@@ -30,7 +30,7 @@ ENV = "FEDMNIST_TORCH_THREADS"
 #   HE, 20 test images (SEAL; torch's threads do not reach it): 5.0 s / 4.7 CPU-s vs 4.8 s / 4.7 CPU-s
 PATH_THREADS = {
     "training": 1,  # grouped training, DP-SGD and Shapley scoring, which run one after another in one thread
-    "mpc": 1,  # fed_core.mpc.single_threaded and each party's process (fed_core.mpc_processes)
+    "mpc": 1,  # fed_core.mpc.protocol.single_threaded and each party's process (fed_core.mpc.processes)
 }
 
 # Niceness of a training thread: interactive requests (a Draw classification, a page rerun) run at 0 and get the

@@ -1,6 +1,6 @@
 """Cryptographic randomness for secret sharing: a ChaCha20 keystream read as ring elements.
 
-Every share, mask and Beaver triple of :mod:`fed_core.mpc` comes from a ``Prg``. A
+Every share, mask and Beaver triple of :mod:`fed_core.mpc.protocol` comes from a ``Prg``. A
 non-cryptographic generator (torch's or numpy's Mersenne Twister) must not be used: its
 state follows from 624 consecutive outputs, so a party holding that many of its own
 shares could predict every later mask and unmask the other party's data.

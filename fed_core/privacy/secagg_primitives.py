@@ -1,4 +1,4 @@
-"""The building blocks of secure aggregation (fed_core/secagg.py runs the protocol with them).
+"""The building blocks of secure aggregation (fed_core/privacy/secagg.py runs the protocol with them).
 
 * **Fixed point in Z_(2^64).** A worker sends ``round(count * delta * 2^FRAC_BITS)`` for every
   coordinate, plus its example count as one extra coordinate, as numpy uint64 (whose array

@@ -20,7 +20,7 @@ With f fractional bits there are two limits:
 * a product carries 2f fractional bits before truncation, so its real value must stay
   below 2^(63 - 2f) (2.1e9 for f = 16), or it wraps around the ring: certain garbage;
 * truncating a value x fails with probability |x| 2^(2f) / 2^64 (see
-  :mod:`fed_core.mpc_truncation`). Summed over one image's truncated values, each at its
+  :mod:`fed_core.mpc.truncation`). Summed over one image's truncated values, each at its
   step's bound, that chance (the expected number of failures, a bound on the chance that
   an image meets one) must stay below ``MAX_FAILURE_PER_IMAGE``.
 
@@ -37,14 +37,15 @@ from dataclasses import dataclass
 
 import torch
 
-from fed_core.data import MEAN, STD
+from fed_core.data.mnist import MEAN, STD
 from fed_core.models import CryptoCNN
-from fed_core.mpc_model import Architecture, BilinearOp, crypto_cnn, model_parameters, squared
+from fed_core.mpc.model import Architecture, BilinearOp, crypto_cnn, model_parameters, squared
+from fed_core.vocabulary import UserError
 
 RING_BITS = 64
 MAX_FAILURE_PER_IMAGE = 0.1
 IMAGE_SHAPE = (1, 1, 28, 28)
-# Normalised pixels, widened by float32 rounding (fed_core.data.normalize works in float32).
+# Normalised pixels, widened by float32 rounding (fed_core.data.mnist.normalize works in float32).
 PIXEL_RANGE = ((0.0 - MEAN) / STD - 1e-4, (1.0 - MEAN) / STD + 1e-4)
 ADVICE = (
     "Retrain the model so that its activations stay smaller (weight decay, a lower learning rate or fewer "
@@ -53,7 +54,7 @@ ADVICE = (
 )
 
 
-class FixedPointRangeError(ValueError):
+class FixedPointRangeError(UserError, ValueError):
     """The model's values or the images do not fit the fixed-point encoding of the MPC run."""
 
 
@@ -158,5 +159,5 @@ def check_images(images: torch.Tensor) -> None:
         raise FixedPointRangeError(
             f"The images hold values from {low:.3g} to {high:.3g}, outside the normalised MNIST pixel range "
             f"[{PIXEL_RANGE[0]:.3f}, {PIXEL_RANGE[1]:.3f}] that the MPC range check assumes. Normalise them "
-            f"with fed_core.data.normalize (pixels 0-255 become (x / 255 - {MEAN}) / {STD})."
+            f"with fed_core.data.mnist.normalize (pixels 0-255 become (x / 255 - {MEAN}) / {STD})."
         )

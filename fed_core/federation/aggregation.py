@@ -22,16 +22,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 import torch
 
-from .client import WorkerUpdate
-from .config import TrainConfig
-from .distributed_dp import NoiseSplit
-from .dp import (
+from fed_core.config import TrainConfig
+from fed_core.federation.strategy import fedavg
+from fed_core.privacy.distributed_dp import NoiseSplit
+from fed_core.privacy.dp import (
     ClientAccountant,
     ClientDP,
     ExampleAccountant,
@@ -41,27 +40,10 @@ from .dp import (
     poisson_plan,
     private_fedavg,
 )
-from .secagg import SecAggRefused, secure_sum
-from .strategy import fedavg
+from fed_core.privacy.secagg import SecAggRefused, secure_sum
+from fed_core.vocabulary import Aggregate, WorkerUpdate
 
 FLOAT_BYTES = 4
-
-
-@dataclass
-class Aggregate:
-    """The outcome of one round's aggregation, as the server has it."""
-
-    average: torch.Tensor | None  # the update the server applies; None if the round was refused
-    reports: list[dict]  # each reporting worker's own account: worker, loss_before, loss_after, local_accuracy
-    visible: torch.Tensor | None  # [K, P] the updates as the server received them; None if it never sees one
-    counts: torch.Tensor | None  # [K] the examples behind each update, when the server knows them
-    received: torch.Tensor | None  # [P] what the server received from the first reporting worker
-    first_update: torch.Tensor | None  # that worker's own update: the simulation knows it, a secure server does not
-    upload_bytes: float  # mean bytes one sampled worker sent
-    lost: dict[int, str] = field(default_factory=dict)  # workers that left during the protocol, and why
-    refused: str | None = None  # why no aggregate came out
-    # LOCAL_STATS averaged over the reporting workers, weighted by examples; None where they are not released
-    local_means: dict[str, float] | None = None
 
 
 LOCAL_STATS = ("loss_before", "loss_after", "local_accuracy")  # what a worker reports of its own training
