@@ -34,7 +34,7 @@ from fed_core.config import TrainConfig
 from fed_core.data.mnist import load_mnist
 from fed_core.engines.inprocess import InProcessPool
 from fed_core.federation.server import FederatedRun, RoundRecord, run_federated
-from fed_core.federation.strategy import STRATEGIES
+from fed_core.federation.strategies import STRATEGIES
 from fed_core.limits.budget import env_name
 from fed_core.vocabulary import TrainingDiverged, TrainingStopped
 

@@ -32,7 +32,7 @@ from fed_core.data.mnist import Mnist, load_mnist
 from fed_core.data.partition import partition_iid
 from fed_core.federation.aggregation import accountant_for, aggregate
 from fed_core.federation.server import Evaluator
-from fed_core.federation.strategy import fedavg
+from fed_core.federation.strategies import fedavg
 from fed_core.federation.trainer import BatchedTrainer
 from fed_core.models import new_model
 from fed_core.privacy.dp import (

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 from fed_core.data.partition import MIN_EXAMPLES_PER_WORKER, PARTITIONS
-from fed_core.federation.strategy import STRATEGIES
+from fed_core.federation.strategies import STRATEGIES, strategy_for, strategy_problems
 from fed_core.models import INIT_METHODS, MODELS
 from fed_core.privacy.secagg_primitives import MIN_SURVIVORS
 from fed_core.vocabulary import LocalSettings, UserError
@@ -22,8 +22,6 @@ EXAMPLES_PER_SECOND = {"crypto_cnn": 30_000, "relu_cnn": 4_000, "fedavg_cnn": 2_
 # about 20k against 30k examples per CPU second (it was 7x slower with per-example gradients by vmap).
 DP_SGD_SLOWDOWN = 1.5
 EVAL_SECONDS = {"crypto_cnn": 0.05, "relu_cnn": 0.6, "fedavg_cnn": 2.0}
-# Extra local work per step: FedProx's proximal gradient, SCAFFOLD's correction (one model-sized add each).
-STRATEGY_COST = {"fedavg": 1.0, "fedprox": 1.1, "scaffold": 1.1}
 # Training images redrawn at random per second (fed_core/data/augment.py), whatever the model: the same order as
 # crypto_cnn's training, so it about doubles that model's training time (default run: 3 rounds took 9.7-10.4 s
 # of CPU without and 15.5-16.1 s with, interleaved) and adds a few percent to the pooling CNNs'.
@@ -53,7 +51,7 @@ class TrainConfig:
     model: str = "crypto_cnn"
     server_lr: float = 1.0
     server_momentum: float = 0.0
-    strategy: str = "fedavg"  # a name of strategy.STRATEGIES: fedavg, fedprox or scaffold
+    strategy: str = "fedavg"  # a name of federation.strategies.STRATEGIES (fedavg, fedprox, scaffold, fedadam, ...)
     prox_mu: float = 0.01  # FedProx only: weight mu of the proximal term mu/2 ||w - w_global||^2
     augment: bool = False  # workers train on randomly redrawn digits (fed_core/data/augment.py): reads drawings better
     train_size: int = TRAIN_SIZE  # first n training images (smaller for quick tests)
@@ -75,9 +73,9 @@ class TrainConfig:
 
     @property
     def local(self) -> LocalSettings:
+        """What every worker trains with: the run's local settings, as its strategy sends them (FedProx's mu)."""
         example_dp = (self.dp_clip, self.dp_noise) if self.dp == "example" else (0.0, 0.0)
-        prox_mu = self.prox_mu if self.strategy == "fedprox" else 0.0
-        return LocalSettings(
+        settings = LocalSettings(
             self.model,
             self.local_epochs,
             self.batch_size,
@@ -85,10 +83,10 @@ class TrainConfig:
             self.momentum,
             self.clip_norm,
             *example_dp,
-            prox_mu,
             dp_noise_split=self.dp == "example" and self.dp_distributed,
             augment=self.augment,
         )
+        return strategy_for(self).local_settings(settings)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -162,7 +160,7 @@ def problems(config: TrainConfig) -> list[str]:
             f"secure aggregation runs on these engines only: {', '.join(SECURE_AGGREGATION_ENGINES)}; "
             f"not on {config.engine}."
         )
-    out.extend(_scaffold_problems(config))
+    out.extend(strategy_problems(config))
     out.extend(_secure_round_problems(config))
     choices = (("partition", PARTITIONS), ("init", INIT_METHODS), ("model", MODELS), ("dp", DP_MODES))
     for name, allowed in (*choices, ("strategy", STRATEGIES)):
@@ -170,26 +168,6 @@ def problems(config: TrainConfig) -> list[str]:
             out.append(f"{name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}.")
     if not out:
         out.extend(_fit_problems(config))
-    return out
-
-
-def _scaffold_problems(config: TrainConfig) -> list[str]:
-    """SCAFFOLD's control-variate updates travel in the clear and its workers keep state between rounds."""
-    if config.strategy != "scaffold":
-        return []
-    out = []
-    if config.secure_aggregation:
-        out.append(
-            "SCAFFOLD cannot run with secure aggregation: the server needs each worker's control-variate "
-            "update, which secure aggregation would hide; use FedProx instead."
-        )
-    if config.dp != "none":
-        out.append(
-            "SCAFFOLD cannot run with differential privacy: its control variates are computed from each "
-            "worker's updates and sent without clipping or noise, outside the DP guarantee; use FedProx instead."
-        )
-    if config.engine != "inprocess":
-        out.append("SCAFFOLD runs on the inprocess engine only: its workers keep control variates between rounds.")
     return out
 
 
@@ -242,7 +220,7 @@ def estimate_seconds(config: TrainConfig) -> float:
     # Small batches cost more per example (more steps); 128 is the reference.
     batch_factor = max(1.0, (128 / config.batch_size) ** 0.5)
     per_round_eval = EVAL_SECONDS[config.model] * (1 + config.contribution_subset / 10_000 * scored_models(config))
-    training = examples / EXAMPLES_PER_SECOND[config.model] * batch_factor * STRATEGY_COST[config.strategy]
+    training = examples / EXAMPLES_PER_SECOND[config.model] * batch_factor * STRATEGIES[config.strategy].local_cost
     if config.dp == "example":
         training *= DP_SGD_SLOWDOWN
     if config.dp == "example" and config.dp_distributed:  # FedSGD: one batch of B per worker a round, not E epochs

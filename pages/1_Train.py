@@ -6,7 +6,7 @@ from fed_core.config import LIMITS, TrainConfig, estimate_seconds, problems
 from fed_core.data.mnist import MnistFileError, load_mnist
 from fed_core.engines import engine_for
 from fed_core.federation.server import publishes_workers
-from fed_core.federation.strategy import STRATEGIES
+from fed_core.federation.strategies import STRATEGIES
 from fed_core.job import BUSY, OWNER_BUSY, JobSnapshot, TrainingJob
 from fed_core.limits.budget import budget_problems, estimate_run_bytes, load_budget
 from fed_core.models import INIT_METHODS, MODEL_LABELS
@@ -59,14 +59,24 @@ def settings_form() -> TrainConfig:
         momentum = a2.number_input("Local momentum", 0.0, 0.99, D.momentum, 0.05)
         init = a3.selectbox("Weight initialisation", INIT_METHODS, format_func=INIT_LABELS.get)
         model = a3.selectbox("Model", list(MODEL_LABELS), format_func=MODEL_LABELS.get)
-        server_lr = a4.number_input("Server learning rate", 0.01, 10.0, D.server_lr, 0.1)
-        server_momentum = a4.number_input("Server momentum", 0.0, 0.99, D.server_momentum, 0.1)
         strategy = a4.selectbox(
             "Strategy",
             list(STRATEGIES),
-            format_func=STRATEGIES.get,
-            help="FedProx and SCAFFOLD keep workers from drifting apart on non-IID data",
+            format_func=lambda name: STRATEGIES[name].label,
+            help="FedProx and SCAFFOLD keep workers from drifting apart on non-IID data; FedAdam and FedYogi "
+            "adapt the server's step per weight (Reddi et al. 2021)",
         )
+        server_lr = a4.number_input(  # one widget per strategy: each starts from its own default
+            "Server learning rate",
+            0.001,
+            10.0,
+            STRATEGIES[strategy].default_server_lr,
+            0.01,
+            format="%.3f",
+            key=f"server_lr_{strategy}",
+            help="eta of FedAdam and FedYogi: about how far each weight moves a round (at most 1)",
+        )
+        server_momentum = a4.number_input("Server momentum", 0.0, 0.99, D.server_momentum, 0.1)
         prox_mu = D.prox_mu
         if strategy == "fedprox":
             prox_mu = a4.number_input("FedProx mu", 0.0, 10.0, D.prox_mu, 0.01, format="%.3f")

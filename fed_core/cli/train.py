@@ -19,7 +19,7 @@ from fed_core.data.mnist import load_mnist
 from fed_core.data.partition import PARTITIONS
 from fed_core.engines import ENGINES, EngineError, engine_for
 from fed_core.federation.server import FederatedRun, RoundRecord, publishes_workers
-from fed_core.federation.strategy import STRATEGIES
+from fed_core.federation.strategies import STRATEGIES
 from fed_core.limits.budget import batch_problem
 from fed_core.limits.memory import give_back
 from fed_core.limits.threads import threads_for
@@ -43,13 +43,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=DEFAULTS.lr, help="local learning rate")
     p.add_argument("--momentum", type=float, default=DEFAULTS.momentum, help="local SGD momentum")
     p.add_argument("--clip-norm", type=float, default=DEFAULTS.clip_norm, help="per-worker gradient norm cap")
-    p.add_argument("--server-lr", type=float, default=DEFAULTS.server_lr)
+    p.add_argument(
+        "--server-lr",
+        type=float,
+        help="server learning rate (eta of FedAdam and FedYogi); default: the strategy's, "
+        + ", ".join(f"{name} {cls.default_server_lr:g}" for name, cls in STRATEGIES.items()),
+    )
     p.add_argument("--server-momentum", type=float, default=DEFAULTS.server_momentum)
     p.add_argument(
         "--strategy",
         choices=list(STRATEGIES),
         default=DEFAULTS.strategy,
-        help="fedavg (FedAvgM with --server-momentum), fedprox (proximal term, --prox-mu) or scaffold",
+        help="; ".join(f"{name}: {cls.label}" for name, cls in STRATEGIES.items()),
     )
     p.add_argument("--prox-mu", type=float, default=DEFAULTS.prox_mu, help="FedProx proximal weight mu")
     p.add_argument(
@@ -100,7 +105,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     names = TrainConfig.__dataclass_fields__
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    values = {k: v for k, v in vars(args).items() if k in names}
+    if values.get("server_lr") is None:  # the strategy's own: FedAvg's 1.0 would wreck FedAdam's model
+        values["server_lr"] = STRATEGIES[values.get("strategy", DEFAULTS.strategy)].default_server_lr
+    return TrainConfig(**values)
 
 
 def train_command(args: argparse.Namespace) -> int:

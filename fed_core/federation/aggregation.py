@@ -1,6 +1,6 @@
 """How the server combines a round's updates, and what it sees of each worker while it does.
 
-* In the clear: the FedAvg average of the updates, weighted by examples (strategy.fedavg). The server sees
+* In the clear: the FedAvg average of the updates, weighted by examples (strategies.fedavg). The server sees
   every worker's update, which is what gradient inversion attacks feed on (fed_core/attack).
 * Secure aggregation (secagg.py): every sampled worker masks its update; the server holds only masked
   vectors and learns only their weighted sum. Workers that drop out after masking are recovered through
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from fed_core.config import TrainConfig
-from fed_core.federation.strategy import fedavg
+from fed_core.federation.strategies import fedavg
 from fed_core.privacy.distributed_dp import NoiseSplit
 from fed_core.privacy.dp import (
     ClientAccountant,
