@@ -74,7 +74,7 @@ def settings_form() -> TrainConfig:
             0.01,
             format="%.3f",
             key=f"server_lr_{strategy}",
-            help="eta of FedAdam and FedYogi: about how far each weight moves a round (at most 1)",
+            help="FedAdam and FedYogi: their eta, about how far each weight moves a round (at most 0.1)",
         )
         server_momentum = a4.number_input("Server momentum", 0.0, 0.99, D.server_momentum, 0.1)
         prox_mu = D.prox_mu

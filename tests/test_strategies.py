@@ -3,10 +3,13 @@ steps, against hand computations; which settings each can run with; the CLI and 
 
 import argparse
 import math
+from itertools import pairwise
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from streamlit.testing.v1 import AppTest
 
 from fed_core.cli.train import config_from_args, register
 from fed_core.config import DP_MODES, TrainConfig, problems
@@ -17,6 +20,7 @@ from fed_core.federation.strategies.base import BETA_1, BETA_2, TAU
 from fed_core.federation.trainer import BatchedTrainer
 from fed_core.models import new_model
 from fed_core.vocabulary import LocalSettings, WorkerUpdate, flatten, model_params, unflatten
+from ui import session
 
 LR = 0.1
 
@@ -190,7 +194,7 @@ def test_adaptive_runs_learn_real_mnist_at_their_default_eta(mnist, strategy):
         server_lr=STRATEGIES[strategy].default_server_lr,
     )
     accuracies = [r.test_accuracy for r in engine_for(config).run(mnist).history]
-    assert all(later > earlier for earlier, later in zip(accuracies, accuracies[1:])), accuracies
+    assert all(later > earlier for earlier, later in pairwise(accuracies)), accuracies
     assert accuracies[-1] > 0.8, accuracies
 
 
@@ -202,7 +206,7 @@ def test_adaptive_runs_learn_real_mnist_at_their_default_eta(mnist, strategy):
         ({"strategy": "scaffold", "dp": "client"}, "SCAFFOLD cannot run with differential privacy"),
         ({"strategy": "scaffold", "engine": "flower"}, "SCAFFOLD runs on the inprocess engine only"),
         ({"strategy": "fedsgd"}, "strategy must be one of fedavg, fedprox, scaffold, fedadam, fedyogi"),
-        ({"strategy": "fedadam", "server_lr": 2.0}, "takes a server learning rate (eta) of at most"),
+        ({"strategy": "fedadam"}, "takes a server learning rate (eta) of at most 0.1, got 1: "),
         ({"strategy": "fedyogi", "server_lr": 0.01, "server_momentum": 0.9}, "keeps its own server momentum"),
         ({"prox_mu": -1.0}, "FedProx mu must be in [0, 10]"),
     ],
@@ -244,3 +248,28 @@ def test_cli_server_lr_defaults_to_the_strategys():
     assert config_from_args(parser.parse_args(["train"])).server_lr == 1.0
     chosen = config_from_args(parser.parse_args(["train", "--strategy", "fedyogi", "--server-lr", "0.05"]))
     assert chosen.server_lr == 0.05
+
+
+def test_the_train_page_lists_the_registry_and_starts_fedadam_from_its_eta():
+    """Choosing FedAdam on the Train page sets the server learning rate to its default eta; a round runs with it."""
+    page = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=60)
+    page.switch_page("pages/1_Train.py")
+    page.run()
+    choice = next(w for w in page.selectbox if w.label == "Strategy")
+    assert choice.options == [cls.label for cls in STRATEGIES.values()]
+    choice.set_value("fedadam")
+    page.run()
+    assert next(w for w in page.number_input if w.label == "Server learning rate").value == 0.01
+    for label, value in (("Workers", 3), ("Rounds", 1)):
+        next(w for w in page.number_input if w.label == label).set_value(value)
+    next(w for w in page.button if w.label == "Start").click()
+    page.run()
+    job = page.session_state[session.JOB]
+    try:
+        assert (job.config.strategy, job.config.server_lr) == ("fedadam", 0.01)
+        job.join(120)
+        page.run()
+        assert any("Done:" in s.value for s in page.success)
+    finally:
+        job.stop()
+        job.join(60)

@@ -9,17 +9,12 @@ subclass (a server-side optimizer needs only ``server_update``) and add one line
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from fed_core.federation.strategies.base import Strategy
+from fed_core.federation.strategies.base import RunSettings, Strategy
 from fed_core.federation.strategies.fedadam import FedAdam
 from fed_core.federation.strategies.fedavg import FedAvg, fedavg
 from fed_core.federation.strategies.fedprox import FedProx
 from fed_core.federation.strategies.fedyogi import FedYogi
 from fed_core.federation.strategies.scaffold import Scaffold
-
-if TYPE_CHECKING:
-    from fed_core.config import TrainConfig
 
 STRATEGIES: dict[str, type[Strategy]] = {  # name: class; its ``label`` is what a user reads
     "fedavg": FedAvg,
@@ -32,12 +27,12 @@ STRATEGIES: dict[str, type[Strategy]] = {  # name: class; its ``label`` is what 
 __all__ = ["STRATEGIES", "Strategy", "fedavg", "strategy_for", "strategy_problems"]
 
 
-def strategy_for(config: TrainConfig) -> Strategy:
+def strategy_for(config: RunSettings) -> Strategy:
     """A fresh strategy object for the run ``config`` (a validated config names one of ``STRATEGIES``)."""
     return STRATEGIES[config.strategy](config)
 
 
-def strategy_problems(config: TrainConfig) -> list[str]:
+def strategy_problems(config: RunSettings) -> list[str]:
     """What the chosen strategy cannot run with (an unknown name is config.problems' to report)."""
     strategy = STRATEGIES.get(config.strategy)
     return strategy.problems(config) if strategy else []

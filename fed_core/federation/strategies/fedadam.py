@@ -9,7 +9,6 @@ from fed_core.federation.strategies.base import BETA_2, FedOpt
 
 class FedAdam(FedOpt):
     label = "FedAdam (adaptive server optimizer)"
-    default_server_lr = 0.01  # eta; measured on short MNIST runs (README, issue 21): 0.003-0.03 learn, 0.3 fails
 
     @staticmethod
     def second_moment(v: torch.Tensor | float, squared: torch.Tensor) -> torch.Tensor:

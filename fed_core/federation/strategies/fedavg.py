@@ -7,14 +7,9 @@ the global model the weighted mean of the local models.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-from fed_core.federation.strategies.base import Strategy
-
-if TYPE_CHECKING:
-    from fed_core.config import TrainConfig
+from fed_core.federation.strategies.base import RunSettings, Strategy
 
 
 def fedavg(deltas: torch.Tensor, num_examples: torch.Tensor) -> torch.Tensor:
@@ -28,7 +23,7 @@ class FedAvg(Strategy):
 
     label = "FedAvg (server momentum > 0: FedAvgM)"
 
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(self, config: RunSettings) -> None:
         super().__init__(config)
         self.momentum = config.server_momentum
         self.state = 0.0  # the velocity: zero before the first round, so the first step is the average itself

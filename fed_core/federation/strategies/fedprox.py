@@ -7,20 +7,17 @@ mu (w - w_global) to every step (federation.trainer.BatchedTrainer). The server 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
+from fed_core.federation.strategies.base import RunSettings
 from fed_core.federation.strategies.fedavg import FedAvg
 from fed_core.vocabulary import LocalSettings
-
-if TYPE_CHECKING:
-    from fed_core.config import TrainConfig
 
 
 class FedProx(FedAvg):
     label = "FedProx (proximal term mu/2 ||w - w_global||^2)"
     local_cost = 1.1  # the proximal gradient: one model-sized add per local step
 
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(self, config: RunSettings) -> None:
         super().__init__(config)
         self.mu = config.prox_mu
 

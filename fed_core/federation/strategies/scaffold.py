@@ -21,15 +21,13 @@ fedavg_cnn: 660 MB).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 
+from fed_core.federation.strategies.base import RunSettings
 from fed_core.federation.strategies.fedavg import FedAvg
 from fed_core.vocabulary import WorkerUpdate
-
-if TYPE_CHECKING:
-    from fed_core.config import TrainConfig
 
 
 class CorrectablePool(Protocol):
@@ -44,7 +42,7 @@ class Scaffold(FedAvg):
     label = "SCAFFOLD (control variates)"
     local_cost = 1.1  # the correction: one model-sized add per local step
 
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(self, config: RunSettings) -> None:
         super().__init__(config)
         self.num_workers = config.workers
         self.step_size = config.lr / (1 - config.momentum)  # the workers' effective local step (docstring)
@@ -53,7 +51,7 @@ class Scaffold(FedAvg):
         self.reported = 0.0  # Σ Δc_i the workers sent this round, until after_round adds it to c
 
     @classmethod
-    def problems(cls, config: TrainConfig) -> list[str]:
+    def problems(cls, config: RunSettings) -> list[str]:
         """Its control-variate updates travel in the clear, and its workers keep state between rounds."""
         out = []
         if config.secure_aggregation:
