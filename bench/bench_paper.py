@@ -80,6 +80,7 @@ def paper_config(args: argparse.Namespace, split: str) -> TrainConfig:
         rounds=args.max_rounds,
         strategy=args.strategy,
         prox_mu=args.prox_mu,
+        server_lr=STRATEGIES[args.strategy].default_server_lr,  # FedAvg's 1.0; FedAdam's and FedYogi's eta 0.01
         server_momentum=args.server_momentum,
         seed=args.seed,
     )
