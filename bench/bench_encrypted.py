@@ -127,7 +127,7 @@ def report_wire(result: EvalResult) -> None:
     # interpreter importing torch) does not, but sharing and masking the weights does: their bytes
     # and rounds are in the counts.
     steps = sum(v for k, v in result.seconds.items() if k != "total")
-    setup = result.seconds["total"] - steps
+    setup = result.total_seconds - steps
     print(
         f"  {result.n:,} images in {steps:.1f} s after {setup:.1f} s of setup (starting the processes, "
         f"sharing and masking the weights); {comm.rounds} rounds"

@@ -98,27 +98,29 @@ def classify(model, png: bytes | None, scheme: Scheme) -> None:
 
 
 def show_encrypted_input(digit: PreparedDigit, result: DigitResult) -> None:
-    view = result.server_view
-    if isinstance(view, HeServerView):
-        st.subheader("2 · Encrypted with your key")
-        n = view.input_ciphertexts
-        st.write(
-            f"The image became **{n} ciphertext{'s' if n > 1 else ''}**, "
-            f"{format_bytes(view.input_bytes)} in all (CKKS, 8192-degree polynomials). "
-            f"A glimpse of {'the first one' if n > 1 else 'it'}:"
-        )
-        st.code(view.ciphertext_glimpse, language=None, wrap_lines=True)
-        return
-    st.subheader("2 · Split into two random shares")
-    share_a, share_b = result.share_images
-    c1, c2, c3 = st.columns(3)
-    c1.image(views.enlarge(digit.pixels, 4), caption="your digit")
-    c2.image(views.enlarge(share_a, 4), caption="share held by party A")
-    c3.image(views.enlarge(share_b, 4), caption="share held by party B")
-    st.caption(
-        "Each share on its own is a grid of uniformly random 64-bit numbers (pictured: their lowest byte); only "
-        "their sum, modulo 2^64, is your image. The model's weights are shared the same way."
-    )
+    match result.server_view:
+        case HeServerView() as view:
+            st.subheader("2 · Encrypted with your key")
+            n = view.input_ciphertexts
+            st.write(
+                f"The image became **{n} ciphertext{'s' if n > 1 else ''}**, "
+                f"{format_bytes(view.input_bytes)} in all (CKKS, 8192-degree polynomials). "
+                f"A glimpse of {'the first one' if n > 1 else 'it'}:"
+            )
+            st.code(view.ciphertext_glimpse, language=None, wrap_lines=True)
+        case MpcServerView():
+            st.subheader("2 · Split into two random shares")
+            share_a, share_b = result.share_images
+            c1, c2, c3 = st.columns(3)
+            c1.image(views.enlarge(digit.pixels, 4), caption="your digit")
+            c2.image(views.enlarge(share_a, 4), caption="share held by party A")
+            c3.image(views.enlarge(share_b, 4), caption="share held by party B")
+            st.caption(
+                "Each share on its own is a grid of uniformly random 64-bit numbers (pictured: their lowest byte); "
+                "only their sum, modulo 2^64, is your image. The model's weights are shared the same way."
+            )
+        case _:
+            raise TypeError(f"The page cannot show the encrypted input of {result.scheme!r}.")
 
 
 def show_server_view(result: DigitResult) -> None:
