@@ -74,6 +74,8 @@ def test_he_packing_choice_follows_the_estimates():
     batch = HeScheme(packing="batch")
     assert batch.estimate_seconds(100) == batch.estimate_seconds(4000)
     assert MpcScheme().estimate_seconds(10_000) < HeScheme().estimate_seconds(10_000)
+    assert "in 2 batches of up to 1,000" in MpcScheme().describe(2000)
+    assert "one at a time (the faster of the two)" in HeScheme().describe(10)
 
 
 @pytest.mark.parametrize("scheme", ["he", "mpc"])

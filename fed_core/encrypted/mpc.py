@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,7 +131,12 @@ class MpcScheme(Scheme):
         return n / MPC_IMAGES_PER_SECOND
 
     def describe(self, n: int) -> str:
-        return "Secret sharing is fast: thousands of images per second."
+        batches = math.ceil(n / MPC_BATCH)
+        return (
+            f"Two parties compute on the shares of {n:,} image{'s' if n > 1 else ''} in {batches} "
+            f"batch{'es' if batches > 1 else ''} of up to {MPC_BATCH:,}: secret sharing is fast, thousands of "
+            "images per second."
+        )
 
     def images_per_request(self, budget: Budget) -> int:
         return budget.mpc_images_per_request
