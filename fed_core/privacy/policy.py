@@ -20,6 +20,7 @@ the settings reach it as any object with :class:`PrivacySettings`' fields, and t
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -179,7 +180,7 @@ class Privacy:
 
 
 @dataclass(frozen=True, kw_only=True)
-class DifferentialPrivacy(Privacy):
+class DifferentialPrivacy(Privacy, ABC):
     """What example- and client-level DP share: clip S, noise multiplier z, delta, and the optional noise split.
 
     ``colluding`` is None when the noise is drawn in one piece (by each worker's DP-SGD, or by the server); else
@@ -196,8 +197,9 @@ class DifferentialPrivacy(Privacy):
     protects_long = ""
 
     @property
+    @abstractmethod
     def mechanism(self) -> ExampleDP | ClientDP:
-        raise NotImplementedError
+        """The Gaussian mechanism the accountant and the noise split are sized for (dp.py)."""
 
     @property
     def noise_split(self) -> bool:
