@@ -9,18 +9,13 @@ from dataclasses import asdict, dataclass, fields
 from fed_core.data.partition import MIN_EXAMPLES_PER_WORKER, PARTITIONS
 from fed_core.federation.strategies import STRATEGIES, strategy_for, strategy_problems
 from fed_core.models import INIT_METHODS, MODELS
-from fed_core.privacy.secagg_primitives import MIN_SURVIVORS
+from fed_core.privacy.policy import DP_MODES, privacy_for, privacy_problems
 from fed_core.vocabulary import LocalSettings, UserError
 
 TRAIN_SIZE = 60_000
-DP_MODES = ("none", "example", "client")
-SECURE_AGGREGATION_ENGINES = ("inprocess", "flower")
 # Measured with bench/bench_train.py on the 2-core reference machine: training examples per second
 # (one local epoch of every worker counts its shard once) and seconds per full test-set evaluation.
 EXAMPLES_PER_SECOND = {"crypto_cnn": 30_000, "relu_cnn": 4_000, "fedavg_cnn": 2_000}
-# DP-SGD's ghost clipping (ghost_clip.py) against plain SGD, crypto_cnn, 10 workers, B=128, one thread:
-# about 20k against 30k examples per CPU second (it was 7x slower with per-example gradients by vmap).
-DP_SGD_SLOWDOWN = 1.5
 EVAL_SECONDS = {"crypto_cnn": 0.05, "relu_cnn": 0.6, "fedavg_cnn": 2.0}
 # Training images redrawn at random per second (fed_core/data/augment.py), whatever the model: the same order as
 # crypto_cnn's training, so it about doubles that model's training time (default run: 3 rounds took 9.7-10.4 s
@@ -59,7 +54,7 @@ class TrainConfig:
     shapley: bool = True  # also each worker's Shapley value of the round (exact up to 8 workers, else sampled)
     engine: str = "inprocess"  # where workers train: a name of fed_core.engines.ENGINES, checked by engine_for
     manual_approval: bool = False  # syft only: each owner waits for a person to approve every job
-    # Privacy (fed_core/federation/aggregation.py, secagg.py, dp.py):
+    # Privacy (read only through fed_core/privacy/policy.py's privacy_for; secagg.py, dp.py):
     secure_aggregation: bool = False  # the server holds only masked updates and learns only their sum
     dp: str = "none"  # "example": DP-SGD inside each worker; "client": DP-FedAvg on the workers' updates
     dp_clip: float = 1.0  # S: the per-example gradient (example) or per-worker update (client) norm cap
@@ -73,8 +68,8 @@ class TrainConfig:
 
     @property
     def local(self) -> LocalSettings:
-        """What every worker trains with: the run's local settings, as its strategy sends them (FedProx's mu)."""
-        example_dp = (self.dp_clip, self.dp_noise) if self.dp == "example" else (0.0, 0.0)
+        """What every worker trains with: the run's local settings, as its privacy and its strategy send them."""
+        local_dp = privacy_for(self).local_dp
         settings = LocalSettings(
             self.model,
             self.local_epochs,
@@ -82,8 +77,9 @@ class TrainConfig:
             self.lr,
             self.momentum,
             self.clip_norm,
-            *example_dp,
-            dp_noise_split=self.dp == "example" and self.dp_distributed,
+            local_dp.clip,
+            local_dp.noise,
+            dp_noise_split=local_dp.noise_split,
             augment=self.augment,
         )
         return strategy_for(self).local_settings(settings)
@@ -146,22 +142,8 @@ def problems(config: TrainConfig) -> list[str]:
             out.append(f"{label} must be {interval}, got {value}.")
     if config.manual_approval and config.engine != "syft":
         out.append("manual approval of jobs needs the syft engine, whose data owners approve each job.")
-    if config.dp == "client" and config.secure_aggregation and config.engine != "inprocess":
-        out.append("client-level DP with secure aggregation runs on the inprocess engine only.")
-    if config.dp_distributed and (config.dp == "none" or not config.secure_aggregation):
-        out.append(
-            "noise split across workers (distributed DP) needs DP and secure aggregation: the shares add up to one "
-            "noise only inside the masked sum."
-        )
-    elif config.dp_distributed and config.engine != "inprocess":
-        out.append("noise split across workers (distributed DP) runs on the inprocess engine only.")
-    if config.secure_aggregation and config.engine not in SECURE_AGGREGATION_ENGINES:
-        out.append(
-            f"secure aggregation runs on these engines only: {', '.join(SECURE_AGGREGATION_ENGINES)}; "
-            f"not on {config.engine}."
-        )
+    out.extend(privacy_problems(config))
     out.extend(strategy_problems(config))
-    out.extend(_secure_round_problems(config))
     choices = (("partition", PARTITIONS), ("init", INIT_METHODS), ("model", MODELS), ("dp", DP_MODES))
     for name, allowed in (*choices, ("strategy", STRATEGIES)):
         if getattr(config, name) not in allowed:
@@ -169,25 +151,6 @@ def problems(config: TrainConfig) -> list[str]:
     if not out:
         out.extend(_fit_problems(config))
     return out
-
-
-def _secure_round_problems(config: TrainConfig) -> list[str]:
-    """Secure aggregation of fewer than MIN_SURVIVORS updates would reveal them: refused before the run starts.
-
-    Rounds that lose workers to dropout, or draw too few under client-level DP's Poisson sampling, are refused
-    one by one while the run goes on (secagg.py); here a setting whose every round would be refused.
-    """
-    if not config.secure_aggregation:
-        return []
-    poisson = config.dp == "client"  # a random number per round, C * workers on average
-    per_round = config.fraction * config.workers if poisson else max(1, round(config.fraction * config.workers))
-    if per_round >= MIN_SURVIVORS:
-        return []
-    return [
-        f"secure aggregation needs at least {MIN_SURVIVORS} workers in every round: the sum of one update is that "
-        f"update, and of two, each worker would read the other's. {config.workers} worker(s) at fraction C = "
-        f"{config.fraction:g} give {per_round:g} per round{' on average' if poisson else ''}; raise Workers or C."
-    ]
 
 
 def _fit_problems(config: TrainConfig) -> list[str]:
@@ -221,10 +184,7 @@ def estimate_seconds(config: TrainConfig) -> float:
     batch_factor = max(1.0, (128 / config.batch_size) ** 0.5)
     per_round_eval = EVAL_SECONDS[config.model] * (1 + config.contribution_subset / 10_000 * scored_models(config))
     training = examples / EXAMPLES_PER_SECOND[config.model] * batch_factor * STRATEGIES[config.strategy].local_cost
-    if config.dp == "example":
-        training *= DP_SGD_SLOWDOWN
-    if config.dp == "example" and config.dp_distributed:  # FedSGD: one batch of B per worker a round, not E epochs
-        training *= min(1.0, config.batch_size * config.workers / config.train_size) / config.local_epochs
+    training *= privacy_for(config).local_training_cost(config.workers, config.train_size)
     if config.augment:
         training += examples / AUGMENT_EXAMPLES_PER_SECOND
     return training + config.rounds * per_round_eval
@@ -233,7 +193,7 @@ def estimate_seconds(config: TrainConfig) -> float:
 def scored_models(config: TrainConfig) -> int:
     """Models each round scores on the contribution subset: leave-one-out's, and Shapley's coalitions."""
     workers = max(1, round(config.fraction * config.workers))
-    if config.secure_aggregation or config.contribution_subset == 0:
+    if privacy_for(config).secure_aggregation or config.contribution_subset == 0:
         return 0
     shapley = 0 if not config.shapley else 2**workers if workers <= 8 else 32 * workers  # shapley.py's defaults
     return workers + 1 + shapley

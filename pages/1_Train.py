@@ -5,11 +5,11 @@ import streamlit as st
 from fed_core.config import LIMITS, TrainConfig, estimate_seconds, problems
 from fed_core.data.mnist import MnistFileError, load_mnist
 from fed_core.engines import engine_for
-from fed_core.federation.server import publishes_workers
 from fed_core.federation.strategies import STRATEGIES
 from fed_core.job import BUSY, OWNER_BUSY, JobSnapshot, TrainingJob
 from fed_core.limits.budget import budget_problems, estimate_run_bytes, load_budget
 from fed_core.models import INIT_METHODS, MODEL_LABELS
+from fed_core.privacy.policy import privacy_for
 from ui import engine_views, privacy_views, session
 from ui import train_views as views
 from ui.common import CHART_CONFIG, format_duration, shown_safely
@@ -254,11 +254,12 @@ def show_rounds(job: TrainingJob, snapshot: JobSnapshot) -> None:
     if epsilon:
         st.markdown(f"**{epsilon}**")
     st.plotly_chart(accuracy, width="stretch", config=CHART_CONFIG)
-    if not publishes_workers(job.config):  # client-level DP: its epsilon needs the participants kept secret
+    privacy = privacy_for(job.config)
+    if not privacy.publishes_workers:  # client-level DP: its epsilon needs the participants kept secret
         st.info(privacy_views.CLIENT_DP_HIDDEN)
         return
     left, right = st.columns([3, 2])
-    if job.config.secure_aggregation:
+    if privacy.secure_aggregation:
         left.info(
             "Each worker's contribution needs its own update, which secure aggregation keeps from the server: "
             "only the sum of the round's updates is known."
@@ -282,7 +283,7 @@ def show_workers(job: TrainingJob, snapshot: JobSnapshot, table) -> None:
     """The latest round's workers: what the server knows of each, and the means it holds of their own training."""
     latest = snapshot.history[-1]
     st.subheader(f"Workers in round {snapshot.round}")
-    means = views.local_means_text(latest.get("local_means"), job.config.secure_aggregation)
+    means = views.local_means_text(latest.get("local_means"), privacy_for(job.config).secure_aggregation)
     if means:
         st.markdown(means)
     if len(table.columns):

@@ -14,7 +14,8 @@ from fed_core.config import TrainConfig
 from fed_core.engines.flower_mask_seed import FLOWER_SECURE_AGGREGATION_NOTE
 from fed_core.federation.server import ServerView
 from fed_core.models import build_model
-from fed_core.privacy.dp import Epsilon, describe_epsilon
+from fed_core.privacy.dp import Epsilon
+from fed_core.privacy.policy import privacy_for
 from fed_core.vocabulary import model_params, unflatten
 from ui import session
 from ui.common import ACCENT, SECOND, format_bytes
@@ -106,30 +107,14 @@ def privacy_settings(engine: str) -> dict:
     return values
 
 
-def privacy_label(config: TrainConfig) -> str:
-    parts = ["secure aggregation"] if config.secure_aggregation else []
-    if config.dp != "none":
-        parts.append(f"{config.dp}-level DP (S={config.dp_clip:g}, z={config.dp_noise:g})")
-    if config.dp_distributed:
-        parts.append(f"noise split across workers (c={config.dp_colluding})")
-    return " + ".join(parts) or "none"
-
-
 def epsilon_text(history: list[dict], config: TrainConfig) -> str | None:
-    """One line on the DP guarantee spent so far, or None without DP."""
+    """One line on the DP guarantee spent so far, or None without DP (no round recorded an epsilon)."""
     last = history[-1] if history else {}
-    if config.dp == "none" or last.get("epsilon") is None:
+    if last.get("epsilon") is None:
         return None
-    whom = "one training image of any worker" if config.dp == "example" else "one worker's whole data"
     # A record from before both accountants were kept has only the guarantee: it was RDP's.
     bounds = Epsilon(last.get("epsilon_rdp", last["epsilon"]), last.get("epsilon_prv"))
-    line = f"Privacy spent so far: {describe_epsilon(bounds)} at δ = {config.dp_delta:g}, for {whom}."
-    if config.dp_distributed:
-        line += (
-            f" The workers drew the noise in shares inside secure aggregation: it holds against the server too, "
-            f"as long as at most {config.dp_colluding} worker(s) collude with it."
-        )
-    return line
+    return privacy_for(config).epsilon_sentence(bounds)
 
 
 def server_view_figure(view: ServerView, model_name: str) -> go.Figure:
@@ -176,7 +161,7 @@ def remember_run(job_id: str, config: TrainConfig, history: list[dict], status: 
         return
     rounds = len(history)
     runs[job_id] = {
-        "privacy": privacy_label(config),
+        "privacy": privacy_for(config).label,
         "engine": config.engine,
         "workers × rounds": f"{config.workers} × {rounds}",
         "seed": config.seed,

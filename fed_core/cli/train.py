@@ -18,13 +18,14 @@ from fed_core.config import DP_MODES, TrainConfig
 from fed_core.data.mnist import load_mnist
 from fed_core.data.partition import PARTITIONS
 from fed_core.engines import ENGINES, EngineError, engine_for
-from fed_core.federation.server import FederatedRun, RoundRecord, publishes_workers
+from fed_core.federation.server import FederatedRun, RoundRecord
 from fed_core.federation.strategies import STRATEGIES
 from fed_core.limits.budget import batch_problem
 from fed_core.limits.memory import give_back
 from fed_core.limits.threads import threads_for
 from fed_core.models import INIT_METHODS, MODELS, save_model
-from fed_core.privacy.dp import Epsilon, describe_epsilon
+from fed_core.privacy.dp import Epsilon
+from fed_core.privacy.policy import privacy_for
 from fed_core.report import json_text
 from fed_core.vocabulary import TrainingDiverged
 
@@ -142,16 +143,10 @@ def train_command(args: argparse.Namespace) -> int:
         f"{run.config.workers} workers x {run.config.rounds} rounds ({run.config.engine}, {run.config.model}): "
         f"test accuracy {last.test_accuracy:.2%}, loss {last.test_loss:.4f}, wall time {run.wall_seconds:.1f} s"
     )
+    privacy = privacy_for(run.config)
     if last.epsilon is not None:
-        whom = "one training image" if run.config.dp == "example" else "one worker's data"
-        bounds = Epsilon(last.epsilon_rdp, last.epsilon_prv)
-        print(f"{run.config.dp}-level DP for {whom}: {describe_epsilon(bounds)} at δ = {run.config.dp_delta:g}")
-        if run.config.dp_distributed:
-            print(
-                "the workers added the noise in shares inside secure aggregation: it holds against the server too, "
-                f"with up to {run.config.dp_colluding} worker(s) colluding with it"
-            )
-    if not publishes_workers(run.config):
+        print(*privacy.epsilon_lines(Epsilon(last.epsilon_rdp, last.epsilon_prv)), sep="\n")
+    if not privacy.publishes_workers:
         print("client-level DP: the run record names no participant and has no per-worker figure (epsilon assumes so)")
     save_results(run, args.out, args.save_model, "done")
     return 0

@@ -64,9 +64,6 @@ class Budget:
     def training_memory_bytes(self) -> int:
         return self.training_memory_mb * MB
 
-    def images_per_request(self, scheme: str) -> int:
-        return self.he_images_per_request if scheme == "he" else self.mpc_images_per_request
-
 
 def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()

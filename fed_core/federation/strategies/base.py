@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
 
+from fed_core.privacy.policy import PrivacySettings
 from fed_core.vocabulary import LocalSettings
 
 # Reddi et al. 2021's server Adam and Yogi, with Flower's defaults (flwr.server.strategy.FedAdam, FedYogi): fixed,
@@ -35,23 +36,19 @@ MAX_ETA = 0.1
 Pool = TypeVar("Pool")  # the round's server.WorkerPool
 
 
-class RunSettings(Protocol):
+class RunSettings(PrivacySettings, Protocol):
     """What the strategies read of a run's settings: config.TrainConfig has them all.
 
     A protocol rather than TrainConfig itself because config.py asks the strategies for the workers' settings,
     a run's problems and its cost: importing config here would close an import loop (tests/test_layers.py).
+    The privacy settings come in whole: a strategy asks the run's privacy object (privacy.policy) what it does.
     """
 
     strategy: str
-    workers: int
-    lr: float
     momentum: float
     server_lr: float
     server_momentum: float
     prox_mu: float
-    engine: str
-    dp: str
-    secure_aggregation: bool
 
 
 class Strategy:

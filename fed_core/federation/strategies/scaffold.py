@@ -27,6 +27,7 @@ import torch
 
 from fed_core.federation.strategies.base import RunSettings
 from fed_core.federation.strategies.fedavg import FedAvg
+from fed_core.privacy.policy import privacy_for
 from fed_core.vocabulary import WorkerUpdate
 
 
@@ -54,18 +55,22 @@ class Scaffold(FedAvg):
     def problems(cls, config: RunSettings) -> list[str]:
         """Its control-variate updates travel in the clear, and its workers keep state between rounds."""
         out = []
-        if config.secure_aggregation:
+        if config.engine != "inprocess":
+            out.append("SCAFFOLD runs on the inprocess engine only: its workers keep control variates between rounds.")
+        try:
+            privacy = privacy_for(config)
+        except ValueError:  # an unknown DP mode, reported with the other choices
+            return out
+        if privacy.secure_aggregation:
             out.append(
                 "SCAFFOLD cannot run with secure aggregation: the server needs each worker's control-variate "
                 "update, which secure aggregation would hide; use FedProx instead."
             )
-        if config.dp != "none":
+        if privacy.differentially_private:
             out.append(
                 "SCAFFOLD cannot run with differential privacy: its control variates are computed from each "
                 "worker's updates and sent without clipping or noise, outside the DP guarantee; use FedProx instead."
             )
-        if config.engine != "inprocess":
-            out.append("SCAFFOLD runs on the inprocess engine only: its workers keep control variates between rounds.")
         return out
 
     def own(self, worker: int, like: torch.Tensor) -> torch.Tensor:
