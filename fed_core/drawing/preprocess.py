@@ -195,7 +195,8 @@ def _ink_box(ink: np.ndarray) -> tuple[slice, slice]:
     height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
     if max(height, width) < MIN_DIGIT_FRACTION * min(ink.shape):
         raise DrawingError("That is only a dot: draw the digit larger, filling most of the canvas.")
-    if looks_scribbled(mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]):
+    cut = rows[0] == 0 or cols[0] == 0 or rows[-1] == mask.shape[0] - 1 or cols[-1] == mask.shape[1] - 1
+    if looks_scribbled(mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], cut):
         raise DrawingError("That looks like a scribble: clear the canvas and draw one digit with a few strokes.")
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
