@@ -18,7 +18,7 @@ upright box and all of its own rectangle, while a digit's own rectangle is at mo
 box (a slanted "1" is a bar in its own frame, as an upright one is).
 
 Loops scratched over an area leave a blob, a mesh or a ring. A blob is refused (no digit but a bar is as
-convex as its outline without enclosing a loop), and so is a mesh with many enclosed gaps; a ring is, to any
+convex as its outline without enclosing even a pinhole), and so is a mesh with many enclosed gaps; a ring is, to any
 measure of the ink alone, a bold 0 (one stroke around, or many side by side, leave the same band), so it
 passes and is read as 0. Of bench/bench_drawing.py's loop scribbles, three in four are rings.
 """
@@ -35,16 +35,16 @@ THIN_BAR, BOLD_ONE = 0.3, 0.5  # short side / long side
 # Straight lines of 4 to 60 px brushes, 60 to 240 px long, at any angle: at most 0.4% above a round-ended bar's fill.
 ROUND_END_SLACK = 0.01
 # Measured on bench/bench_drawing.py's drawings (200 MNIST test and 200 training digits, every row) against its
-# loop scribbles: no digit without a hole filled more than 95% of its convex hull unless it was a bar (the
-# only one above was a bold 8 whose loops the brush had filled, read as 0 anyway), and none enclosed more than
-# 12 gaps of any size.
+# loop scribbles: no digit that enclosed no gap at all filled more than 95% of its convex hull unless it was a
+# bar (bold 8s whose loops the brush had filled did, but they kept a few pinholes), and none enclosed more
+# than 12 gaps of any size.
 MAX_BLOB_SOLIDITY, MANY_GAPS = 0.95, 20
 
 
 def looks_scribbled(box: np.ndarray, cut: bool = False) -> bool:
     """Whether bool ink cropped to its bounding box is a scribble: it fills a rectangle around it, upright or
     its own, as only a scribble does; or it is a blob, a patch of ink as convex as its outline and too wide
-    for a bar, enclosing nothing; or it encloses many gaps, left where ink was laid over ink many times."""
+    for a bar, enclosing not even a pinhole; or it encloses many gaps, left where ink was laid over ink many times."""
     gaps = _enclosed_gaps(box)
     has_loop = gaps.max(initial=0) >= MIN_HOLE * box.size
     corners = _edge_corners(box)
@@ -52,7 +52,7 @@ def looks_scribbled(box: np.ndarray, cut: bool = False) -> bool:
     own = own_rectangle(corners[hull.vertices])
     if any(_too_full(box, height, width, has_loop, cut) for height, width in (box.shape, own)):
         return True
-    blob = not has_loop and box.sum() > MAX_BLOB_SOLIDITY * hull.volume and min(own) >= BOLD_ONE * max(own)
+    blob = not len(gaps) and box.sum() > MAX_BLOB_SOLIDITY * hull.volume and min(own) >= BOLD_ONE * max(own)
     return blob or len(gaps) >= MANY_GAPS
 
 
