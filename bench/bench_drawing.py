@@ -6,10 +6,11 @@
 
 MNIST test digits are redrawn the way the canvas records a drawing, the writer's path kept and the pen
 replaced by a round brush (devtools/drawn.py). One thing varies per row, the others stay at the page's usual
-drawing (brush 18 px, upright as written, MNIST's 20 px box drawn 70% of the canvas, about 196 px): brush widths 8 to 60 px, slants of -20 to +20 degrees (positive leans right, on top of the writer's own),
-and sizes from 40% to 100% of the canvas. Each row gives the share read right by the model (refusals count
-as wrong) and the share refused. MNIST's own bitmaps, enlarged 10x, show the bold pens of its writers as they
-are. Scribbles (zigzags level, upright or slanted, and loops) are drawn with a 10 to 30 px brush.
+drawing (brush 18 px, upright as written, MNIST's 20 px box drawn 70% of the canvas, about 196 px): brush
+widths 8 to 60 px, slants of -20 to +20 degrees (positive leans right, on top of the writer's own), and sizes
+from 40% to 100% of the canvas. Each row gives the share read right by the model (refusals count as wrong)
+and the share refused. MNIST's own bitmaps, enlarged 10x, show the bold pens of its writers as they are.
+Scribbles (zigzags level, upright or slanted, and loops) are drawn with a 10 to 30 px brush.
 """
 
 from __future__ import annotations
