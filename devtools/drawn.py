@@ -26,6 +26,9 @@ UPSAMPLE = 4  # the digit is thinned at 112x112 so its centre line is smooth
 
 
 class Row(NamedTuple):
+    """One way of drawing: a brush ``width`` (canvas px), MNIST's 20 px box drawn ``size`` of the canvas, and
+    ``slant`` degrees of lean added to the writer's own (positive leans right)."""
+
     label: str
     width: int
     size: float
