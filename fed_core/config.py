@@ -116,6 +116,8 @@ class TrainConfig:
         help="cap on the norm of each local step's gradient",
         term="gradient clip norm",
         valid=Interval(0, low_open=True),
+        shown=(0.01, 1e9),  # 1e9: no clipping in effect
+        step=0.1,
     )
     partition: str = declare(
         "iid",
