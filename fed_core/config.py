@@ -379,8 +379,8 @@ def problems(config: TrainConfig) -> list[str]:
         )
     out.extend(_scaffold_problems(config))
     out.extend(_secure_round_problems(config))
-    for name in ("partition", "init", "model", "dp", "strategy"):  # the engine: engine_for, with its registry
-        allowed = settings[name].options()
+    for name in (name for name, s in settings.items() if s.choices is not None and name != "engine"):
+        allowed = settings[name].options()  # the engine: engine_for checks it, beside its registry
         if getattr(config, name) not in allowed:
             out.append(f"{name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}.")
     if not out:
