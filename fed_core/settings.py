@@ -18,6 +18,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from importlib import import_module
+from types import MappingProxyType
 from typing import Any
 
 WIDGETS = ("number", "slider", "select", "radio", "checkbox", "toggle")
@@ -124,11 +125,14 @@ def declare(default: Any, label: str, **declaration: Any) -> Any:
 
 
 @functools.cache
-def settings_of(config_class: type) -> dict[str, Setting]:
-    """Every field's Setting, in field order, with its name and default; refuses a field declared without one."""
+def settings_of(config_class: type) -> Mapping[str, Setting]:
+    """Every field's Setting, in field order, with its name and default; refuses a field declared without one.
+
+    Read-only: it is computed once per class and shared by every reader.
+    """
     found = {}
     for f in fields(config_class):
         if METADATA_KEY not in f.metadata:
             raise TypeError(f"{config_class.__name__}.{f.name} has no Setting: declare it with settings.declare()")
         found[f.name] = replace(f.metadata[METADATA_KEY], name=f.name, default=f.default)
-    return found
+    return MappingProxyType(found)
