@@ -49,7 +49,7 @@ from fed_core.engines.flower_secagg import (
 from fed_core.engines.worker_job import LocalTask, train_local
 from fed_core.federation.server import Evaluator, partition_for, sample_workers
 from fed_core.federation.strategies import fedavg, strategy_for
-from fed_core.flower_app.app import config_from_run_config, run_config_of
+from fed_core.flower_app.run_config import config_from_run_config, run_config_of
 from fed_core.models import new_model
 from fed_core.vocabulary import TrainingStopped, flatten, model_params
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from fed_core.config import LIMITS, REAL_RANGES, TrainConfig, estimate_seconds
+from fed_core.config import LIMITS, SETTINGS, TrainConfig, estimate_seconds
 from fed_core.engines.worker_job import LocalTask
 from fed_core.limits.budget import duration_text
 from fed_core.models import MODELS
@@ -66,9 +66,9 @@ class OwnerLimits:
         if not 0 < settings.lr <= self.max_lr:
             found.append(f"learning rate {settings.lr:g} is not in (0, {self.max_lr:g}]")
         for name in ("momentum", "clip_norm"):
-            label, interval, test = REAL_RANGES[name]
-            if not test(getattr(settings, name)):
-                found.append(f"{label} {getattr(settings, name):g} is not {interval}")
+            valid = SETTINGS[name].valid
+            if getattr(settings, name) not in valid:
+                found.append(f"{SETTINGS[name].noun} {getattr(settings, name):g} is not {valid.text()}")
         found += self._dp_problems(settings)
         if not found:
             seconds = local_training_seconds(settings, examples)
