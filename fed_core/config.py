@@ -179,7 +179,6 @@ class TrainConfig:
         "adaptive server steps",
         widget="select",
         choices=STRATEGIES,
-        labels={name: strategy.label for name, strategy in STRATEGIES.items()},
         place=(MORE, 3),
     )
     server_lr: float = declare(

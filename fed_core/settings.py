@@ -101,7 +101,8 @@ class Setting:
             module, _, attribute = choices.partition(":")
             choices = getattr(import_module(module), attribute)
         labels = self.labels or {}
-        return {value: labels.get(value, value) for value in choices or ()}
+        registry = choices if isinstance(choices, Mapping) else {}  # a registry's entries may carry their label
+        return {value: labels.get(value) or getattr(registry.get(value), "label", value) for value in choices or ()}
 
     @property
     def bounds(self) -> tuple[float, float]:

@@ -72,13 +72,16 @@ def test_validation_reads_the_declared_ranges():
 
 def test_strategy_choices_come_from_the_registry(monkeypatch):
     """Another strategy registered is offered by the command line and the page without touching the declaration."""
-    from fed_core.federation import strategy
+    from fed_core.federation.strategies import STRATEGIES, FedAvg
 
-    monkeypatch.setitem(strategy.STRATEGIES, "fedadam", "FedAdam (adaptive server optimizer)")
+    class FedNova(FedAvg):
+        label = "FedNova (normalised averaging)"
+
+    monkeypatch.setitem(STRATEGIES, "fednova", FedNova)
     parser = argparse.ArgumentParser()
     add_setting_options(parser, TrainConfig)
-    assert parser.parse_args(["--strategy", "fedadam"]).strategy == "fedadam"
-    assert SETTINGS["strategy"].options()["fedadam"] == "FedAdam (adaptive server optimizer)"
+    assert parser.parse_args(["--strategy", "fednova"]).strategy == "fednova"
+    assert SETTINGS["strategy"].options()["fednova"] == "FedNova (normalised averaging)"
 
 
 def test_the_command_line_keeps_its_flags_and_defaults():
