@@ -92,11 +92,12 @@ class RecordingSuperLink(LocalSuperLink):
 def test_stop_reaches_the_serverapp_of_a_flwr_run_and_every_process_ends(mnist, monkeypatch):
     monkeypatch.setattr(flower_engine, "LocalSuperLink", RecordingSuperLink)
     RecordingSuperLink.started.clear()
-    rounds, processes = [], []
+    rounds, processes, commands = [], [], []
 
     def on_round(run, record):
         rounds.append(record.round)
         processes.extend(RecordingSuperLink.started[0].family())
+        commands.extend(" ".join(p.cmdline()[:2]) for p in processes)
         assert len(run.history) == 1 and run.model is not None
 
     with pytest.raises(TrainingStopped):
@@ -104,7 +105,6 @@ def test_stop_reaches_the_serverapp_of_a_flwr_run_and_every_process_ends(mnist, 
             mnist, on_round=on_round, should_stop=lambda: bool(rounds)
         )
     assert rounds == [1]  # the ServerApp saw Stop at its next check and ended the run there
-    commands = [" ".join(p.cmdline()[:2]) for p in processes]
     assert any("flower-superlink" in c for c in commands) and any("flwr-simulation" in c for c in commands)
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in processes)
 

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
+import psutil
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.client.mod import secaggplus_mod
@@ -319,16 +320,12 @@ def simulate(
 
 def follow(link: LocalSuperLink, progress: ProgressReader, should_stop: Callable[[], bool] | None) -> FederatedRun:
     """Replay the run's rounds as they end; pass Stop on; fail if the run dies silently or a stranger's run appears."""
-    submitted, running, stop_asked = time.monotonic(), False, None
+    submitted, ours, stop_asked = time.monotonic(), None, None
     while not progress.poll():
-        simulations = link.simulations()
-        if len(simulations) > 1:
-            raise FlowerClientError(
-                "Another run was submitted to this run's Flower SuperLink (127.0.0.1, port "
-                f"{link.port}) by someone else on this machine; the run and everything it started were stopped."
-            )
-        running = running or bool(simulations)
-        if not simulations and (running or time.monotonic() - submitted > CONNECT_SECONDS) and not progress.poll():
+        ours = _only_run(link, ours)
+        if ours is None and time.monotonic() - submitted > CONNECT_SECONDS:
+            raise FlowerRunFailed(f"The Flower simulation did not start: {_log_tail(link)}")
+        if ours is not None and not _alive(ours) and not progress.poll():
             raise FlowerRunFailed(f"The Flower simulation ended without a result: {_log_tail(link)}")
         if should_stop and should_stop() and stop_asked is None:
             progress.request_stop()
@@ -336,7 +333,27 @@ def follow(link: LocalSuperLink, progress: ProgressReader, should_stop: Callable
         if stop_asked is not None and time.monotonic() - stop_asked > STOP_SECONDS:
             raise TrainingStopped()  # the ServerApp did not answer in time: leaving the SuperLink ends it
         time.sleep(POLL_SECONDS)
+    _only_run(link, ours)  # a run submitted while the last events were replayed is refused too
     return progress.result()
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _only_run(link: LocalSuperLink, ours: psutil.Process | None) -> psutil.Process | None:
+    """This run's ``flwr-simulation`` process (the first one seen); raises if the SuperLink runs any other."""
+    simulations = link.simulations()
+    ours = ours or (simulations[0] if len(simulations) == 1 else None)
+    if any(ours is None or p.pid != ours.pid for p in simulations):
+        raise FlowerClientError(
+            f"Another run was submitted to this run's Flower SuperLink (127.0.0.1, port {link.port}) by someone "
+            "else on this machine; the run and everything it started were stopped."
+        )
+    return ours
 
 
 def serve_simulation(grid: Grid, config: TrainConfig, folder: Path) -> None:
