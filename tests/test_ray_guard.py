@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import ClassVar
 
@@ -33,6 +34,7 @@ from fed_core.engines.ray_guard import TOKEN_VARIABLE, ray_environment
 INTRUDER = Path(__file__).with_name("ray_intruder.py")
 REFUSAL = "Unauthenticated"  # what Ray's client logs each time the GCS turns it away
 WAIT_SECONDS = 90.0
+GCS_ARGUMENT = "--gcs-address="  # how Ray tells its raylet and workers where the GCS listens
 STRANGER_APP = """
 import pathlib
 from flwr.serverapp import ServerApp
@@ -131,13 +133,14 @@ def listening_addresses(processes: list[psutil.Process]) -> set[str]:
     return found
 
 
-def gcs_address(processes: list[psutil.Process]) -> str:
-    """The address of the Ray GCS among ``processes``, from its command line."""
+def gcs_address(processes: list[psutil.Process]) -> str | None:
+    """The address of the Ray GCS that ``processes`` belong to, from a raylet's command line."""
     for p in processes:
-        for part in p.cmdline():
-            if part.startswith("--gcs_server_port="):
-                return f"{HOST}:{part.split('=', 1)[1]}"
-    raise AssertionError("no Ray GCS among the run's processes")
+        with suppress(psutil.NoSuchProcess):
+            for part in p.cmdline():
+                if part.startswith(GCS_ARGUMENT):
+                    return part.removeprefix(GCS_ARGUMENT)
+    return None
 
 
 def is_loopback(ip: str) -> bool:
@@ -166,7 +169,7 @@ def test_a_stranger_can_neither_join_a_running_simulations_ray_cluster_nor_run_a
             return
         link = RecordingSuperLink.started[-1]
         deadline = time.monotonic() + WAIT_SECONDS
-        while not any("--gcs_server_port=" in " ".join(p.cmdline()) for p in link.family()):
+        while gcs_address(link.family()) is None:
             assert time.monotonic() < deadline, "no Ray GCS came up"
             time.sleep(0.2)
         family = link.family()

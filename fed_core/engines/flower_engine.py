@@ -313,7 +313,9 @@ def simulate(
 
     Ray's processes get a fresh token and stay on loopback (ray_guard.py), like the SuperLink (flower_superlink.py).
     """
-    with LocalSuperLink(folder, simulation=True, extra_env=ray_environment()) as link:
+    # The run's processes train and evaluate with the threads this one was given (the job sets them per run).
+    env = {**ray_environment(), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    with LocalSuperLink(folder, simulation=True, extra_env=env) as link:
         link.submit({**run_config_of(config), ENGINE_DIR: str(folder)}, federation_config(config.workers))
         return follow(link, progress, should_stop)
 
