@@ -18,35 +18,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-from contextlib import closing, suppress
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
-from fed_core import flower_app
 from fed_core.config import TrainConfig, validate
 from fed_core.data.mnist import load_mnist
 from fed_core.engines.flower_engine import shard_file_name
+from fed_core.engines.flower_superlink import APP_DIR, CONNECTION, HOST, LocalSuperLink, free_port, toml_pairs
 from fed_core.engines.worker_job import save_shard
 from fed_core.federation.server import partition_for
 from fed_core.flower_app.run_config import OUT_DIR, run_config_of
 
-APP_DIR = Path(flower_app.__file__).parent  # the Flower App `flwr run` builds: its pyproject.toml names the apps
-CONNECTION = "fed-mnist-local"
-HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with closing(socket.socket()) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+RESULT_SECONDS = 30.0  # how long the ServerApp may take to write its files after the run's log stream ends
 
 
 def write_shards(config: TrainConfig, folder: Path) -> list[Path]:
@@ -60,103 +45,32 @@ def write_shards(config: TrainConfig, folder: Path) -> list[Path]:
     return paths
 
 
-def run_config_overrides(config: TrainConfig, out_dir: Path) -> str:
-    """The whole config as `flwr run --run-config` pairs (TOML values), so the deployed run trains as asked."""
-    pairs = {**run_config_of(config), OUT_DIR: str(out_dir)}
-    return " ".join(f"{key}={json.dumps(value)}" for key, value in pairs.items())
+class LocalFederation(LocalSuperLink):
+    """A SuperLink (flower_superlink.py) and one SuperNode per shard file, as subprocesses; a context manager."""
 
-
-@dataclass
-class LocalFederation:
-    """A SuperLink and one SuperNode per shard file, as subprocesses; use it as a context manager."""
-
-    shard_files: list[Path]
-    workdir: Path
-    port: int = field(default_factory=free_port)
-    processes: list[subprocess.Popen] = field(default_factory=list)
-
-    @property
-    def env(self) -> dict[str, str]:
-        bin_dir = str(Path(sys.executable).parent)  # flower-superlink starts flower-superexec by name
-        return {
-            **os.environ,
-            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-            "FLWR_HOME": str(self.workdir / "flwr-home"),
-            "FLWR_TELEMETRY_ENABLED": "0",
-            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
-        }
+    def __init__(self, shard_files: list[Path], workdir: Path) -> None:
+        super().__init__(workdir)
+        self.shard_files = shard_files
 
     def __enter__(self) -> LocalFederation:
-        self.write_connection()
+        super().__enter__()
         try:
-            self.start(
-                "superlink",
-                [
-                    "flower-superlink",
-                    "--insecure",
-                    "--host",
-                    HOST,
-                    "--port",
-                    str(self.port),
-                    "--disable-runtime-dependency-installation",
-                ],
-            )
-            wait_for_port(self.port)
             for worker, shard in enumerate(self.shard_files):
                 node_config = f'partition-id={worker} shard-file="{shard}"'
+                command = ["flower-supernode", "--insecure", "--superlink", f"{HOST}:{self.port}"]
                 self.start(
                     f"supernode-{worker}",
-                    [
-                        "flower-supernode",
-                        "--insecure",
-                        "--superlink",
-                        f"{HOST}:{self.port}",
-                        "--host",
-                        HOST,
-                        "--port",
-                        str(free_port()),
-                        "--node-config",
-                        node_config,
-                    ],
+                    [*command, "--host", HOST, "--port", str(free_port()), "--node-config", node_config],
                 )
         except BaseException:
             self.stop()
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def write_connection(self) -> None:
-        """The Flower Configuration `flwr run` reads: a SuperLink connection to our local SuperLink."""
-        home = self.workdir / "flwr-home"
-        home.mkdir(parents=True, exist_ok=True)
-        (home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-            f'[superlink.{CONNECTION}]\naddress = "{HOST}:{self.port}"\ninsecure = true\n'
-        )
-
-    def start(self, name: str, command: list[str]) -> None:
-        log = open(self.workdir / f"{name}.log", "w")  # noqa: SIM115 (the process owns it)
-        # A new session per process, so stop() can signal its whole process group.
-        self.processes.append(
-            subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir, start_new_session=True
-            )
-        )
-        log.close()
-
     def run(self, config: TrainConfig, out_dir: Path, timeout: float) -> dict:
-        """Submit the job with `flwr run`, wait for it to finish, and return its run.json."""
-        command = [
-            "flwr",
-            "run",
-            str(APP_DIR),
-            CONNECTION,
-            "--run-config",
-            run_config_overrides(config, out_dir),
-            "--stream",
-        ]
+        """Submit the job with `flwr run --stream`, which returns when the run ends, and return its run.json."""
+        pairs = toml_pairs({**run_config_of(config), OUT_DIR: str(out_dir)})
+        command = ["flwr", "run", str(APP_DIR), CONNECTION, "--run-config", pairs, "--stream"]
         with open(self.workdir / "flwr-run.log", "w") as log:
             subprocess.run(
                 command,
@@ -168,62 +82,12 @@ class LocalFederation:
                 check=True,
             )
         result = out_dir / "run.json"
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + RESULT_SECONDS
         while not result.exists():  # the log stream can end a moment before the ServerApp writes its files
             if time.monotonic() > deadline:
                 raise RuntimeError(f"The run ended without writing {result}; see the logs in {self.workdir}.")
             time.sleep(0.2)
         return json.loads(result.read_text())
-
-    def family(self) -> list[int]:
-        """Process ids of everything started here: SuperLink, SuperNodes and what they started."""
-        pids = []
-        for process in self.processes:
-            with suppress(psutil.NoSuchProcess):
-                pids += [process.pid] + [child.pid for child in psutil.Process(process.pid).children(recursive=True)]
-        return pids
-
-    def stop(self) -> None:
-        """Stop every process started here and everything they started (SuperExec, ServerApp, ClientApps)."""
-        family = self.family()
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in family:
-                _signal(pid, sig)
-            _, alive = psutil.wait_procs([p for p in map(_process, family) if p is not None], timeout=5)
-            family = [p.pid for p in alive]
-            if not family:
-                break
-        for process in self.processes:
-            process.wait(timeout=5)
-        self.processes.clear()
-
-
-def _signal(pid: int, sig: int) -> None:
-    """Signal ``pid`` and its process group (each started process leads its own), never our own group."""
-    try:
-        group = os.getpgid(pid)
-        if group != os.getpgrp():
-            os.killpg(group, sig)
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _process(pid: int) -> psutil.Process | None:
-    try:
-        return psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return None
-
-
-def wait_for_port(port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with closing(socket.socket()) as s:
-            if s.connect_ex((HOST, port)) == 0:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"The SuperLink did not open port {port} within {timeout:.0f} s.")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""The Flower engine (Simulation Engine) trains like the in-process one: same partition, sampling and FedAvg."""
+"""The Flower engine (``flwr run`` on Flower's Simulation Runtime) trains like the in-process one: same partition,
+sampling and FedAvg; its rounds reach the page's callbacks and Stop reaches its ServerApp."""
 
 import math
 import os
@@ -6,9 +7,11 @@ import tomllib
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 from uuid import uuid4
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from flwr.app import Context, Error, Message, RecordDict
@@ -22,10 +25,9 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 from flwr.supercore.task_identity import TaskIdentity
-from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
 from fed_core.config import ConfigError, TrainConfig
-from fed_core.engines import engine_for
+from fed_core.engines import EngineError, engine_for, flower_engine
 from fed_core.engines.flower_engine import (
     PARTITION_ID,
     FlowerClientError,
@@ -33,9 +35,9 @@ from fed_core.engines.flower_engine import (
     client_app_for,
     flower_pool_factory,
     shard_file_name,
-    simulate,
 )
 from fed_core.engines.flower_mask_seed import find_seeds, first_outputs, fold_seed, mask_from_seed
+from fed_core.engines.flower_progress import FAILED, STOPPED, FlowerRunFailed, ProgressReader, ProgressWriter
 from fed_core.engines.flower_secagg import (
     CLIPPING_RANGE,
     MODULUS_RANGE,
@@ -46,6 +48,7 @@ from fed_core.engines.flower_secagg import (
     count_code,
     weighted_input,
 )
+from fed_core.engines.flower_superlink import LocalSuperLink
 from fed_core.engines.worker_job import LocalTask, train_local
 from fed_core.federation.server import Evaluator, partition_for, sample_workers
 from fed_core.federation.strategies import fedavg, strategy_for
@@ -74,6 +77,77 @@ def test_flower_reaches_the_inprocess_accuracy_with_the_same_workers_each_round(
         assert f.test_accuracy == pytest.approx(i.test_accuracy, abs=0.005)
         assert [w["examples"] for w in f.workers] == [w["examples"] for w in i.workers]
     assert flower.history[-1].test_accuracy > 0.7
+
+
+class RecordingSuperLink(LocalSuperLink):
+    """The engine's SuperLink, remembered so a test can look at the processes it started."""
+
+    started: ClassVar[list[LocalSuperLink]] = []
+
+    def __enter__(self) -> LocalSuperLink:
+        RecordingSuperLink.started.append(self)
+        return super().__enter__()
+
+
+def test_stop_reaches_the_serverapp_of_a_flwr_run_and_every_process_ends(mnist, monkeypatch):
+    monkeypatch.setattr(flower_engine, "LocalSuperLink", RecordingSuperLink)
+    RecordingSuperLink.started.clear()
+    rounds, processes, commands = [], [], []
+
+    def on_round(run, record):
+        rounds.append(record.round)
+        processes.extend(RecordingSuperLink.started[0].family())
+        commands.extend(" ".join(p.cmdline()[:2]) for p in processes)
+        assert len(run.history) == 1 and run.model is not None
+
+    with pytest.raises(TrainingStopped):
+        engine_for(TrainConfig(engine="flower", **{**SMALL, "rounds": 5})).run(
+            mnist, on_round=on_round, should_stop=lambda: bool(rounds)
+        )
+    assert rounds == [1]  # the ServerApp saw Stop at its next check and ended the run there
+    assert any("flower-superlink" in c for c in commands) and any("flwr-simulation" in c for c in commands)
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in processes)
+
+
+def test_the_flower_engine_refuses_data_its_simulation_cannot_read(tiny_data):
+    with pytest.raises(EngineError, match="shipped MNIST"):
+        engine_for(TrainConfig(engine="flower", **SMALL)).run(tiny_data)
+
+
+def test_the_serverapps_events_replay_on_a_mirror_run_with_the_pages_callbacks(tmp_path, tiny_data):
+    """What crosses from flwr-simulation to the app: the run's start, each round, the ending, and Stop back."""
+    config = TrainConfig(workers=2, rounds=2, train_size=400, contribution_subset=0)
+    served, seen = [], []
+    writer = ProgressWriter(tmp_path)
+
+    def on_round(run, record):
+        writer.on_round(run, record)
+        served.append((record, flatten(model_params(run.model)).clone(), run.server_view))
+        if record.round == 1:
+            ProgressReader(tmp_path, config).request_stop()  # the engine's side asks; the ServerApp's sees it
+
+    with pytest.raises(TrainingStopped):
+        engine_for(config).run(tiny_data, on_start=writer.on_start, on_round=on_round, should_stop=writer.should_stop)
+    writer.end(STOPPED, "stopped by its owner")
+
+    reader = ProgressReader(tmp_path, config, on_start=lambda run: seen.append("start"))
+    reader.on_round = lambda run, record: seen.append((record, flatten(model_params(run.model)), run.server_view))
+    assert reader.poll()
+    assert seen[0] == "start" and len(seen) == 2 == len(served) + 1
+    record, vector, view = seen[1]
+    assert repr(record) == repr(served[0][0]) and torch.equal(vector, served[0][1])  # repr: NaN == NaN
+    assert view.worker == served[0][2].worker and torch.equal(view.update, served[0][2].update)
+    with pytest.raises(TrainingStopped, match="stopped by its owner"):
+        reader.result()
+
+
+@pytest.mark.parametrize("user_error, raised", [(True, EngineError), (False, FlowerRunFailed)])
+def test_a_failed_serverapp_fails_the_run_with_its_message(tmp_path, user_error, raised):
+    ProgressWriter(tmp_path).end(FAILED, "Worker 1's ClientApp failed: boom", user_error)
+    reader = ProgressReader(tmp_path, TrainConfig())
+    assert reader.poll()
+    with pytest.raises(raised, match="boom"):
+        reader.result()
 
 
 def test_run_config_of_flwr_run_becomes_a_train_config():
@@ -114,7 +188,9 @@ def test_a_stop_request_ends_the_wait_for_replies(monkeypatch):
 def test_the_flower_app_declares_every_setting_with_its_default():
     declared = tomllib.loads((ROOT / "fed_core" / "flower_app" / "pyproject.toml").read_text())
     run_config = declared["tool"]["flwr"]["app"]["config"]
-    assert set(run_config) == set(run_config_of(TrainConfig())) | {"out-dir"}, "flwr run refuses undeclared keys"
+    assert set(run_config) == set(run_config_of(TrainConfig())) | {"out-dir", "engine-dir"}, (
+        "flwr run refuses undeclared keys"
+    )
     assert config_from_run_config(run_config) == TrainConfig(engine="flower")
 
 
@@ -154,18 +230,21 @@ class SecureSimulation:
 
 
 @pytest.fixture(scope="module")
-def secure_simulation(mnist) -> SecureSimulation:
-    """A secure run of SECURE on Flower's Simulation Engine, after one round where worker 2 drops out.
+def secure_simulation(mnist, tmp_path_factory) -> SecureSimulation:
+    """A secure run of SECURE on in-process SuperNodes, after one round where worker 2 drops out.
 
-    The server loop is fed_core's pieces (sampling, the strategy's server update, evaluation) around
-    FlowerPool.run_secure_round: what run_federated does through train_aggregate for a secure pool.
+    The SuperNodes are Flower's ClientApp with ``secaggplus_mod`` answering in this process (LoopbackGrid, no
+    Ray), so the test sees every reply the server pulled. The server loop is fed_core's pieces (sampling,
+    the strategy's server update, evaluation) around FlowerPool.run_secure_round: what run_federated does through
+    train_aggregate for a secure pool (test_the_server_loop_runs_flowers_secure_aggregation... runs that
+    whole loop on Flower's Simulation Runtime).
     """
     config = TrainConfig(engine="flower", secure_aggregation=True, **SECURE)
     out = SecureSimulation()
-
-    def serve(grid, shard_dir):
+    shard_dir = tmp_path_factory.mktemp("secure")
+    with pytest.MonkeyPatch.context() as patch:
+        pool, grid = loopback_pool(patch, shard_dir, config, mnist)
         model = new_model(config.model, config.init, config.seed)
-        pool = flower_pool_factory(grid, shard_dir)(model, mnist, partition_for(config, mnist), config)
         vector = flatten(model_params(model))
         # Worker 2's data is missing when it comes to train: it leaves after the key stages.
         shard = torch.load(shard_dir / shard_file_name(2), weights_only=True)
@@ -181,17 +260,7 @@ def secure_simulation(mnist) -> SecureSimulation:
             out.rounds.append(pool.run_secure_round(vector, reporting, round_idx))
             vector = optimizer.step(vector, out.rounds[-1].average)
             out.accuracies.append(evaluator.evaluate(vector)[0])
-
-    pull = InMemoryGrid.pull_messages
-
-    def recording_pull(grid, message_ids):
-        replies = list(pull(grid, message_ids))
-        out.received += replies
-        return replies
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(InMemoryGrid, "pull_messages", recording_pull)
-        simulate(config.workers, serve)
+    out.received = grid.received
     return out
 
 

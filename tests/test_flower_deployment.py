@@ -38,7 +38,7 @@ def running(pid: int) -> bool:
 def federation(tmp_path):
     with LocalFederation(write_shards(CONFIG, tmp_path / "shards"), tmp_path) as federation:
         yield federation
-        started = federation.family()
+        started = [process.pid for process in federation.family()]
     assert len(started) > 3 and not any(running(pid) for pid in started), "every process is stopped"
 
 

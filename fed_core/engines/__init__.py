@@ -5,8 +5,9 @@ Every engine runs the same server loop (:func:`fed_core.federation.server.run_fe
 update travels. :func:`engine_for` is the one place a run's engine is chosen and its settings are validated.
 
 To add an engine, write a module with a subclass of :class:`Engine` (its ``host`` runs the rounds with the
-engine's WorkerPool) and add one line to ``ENGINES``. Engine modules import their frameworks (syft, flwr),
-so only a run that uses one pays for it.
+engine's WorkerPool in this process; an engine whose framework runs the server loop in a process of its own,
+as ``flwr run`` does, overrides ``run`` and relays the rounds back) and add one line to ``ENGINES``. Engine
+modules import their frameworks (syft, flwr), so only a run that uses one pays for it.
 """
 
 from __future__ import annotations

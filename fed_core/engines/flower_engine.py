@@ -11,14 +11,15 @@ With ``secure_aggregation`` on, the round's updates travel through Flower's own 
 (flower_secagg.py): :meth:`FlowerPool.train_aggregate` runs ``SecAggPlusWorkflow``, the ClientApp
 answers its four stages through ``secaggplus_mod``, and the server gets only the weighted sum.
 
-Two ways to run it:
+Both ways to run it go through ``flwr run fed_core/flower_app`` (its ``server_app`` and ``client_app`` live in
+``fed_core/flower_app/app.py``), Flower's supported path since ``run_simulation`` was deprecated (flwr 1.42):
 
-- :class:`FlowerEngine` (``--engine flower``): Flower's Simulation Engine, one virtual SuperNode per
-  worker in Ray actors on this machine. The ServerApp runs in a thread of this process, so the
-  Train page's callbacks see every round.
-- ``flwr run fed_core/flower_app``: the Deployment Engine, a SuperLink and one ``flower-supernode``
-  per worker, each given its own shard file by node config (``scripts/flower_deployment.py``). Its
-  ``server_app`` and ``client_app`` live in ``fed_core/flower_app/app.py``, built only when Flower loads them.
+- :class:`FlowerEngine` (``--engine flower``, the Train page): a SuperLink in simulation mode on loopback
+  (flower_superlink.py), one virtual SuperNode per worker in Ray actors. The ServerApp runs in Flower's
+  ``flwr-simulation`` process; each round comes back to the page's callbacks, and Stop goes to the ServerApp,
+  through the run's private folder (flower_progress.py).
+- The Deployment Engine: a SuperLink and one ``flower-supernode`` per worker, each given its own shard file by
+  node config (``scripts/flower_deployment.py``).
 """
 
 from __future__ import annotations
@@ -31,28 +32,40 @@ from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
+import psutil
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
-from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp import Grid
 
 from fed_core.config import TrainConfig
-from fed_core.data.mnist import Mnist
-from fed_core.engines import Engine, EngineError, Rounds, StopCheck
+from fed_core.data.mnist import Mnist, load_mnist
+from fed_core.engines import Engine, EngineError
+from fed_core.engines.flower_progress import (
+    DONE,
+    FAILED,
+    STOPPED,
+    FlowerRunFailed,
+    ProgressReader,
+    ProgressWriter,
+)
 from fed_core.engines.flower_secagg import SecureRound, secure_round, train_reply
-from fed_core.engines.ray_guard import locked_down_ray, set_switches
+from fed_core.engines.flower_superlink import LocalSuperLink
+from fed_core.engines.ray_guard import ray_environment
 from fed_core.engines.worker_job import LocalTask, load_shard, save_shard, train_local
-from fed_core.federation.server import FederatedRun
+from fed_core.federation.server import FederatedRun, RoundRecord, run_federated
+from fed_core.flower_app.run_config import ENGINE_DIR, run_config_of
 from fed_core.privacy.policy import privacy_for
-from fed_core.vocabulary import Aggregate, TrainingStopped, WorkerUpdate
+from fed_core.vocabulary import Aggregate, TrainingStopped, UserError, WorkerUpdate
 
 POLL_SECONDS = 0.1  # how often the server pulls replies (Flower's own send_and_receive waits 3 s)
 CONNECT_SECONDS = 120.0  # how long the server waits for every worker's SuperNode to connect
 REPLY_SECONDS = 900.0  # how long it waits for a round's replies before giving up on a lost SuperNode
 PARTITION_ID = "partition-id"  # node config key naming the worker a SuperNode is (Flower's convention)
 SHARD_FILE = "shard-file"  # node config key of a deployed SuperNode's data file
+STOP_SECONDS = 60.0  # how long a stopped simulation may take to end its round before it is ended by force
 
 
 class FlowerClientError(EngineError):
@@ -255,56 +268,142 @@ def shard_file_name(worker: int) -> str:
     return f"worker-{worker}.pt"
 
 
-# --- Simulation Engine -----------------------------------------------------------------------------
+# --- Simulation Engine, through `flwr run` -------------------------------------------------------------
 
-_simulation_slot = threading.Lock()  # Ray is one per process: simulations take turns
+_simulation_slot = threading.Lock()  # each simulation sizes Ray to the whole machine: they take turns
 
 
 class FlowerEngine(Engine):
-    """Runs a config with Flower's Simulation Engine, one virtual SuperNode (Ray actor) per worker."""
+    """Runs a config on Flower's Simulation Runtime: ``flwr run`` of the project's Flower App on a SuperLink of
+    its own, one virtual SuperNode (Ray actor) per worker.
 
-    def host(self, rounds: Rounds, should_stop: StopCheck) -> FederatedRun:
-        result: list[FederatedRun] = []
-        simulate(
-            self.config.workers,
-            lambda grid, shard_dir: result.append(rounds(flower_pool_factory(grid, shard_dir))),
-            should_stop,
-        )
-        return result[0]
-
-
-def simulate(workers: int, serve: Callable[[Grid, Path], None], should_stop: Callable[[], bool] | None = None) -> None:
-    """Run ``serve(grid, shard_dir)`` as a ServerApp's main, with ``workers`` virtual SuperNodes.
-
-    Node ``i`` reads its shard from ``shard_dir / shard_file_name(i)``, which
-    ``flower_pool_factory(grid, shard_dir)`` writes. Ray's cluster requires a fresh token and listens on
-    loopback only (ray_guard.py).
+    The ServerApp runs ``run_federated`` in ``flwr-simulation``, a process the SuperLink starts, so this
+    engine runs the rounds there instead of calling ``host``: it relays each round back to the callbacks and
+    Stop to the ServerApp (flower_progress.py).
     """
-    set_switches()  # before Flower's simulation imports Ray, which reads them once
-    # Here, not at the top: it imports Ray (seconds), which deployed SuperNodes and ServerApps never use.
-    from flwr.simulation import run_simulation
 
-    _wait_for_slot(should_stop)
-    try:
-        with locked_down_ray(), tempfile.TemporaryDirectory(prefix="fed-flower-") as shard_dir:
-            server = ServerApp()
-
-            @server.main()
-            def main(grid: Grid, context: Context) -> None:
-                serve(grid, Path(shard_dir))
-
-            run_simulation(
-                server,
-                client_app_for(_simulated_shard_file(shard_dir)),
-                num_supernodes=workers,
-                backend_config=simulation_backend(),
+    def run(
+        self,
+        data: Mnist,
+        on_start: Callable[[FederatedRun], None] | None = None,
+        on_round: Callable[[FederatedRun, RoundRecord], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> FederatedRun:
+        if data is not load_mnist():
+            raise EngineError(
+                "The flower engine trains in Flower's own processes, which read the shipped MNIST (assets/mnist); "
+                "it cannot train on other data."
             )
-    finally:
-        _simulation_slot.release()
+        _wait_for_slot(should_stop)
+        try:
+            with tempfile.TemporaryDirectory(prefix="fed-flower-") as folder:  # mode 0700: this account only
+                return simulate(
+                    self.config,
+                    Path(folder),
+                    ProgressReader(Path(folder), self.config, on_start, on_round),
+                    should_stop,
+                )
+        finally:
+            _simulation_slot.release()
 
 
-def _simulated_shard_file(shard_dir: str) -> Callable[[Context], str]:
-    return lambda context: os.path.join(shard_dir, shard_file_name(int(context.node_config[PARTITION_ID])))
+def simulate(
+    config: TrainConfig, folder: Path, progress: ProgressReader, should_stop: Callable[[], bool] | None = None
+) -> FederatedRun:
+    """Submit ``config`` to a simulation SuperLink in ``folder`` and follow its rounds through ``progress``.
+
+    Ray's processes get a fresh token and stay on loopback (ray_guard.py), like the SuperLink (flower_superlink.py).
+    """
+    # The run's processes train and evaluate with the threads this one was given (the job sets them per run).
+    env = {**ray_environment(), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    with LocalSuperLink(folder, simulation=True, extra_env=env) as link:
+        link.submit({**run_config_of(config), ENGINE_DIR: str(folder)}, federation_config(config.workers))
+        return follow(link, progress, should_stop)
+
+
+def follow(link: LocalSuperLink, progress: ProgressReader, should_stop: Callable[[], bool] | None) -> FederatedRun:
+    """Replay the run's rounds as they end; pass Stop on; fail if the run dies silently or a stranger's run appears."""
+    submitted, ours, stop_asked = time.monotonic(), None, None
+    while not progress.poll():
+        ours = _only_run(link, ours)
+        if ours is None and time.monotonic() - submitted > CONNECT_SECONDS:
+            raise FlowerRunFailed(f"The Flower simulation did not start: {_log_tail(link)}")
+        if ours is not None and not _alive(ours) and not progress.poll():
+            raise FlowerRunFailed(f"The Flower simulation ended without a result: {_log_tail(link)}")
+        if should_stop and should_stop() and stop_asked is None:
+            progress.request_stop()
+            stop_asked = time.monotonic()
+        if stop_asked is not None and time.monotonic() - stop_asked > STOP_SECONDS:
+            raise TrainingStopped()  # the ServerApp did not answer in time: leaving the SuperLink ends it
+        time.sleep(POLL_SECONDS)
+    _only_run(link, ours)  # a run submitted while the last events were replayed is refused too
+    return progress.result()
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _only_run(link: LocalSuperLink, ours: psutil.Process | None) -> psutil.Process | None:
+    """This run's ``flwr-simulation`` process (the first one seen); raises if the SuperLink runs any other."""
+    simulations = link.simulations()
+    ours = ours or (simulations[0] if len(simulations) == 1 else None)
+    if any(ours is None or p.pid != ours.pid for p in simulations):
+        raise FlowerClientError(
+            f"Another run was submitted to this run's Flower SuperLink (127.0.0.1, port {link.port}) by someone "
+            "else on this machine; the run and everything it started were stopped."
+        )
+    return ours
+
+
+def serve_simulation(grid: Grid, config: TrainConfig, folder: Path) -> None:
+    """The ServerApp's main in a simulation: ``run_federated`` with its events and Stop going through ``folder``.
+
+    The virtual SuperNodes read their shards from ``folder`` too (flower_pool_factory writes them there).
+    """
+    progress = ProgressWriter(folder)
+    try:
+        run_federated(
+            config,
+            load_mnist(),
+            flower_pool_factory(grid, folder),
+            progress.on_start,
+            progress.on_round,
+            progress.should_stop,
+        )
+    except TrainingStopped as exc:
+        progress.end(STOPPED, str(exc))
+        return
+    except Exception as exc:
+        progress.end(FAILED, str(exc) or type(exc).__name__, isinstance(exc, UserError))
+        raise
+    progress.end(DONE)
+
+
+def node_shard_file(context: Context) -> str:
+    """A SuperNode's shard file: its own (``shard-file``, deployed) or its partition's in the run's folder."""
+    if SHARD_FILE in context.node_config:
+        return str(context.node_config[SHARD_FILE])
+    return os.path.join(str(context.run_config[ENGINE_DIR]), shard_file_name(int(context.node_config[PARTITION_ID])))
+
+
+def federation_config(workers: int) -> dict:
+    """The Simulation Runtime's settings (``flwr run --federation-config``): one virtual SuperNode per worker, one
+    core each so nodes train side by side, Ray sized for this machine and quiet (Flower starts it without its
+    dashboard, one more server to expose)."""
+    return {
+        "num-supernodes": workers,
+        "backend": "ray",
+        "client-resources-num-cpus": 1,
+        "client-resources-num-gpus": 0.0,
+        "init-args-num-cpus": os.cpu_count() or 1,
+        "init-args-num-gpus": 0,
+        "init-args-logging-level": "ERROR",
+        "init-args-log-to-driver": False,
+    }
 
 
 def _wait_for_slot(should_stop: Callable[[], bool] | None) -> None:
@@ -313,16 +412,6 @@ def _wait_for_slot(should_stop: Callable[[], bool] | None) -> None:
             raise TrainingStopped()
 
 
-def simulation_backend() -> dict:
-    """Ray sized for this machine: one core per virtual SuperNode, so nodes train side by side; no dashboard
-    (one more server to expose)."""
-    return {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {
-            "num_cpus": os.cpu_count() or 1,
-            "num_gpus": 0,
-            "logging_level": "ERROR",
-            "log_to_driver": False,
-            "include_dashboard": False,
-        },
-    }
+def _log_tail(link: LocalSuperLink, lines: int = 20) -> str:
+    log = link.workdir / "superlink.log"
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else "no log"

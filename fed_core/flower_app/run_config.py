@@ -2,7 +2,7 @@
 
 ``flwr run`` refuses a ``--run-config`` key that pyproject.toml's ``[tool.flwr.app.config]`` table does not
 declare, so that table lists every setting (dashes for underscores) with TrainConfig's defaults on the flower
-engine, plus ``out-dir``. It is written from the declarations, not by hand: ``python -m
+engine, plus ``out-dir`` and ``engine-dir``. It is written from the declarations, not by hand: ``python -m
 fed_core.flower_app.run_config`` rewrites it, ``--check`` says whether it is out of date (and a test does).
 """
 
@@ -16,7 +16,8 @@ from pathlib import Path
 from fed_core.config import TrainConfig, validate
 from fed_core.settings import settings_of
 
-OUT_DIR = "out-dir"  # where the ServerApp writes run.json and model.pt; empty: nowhere
+OUT_DIR = "out-dir"  # where a deployed ServerApp writes run.json and model.pt; empty: nowhere
+ENGINE_DIR = "engine-dir"  # set by the flower engine: the simulation's private folder (shards, rounds, Stop)
 PYPROJECT = Path(__file__).with_name("pyproject.toml")
 TABLE = "[tool.flwr.app.config]"  # the file's last table: everything after its header is generated
 
@@ -34,12 +35,14 @@ def run_config_of(config: TrainConfig) -> dict:
 
 
 def run_config_table(config_class: type[TrainConfig] = TrainConfig) -> str:
-    """The ``[tool.flwr.app.config]`` table: every setting with its default on the flower engine, then out-dir."""
+    """The ``[tool.flwr.app.config]`` table: every setting with its default on the flower engine, then the places."""
     pairs = run_config_of(config_class(engine="flower"))
     lines = [f"{key} = {toml_value(value)}" for key, value in pairs.items()]
-    return "\n".join(
-        [TABLE, *lines, f'{OUT_DIR} = ""  # where the ServerApp writes run.json and model.pt; empty: nowhere']
-    )
+    places = [
+        f'{OUT_DIR} = ""  # where a deployed ServerApp writes run.json and model.pt; empty: nowhere',
+        f'{ENGINE_DIR} = ""  # set by the flower engine: the simulation\'s private folder (shards, rounds, Stop)',
+    ]
+    return "\n".join([TABLE, *lines, *places])
 
 
 def toml_value(value: bool | int | float | str) -> str:
