@@ -1,13 +1,14 @@
 """A visitor's Draw classification while a run trains in the same server process, without browsers.
 
-    python bench/bench_interactive.py [--homes process thread] [--repeats 2] [--rounds 2] [--requests 8]
+    python bench/bench_interactive.py [--scenes train idle] [--repeats 2] [--rounds 2] [--requests 10]
 
-Each scene is a fresh process standing for the server: it starts a default run (the Train page's settings, fewer
-rounds) where ``FEDMNIST_TRAINING_IN`` says (fed_core/limits/threads.py) and, while it trains, one visitor thread
-classifies a test digit again and again, HE and MPC in turn, each followed by the Python work of showing it (a
-Plotly figure made and serialised, as Streamlit does with the page's chart). Per scene: the requests' p50 and p95
-(wall) and where their time went (CPU, waiting for a core, blocked: on the GIL), the run's seconds per round, and
-the process tree's wall, CPU and peak memory together. Scenes are interleaved, so the machine's load hits each home.
+Each scene is a fresh process standing for the server. In "train" it starts a default run (the Train page's
+settings, fewer rounds) in a thread, as the app does (TrainingJob: one torch thread at nice 10, fed_core/limits/
+threads.py) and, while it trains, one visitor thread classifies a test digit again and again, HE and MPC in turn,
+each followed by the Python work of showing it (a Plotly figure made and serialised, as Streamlit does with the
+page's chart). "idle" makes the same requests with no run. Per scene: the requests' p50 and p95 (wall) and where
+their time went (CPU, waiting for a core, blocked: on the GIL held by another thread), the run's seconds per round,
+and the process's wall, CPU and peak memory together. Scenes are interleaved, so the machine's load hits each.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from fed_core.engines import engine_for
 from fed_core.he.ckks import HeClient, HeServer
 from fed_core.job import TrainingJob
 from fed_core.limits.memory import release_freed_memory
-from fed_core.limits.threads import HOME_ENV, TRAINING_HOMES
 from fed_core.models import load_model
 
 PRETRAINED = ROOT / "assets" / "pretrained_crypto_cnn.pt"
@@ -60,7 +60,7 @@ def request(model, digit: torch.Tensor, scheme: str, keys: dict) -> dict:
 
 
 def scene(rounds: int, requests: int) -> dict:
-    """In this process: a run training where the environment says, and a visitor's requests meanwhile."""
+    """In this process: a run training in a thread (none if ``rounds`` is 0), and a visitor's requests meanwhile."""
     release_freed_memory()  # as the app's server sets itself up (ui/nav.py)
     torch.set_num_threads(1)
     model, _ = load_model(PRETRAINED)
@@ -68,25 +68,30 @@ def scene(rounds: int, requests: int) -> dict:
     digits = [normalize(test[i : i + 1])[0] for i in range(requests)]
     client = HeClient()
     keys = {"he": {"he_client": client, "he_server": HeServer(model, client.public_context)}, "mpc": {}}
-    job = TrainingJob(engine_for(TrainConfig(rounds=rounds))).start()
-    while not job.snapshot().history and not job.snapshot().finished:  # requests while rounds run, not at set-up
+    job = TrainingJob(engine_for(TrainConfig(rounds=rounds))).start() if rounds else None
+    while job and not job.snapshot().history and not job.snapshot().finished:  # requests while rounds run
         time.sleep(0.2)
     rows = []
     for i in range(requests):
-        if job.snapshot().finished:
+        if job and job.snapshot().finished:
             break
         scheme = ("he", "mpc")[i % 2]
         rows.append(request(model, digits[i], scheme, keys[scheme]))
         time.sleep(0.3)  # a visitor looks at the answer before drawing again
+    if job is None:
+        return {"rows": rows}
     job.join()
-    snapshot = job.snapshot()
-    history = snapshot.history
-    per_round = statistics.mean(r["seconds"] for r in history) if history else float("nan")
-    return {"rows": rows, "per_round": per_round, "status": snapshot.status, "accuracy": history[-1]["test_accuracy"]}
+    history = job.snapshot().history
+    return {
+        "rows": rows,
+        "run": f"{job.snapshot().status}, {statistics.mean(r['seconds'] for r in history):.1f} s per round, "
+        f"accuracy {history[-1]['test_accuracy']:.2%}",
+    }
 
 
-def run_scene(home: str, rounds: int, requests: int) -> str:
-    env = {**os.environ, HOME_ENV: home, "OMP_NUM_THREADS": "1"}
+def run_scene(name: str, rounds: int, requests: int) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rounds = rounds if name == "train" else 0
     process = subprocess.Popen(
         [sys.executable, __file__, "--scene", str(rounds), str(requests)],
         cwd=ROOT,
@@ -108,13 +113,12 @@ def run_scene(home: str, rounds: int, requests: int) -> str:
     done.set()
     sampler.join()
     if os.waitstatus_to_exitcode(status):
-        raise RuntimeError(f"the {home} scene exited with {os.waitstatus_to_exitcode(status)}")
+        raise RuntimeError(f"the {name} scene exited with {os.waitstatus_to_exitcode(status)}")
     usage = Usage(time.perf_counter() - started, rusage.ru_utime, rusage.ru_stime, peak[0])
     found = json.loads(out.strip().splitlines()[-1])
-    lines = [f"[{HOME_ENV}={home}] {usage}; load average {os.getloadavg()[0]:.1f}"]
-    lines.append(
-        f"    the run: {found['status']}, {found['per_round']:.1f} s per round, accuracy {found['accuracy']:.2%}"
-    )
+    lines = [f"[{name}] {usage}; load average {os.getloadavg()[0]:.1f}"]
+    if "run" in found:
+        lines.append(f"    the run: {found['run']}")
     for scheme in ("he", "mpc"):
         rows = [r for r in found["rows"] if r["scheme"] == scheme]
         if not rows:
@@ -132,18 +136,18 @@ def run_scene(home: str, rounds: int, requests: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--homes", nargs="+", default=list(TRAINING_HOMES), choices=TRAINING_HOMES)
-    parser.add_argument("--repeats", type=int, default=2, help="scenes per home, interleaved")
+    parser.add_argument("--scenes", nargs="+", default=["train", "idle"], choices=["train", "idle"])
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of scenes, interleaved")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the default run")
-    parser.add_argument("--requests", type=int, default=8, help="classifications per scene, HE and MPC in turn")
+    parser.add_argument("--requests", type=int, default=10, help="classifications per scene, HE and MPC in turn")
     parser.add_argument("--scene", nargs=2, type=int, help=argparse.SUPPRESS)  # the child: rounds, requests
     args = parser.parse_args()
     if args.scene:
         print(json.dumps(scene(*args.scene)))
         return
     for _ in range(args.repeats):
-        for home in args.homes:
-            print(run_scene(home, args.rounds, args.requests), flush=True)
+        for name in args.scenes:
+            print(run_scene(name, args.rounds, args.requests), flush=True)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from devtools.browser import SEVEN, Page, choose, draw, new_browser, streamlit_server
-from fed_core.limits.threads import HOME_ENV, NICE_ENV, TRAINING_HOMES, TRAINING_NICE
+from fed_core.limits.threads import NICE_ENV, TRAINING_NICE
 
 RUN_ROUNDS = 5
 
@@ -46,6 +46,7 @@ class Visitors:
         self.run_url: str | None = None
         self.run_seconds = float("nan")
         self.run_started = threading.Event()
+        self.drivers: dict[str, int] = {}  # visitor: its chromedriver's pid (its browser runs under it)
         self._lock = threading.Lock()
 
     def error(self, who: str, what: str) -> None:
@@ -55,6 +56,7 @@ class Visitors:
     def visit(self, who: str, script: Callable[[Page], None]) -> threading.Thread:
         def body() -> None:
             browser = new_browser()
+            self.drivers[who] = browser.service.process.pid
             try:
                 page = Page(browser, timeout=600)
                 script(page)
@@ -166,19 +168,23 @@ def timed_classify(page: Page, clicks: list[dict]) -> float:
 
 class CpuShares:
     """CPU seconds over a block: the whole machine's (from /proc/stat, every process of every session on it) and
-    this harness's, its headless browsers included (its process tree, sampled every second so that a browser
-    that quits is still counted up to its last sample)."""
+    each visitor's browser (its chromedriver's process tree, sampled every second so that a browser that quits
+    is still counted up to its last sample)."""
 
-    def __init__(self) -> None:
-        self._stop, self._seen = threading.Event(), {}
+    def __init__(self, drivers: dict[str, int]) -> None:
+        self._drivers, self._seen = drivers, {}  # {pid: (visitor, CPU seconds)}
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         while not self._stop.wait(1.0):
-            for process in psutil.Process().children(recursive=True):
+            for who, pid in list(self._drivers.items()):
                 with contextlib.suppress(psutil.Error):
-                    times = process.cpu_times()
-                    self._seen[process.pid] = times.user + times.system
+                    driver = psutil.Process(pid)
+                    for process in [driver, *driver.children(recursive=True)]:
+                        with contextlib.suppress(psutil.Error):
+                            times = process.cpu_times()
+                            self._seen[process.pid] = (who, times.user + times.system)
 
     @staticmethod
     def machine_busy() -> float:
@@ -198,12 +204,16 @@ class CpuShares:
         self.machine = self.machine_busy() - self._busy
 
     def text(self, server_cpu: float) -> str:
-        browsers = sum(self._seen.values())
+        per_visitor: dict[str, float] = {}
+        for who, seconds in self._seen.values():
+            per_visitor[who] = per_visitor.get(who, 0.0) + seconds
+        browsers = sum(per_visitor.values())
         cores, other = os.cpu_count(), self.machine - server_cpu - browsers
+        each = ", ".join(f"{who} {seconds / self.wall:.2f}" for who, seconds in per_visitor.items())
         return (
             f"CPU over {self.wall:.0f} s on {cores} cores: machine {self.machine / self.wall:.2f} cores busy "
-            f"(load average {os.getloadavg()[0]:.1f}); server {server_cpu / self.wall:.2f}, the harness's "
-            f"browsers {browsers / self.wall:.2f}, everything else {other / self.wall:.2f}"
+            f"(load average {os.getloadavg()[0]:.1f}); server {server_cpu / self.wall:.2f}, the browsers "
+            f"{browsers / self.wall:.2f} ({each}), everything else {other / self.wall:.2f}"
         )
 
 
@@ -220,7 +230,7 @@ def scene(classifications: int, setting: dict[str, str], trace: bool = False) ->
     with traced_server(trace_path), streamlit_server(log) as (url, process):
         print(f"{tag} server memory idle: {tree_rss(process.pid) / MB:.0f} MB (log: {log.name})")
         visitors = Visitors(url)
-        with CpuShares() as cpu, PeakMemory(process.pid) as memory:
+        with CpuShares(visitors.drivers) as cpu, PeakMemory(process.pid) as memory:
             threads = [
                 visitors.visit("trainer", visitors.trainer),
                 visitors.visit("viewer", visitors.viewer),
@@ -272,12 +282,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classifications", type=int, default=6, help="classifications per drawing visitor")
     parser.add_argument("--nice", type=int, nargs="+", default=[TRAINING_NICE], help="training niceness per scene")
-    parser.add_argument("--homes", nargs="+", default=list(TRAINING_HOMES), help="where the run trains, per scene")
     parser.add_argument("--trace", action="store_true", help="also print where a classification's time goes")
     args = parser.parse_args()
     for nice in args.nice:
-        for home in args.homes:
-            scene(args.classifications, {NICE_ENV: str(nice), HOME_ENV: home}, args.trace)
+        scene(args.classifications, {NICE_ENV: str(nice)}, args.trace)
 
 
 if __name__ == "__main__":

@@ -23,13 +23,11 @@ from torch import nn
 from fed_core.config import estimate_seconds
 from fed_core.data.mnist import Mnist, load_mnist
 from fed_core.engines import Engine
-from fed_core.engines.inprocess import InProcessEngine
 from fed_core.federation.server import FederatedRun, RoundRecord, ServerView, cumulative_contributions
 from fed_core.federation.shapley import cumulative_shapley
 from fed_core.limits.budget import duration_text
 from fed_core.limits.memory import give_back
-from fed_core.limits.threads import lower_this_threads_priority, threads_for, training_home, training_nice
-from fed_core.training_process import run_in_child
+from fed_core.limits.threads import lower_this_threads_priority, threads_for
 from fed_core.vocabulary import TrainingStopped
 
 log = logging.getLogger(__name__)
@@ -74,10 +72,6 @@ class TrainingJob:
         # One intra-op thread per run (fed_core.limits.threads): two OpenMP threads that share the cores with a browser,
         # another run or a web server spin-wait for each other, measured here at 5-10x slower rounds.
         self.torch_threads = torch_threads or threads_for("training")
-        # The app's runs of the in-process engine train in a child process (fed_core.training_process), so that
-        # visitors' requests do not wait for the GIL behind them. The child loads the shipped MNIST itself: a job
-        # given its own loader (a test's) trains in a thread, as do the engines whose workers train elsewhere.
-        self.in_child = type(engine) is InProcessEngine and load_data is load_mnist and training_home() == "process"
         self.job_id = uuid.uuid4().hex[:12]
         self._load_data = load_data
         self._lock = threading.Lock()
@@ -118,13 +112,15 @@ class TrainingJob:
         self._thread.join(timeout)
 
     def _work(self) -> None:
+        torch.set_num_threads(self.torch_threads)  # applies to this thread only
+        lower_this_threads_priority()  # a visitor's Draw classification or page rerun goes first
         try:
-            if self.in_child:
-                run_in_child(
-                    self.config, self.torch_threads, training_nice(), self._attach, self._record, self._should_stop
-                )
-            else:
-                self._train_here()
+            self.engine.run(
+                self._load_data(),
+                on_start=self._attach,
+                on_round=self._record,
+                should_stop=self._should_stop,
+            )
             self._finish(DONE)
         except TrainingStopped as exc:  # by the owner, the deadline, or an engine's own time-out (its message)
             with self._lock:
@@ -133,12 +129,6 @@ class TrainingJob:
         except Exception as exc:  # reported to the page through the snapshot, and logged in full here
             log.exception("federated run failed")
             self._finish(FAILED, str(exc) or type(exc).__name__)
-
-    def _train_here(self) -> None:
-        """Train in this thread, at lower priority (a visitor's Draw classification or page rerun goes first)."""
-        torch.set_num_threads(self.torch_threads)  # applies to this thread only
-        lower_this_threads_priority()
-        self.engine.run(self._load_data(), on_start=self._attach, on_round=self._record, should_stop=self._should_stop)
 
     def _should_stop(self) -> bool:
         """Whether the owner pressed Stop or the run is past its deadline (then it says so)."""

@@ -1,4 +1,3 @@
-import multiprocessing
 import secrets
 import threading
 import time
@@ -7,13 +6,11 @@ import pytest
 import torch
 
 from fed_core.config import ConfigError, TrainConfig
-from fed_core.data.mnist import load_mnist, normalize
 from fed_core.engines import engine_for
 from fed_core.engines.inprocess import InProcessPool
 from fed_core.federation.server import run_federated
 from fed_core.job import BUSY, DONE, FAILED, OWNER_BUSY, STOPPED, JobSlots, TrainingJob
 from fed_core.limits.budget import load_budget
-from fed_core.limits.threads import HOME_ENV
 from fed_core.vocabulary import TrainingDiverged, flatten, model_params
 
 SMALL = TrainConfig(workers=3, rounds=3, train_size=1500, contribution_subset=100, batch_size=32)
@@ -208,60 +205,3 @@ def test_the_slot_deadline_is_the_time_budget_plus_the_margin():
     budget = load_budget({"FEDMNIST_RUN_SECONDS": "100", "FEDMNIST_RUN_MARGIN_SECONDS": "20"})
     assert budget.run_deadline_seconds == 120
     assert load_budget({}).approval_seconds == 180
-
-
-# --- the app's runs train in a child process (fed_core/training_process.py) ---------------------------------------
-
-
-def test_the_apps_run_trains_in_a_child_process_and_reads_the_same(monkeypatch):
-    monkeypatch.delenv(HOME_ENV, raising=False)
-    job = TrainingJob(engine_for(SMALL))  # the shipped MNIST, as the Train page starts it
-    assert job.in_child
-    job.start().join(300)
-    snap = job.snapshot()
-    assert snap.status == DONE and [r["round"] for r in snap.history] == [1, 2, 3]
-    assert len(snap.label_histogram) == 3 and set(snap.cumulative_contributions) == {0, 1, 2}
-    assert snap.server_view is not None and snap.server_view.update is not None
-    assert snap.history[-1]["test_accuracy"] > 0.5
-    # The mirror holds the child's model of the last round: it scores the same on the test set.
-    test = load_mnist().test_images[:1000]
-    with torch.no_grad():
-        accuracy = (job.model(normalize(test)).argmax(1) == load_mnist().test_labels[:1000]).float().mean()
-    assert abs(float(accuracy) - snap.history[-1]["test_accuracy"]) < 0.05
-    assert not multiprocessing.active_children()  # the child is gone
-
-
-def test_a_stop_reaches_the_child_between_batches_and_the_model_is_kept(monkeypatch):
-    monkeypatch.delenv(HOME_ENV, raising=False)
-    job = TrainingJob(engine_for(TrainConfig(**{**SMALL.to_dict(), "rounds": 200})))
-    record = job._record
-
-    def stop_after_first(run, row):
-        record(run, row)
-        job.stop()
-
-    job._record = stop_after_first
-    job.start().join(300)
-    snap = job.snapshot()
-    assert snap.status == STOPPED and snap.stop_reason is None
-    assert 1 <= snap.round < 200 and job.model is not None
-
-
-def test_a_failure_in_the_child_is_reported_with_its_message(monkeypatch):
-    monkeypatch.delenv(HOME_ENV, raising=False)
-    job = TrainingJob(engine_for(TrainConfig(**{**SMALL.to_dict(), "lr": 10.0, "clip_norm": 1e9})))
-    job.start().join(300)
-    snap = job.snapshot()
-    assert snap.status == FAILED and "diverged" in snap.error
-    assert job.model is None
-
-
-def test_where_a_run_trains(monkeypatch, tiny_data):
-    monkeypatch.delenv(HOME_ENV, raising=False)
-    assert not TrainingJob(engine_for(SMALL), load_data=lambda: tiny_data).in_child  # its own data: a thread
-    assert not TrainingJob(engine_for(TrainConfig(engine="syft", workers=2))).in_child  # workers train elsewhere
-    monkeypatch.setenv(HOME_ENV, "thread")
-    assert not TrainingJob(engine_for(SMALL)).in_child
-    monkeypatch.setenv(HOME_ENV, "elsewhere")
-    with pytest.raises(ValueError, match="FEDMNIST_TRAINING_IN must be one of process, thread"):
-        TrainingJob(engine_for(SMALL))

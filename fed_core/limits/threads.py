@@ -39,13 +39,6 @@ PATH_THREADS = {
 TRAINING_NICE = 10
 NICE_ENV = "FEDMNIST_TRAINING_NICE"
 
-# Where the app trains a run of the in-process engine: "process", a child process (fed_core/training_process.py),
-# whose GIL is its own; or "thread", a thread of the server, whose GIL every visitor's request shares. The other
-# engines train elsewhere already (datasites, SuperNodes) and keep their thread. FEDMNIST_TRAINING_IN changes it,
-# for bench/bench_load.py to compare (`--homes process thread`).
-TRAINING_HOMES = ("process", "thread")
-HOME_ENV = "FEDMNIST_TRAINING_IN"
-
 
 def threads_for(path: str) -> int:
     """Torch (or TenSEAL) threads for ``path`` (a key of :data:`PATH_THREADS`), or ``FEDMNIST_TORCH_THREADS``."""
@@ -65,14 +58,6 @@ def training_nice() -> int:
     if not text.isdigit() or int(text) > 19:
         raise ValueError(f"{NICE_ENV} must be a whole number from 0 to 19, got {text!r}.")
     return int(text)
-
-
-def training_home() -> str:
-    """Where the app trains a run of the in-process engine: ``FEDMNIST_TRAINING_IN`` if set, else "process"."""
-    home = os.environ.get(HOME_ENV, TRAINING_HOMES[0])
-    if home not in TRAINING_HOMES:
-        raise ValueError(f"{HOME_ENV} must be one of {', '.join(TRAINING_HOMES)}, got {home!r}.")
-    return home
 
 
 def lower_this_threads_priority(nice: int | None = None) -> bool:
