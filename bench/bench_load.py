@@ -1,19 +1,23 @@
 """Several strangers on one server at once, in real headless Chromium sessions, as a shared link brings them.
 
-    python bench/bench_load.py [--classifications 6] [--nice 10 0]
+    python bench/bench_load.py [--classifications 6] [--nice 10 0] [--trace]
 
 One visitor trains a default run, one opens that run's link (read-only), two draw a digit and classify it
 again and again (one under HE, one under MPC), and one runs small encrypted tests (MPC, then HE). Prints the
-errors seen (goal: 0), classification latency p50/p95 under that load (click to result shown), the training
-run's time, and the server's wall, CPU (user and sys) and peak memory (the Streamlit process and its children).
-The whole scene is played once per training-thread niceness given (FEDMNIST_TRAINING_NICE, fed_core/limits/threads.py;
-0 is the old behaviour), in the same run, so the machine's other load hits both.
+errors seen (goal: 0), classification latency p50/p95 under that load (click to result shown: as the browser
+saw it, and as the harness noticed it through chromedriver), the training run's time, the server's wall, CPU
+(user and sys) and peak memory (the Streamlit process and its children), and who used the machine's cores: the
+server, each visitor's browser, everything else (other sessions on the machine). The whole scene is played once
+per training-thread niceness given (FEDMNIST_TRAINING_NICE, fed_core/limits/threads.py), in the same run, so the
+machine's other load hits each. ``--trace`` also prints where a classification's time went, stage by stage
+(bench/load_trace.py, from a probe loaded into the server: bench/probe/sitecustomize.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import statistics
 import tempfile
@@ -21,6 +25,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 from bench_app import MB, PeakMemory, tree_rss
@@ -256,6 +261,7 @@ def scene(classifications: int, setting: dict[str, str], trace: bool = False) ->
                 f"notices it p50 {percentile(latencies, 50):.2f} s, p95 {percentile(latencies, 95):.2f} s"
             )
     if trace_path:
+        Path(trace_path + ".clicks.json").write_text(json.dumps(visitors.clicks))  # beside the trace, to re-read
         print_breakdown(tag, visitors.clicks, trace_path)
 
 
