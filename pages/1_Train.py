@@ -213,37 +213,29 @@ def show_results(job: TrainingJob, snapshot: JobSnapshot) -> None:
 
 
 def live_view(poll: bool) -> None:
-    """The run: its progress line and datasite approvals polled every second; its rounds drawn once per round.
-
-    Only the progress line and the approvals change between rounds, so only they are redrawn every second; a round
-    that ends triggers one full rerun, which draws its charts. Redrawing the charts every second made every watching
-    browser re-render four Plotly charts and two tables a second, CPU a Draw visitor's browser then waited for.
-    """
-    job = current_job()
-    if job is None:
-        st.info("Choose the settings above and press **Start** to train.")
-        return
-    mine = owns(job)
-    shown = job.snapshot()
-
     @st.fragment(run_every=1.0 if poll else None)
-    def progress() -> None:
+    def rounds() -> None:
+        job = current_job()
+        if job is None:
+            st.info("Choose the settings above and press **Start** to train.")
+            return
+        mine = owns(job)
         snapshot = job.snapshot()
-        if poll and (snapshot.finished or snapshot.round != shown.round):
-            st.rerun()  # a round ended: one full rerun draws it (and ends the polling once the run is over)
+        if poll and snapshot.finished:
+            st.rerun()  # one full rerun ends the polling and shows the downloads
         show_progress(snapshot, mine)
         engine_views.datasite_panels(job, read_only=not mine)  # the Approve buttons are the owner's
+        if snapshot.history:
+            show_rounds(job, snapshot)
+        if snapshot.finished and mine:
+            show_results(job, snapshot)
+            privacy_views.remember_run(job.job_id, job.config, snapshot.history, snapshot.status)
+        runs = privacy_views.runs_table()
+        if runs is not None:
+            st.subheader("Your runs: what each privacy setting cost")
+            st.dataframe(runs, width="stretch", hide_index=True)
 
-    progress()
-    if shown.history:
-        show_rounds(job, shown)
-    if shown.finished and mine:
-        show_results(job, shown)
-        privacy_views.remember_run(job.job_id, job.config, shown.history, shown.status)
-    runs = privacy_views.runs_table()
-    if runs is not None:
-        st.subheader("Your runs: what each privacy setting cost")
-        st.dataframe(runs, width="stretch", hide_index=True)
+    rounds()
 
 
 def show_rounds(job: TrainingJob, snapshot: JobSnapshot) -> None:
