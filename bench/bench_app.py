@@ -3,7 +3,7 @@
     python bench/bench_app.py              # cold start; peak server memory: a default run, then a Draw (HE)
                                            # classification; then the worst case the default budget allows
     python bench/bench_app.py worst [glibc] # only that worst case (with another allocator setting)
-    python bench/bench_app.py estimator    # fed_core.limits.budget.estimate_run_bytes vs measured peak RSS of real runs
+    python bench/bench_app.py estimator    # limits.estimates.estimate_run_bytes vs the measured peak RSS of real runs
 
 Starts `streamlit run app.py` on a free loopback port and drives it with headless Chromium. Every row prints the
 server's wall, CPU (user and sys) and peak memory together; the default run is measured with the chosen allocator
@@ -30,7 +30,8 @@ from usage import Usage, run_measured
 
 from devtools.browser import SEVEN, Page, choose, classify, draw, new_browser, streamlit_server
 from fed_core.config import TrainConfig
-from fed_core.limits.budget import Budget, estimate_run_bytes
+from fed_core.limits.budget import Budget
+from fed_core.limits.estimates import estimate_run_bytes
 from fed_core.limits.memory import CHOSEN, ENV, allocator_setting
 
 MB = 1e6

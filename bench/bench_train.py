@@ -26,7 +26,8 @@ from fed_core.config import TrainConfig
 from fed_core.data.mnist import load_mnist, normalize
 from fed_core.engines import engine_for
 from fed_core.federation.trainer import bytes_per_worker, workers_per_group
-from fed_core.limits.budget import MB, env_name, estimate_run_bytes, working_memory
+from fed_core.limits.budget import MB, env_name
+from fed_core.limits.estimates import estimate_run_bytes, working_memory
 from fed_core.limits.memory import CHOSEN, ENV
 from fed_core.limits.threads import ENV as THREADS_ENV
 from fed_core.models import new_model

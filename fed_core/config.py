@@ -77,7 +77,7 @@ class TrainConfig:
         valid=Interval(1, 20),
         place=(MORE, 0),
     )
-    # No fixed cap below the training set: the memory budget decides (fed_core.limits.budget.largest_batch), so
+    # No fixed cap below the training set: the memory budget decides (fed_core.limits.estimates.largest_batch), so
     # DP-SGD can take the large expected batches it wants (1,000-4,000 for MNIST) where one worker of them fits.
     batch_size: int = declare(
         128, "Batch size B", help="examples per local step", valid=Interval(1, TRAIN_SIZE), place=(MORE, 0)

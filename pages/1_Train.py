@@ -6,7 +6,9 @@ from fed_core.config import BASICS, MORE, TrainConfig, estimate_seconds, problem
 from fed_core.data.mnist import MnistFileError, load_mnist
 from fed_core.engines import engine_for
 from fed_core.job import BUSY, OWNER_BUSY, JobSnapshot, TrainingJob
-from fed_core.limits.budget import budget_problems, estimate_run_bytes, load_budget
+from fed_core.limits.budget import load_budget
+from fed_core.limits.estimates import estimate_run_bytes
+from fed_core.limits.gates import budget_problems
 from fed_core.privacy.policy import privacy_for
 from ui import engine_views, privacy_views, session
 from ui import train_views as views

@@ -8,19 +8,9 @@ import pytest
 
 from fed_core.config import TrainConfig, estimate_seconds, problems
 from fed_core.federation.trainer import bytes_per_worker
-from fed_core.limits.budget import (
-    Budget,
-    BudgetError,
-    Gate,
-    SessionCache,
-    batch_problem,
-    budget_problems,
-    estimate_run_bytes,
-    largest_batch,
-    load_budget,
-    training_memory_budget,
-    working_memory,
-)
+from fed_core.limits.budget import Budget, BudgetError, load_budget, training_memory_budget
+from fed_core.limits.estimates import batch_problem, estimate_run_bytes, largest_batch, working_memory
+from fed_core.limits.gates import Gate, SessionCache, budget_problems
 
 DEFAULT = TrainConfig()
 REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"

@@ -13,7 +13,7 @@ import fed_core.config
 from fed_core.cli.train import add_setting_options, config_from_args
 from fed_core.config import MORE, SETTINGS, TrainConfig, problems
 from fed_core.flower_app import run_config
-from fed_core.limits.budget import setting_label
+from fed_core.limits.gates import setting_label
 from fed_core.settings import WIDGETS, Interval, declare, settings_of
 from ui import session
 

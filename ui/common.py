@@ -8,7 +8,8 @@ from contextlib import contextmanager
 
 import streamlit as st
 
-from fed_core.limits.budget import Gate, load_budget
+from fed_core.limits.budget import load_budget
+from fed_core.limits.gates import Gate
 from fed_core.limits.memory import give_back
 from fed_core.mpc.ranges import FixedPointRangeError
 

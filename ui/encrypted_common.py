@@ -13,7 +13,8 @@ from torch import nn
 
 from fed_core.encrypted import SCHEMES, Scheme, scheme_for
 from fed_core.he.ckks import HeClient, HeServer
-from fed_core.limits.budget import SessionCache, load_budget
+from fed_core.limits.budget import load_budget
+from fed_core.limits.gates import SessionCache
 from fed_core.models import ENCRYPTABLE_MODELS, MODEL_LABELS, is_encryptable, load_model
 from ui import session
 

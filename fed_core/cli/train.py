@@ -18,7 +18,7 @@ from fed_core.config import TrainConfig
 from fed_core.data.mnist import load_mnist
 from fed_core.engines import EngineError, engine_for
 from fed_core.federation.server import FederatedRun, RoundRecord
-from fed_core.limits.budget import batch_problem
+from fed_core.limits.estimates import batch_problem
 from fed_core.limits.memory import give_back
 from fed_core.limits.threads import threads_for
 from fed_core.models import save_model

@@ -12,7 +12,7 @@ from fed_core.data.mnist import Mnist
 from fed_core.engines import Engine, Rounds, StopCheck
 from fed_core.federation.server import FederatedRun
 from fed_core.federation.trainer import BatchedTrainer, worker_seed
-from fed_core.limits.budget import working_memory
+from fed_core.limits.estimates import working_memory
 from fed_core.vocabulary import WorkerUpdate
 
 

@@ -34,7 +34,7 @@ from fed_core.federation.aggregation import collect
 from fed_core.federation.shapley import coalition_accuracy, cumulative_shapley, leave_one_out, shapley_values
 from fed_core.federation.strategies import Strategy, strategy_for
 from fed_core.federation.trainer import DEFAULT_MEMORY_BUDGET, EVAL_CHUNK_BYTES, activation_bytes
-from fed_core.limits.budget import working_memory
+from fed_core.limits.estimates import working_memory
 from fed_core.models import new_model
 from fed_core.privacy.policy import Privacy, privacy_for
 from fed_core.vocabulary import Aggregate, Params, WorkerUpdate, flatten, model_params, unflatten
