@@ -31,6 +31,7 @@ from fed_core.config import TrainConfig
 from fed_core.data.mnist import Mnist, load_mnist
 from fed_core.data.partition import partition_iid
 from fed_core.federation.aggregation import accountant_for, aggregate
+from fed_core.federation.schedules import WeightAverage, scheduled_lr
 from fed_core.federation.server import Evaluator
 from fed_core.federation.strategy import fedavg
 from fed_core.federation.trainer import BatchedTrainer
@@ -70,6 +71,9 @@ class ExampleSetting:
     lr: float = 2.0
     momentum: float = 0.9
     clip: float = 1.0
+    model: str = MODEL
+    schedule: str = "constant"  # the learning rate round by round (schedules.py)
+    ema: float = 0.0  # decay of the average of the global weights, round by round (0: the last weights)
 
 
 def example_level(data: Mnist, epsilon: float, setting: ExampleSetting, seed: int = 0) -> float:
@@ -79,25 +83,29 @@ def example_level(data: Mnist, epsilon: float, setting: ExampleSetting, seed: in
     noise = noise_for(epsilon, plan.sample_rate, plan.steps * setting.rounds)
     dp = ExampleDP(setting.clip, noise)
     local = LocalSettings(  # clip_norm is unused under DP-SGD: the per-example clip replaces it
-        MODEL, 1, setting.batch_size, setting.lr, setting.momentum, 1.0, dp_clip=dp.clip, dp_noise=dp.noise_multiplier
+        setting.model, 1, setting.batch_size, setting.lr, setting.momentum, 1.0, dp_clip=dp.clip, dp_noise=noise
     )
-    model = new_model(MODEL, "default", seed)
-    trainer = BatchedTrainer(model, data.train_images, data.train_labels, local)
+    model = new_model(setting.model, "default", seed)
     accountant = ExampleAccountant(dp, setting.batch_size, local.epochs, DELTA)
-    evaluator = Evaluator(model, data, TrainConfig(contribution_subset=0))
+    evaluator = Evaluator(model, data, TrainConfig(model=setting.model, contribution_subset=0))
     vector, workers = flatten(model_params(model)), list(range(setting.workers))
+    average = WeightAverage(setting.ema)
     start = time.perf_counter()
-    for _ in range(setting.rounds):
+    for round_idx in range(setting.rounds):
+        lr = scheduled_lr(setting.lr, setting.schedule, round_idx, setting.rounds)
+        trainer = BatchedTrainer(model, data.train_images, data.train_labels, replace(local, lr=lr))
         updates = trainer.train(vector, workers, shards, [0] * len(workers))
         vector = vector + fedavg(torch.stack([u.delta for u in updates]), torch.tensor([len(s) for s in shards]))
+        average.update(vector)
         accountant.record_round({w: len(shards[w]) for w in workers})
-    accuracy, _ = evaluator.evaluate(vector)
+    accuracy, _ = evaluator.evaluate(average.value)
+    last = f" (last weights {evaluator.evaluate(vector)[0]:.2%})" if setting.ema else ""
     # The workers' noises add up: as one DP-SGD on the pooled data, z * sqrt(K).
     pooled = [(noise * math.sqrt(setting.workers), plan.sample_rate, plan.steps * setting.rounds)]
     print(
         f"target eps {epsilon:g}: noise z={noise:.3f}, q={plan.sample_rate:.4f}, {plan.steps * setting.rounds} steps; "
         f"accountant {describe_epsilon(accountant.bounds())} (the same total noise in one pooled DP-SGD: "
-        f"eps {epsilon_of_history(pooled, DELTA).value:.2f}); test accuracy {accuracy:.2%} "
+        f"eps {epsilon_of_history(pooled, DELTA).value:.2f}); test accuracy {accuracy:.2%}{last} "
         f"({time.perf_counter() - start:.0f} s)",
         flush=True,
     )
@@ -223,6 +231,12 @@ def speed(data: Mnist) -> None:
         print(f"{label}: {20_000 / (time.process_time() - start):,.0f} examples per CPU second (10 workers, B=256)")
 
 
+def _parse_change(text: str, setting: ExampleSetting) -> tuple[str, object]:
+    """'lr=4' -> ('lr', 4.0), typed as the setting's field."""
+    name, _, value = text.partition("=")
+    return name, type(getattr(setting, name))(value)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--example-only", action="store_true")
@@ -231,9 +245,18 @@ def main(argv: list[str] | None = None) -> None:
         "--distributed", action="store_true", help="only central vs local-noise vs split-noise federated, epsilon 3"
     )
     parser.add_argument("--recipe", action="store_true", help="only central DP-SGD variants at epsilon 3")
+    parser.add_argument(
+        "--try", dest="changes", nargs="+", metavar="FIELD=VALUE", help="one central run at epsilon 3, changed"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     data = load_mnist()
+    if args.changes:
+        central = replace(ExampleSetting(), workers=1, momentum=0.0)
+        change = dict(_parse_change(c, central) for c in args.changes)
+        print(f"-- {change}", flush=True)
+        example_level(data, 3.0, replace(central, **change))
+        return
     if args.recipe:
         central = replace(ExampleSetting(), workers=1, momentum=0.0)
         print(f"== the central DP-SGD recipe at epsilon 3, {MODEL}, from {central}: one change at a time")
