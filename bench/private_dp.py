@@ -71,11 +71,12 @@ class ExampleSetting:
     rounds: int = 20  # one local epoch per round: each example is visited `rounds` times on average
     batch_size: int = 2048  # expected Poisson batch of a worker (q = 1/3 of a 6000-image shard)
     lr: float = 2.0
-    momentum: float = 0.9
+    momentum: float = 0.9  # the velocity restarts every round (the trainer's, as in the app)
     clip: float = 1.0
     model: str = MODEL
     schedule: str = "constant"  # the learning rate round by round (schedules.py)
     ema: float = 0.0  # decay of the average of the global weights, round by round (0: the last weights)
+    init: str = "default"  # models.INIT_METHODS
 
 
 # Central DP-SGD (one worker holding the 60k images), the reference the recipe starts from: 600 steps at q = 1/30.
@@ -105,7 +106,7 @@ def example_level(data: Mnist, epsilon: float, setting: ExampleSetting, seed: in
     local = LocalSettings(  # clip_norm is unused under DP-SGD: the per-example clip replaces it
         setting.model, 1, setting.batch_size, setting.lr, setting.momentum, 1.0, dp_clip=dp.clip, dp_noise=noise
     )
-    model = new_model(setting.model, "default", seed)
+    model = new_model(setting.model, setting.init, seed)
     accountant = ExampleAccountant(dp, setting.batch_size, local.epochs, DELTA)
     evaluator = Evaluator(model, data, TrainConfig(model=setting.model, contribution_subset=0))
     vector, workers = flatten(model_params(model)), list(range(setting.workers))
@@ -113,6 +114,7 @@ def example_level(data: Mnist, epsilon: float, setting: ExampleSetting, seed: in
     start = time.perf_counter()
     for round_idx in range(setting.rounds):
         lr = scheduled_lr(setting.lr, setting.schedule, round_idx, setting.rounds)
+        # The learning rate is part of what the server sends each round (LocalSettings): a trainer per round.
         trainer = BatchedTrainer(model, data.train_images, data.train_labels, replace(local, lr=lr))
         updates = trainer.train(vector, workers, shards, [0] * len(workers))
         vector = vector + fedavg(torch.stack([u.delta for u in updates]), torch.tensor([len(s) for s in shards]))
