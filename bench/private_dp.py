@@ -89,12 +89,17 @@ RECIPE_SWEEP: tuple[dict, ...] = (
     {"schedule": "cosine", "ema": 0.8},
     {"clip": 0.1, "lr": 20.0, "ema": 0.8},
     {"momentum": 0.9, "lr": 0.3, "ema": 0.8},
+    {"init": "xavier", "ema": 0.8},
     {"batch_size": 4096, "rounds": 40, "lr": 4.0},  # the previous best
     {"batch_size": 4096, "rounds": 40, "lr": 4.0, "ema": 0.8},
     {"batch_size": 4096, "rounds": 40, "lr": 8.0, "ema": 0.8},
+    {"batch_size": 4096, "rounds": 40, "lr": 6.0, "schedule": "cosine", "ema": 0.8},
+    {"batch_size": 4096, "rounds": 40, "lr": 4.0, "schedule": "cosine", "ema": 0.8},
+    {"batch_size": 4096, "rounds": 40, "lr": 4.0, "ema": 0.9},
     {"batch_size": 8192, "rounds": 80, "lr": 8.0, "ema": 0.8},
+    {"batch_size": 8192, "rounds": 80, "lr": 4.0, "ema": 0.8},
 )
-BEST_RECIPE = {"batch_size": 4096, "rounds": 40, "lr": 4.0, "ema": 0.8}  # --recipe
+BEST_RECIPE = {"batch_size": 8192, "rounds": 80, "lr": 4.0, "ema": 0.8}  # --recipe
 
 
 def example_level(data: Mnist, epsilon: float, setting: ExampleSetting, seed: int = 0) -> float:
