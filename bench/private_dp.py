@@ -98,8 +98,9 @@ RECIPE_SWEEP: tuple[dict, ...] = (
     {"batch_size": 4096, "rounds": 40, "lr": 4.0, "ema": 0.9},
     {"batch_size": 8192, "rounds": 80, "lr": 8.0, "ema": 0.8},
     {"batch_size": 8192, "rounds": 80, "lr": 4.0, "ema": 0.8},
+    {"batch_size": 8192, "rounds": 80, "lr": 4.0, "ema": 0.9},
 )
-BEST_RECIPE = {"batch_size": 8192, "rounds": 80, "lr": 4.0, "ema": 0.8}  # --recipe
+BEST_RECIPE = {"batch_size": 4096, "rounds": 40, "lr": 4.0, "ema": 0.9}  # --recipe
 
 
 def example_level(data: Mnist, epsilon: float, setting: ExampleSetting, seed: int = 0) -> float:
