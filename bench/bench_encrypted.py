@@ -21,7 +21,10 @@ from pathlib import Path
 import torch
 
 from fed_core.data.mnist import load_mnist, normalize
-from fed_core.encrypted_eval import EvalResult, available_cpus, evaluate_encrypted
+from fed_core.encrypted import EvalResult
+from fed_core.encrypted.base import available_cpus
+from fed_core.encrypted.he import HeCommunication, HeScheme
+from fed_core.encrypted.mpc import MpcCommunication, MpcScheme
 from fed_core.he.ckks import DIGIT_PARAMS, HeClient, HeServer
 from fed_core.models import load_model
 from fed_core.mpc.processes import LAN, WAN, busiest_direction_bytes, mpc_classifier, projected_seconds
@@ -65,19 +68,19 @@ def report(result: EvalResult) -> None:
         f"({100 * (result.encrypted_accuracy - result.plain_accuracy):+.2f} points)"
     )
     print("  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in result.seconds.items()))
-    comm = result.communication
-    if result.scheme == "mpc":
-        print(
-            f"  online traffic: {comm['online_bytes_per_image'] / 1e3:.1f} kB/image both parties together "
-            f"({comm['online_bytes'] / 1e6:.0f} MB), {comm['rounds']} rounds ({comm['rounds_per_batch']} per "
-            f"batch of 1000); dealer {comm['dealer_bytes'] / 1e6:.0f} MB; inputs {comm['input_bytes'] / 1e6:.0f} MB"
-        )
-    else:
-        print(
-            f"  public context {comm['public_context_bytes'] / 1e6:.1f} MB, upload "
-            f"{comm['upload_bytes'] / 1e6:.0f} MB, download {comm['download_bytes'] / 1e6:.1f} MB, "
-            f"{comm['bytes_per_image'] / 1e3:.0f} kB/image"
-        )
+    match result.communication:
+        case MpcCommunication() as comm:
+            print(
+                f"  online traffic: {comm.online_bytes_per_image / 1e3:.1f} kB/image both parties together "
+                f"({comm.online_bytes / 1e6:.0f} MB), {comm.rounds} rounds ({comm.rounds_per_batch} per "
+                f"batch of 1000); dealer {comm.dealer_bytes / 1e6:.0f} MB; inputs {comm.input_bytes / 1e6:.0f} MB"
+            )
+        case HeCommunication() as comm:
+            print(
+                f"  public context {comm.public_context_bytes / 1e6:.1f} MB, upload "
+                f"{comm.upload_bytes / 1e6:.0f} MB, download {comm.download_bytes / 1e6:.1f} MB, "
+                f"{comm.bytes_per_image / 1e3:.0f} kB/image"
+            )
 
 
 def bench_mpc_single(model: torch.nn.Module, image: torch.Tensor, parties: str, repeats: int = 50) -> None:
@@ -116,23 +119,24 @@ def bench_mpc_range(model: torch.nn.Module) -> None:
 
 def report_wire(result: EvalResult) -> None:
     comm = result.communication
-    links = comm["bytes_by_link"]
+    assert isinstance(comm, MpcCommunication)
+    links = comm.bytes_by_link
     print("  on the wire: " + ", ".join(f"{link} {count / 1e6:.1f} MB" for link, count in links.items()))
-    traffic = Traffic(rounds=comm["rounds"], links=links)
+    traffic = Traffic(rounds=comm.rounds, links=links)
     # The steps (share, compute, reveal) run on the network; starting the processes (chiefly a fresh
     # interpreter importing torch) does not, but sharing and masking the weights does: their bytes
     # and rounds are in the counts.
     steps = sum(v for k, v in result.seconds.items() if k != "total")
-    setup = result.seconds["total"] - steps
+    setup = result.total_seconds - steps
     print(
         f"  {result.n:,} images in {steps:.1f} s after {setup:.1f} s of setup (starting the processes, "
-        f"sharing and masking the weights); {comm['rounds']} rounds"
+        f"sharing and masking the weights); {comm.rounds} rounds"
     )
     for network in (LAN, WAN):
         print(
             f"  projected on a {network.name}: {projected_seconds(steps, traffic, network):.1f} s "
             f"({projected_seconds(steps, traffic, network, online_only=True):.1f} s with the dealer's "
-            f"randomness dealt in advance) = loopback {steps:.1f} s + {comm['rounds']} rounds x RTT + "
+            f"randomness dealt in advance) = loopback {steps:.1f} s + {comm.rounds} rounds x RTT + "
             f"{busiest_direction_bytes(links) / 1e6:.0f} MB through the busiest interface, plus setup"
         )
 
@@ -221,13 +225,13 @@ def main() -> None:
     print(f"torch threads: {torch.get_num_threads()}; fixed point: {FRAC_BITS} fractional bits")
 
     print("MPC, full test set, every party simulated in this process:")
-    report(evaluate_encrypted(model, images, labels, "mpc"))
+    report(MpcScheme().evaluate(model, images, labels))
     bench_mpc_single(model, images[:1], "in-process")
     bench_mpc_truncation(model, images)
     bench_mpc_range(model)
 
     print("MPC, full test set, party 0, party 1 and the dealer as processes over loopback TCP:")
-    result = evaluate_encrypted(model, images, labels, "mpc", mpc_parties="processes")
+    result = MpcScheme(parties="processes").evaluate(model, images, labels)
     report(result)
     report_wire(result)
     bench_mpc_single(model, images[:1], "processes")
@@ -240,7 +244,7 @@ def main() -> None:
     for workers in sorted({1, available_cpus()}) if n else []:
         print(f"HE, {n} images packed two per slot, {workers} server process{'es' if workers > 1 else ''}:")
         cpu = time.process_time()
-        report_he_batch(evaluate_encrypted(model, images[:n], labels[:n], "he", he_packing="batch", he_workers=workers))
+        report_he_batch(HeScheme(packing="batch", workers=workers).evaluate(model, images[:n], labels[:n]))
         print(f"  CPU time of this process: {time.process_time() - cpu:.1f} s")
 
 

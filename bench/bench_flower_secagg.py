@@ -26,7 +26,7 @@ from fed_core.data.mnist import load_mnist
 from fed_core.engines.flower_engine import FlowerPool, flower_pool_factory, simulate
 from fed_core.engines.flower_mask_seed import SEED_SPACE, seeds_per_second
 from fed_core.federation.server import partition_for
-from fed_core.federation.strategy import fedavg
+from fed_core.federation.strategies import fedavg
 from fed_core.models import new_model
 from fed_core.vocabulary import flatten, model_params
 

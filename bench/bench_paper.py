@@ -34,7 +34,7 @@ from fed_core.config import TrainConfig
 from fed_core.data.mnist import load_mnist
 from fed_core.engines.inprocess import InProcessPool
 from fed_core.federation.server import FederatedRun, RoundRecord, run_federated
-from fed_core.federation.strategy import STRATEGIES
+from fed_core.federation.strategies import STRATEGIES
 from fed_core.limits.budget import env_name
 from fed_core.vocabulary import TrainingDiverged, TrainingStopped
 
@@ -80,6 +80,7 @@ def paper_config(args: argparse.Namespace, split: str) -> TrainConfig:
         rounds=args.max_rounds,
         strategy=args.strategy,
         prox_mu=args.prox_mu,
+        server_lr=STRATEGIES[args.strategy].default_server_lr,  # FedAvg's 1.0; FedAdam's and FedYogi's eta 0.01
         server_momentum=args.server_momentum,
         seed=args.seed,
     )

@@ -23,7 +23,7 @@ from fed_core.data.mnist import Mnist, load_mnist
 from fed_core.engines.inprocess import InProcessPool
 from fed_core.federation.server import Evaluator, contribution_scores, partition_for, run_round
 from fed_core.federation.shapley import EXACT_MAX_WORKERS, shapley_values
-from fed_core.federation.strategy import ServerOptimizer, fedavg
+from fed_core.federation.strategies import fedavg, strategy_for
 from fed_core.models import new_model
 from fed_core.vocabulary import Aggregate, flatten, model_params
 
@@ -44,7 +44,7 @@ def second_round(config: TrainConfig, data: Mnist):
     model = new_model(config.model, config.init, config.seed)
     pool = InProcessPool(model, data, partition_for(config, data), config)
     evaluator = Evaluator(model, data, config)
-    optimizer = ServerOptimizer(config.server_lr, config.server_momentum)
+    optimizer = strategy_for(config)
     global_vector = run_round(config, 1, flatten(model_params(model)), pool, optimizer, evaluator).global_vector
     updates = pool.train(global_vector, list(range(config.workers)), 2)
     deltas = torch.stack([u.delta for u in updates])

@@ -32,10 +32,10 @@ import torch
 from fed_core.config import TrainConfig
 from fed_core.data.mnist import Mnist, load_mnist
 from fed_core.data.partition import partition_iid
-from fed_core.federation.aggregation import accountant_for, aggregate
+from fed_core.federation.aggregation import aggregate
 from fed_core.federation.schedules import WeightAverage, scheduled_lr
 from fed_core.federation.server import Evaluator
-from fed_core.federation.strategy import fedavg
+from fed_core.federation.strategies import fedavg
 from fed_core.federation.trainer import BatchedTrainer
 from fed_core.models import new_model
 from fed_core.privacy.dp import (
@@ -52,6 +52,7 @@ from fed_core.privacy.dp import (
     poisson_sample_workers,
     private_fedavg,
 )
+from fed_core.privacy.policy import privacy_for
 from fed_core.vocabulary import LocalSettings, TrainingDiverged, flatten, model_params
 
 DELTA = 1e-5
@@ -215,7 +216,7 @@ def distributed_fedsgd(data: Mnist, epsilon: float, workers: int = 10, steps: in
     config = replace(config, dp_noise=noise_for(epsilon, plan.sample_rate, steps))
     model = new_model(MODEL, "default", 0)
     trainer = BatchedTrainer(model, data.train_images, data.train_labels, config.local)
-    accountant = accountant_for(config)
+    accountant = privacy_for(config).accountant()
     evaluator = Evaluator(model, data, TrainConfig(contribution_subset=0))
     vector, everyone = flatten(model_params(model)), list(range(workers))
     start = time.perf_counter()

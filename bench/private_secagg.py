@@ -25,7 +25,7 @@ import torch
 from fed_core.config import TrainConfig
 from fed_core.data.mnist import load_mnist
 from fed_core.engines import engine_for
-from fed_core.federation.strategy import fedavg
+from fed_core.federation.strategies import fedavg
 from fed_core.models import build_model
 from fed_core.privacy.secagg import STAGES, SecureAggregate, default_group_size, default_threshold, secure_sum
 

@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 from fed_core.data.partition import MIN_EXAMPLES_PER_WORKER, PARTITIONS
-from fed_core.federation.strategy import STRATEGIES
-from fed_core.models import INIT_METHODS, MODELS
-from fed_core.privacy.secagg_primitives import MIN_SURVIVORS
+from fed_core.federation.strategies import STRATEGIES, strategy_for, strategy_problems
+from fed_core.models import INIT_METHODS, MODEL_LABELS, MODELS
+from fed_core.privacy.policy import DP_MODES, privacy_for, privacy_problems
+from fed_core.settings import Interval, Setting, declare, settings_of
 from fed_core.vocabulary import LocalSettings, UserError
 
 TRAIN_SIZE = 60_000
-DP_MODES = ("none", "example", "client")
-SECURE_AGGREGATION_ENGINES = ("inprocess", "flower")
 # Measured with bench/bench_train.py on the 2-core reference machine: training examples per second
 # (one local epoch of every worker counts its shard once) and seconds per full test-set evaluation.
 EXAMPLES_PER_SECOND = {"crypto_cnn": 30_000, "relu_cnn": 4_000, "fedavg_cnn": 2_000}
-# DP-SGD's ghost clipping (ghost_clip.py) against plain SGD, crypto_cnn, 10 workers, B=128, one thread:
-# about 20k against 30k examples per CPU second (it was 7x slower with per-example gradients by vmap).
-DP_SGD_SLOWDOWN = 1.5
 EVAL_SECONDS = {"crypto_cnn": 0.05, "relu_cnn": 0.6, "fedavg_cnn": 2.0}
-# Extra local work per step: FedProx's proximal gradient, SCAFFOLD's correction (one model-sized add each).
-STRATEGY_COST = {"fedavg": 1.0, "fedprox": 1.1, "scaffold": 1.1}
 # Training images redrawn at random per second (fed_core/data/augment.py), whatever the model: the same order as
 # crypto_cnn's training, so it about doubles that model's training time (default run: 3 rounds took 9.7-10.4 s
 # of CPU without and 15.5-16.1 s with, interleaved) and adds a few percent to the pooling CNNs'.
@@ -34,61 +27,316 @@ class ConfigError(UserError, ValueError):
     """Settings out of range or that do not fit together; the message says which and why."""
 
 
+PARTITION_LABELS = {
+    "iid": "IID (shuffled)",
+    "dirichlet": "Dirichlet label skew",
+    "shards": "Label shards (FedAvg paper)",
+}
+INIT_LABELS = {
+    "default": "PyTorch default",
+    "kaiming": "He (Kaiming) normal",
+    "xavier": "Xavier uniform",
+    "uniform": "plain uniform U(-0.05, 0.05)",
+}
+ENGINE_LABELS = {
+    "inprocess": "In this process (fastest)",
+    "syft": "PySyft datasites: each worker is a data owner running approved jobs",
+    "flower": "Flower: a ClientApp per worker on a simulated federation",
+}
+DP_LABELS = {
+    "none": "no differential privacy",
+    "example": "each training image (DP-SGD inside every worker)",
+    "client": "each worker's whole data (DP-FedAvg)",
+}
+UNIT, HALF_OPEN = Interval(0, 1, low_open=True), Interval(0, 1, high_open=True)  # (0, 1] and [0, 1)
+BASICS, MORE = "basics", "more"  # the Train page's groups: the top row, and the "More settings" expander
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    workers: int = 5
-    rounds: int = 10
-    fraction: float = 1.0  # C: share of workers sampled each round (at least one)
-    local_epochs: int = 1
-    batch_size: int = 128
-    lr: float = 0.02
-    momentum: float = 0.9  # local SGD momentum
-    clip_norm: float = 1.0
-    partition: str = "iid"
-    alpha: float = 0.5  # Dirichlet concentration
-    shards_per_worker: int = 2
-    init: str = "default"
-    dropout: float = 0.0  # chance that a sampled worker fails to report
-    seed: int = 0
-    model: str = "crypto_cnn"
-    server_lr: float = 1.0
-    server_momentum: float = 0.0
-    strategy: str = "fedavg"  # a name of strategy.STRATEGIES: fedavg, fedprox or scaffold
-    prox_mu: float = 0.01  # FedProx only: weight mu of the proximal term mu/2 ||w - w_global||^2
-    augment: bool = False  # workers train on randomly redrawn digits (fed_core/data/augment.py): reads drawings better
-    train_size: int = TRAIN_SIZE  # first n training images (smaller for quick tests)
-    contribution_subset: int = 1000  # test images used for the leave-one-out contribution score
-    shapley: bool = True  # also each worker's Shapley value of the round (exact up to 8 workers, else sampled)
-    engine: str = "inprocess"  # where workers train: a name of fed_core.engines.ENGINES, checked by engine_for
-    manual_approval: bool = False  # syft only: each owner waits for a person to approve every job
-    # Privacy (fed_core/federation/aggregation.py, secagg.py, dp.py):
-    secure_aggregation: bool = False  # the server holds only masked updates and learns only their sum
-    dp: str = "none"  # "example": DP-SGD inside each worker; "client": DP-FedAvg on the workers' updates
-    dp_clip: float = 1.0  # S: the per-example gradient (example) or per-worker update (client) norm cap
-    dp_noise: float = 1.0  # z: Gaussian noise of standard deviation z * S on the clipped sum
-    dp_delta: float = 1e-5  # the delta of the (epsilon, delta) guarantee reported after every round
-    # DP under secure aggregation only: the workers draw the noise in shares inside the masked sum (distributed_dp.py),
-    # calibrated so that it holds with up to dp_colluding workers colluding with the server. Example-level DP then
-    # runs FedSGD: one DP-SGD step per round, the federation's steps are central DP-SGD's.
-    dp_distributed: bool = False
-    dp_colluding: int = 0
+    """Every setting of a run; each field carries its declaration (fed_core/settings.py), read by the command
+    line, the Train page, the Flower App's run config, the budget's refusals and :func:`problems`."""
+
+    workers: int = declare(5, "Workers", help="how many data owners", valid=Interval(1, 100), place=(BASICS, 0))
+    rounds: int = declare(10, "Rounds", help="communication rounds", valid=Interval(1, 200), place=(BASICS, 1))
+    fraction: float = declare(
+        1.0,
+        "Fraction C sampled per round",
+        help="share C of the workers sampled each round (at least one)",
+        term="fraction C",
+        valid=UNIT,
+        widget="slider",
+        shown=(0.05, 1.0),
+        step=0.05,
+        place=(BASICS, 2),
+    )
+    local_epochs: int = declare(
+        1,
+        "Local epochs E",
+        help="passes over its data each worker makes a round",
+        valid=Interval(1, 20),
+        place=(MORE, 0),
+    )
+    # No fixed cap below the training set: the memory budget decides (fed_core.limits.budget.largest_batch), so
+    # DP-SGD can take the large expected batches it wants (1,000-4,000 for MNIST) where one worker of them fits.
+    batch_size: int = declare(
+        128, "Batch size B", help="examples per local step", valid=Interval(1, TRAIN_SIZE), place=(MORE, 0)
+    )
+    lr: float = declare(
+        0.02,
+        "Learning rate",
+        help="local learning rate",
+        term="learning rate",
+        valid=Interval(0, 10, low_open=True),
+        shown=(0.0001, 10.0),
+        step=0.005,
+        format="%.4f",
+        place=(MORE, 1),
+    )
+    momentum: float = declare(
+        0.9,
+        "Local momentum",
+        help="local SGD momentum",
+        term="local momentum",
+        valid=HALF_OPEN,
+        shown=(0.0, 0.99),
+        step=0.05,
+        place=(MORE, 1),
+    )
+    clip_norm: float = declare(
+        1.0,
+        "Gradient clip norm",
+        help="cap on the norm of each local step's gradient",
+        term="gradient clip norm",
+        valid=Interval(0, low_open=True),
+        shown=(0.01, 1e9),  # 1e9: no clipping in effect
+        step=0.1,
+    )
+    partition: str = declare(
+        "iid",
+        "How data is split",
+        help="how the training images are dealt to the workers",
+        widget="select",
+        choices=PARTITIONS,
+        labels=PARTITION_LABELS,
+        place=(BASICS, 3),
+    )
+    alpha: float = declare(
+        0.5,
+        "alpha (smaller = more skew)",
+        help="Dirichlet concentration of each worker's labels",
+        term="Dirichlet alpha",
+        valid=Interval(0, 1000, low_open=True),
+        shown=(0.01, 100.0),
+        step=0.1,
+        place=(BASICS, 3),
+        when=("partition", "dirichlet"),
+    )
+    shards_per_worker: int = declare(
+        2,
+        "Shards per worker",
+        help="label-sorted shards dealt to each worker",
+        valid=Interval(1, 20),
+        place=(BASICS, 3),
+        when=("partition", "shards"),
+    )
+    init: str = declare(
+        "default",
+        "Weight initialisation",
+        help="how the global model's first weights are drawn",
+        widget="select",
+        choices=INIT_METHODS,
+        labels=INIT_LABELS,
+        place=(MORE, 2),
+    )
+    dropout: float = declare(
+        0.0,
+        "Worker dropout rate",
+        help="chance that a sampled worker fails to report; the round goes on without it",
+        term="dropout rate",
+        valid=HALF_OPEN,
+        widget="slider",
+        shown=(0.0, 0.9),
+        step=0.05,
+        place=(MORE, 0),
+    )
+    seed: int = declare(
+        0, "Seed", help="seed of the data split and sampling", valid=Interval(0, 2**31 - 1), place=(MORE, 1)
+    )
+    model: str = declare(
+        "crypto_cnn",
+        "Model",
+        help="the network the workers train",
+        widget="select",
+        choices=MODELS,
+        labels=MODEL_LABELS,
+        place=(MORE, 2),
+    )
+    strategy: str = declare(
+        "fedavg",
+        "Strategy",
+        help="FedProx and SCAFFOLD keep workers from drifting apart on non-IID data; FedAdam and FedYogi take "
+        "adaptive server steps",
+        widget="select",
+        choices=STRATEGIES,
+        place=(MORE, 3),
+    )
+    server_lr: float = declare(
+        1.0,
+        "Server learning rate",
+        help="step the server takes along the averaged update (eta of FedAdam and FedYogi, which start from 0.01)",
+        term="server learning rate",
+        valid=Interval(0, 10, low_open=True),
+        shown=(0.01, 10.0),
+        step=0.1,
+        place=(MORE, 3),
+        default_by=("strategy", {name: strategy.default_server_lr for name, strategy in STRATEGIES.items()}),
+    )
+    server_momentum: float = declare(
+        0.0,
+        "Server momentum",
+        help="momentum of the server's steps (FedAvgM when above 0)",
+        term="server momentum",
+        valid=HALF_OPEN,
+        shown=(0.0, 0.99),
+        step=0.1,
+        place=(MORE, 3),
+    )
+    prox_mu: float = declare(
+        0.01,
+        "FedProx mu",
+        help="weight mu of FedProx's proximal term mu/2 ||w - w_global||^2",
+        term="FedProx mu",
+        valid=Interval(0, 10),
+        step=0.01,
+        format="%.3f",
+        place=(MORE, 3),
+        when=("strategy", "fedprox"),
+    )
+    train_size: int = declare(
+        TRAIN_SIZE, "Training images", help="use the first N training images", valid=Interval(100, TRAIN_SIZE)
+    )
+    contribution_subset: int = declare(
+        1000,
+        "Contribution test images",
+        help="test images the leave-one-out contribution score uses",
+        valid=Interval(0, 10_000),
+    )
+    shapley: bool = declare(
+        True,
+        "Shapley values",
+        help="each worker's fair share of the round's gain (exact up to 8 workers, else sampled); costs a few "
+        "model scores",
+        widget="checkbox",
+        place=(MORE, 2),
+    )
+    augment: bool = declare(
+        False,
+        "Augment: redraw digits at random",
+        help="each batch with random stroke widths, small rotations and shears, scale, shift and elastic "
+        "distortion (fed_core/data/augment.py). Turn it on if the model is for the Draw page: bold, slanted or "
+        "small drawings are read better. Costs time (in the estimate) and a little MNIST test accuracy.",
+        widget="checkbox",
+        place=(MORE, 2),
+    )
+    engine: str = declare(  # engine_for checks it: its registry's package imports this module
+        "inprocess",
+        "Where workers train",
+        help="in this process, on PySyft data owners' datasites or on Flower SuperNodes",
+        widget="select",
+        choices="fed_core.engines:ENGINES",
+        labels=ENGINE_LABELS,
+    )
+    manual_approval: bool = declare(
+        False,
+        "Approve jobs manually",
+        help="each owner waits until you press Approve on its job",
+        widget="toggle",
+        when=("engine", "syft"),
+        cli=False,  # nobody at the terminal could press Approve: the page only
+    )
+    # Privacy, read only through fed_core/privacy/policy.py's privacy_for; the page sets the first three together
+    # through its Privacy choice (ui/privacy_views.py).
+    secure_aggregation: bool = declare(
+        False,
+        "Secure aggregation",
+        help="the server holds only masked updates and learns only their sum",
+        widget="checkbox",
+        flag="--secure-agg",
+    )
+    dp: str = declare(
+        "none",
+        "Protect",
+        help="example: DP-SGD inside each worker; client: DP-FedAvg on the workers' updates",
+        widget="radio",
+        choices=DP_MODES,
+        labels=DP_LABELS,
+    )
+    dp_clip: float = declare(
+        1.0,
+        "Clip norm S",
+        help="the per-example gradient (example) or per-worker update (client) norm cap",
+        term="DP clip norm S",
+        valid=Interval(0, 1000, low_open=True),
+        shown=(0.001, 1000.0),
+        step=0.1,
+        format="%.3f",
+        flag="--clip",
+    )
+    dp_noise: float = declare(
+        1.0,
+        "Noise multiplier z",
+        help="Gaussian noise of standard deviation z * S on the clipped sum",
+        term="DP noise multiplier z",
+        valid=Interval(0, 100),
+        step=0.1,
+        flag="--noise",
+    )
+    dp_delta: float = declare(
+        1e-5,
+        "δ",
+        help="the delta of the (epsilon, delta) guarantee reported after every round",
+        term="DP delta",
+        valid=Interval(0, 0.1, low_open=True),
+        shown=(1e-9, 0.1),
+        format="%.0e",
+        flag="--delta",
+    )
+    # DP under secure aggregation only: the workers draw the noise in shares inside the masked sum
+    # (distributed_dp.py), calibrated so that it holds with up to dp_colluding workers colluding with the server.
+    # Example-level DP then runs FedSGD: one DP-SGD step per round, the federation's steps are central DP-SGD's.
+    dp_distributed: bool = declare(
+        False,
+        "Noise split across workers",
+        help="with DP and secure aggregation: the workers add the noise in discrete Gaussian shares inside the "
+        "masked sum, so the server never sees the sum without it",
+        widget="checkbox",
+    )
+    dp_colluding: int = declare(
+        0,
+        "Colluding workers c the noise withstands",
+        help="workers that may collude with the server whose noise shares are not counted on",
+        valid=Interval(0, 99),
+        step=1,
+    )
 
     @property
     def local(self) -> LocalSettings:
-        example_dp = (self.dp_clip, self.dp_noise) if self.dp == "example" else (0.0, 0.0)
-        prox_mu = self.prox_mu if self.strategy == "fedprox" else 0.0
-        return LocalSettings(
+        """What every worker trains with: the run's local settings, as its privacy and its strategy send them."""
+        local_dp = privacy_for(self).local_dp
+        settings = LocalSettings(
             self.model,
             self.local_epochs,
             self.batch_size,
             self.lr,
             self.momentum,
             self.clip_norm,
-            *example_dp,
-            prox_mu,
-            dp_noise_split=self.dp == "example" and self.dp_distributed,
+            local_dp.clip,
+            local_dp.noise,
+            dp_noise_split=local_dp.noise_split,
             augment=self.augment,
         )
+        return strategy_for(self).local_settings(settings)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,73 +347,21 @@ class TrainConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
-LIMITS = {  # name: (low, high), inclusive
-    "workers": (1, 100),
-    "rounds": (1, 200),
-    "local_epochs": (1, 20),
-    # No fixed cap below the training set: the memory budget decides (fed_core.limits.budget.largest_batch), so DP-SGD
-    # can take the large expected batches it wants (1,000-4,000 for MNIST) where one worker of them fits.
-    "batch_size": (1, TRAIN_SIZE),
-    "shards_per_worker": (1, 20),
-    "train_size": (100, TRAIN_SIZE),
-    "contribution_subset": (0, 10_000),
-    "seed": (0, 2**31 - 1),
-    "dp_colluding": (0, 99),
-}
-
-
-# name: (what a user calls it, the allowed interval as they read it, the test); every value must also be finite.
-REAL_RANGES: dict[str, tuple[str, str, Callable[[float], bool]]] = {
-    "fraction": ("fraction C", "in (0, 1]", lambda v: 0 < v <= 1),
-    "lr": ("learning rate", "in (0, 10]", lambda v: 0 < v <= 10),
-    "momentum": ("local momentum", "in [0, 1)", lambda v: 0 <= v < 1),
-    "server_lr": ("server learning rate", "in (0, 10]", lambda v: 0 < v <= 10),
-    "server_momentum": ("server momentum", "in [0, 1)", lambda v: 0 <= v < 1),
-    "dropout": ("dropout rate", "in [0, 1)", lambda v: 0 <= v < 1),
-    "clip_norm": ("gradient clip norm", "positive", lambda v: v > 0),
-    "alpha": ("Dirichlet alpha", "in (0, 1000]", lambda v: 0 < v <= 1000),
-    "dp_clip": ("DP clip norm S", "in (0, 1000]", lambda v: 0 < v <= 1000),
-    "dp_noise": ("DP noise multiplier z", "in [0, 100]", lambda v: 0 <= v <= 100),
-    "dp_delta": ("DP delta", "in (0, 0.1]", lambda v: 0 < v <= 0.1),
-    "prox_mu": ("FedProx mu", "in [0, 10]", lambda v: 0 <= v <= 10),
-}
+SETTINGS = settings_of(TrainConfig)
+# name: (low, high), inclusive: the whole-number settings' ranges, as the budget and the data owners read them.
+LIMITS = {name: (int(s.valid.low), int(s.valid.high)) for name, s in SETTINGS.items() if s.kind is int}
 
 
 def problems(config: TrainConfig) -> list[str]:
     """Every reason the config cannot run, as sentences for a user; empty if it is fine."""
-    out = []
-    for name, (low, high) in LIMITS.items():
-        value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool):
-            out.append(f"{name.replace('_', ' ')} must be a whole number, got {value!r}.")
-        elif not low <= value <= high:
-            out.append(f"{name.replace('_', ' ')} must be between {low} and {high}, got {value}.")
-    for name, (label, interval, allowed) in REAL_RANGES.items():
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            out.append(f"{label} must be a finite number, got {value!r}.")
-        elif not allowed(value):
-            out.append(f"{label} must be {interval}, got {value}.")
+    settings = settings_of(type(config))
+    out = [p for s in settings.values() if s.valid is not None for p in _range_problems(s, getattr(config, s.name))]
     if config.manual_approval and config.engine != "syft":
         out.append("manual approval of jobs needs the syft engine, whose data owners approve each job.")
-    if config.dp == "client" and config.secure_aggregation and config.engine != "inprocess":
-        out.append("client-level DP with secure aggregation runs on the inprocess engine only.")
-    if config.dp_distributed and (config.dp == "none" or not config.secure_aggregation):
-        out.append(
-            "noise split across workers (distributed DP) needs DP and secure aggregation: the shares add up to one "
-            "noise only inside the masked sum."
-        )
-    elif config.dp_distributed and config.engine != "inprocess":
-        out.append("noise split across workers (distributed DP) runs on the inprocess engine only.")
-    if config.secure_aggregation and config.engine not in SECURE_AGGREGATION_ENGINES:
-        out.append(
-            f"secure aggregation runs on these engines only: {', '.join(SECURE_AGGREGATION_ENGINES)}; "
-            f"not on {config.engine}."
-        )
-    out.extend(_scaffold_problems(config))
-    out.extend(_secure_round_problems(config))
-    choices = (("partition", PARTITIONS), ("init", INIT_METHODS), ("model", MODELS), ("dp", DP_MODES))
-    for name, allowed in (*choices, ("strategy", STRATEGIES)):
+    out.extend(privacy_problems(config))
+    out.extend(strategy_problems(config))
+    for name in (name for name, s in settings.items() if s.choices is not None and name != "engine"):
+        allowed = settings[name].options()  # the engine: engine_for checks it, beside its registry
         if getattr(config, name) not in allowed:
             out.append(f"{name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}.")
     if not out:
@@ -173,43 +369,17 @@ def problems(config: TrainConfig) -> list[str]:
     return out
 
 
-def _scaffold_problems(config: TrainConfig) -> list[str]:
-    """SCAFFOLD's control-variate updates travel in the clear and its workers keep state between rounds."""
-    if config.strategy != "scaffold":
-        return []
-    out = []
-    if config.secure_aggregation:
-        out.append(
-            "SCAFFOLD cannot run with secure aggregation: the server needs each worker's control-variate "
-            "update, which secure aggregation would hide; use FedProx instead."
-        )
-    if config.dp != "none":
-        out.append(
-            "SCAFFOLD cannot run with differential privacy: its control variates are computed from each "
-            "worker's updates and sent without clipping or noise, outside the DP guarantee; use FedProx instead."
-        )
-    if config.engine != "inprocess":
-        out.append("SCAFFOLD runs on the inprocess engine only: its workers keep control variates between rounds.")
-    return out
-
-
-def _secure_round_problems(config: TrainConfig) -> list[str]:
-    """Secure aggregation of fewer than MIN_SURVIVORS updates would reveal them: refused before the run starts.
-
-    Rounds that lose workers to dropout, or draw too few under client-level DP's Poisson sampling, are refused
-    one by one while the run goes on (secagg.py); here a setting whose every round would be refused.
-    """
-    if not config.secure_aggregation:
-        return []
-    poisson = config.dp == "client"  # a random number per round, C * workers on average
-    per_round = config.fraction * config.workers if poisson else max(1, round(config.fraction * config.workers))
-    if per_round >= MIN_SURVIVORS:
-        return []
-    return [
-        f"secure aggregation needs at least {MIN_SURVIVORS} workers in every round: the sum of one update is that "
-        f"update, and of two, each worker would read the other's. {config.workers} worker(s) at fraction C = "
-        f"{config.fraction:g} give {per_round:g} per round{' on average' if poisson else ''}; raise Workers or C."
-    ]
+def _range_problems(setting: Setting, value: object) -> list[str]:
+    """Why a number setting's value is out of its declared range: not a whole number where one is needed, not
+    finite, or outside the interval."""
+    if setting.kind is int:
+        low, high = int(setting.valid.low), int(setting.valid.high)
+        if not isinstance(value, int) or isinstance(value, bool):
+            return [f"{setting.noun} must be a whole number, got {value!r}."]
+        return [] if value in setting.valid else [f"{setting.noun} must be between {low} and {high}, got {value}."]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return [f"{setting.noun} must be a finite number, got {value!r}."]
+    return [] if value in setting.valid else [f"{setting.noun} must be {setting.valid.text()}, got {value}."]
 
 
 def _fit_problems(config: TrainConfig) -> list[str]:
@@ -242,11 +412,8 @@ def estimate_seconds(config: TrainConfig) -> float:
     # Small batches cost more per example (more steps); 128 is the reference.
     batch_factor = max(1.0, (128 / config.batch_size) ** 0.5)
     per_round_eval = EVAL_SECONDS[config.model] * (1 + config.contribution_subset / 10_000 * scored_models(config))
-    training = examples / EXAMPLES_PER_SECOND[config.model] * batch_factor * STRATEGY_COST[config.strategy]
-    if config.dp == "example":
-        training *= DP_SGD_SLOWDOWN
-    if config.dp == "example" and config.dp_distributed:  # FedSGD: one batch of B per worker a round, not E epochs
-        training *= min(1.0, config.batch_size * config.workers / config.train_size) / config.local_epochs
+    training = examples / EXAMPLES_PER_SECOND[config.model] * batch_factor * STRATEGIES[config.strategy].local_cost
+    training *= privacy_for(config).local_training_cost(config.workers, config.train_size)
     if config.augment:
         training += examples / AUGMENT_EXAMPLES_PER_SECOND
     return training + config.rounds * per_round_eval
@@ -255,7 +422,7 @@ def estimate_seconds(config: TrainConfig) -> float:
 def scored_models(config: TrainConfig) -> int:
     """Models each round scores on the contribution subset: leave-one-out's, and Shapley's coalitions."""
     workers = max(1, round(config.fraction * config.workers))
-    if config.secure_aggregation or config.contribution_subset == 0:
+    if privacy_for(config).secure_aggregation or config.contribution_subset == 0:
         return 0
     shapley = 0 if not config.shapley else 2**workers if workers <= 8 else 32 * workers  # shapley.py's defaults
     return workers + 1 + shapley

@@ -2,32 +2,18 @@
 
 import streamlit as st
 
-from fed_core.config import LIMITS, TrainConfig, estimate_seconds, problems
+from fed_core.config import BASICS, MORE, TrainConfig, estimate_seconds, problems
 from fed_core.data.mnist import MnistFileError, load_mnist
 from fed_core.engines import engine_for
-from fed_core.federation.server import publishes_workers
-from fed_core.federation.strategy import STRATEGIES
 from fed_core.job import BUSY, OWNER_BUSY, JobSnapshot, TrainingJob
 from fed_core.limits.budget import budget_problems, estimate_run_bytes, load_budget
-from fed_core.models import INIT_METHODS, MODEL_LABELS
+from fed_core.privacy.policy import privacy_for
 from ui import engine_views, privacy_views, session
 from ui import train_views as views
 from ui.common import CHART_CONFIG, format_duration, shown_safely
 from ui.nav import in_frame
 from ui.runs import current_job, ensure_owner_token, job_slots, keep_trained_model, owns, remember_owner
-
-D = TrainConfig()
-INIT_LABELS = {
-    "default": "PyTorch default",
-    "kaiming": "He (Kaiming) normal",
-    "xavier": "Xavier uniform",
-    "uniform": "plain uniform U(-0.05, 0.05)",
-}
-PARTITION_LABELS = {
-    "iid": "IID (shuffled)",
-    "dirichlet": "Dirichlet label skew",
-    "shards": "Label shards (FedAvg paper)",
-}
+from ui.settings_form import settings_group
 
 in_frame()
 st.title("Federated training, live")
@@ -39,81 +25,13 @@ st.caption(
 
 
 def settings_form() -> TrainConfig:
-    c1, c2, c3, c4 = st.columns(4)
-    workers = c1.number_input("Workers", *LIMITS["workers"], D.workers, help="how many data owners (1-100)")
-    rounds = c2.number_input("Rounds", *LIMITS["rounds"], D.rounds, help="communication rounds (1-200)")
-    fraction = c3.slider("Fraction C sampled per round", 0.05, 1.0, D.fraction, 0.05)
-    partition = c4.selectbox("How data is split", list(PARTITION_LABELS), format_func=PARTITION_LABELS.get)
-    alpha, shards = D.alpha, D.shards_per_worker
-    if partition == "dirichlet":
-        alpha = c4.number_input("alpha (smaller = more skew)", 0.01, 100.0, D.alpha, 0.1)
-    elif partition == "shards":
-        shards = c4.number_input("Shards per worker", *LIMITS["shards_per_worker"], D.shards_per_worker)
-    engine, manual_approval = engine_views.engine_settings(st.columns(2)[0])
-    privacy = privacy_views.privacy_settings(engine)
+    """The settings as their declarations draw them (ui/settings_form.py); the engine and privacy views add theirs."""
+    values = settings_group(TrainConfig, BASICS, st.columns(4))
+    values["engine"], values["manual_approval"] = engine_views.engine_settings(st.columns(2)[0])
+    values.update(privacy_views.privacy_settings(values["engine"]))
     with st.expander("More settings: local training, initialisation, server optimizer and strategy, dropout"):
-        a1, a2, a3, a4 = st.columns(4)
-        local_epochs = a1.number_input("Local epochs E", *LIMITS["local_epochs"], D.local_epochs)
-        batch_size = a1.number_input("Batch size B", *LIMITS["batch_size"], D.batch_size)
-        lr = a2.number_input("Learning rate", 0.0001, 10.0, D.lr, 0.005, format="%.4f")
-        momentum = a2.number_input("Local momentum", 0.0, 0.99, D.momentum, 0.05)
-        init = a3.selectbox("Weight initialisation", INIT_METHODS, format_func=INIT_LABELS.get)
-        model = a3.selectbox("Model", list(MODEL_LABELS), format_func=MODEL_LABELS.get)
-        server_lr = a4.number_input("Server learning rate", 0.01, 10.0, D.server_lr, 0.1)
-        server_momentum = a4.number_input("Server momentum", 0.0, 0.99, D.server_momentum, 0.1)
-        strategy = a4.selectbox(
-            "Strategy",
-            list(STRATEGIES),
-            format_func=STRATEGIES.get,
-            help="FedProx and SCAFFOLD keep workers from drifting apart on non-IID data",
-        )
-        prox_mu = D.prox_mu
-        if strategy == "fedprox":
-            prox_mu = a4.number_input("FedProx mu", 0.0, 10.0, D.prox_mu, 0.01, format="%.3f")
-        dropout = a1.slider(
-            "Worker dropout rate",
-            0.0,
-            0.9,
-            D.dropout,
-            0.05,
-            help="chance that a sampled worker fails to report; the round goes on without it",
-        )
-        seed = a2.number_input("Seed", *LIMITS["seed"], D.seed)
-        shapley = a3.checkbox(
-            "Shapley values", D.shapley, help="each worker's fair share of the round's gain; costs a few model scores"
-        )
-        augment = a3.checkbox(
-            "Augment: redraw digits at random",
-            D.augment,
-            help="each batch with random stroke widths, small rotations and shears, scale, shift and elastic "
-            "distortion. Turn it on if the model is for the Draw page: bold, slanted or small drawings are read "
-            "better. Costs time (in the estimate) and a little MNIST test accuracy.",
-        )
-    return TrainConfig(
-        workers=int(workers),
-        rounds=int(rounds),
-        fraction=float(fraction),
-        local_epochs=int(local_epochs),
-        batch_size=int(batch_size),
-        lr=float(lr),
-        momentum=float(momentum),
-        partition=partition,
-        alpha=float(alpha),
-        shards_per_worker=int(shards),
-        init=init,
-        dropout=float(dropout),
-        seed=int(seed),
-        model=model,
-        server_lr=float(server_lr),
-        server_momentum=float(server_momentum),
-        strategy=strategy,
-        prox_mu=float(prox_mu),
-        augment=augment,
-        engine=engine,
-        manual_approval=manual_approval,
-        shapley=shapley,
-        **privacy,
-    )
+        values.update(settings_group(TrainConfig, MORE, st.columns(4), values))
+    return TrainConfig(**values)
 
 
 def start(config: TrainConfig) -> bool:
@@ -244,11 +162,12 @@ def show_rounds(job: TrainingJob, snapshot: JobSnapshot) -> None:
     if epsilon:
         st.markdown(f"**{epsilon}**")
     st.plotly_chart(accuracy, width="stretch", config=CHART_CONFIG)
-    if not publishes_workers(job.config):  # client-level DP: its epsilon needs the participants kept secret
+    privacy = privacy_for(job.config)
+    if not privacy.publishes_workers:  # client-level DP: its epsilon needs the participants kept secret
         st.info(privacy_views.CLIENT_DP_HIDDEN)
         return
     left, right = st.columns([3, 2])
-    if job.config.secure_aggregation:
+    if privacy.secure_aggregation:
         left.info(
             "Each worker's contribution needs its own update, which secure aggregation keeps from the server: "
             "only the sum of the round's updates is known."
@@ -272,7 +191,7 @@ def show_workers(job: TrainingJob, snapshot: JobSnapshot, table) -> None:
     """The latest round's workers: what the server knows of each, and the means it holds of their own training."""
     latest = snapshot.history[-1]
     st.subheader(f"Workers in round {snapshot.round}")
-    means = views.local_means_text(latest.get("local_means"), job.config.secure_aggregation)
+    means = views.local_means_text(latest.get("local_means"), privacy_for(job.config).secure_aggregation)
     if means:
         st.markdown(means)
     if len(table.columns):

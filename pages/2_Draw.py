@@ -6,17 +6,18 @@ import streamlit as st
 from streamlit_drawable_canvas import st_canvas
 
 from fed_core.drawing.preprocess import CANVAS_SIDE, DrawingError, PreparedDigit, prepare_digit, read_canvas_png
-from fed_core.encrypted_eval import DigitResult, classify_digit
+from fed_core.encrypted import DigitResult, Scheme
+from fed_core.encrypted.he import HeServerView
+from fed_core.encrypted.mpc import MpcServerView
 from ui import encrypted_views as views
 from ui import session
 from ui.common import CHART_CONFIG, format_bytes, format_duration, shown_safely
 from ui.encrypted_common import (
     encryptable_model,
-    he_client,
-    he_server,
-    held_he_keys,
+    held_key_seconds,
     key_release_note,
     scheme_picker,
+    session_he_keys,
 )
 from ui.nav import in_frame
 
@@ -85,63 +86,66 @@ def prepared_drawing(png: bytes | None) -> PreparedDigit:
     return cached[1]
 
 
-def classify(model, png: bytes | None, scheme: str) -> None:
+def classify(model, png: bytes | None, scheme: Scheme) -> None:
     """Classify the prepared drawing; keep the outcome for the reruns that follow."""
     st.session_state.pop(session.DRAW_RESULT, None)
     with shown_safely("classifying your digit"):
         try:
             digit = prepared_drawing(png)
-            keys = {"he_client": he_client(), "he_server": he_server(model)} if scheme == "he" else {}
-            st.session_state[session.DRAW_RESULT] = (digit, classify_digit(model, digit.tensor, scheme, **keys))
+            st.session_state[session.DRAW_RESULT] = (digit, scheme.classify(model, digit.tensor))
         except DrawingError as exc:
             st.warning(str(exc))
 
 
 def show_encrypted_input(digit: PreparedDigit, result: DigitResult) -> None:
-    view = result.server_view
-    if result.scheme == "he":
-        st.subheader("2 · Encrypted with your key")
-        n = view["input_ciphertexts"]
-        st.write(
-            f"The image became **{n} ciphertext{'s' if n > 1 else ''}**, "
-            f"{format_bytes(view['input_bytes'])} in all (CKKS, 8192-degree polynomials). "
-            f"A glimpse of {'the first one' if n > 1 else 'it'}:"
-        )
-        st.code(view["ciphertext_glimpse"], language=None, wrap_lines=True)
-        return
-    st.subheader("2 · Split into two random shares")
-    share_a, share_b = result.share_images
-    c1, c2, c3 = st.columns(3)
-    c1.image(views.enlarge(digit.pixels, 4), caption="your digit")
-    c2.image(views.enlarge(share_a, 4), caption="share held by party A")
-    c3.image(views.enlarge(share_b, 4), caption="share held by party B")
-    st.caption(
-        "Each share on its own is a grid of uniformly random 64-bit numbers (pictured: their lowest byte); only "
-        "their sum, modulo 2^64, is your image. The model's weights are shared the same way."
-    )
+    match result.server_view:
+        case HeServerView() as view:
+            st.subheader("2 · Encrypted with your key")
+            n = view.input_ciphertexts
+            st.write(
+                f"The image became **{n} ciphertext{'s' if n > 1 else ''}**, "
+                f"{format_bytes(view.input_bytes)} in all (CKKS, 8192-degree polynomials). "
+                f"A glimpse of {'the first one' if n > 1 else 'it'}:"
+            )
+            st.code(view.ciphertext_glimpse, language=None, wrap_lines=True)
+        case MpcServerView():
+            st.subheader("2 · Split into two random shares")
+            share_a, share_b = result.share_images
+            c1, c2, c3 = st.columns(3)
+            c1.image(views.enlarge(digit.pixels, 4), caption="your digit")
+            c2.image(views.enlarge(share_a, 4), caption="share held by party A")
+            c3.image(views.enlarge(share_b, 4), caption="share held by party B")
+            st.caption(
+                "Each share on its own is a grid of uniformly random 64-bit numbers (pictured: their lowest byte); "
+                "only their sum, modulo 2^64, is your image. The model's weights are shared the same way."
+            )
+        case _:
+            raise TypeError(f"The page cannot show the encrypted input of {result.scheme!r}.")
 
 
 def show_server_view(result: DigitResult) -> None:
-    view = result.server_view
     st.subheader("3 · What the server sees")
-    if result.scheme == "he":
-        st.markdown(
-            f"- your **public context** ({format_bytes(view['public_context_bytes'])}): the parameters and the "
-            f"keys to multiply and rotate ciphertexts; secret key included: **{view['server_has_secret_key']}**\n"
-            f"- the ciphertexts above: noise to anyone without your secret key\n"
-            f"- it returns **one ciphertext** of {format_bytes(view['output_bytes'])} holding the 10 scores "
-            "and nothing else (every other slot decrypts to zero, up to CKKS noise)"
-        )
-        return
-    st.markdown(
-        f"- each party holds one share of your image and of every weight, and never the other share\n"
-        f"- to multiply, they open only masked values (Beaver triples): each sent "
-        f"{format_bytes(view['bytes_per_party'][0] - view['setup_bytes_per_party'])} for your digit, plus "
-        f"{format_bytes(view['setup_bytes_per_party'])} once to prepare the weights, in {view['rounds']} rounds\n"
-        f"- a third party dealt {format_bytes(view['dealer_bytes'])} of random triples beforehand, "
-        f"without seeing any data\n"
-        f"- the 10 scores leave the parties as shares too, which only you add up"
-    )
+    match result.server_view:
+        case HeServerView() as view:
+            st.markdown(
+                f"- your **public context** ({format_bytes(view.public_context_bytes)}): the parameters and the "
+                f"keys to multiply and rotate ciphertexts; secret key included: **{view.server_has_secret_key}**\n"
+                f"- the ciphertexts above: noise to anyone without your secret key\n"
+                f"- it returns **one ciphertext** of {format_bytes(view.output_bytes)} holding the 10 scores "
+                "and nothing else (every other slot decrypts to zero, up to CKKS noise)"
+            )
+        case MpcServerView() as view:
+            st.markdown(
+                f"- each party holds one share of your image and of every weight, and never the other share\n"
+                f"- to multiply, they open only masked values (Beaver triples): each sent "
+                f"{format_bytes(view.bytes_per_party[0] - view.setup_bytes_per_party)} for your digit, plus "
+                f"{format_bytes(view.setup_bytes_per_party)} once to prepare the weights, in {view.rounds} rounds\n"
+                f"- a third party dealt {format_bytes(view.dealer_bytes)} of random triples beforehand, "
+                f"without seeing any data\n"
+                f"- the 10 scores leave the parties as shares too, which only you add up"
+            )
+        case _:
+            raise TypeError(f"The page cannot show what the server of {result.scheme!r} sees.")
 
 
 def show_answer(result: DigitResult) -> None:
@@ -157,9 +161,9 @@ def show_answer(result: DigitResult) -> None:
     shown = [(label, result.seconds[key]) for key, label in steps if key in result.seconds]
     for column, (label, seconds) in zip(st.columns(len(shown)), shown):
         column.metric(label, format_duration(seconds))
-    keys = held_he_keys() if result.scheme == "he" else None
-    if keys is not None and "server" in keys:
-        keygen, setup = keys["client"].keygen_seconds, keys["server"][1].setup_seconds
+    held = held_key_seconds() if isinstance(result.server_view, HeServerView) else None
+    if held is not None:
+        keygen, setup = held
         st.caption(
             f"Once, not per digit: your keys were made in {format_duration(keygen)}, and the server loaded them "
             f"with the model in {format_duration(setup)}. {key_release_note()}"
@@ -190,7 +194,7 @@ def show_result(digit: PreparedDigit, result: DigitResult) -> None:
 model = encryptable_model()
 if model is None:
     st.stop()
-scheme = scheme_picker("draw_scheme")
+scheme = scheme_picker("draw_scheme", keys=session_he_keys)
 left, right = st.columns([1, 2], gap="large")
 with left:
     png = canvas_png()

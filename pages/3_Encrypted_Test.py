@@ -3,12 +3,9 @@
 import streamlit as st
 
 from fed_core.data.mnist import MnistFileError, load_mnist, normalize
-from fed_core.encrypted_eval import (
-    EvalResult,
-    describe_he_route,
-    estimate_seconds,
-    evaluate_encrypted,
-)
+from fed_core.encrypted import EvalResult, Scheme, scheme_for
+from fed_core.encrypted.he import HeCommunication
+from fed_core.encrypted.mpc import MpcCommunication
 from fed_core.limits.budget import load_budget
 from ui import encrypted_views as views
 from ui import session
@@ -26,35 +23,34 @@ st.caption(
 )
 
 
-def estimate_text(scheme: str, n: int) -> str:
-    total = format_duration(estimate_seconds(scheme, n))
-    if scheme == "mpc":
-        return f"Estimated time: about {total} (secret sharing is fast: thousands of images per second)."
-    return f"Estimated time: about {total}. {describe_he_route(n)}"
+def estimate_text(scheme: Scheme, n: int) -> str:
+    return f"Estimated time: about {format_duration(scheme.estimate_seconds(n))}. {scheme.describe(n)}"
 
 
-def over_cap(scheme: str, n: int) -> bool:
+def over_cap(scheme: Scheme, n: int) -> bool:
     """Say so if this server evaluates fewer images per request under ``scheme``."""
-    cap = load_budget().images_per_request(scheme)
+    cap = scheme.images_per_request(load_budget())
     if n > cap:
-        st.error(f"This server evaluates at most {cap:,} images per request under {scheme.upper()}: lower the number.")
+        st.error(
+            f"This server evaluates at most {cap:,} images per request under {scheme.name.upper()}: lower the number."
+        )
     return n > cap
 
 
-def run(model, scheme: str, n: int) -> None:
+def run(model, scheme: Scheme, n: int) -> None:
     """Evaluate once a server-wide slot is free (waiting a little for it); say how long to wait if none frees."""
     try:
         mnist = load_mnist()
     except MnistFileError as exc:
         st.error(f"The MNIST data could not be loaded: {exc}")
         return
-    with heavy_task_slot(estimate_seconds(scheme, n), "encrypted evaluation") as admitted:
+    with heavy_task_slot(scheme.estimate_seconds(n), "encrypted evaluation") as admitted:
         if not admitted:
             return
         progress = ProgressBar(f"Evaluating {n:,} encrypted images…")
         with shown_safely("running the encrypted evaluation"):
-            st.session_state[session.ENCRYPTED_EVAL] = evaluate_encrypted(
-                model, normalize(mnist.test_images[:n]), mnist.test_labels[:n], scheme, progress=progress
+            st.session_state[session.ENCRYPTED_EVAL] = scheme.evaluate(
+                model, normalize(mnist.test_images[:n]), mnist.test_labels[:n], progress=progress
             )
 
 
@@ -76,28 +72,31 @@ def show_metrics(result: EvalResult) -> None:
     c5.metric(
         "Images per second",
         f"{result.images_per_second:,.0f}",
-        help=f"{result.n:,} images in {format_duration(result.seconds['total'])}",
+        help=f"{result.n:,} images in {format_duration(result.total_seconds)}",
     )
 
 
 def communication_text(result: EvalResult) -> str:
-    comm = result.communication
-    if result.scheme == "mpc":
-        return (
-            f"**Communication.** Each compute party sent {format_bytes(comm['bytes_per_party'][0])} "
-            f"({format_bytes(comm['online_bytes_per_image'] / 2)} per image) in {comm['rounds']} rounds "
-            f"({comm['rounds_per_batch']} per batch); the dealer sent {format_bytes(comm['dealer_bytes'])} "
-            f"of Beaver triples beforehand; sharing the images and weights took "
-            f"{format_bytes(comm['input_bytes'])}. Fixed point: {comm['fixed_point_fractional_bits']} "
-            f"fractional bits in 64-bit integers."
-        )
-    packing = "two images per slot" if result.packing == "batch" else "one image at a time"
-    return (
-        f"**Communication** (HE, {packing}). Public context sent to the server "
-        f"{format_bytes(comm['public_context_bytes'])} (no secret key); encrypted images uploaded "
-        f"{format_bytes(comm['upload_bytes'])}; encrypted scores downloaded {format_bytes(comm['download_bytes'])} "
-        f"({format_bytes(comm['bytes_per_image'])} per image in all)."
-    )
+    match result.communication:
+        case MpcCommunication() as comm:
+            return (
+                f"**Communication.** Each compute party sent {format_bytes(comm.bytes_per_party[0])} "
+                f"({format_bytes(comm.online_bytes_per_image / 2)} per image) in {comm.rounds} rounds "
+                f"({comm.rounds_per_batch} per batch); the dealer sent {format_bytes(comm.dealer_bytes)} "
+                f"of Beaver triples beforehand; sharing the images and weights took "
+                f"{format_bytes(comm.input_bytes)}. Fixed point: {comm.fixed_point_fractional_bits} "
+                f"fractional bits in 64-bit integers."
+            )
+        case HeCommunication() as comm:
+            packing = "two images per slot" if result.packing == "batch" else "one image at a time"
+            return (
+                f"**Communication** (HE, {packing}). Public context sent to the server "
+                f"{format_bytes(comm.public_context_bytes)} (no secret key); encrypted images uploaded "
+                f"{format_bytes(comm.upload_bytes)}; encrypted scores downloaded {format_bytes(comm.download_bytes)} "
+                f"({format_bytes(comm.bytes_per_image)} per image in all)."
+            )
+        case _:
+            raise TypeError(f"The page cannot show the communication of {result.scheme!r}.")
 
 
 def show_timings(result: EvalResult) -> None:
@@ -130,8 +129,7 @@ def show_examples(result: EvalResult) -> None:
 
 def show(result: EvalResult) -> None:
     st.success(result.summary())
-    if result.scheme == "he":
-        st.caption(describe_he_route(result.n))
+    st.caption(scheme_for(result.scheme).describe(result.n))
     show_metrics(result)
     st.markdown(communication_text(result))
     show_timings(result)

@@ -36,7 +36,7 @@ from fed_core.data.mnist import load_mnist
 from fed_core.engines.flower_engine import shard_file_name
 from fed_core.engines.worker_job import save_shard
 from fed_core.federation.server import partition_for
-from fed_core.flower_app.app import OUT_DIR, run_config_of
+from fed_core.flower_app.run_config import OUT_DIR, run_config_of
 
 APP_DIR = Path(flower_app.__file__).parent  # the Flower App `flwr run` builds: its pyproject.toml names the apps
 CONNECTION = "fed-mnist-local"

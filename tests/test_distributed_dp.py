@@ -10,7 +10,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-import fed_core.federation.aggregation
+import fed_core.privacy.policy
 from fed_core.config import ConfigError, TrainConfig, validate
 from fed_core.data.mnist import normalize
 from fed_core.engines import engine_for
@@ -92,7 +92,7 @@ def test_a_run_with_the_noise_split_reports_the_client_accountants_epsilon(tiny_
     def server_noise(*_):
         raise AssertionError("with the noise split the server adds no noise of its own")
 
-    monkeypatch.setattr(fed_core.federation.aggregation, "private_fedavg", server_noise)
+    monkeypatch.setattr(fed_core.privacy.policy, "private_fedavg", server_noise)
     config = TrainConfig(
         workers=6,
         rounds=2,

@@ -4,8 +4,10 @@ The canvas is a custom component AppTest cannot draw on, but its value lives in 
 state under the canvas key: setting it there is exactly what the browser would send.
 """
 
+import ast
 import base64
 import io
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,8 @@ from streamlit.testing.v1 import AppTest
 from test_cli import png_claiming
 
 from fed_core.data.mnist import load_mnist
+from fed_core.encrypted import SCHEMES, DigitResult, EvalResult
+from fed_core.encrypted.base import Communication, ServerView
 from fed_core.models import build_model
 from ui import session
 from ui.common import heavy_task_gate
@@ -95,7 +99,7 @@ def test_a_non_encryptable_model_is_refused_with_the_accepted_ones(path):
     assert "Use the small pretrained model" in [b.label for b in at.button]
 
 
-@pytest.mark.parametrize("scheme", ["he", "mpc"])
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
 def test_drawn_digit_is_classified_encrypted_step_by_step(draw_page, seven, scheme):
     at = draw_page
     at.radio[0].set_value(scheme)
@@ -233,3 +237,50 @@ def test_a_model_too_large_for_mpcs_ring_is_refused_naming_the_layer():
     button(at, "Run encrypted evaluation").click().run()
     assert not at.exception
     assert "outputs squared can reach" in at.error[0].value and "Something went wrong" not in at.error[0].value
+
+
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+def test_encrypted_test_page_shows_each_schemes_results(scheme):
+    at = page("pages/3_Encrypted_Test.py").run()
+    button(at, "Use the small pretrained model").click().run()
+    at.radio[0].set_value(scheme)
+    at.number_input[0].set_value(3).run()
+    button(at, "Run encrypted evaluation").click().run()
+    assert not at.exception and not at.error
+    assert metric(at, "Same prediction") == "100.00%"
+    assert "**Communication" in "".join(m.value for m in at.markdown)
+    assert at.session_state[session.ENCRYPTED_EVAL].scheme == scheme
+
+
+# Where the pages (and the benchmark) read encrypted results, and the types each variable name holds there.
+RESULT_READERS = ["pages/2_Draw.py", "pages/3_Encrypted_Test.py", "bench/bench_encrypted.py"]
+RESULT_TYPES = {
+    "result": [EvalResult, DigitResult],
+    "comm": Communication.__subclasses__(),
+    "view": ServerView.__subclasses__(),
+}
+
+
+def result_reads(path: Path) -> list[tuple[str, str]]:
+    """(variable, what is read) for every field or key read on a result variable in the file."""
+    reads = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in RESULT_TYPES:
+            reads.append((node.value.id, node.attr))
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id in RESULT_TYPES:
+            reads.append((node.value.id, f"[{ast.unparse(node.slice)}]"))
+    return reads
+
+
+def test_the_pages_read_only_fields_the_results_have():
+    """A renamed field fails here, even in a branch no page test reaches; and no result is read by key."""
+    assert {cls.__name__ for cls in RESULT_TYPES["comm"]} == {"MpcCommunication", "HeCommunication"}
+    missing = []
+    for name in RESULT_READERS:
+        reads = result_reads(ROOT / name)
+        assert reads, f"{name} reads no result: update RESULT_READERS"
+        for variable, read in reads:
+            known = {a for cls in RESULT_TYPES[variable] for a in {f.name for f in fields(cls)} | set(dir(cls))}
+            if read not in known:
+                missing.append(f"{name}: {variable}.{read}")
+    assert not missing, missing

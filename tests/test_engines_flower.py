@@ -48,8 +48,8 @@ from fed_core.engines.flower_secagg import (
 )
 from fed_core.engines.worker_job import LocalTask, train_local
 from fed_core.federation.server import Evaluator, partition_for, sample_workers
-from fed_core.federation.strategy import ServerOptimizer, fedavg
-from fed_core.flower_app.app import config_from_run_config, run_config_of
+from fed_core.federation.strategies import fedavg, strategy_for
+from fed_core.flower_app.run_config import config_from_run_config, run_config_of
 from fed_core.models import new_model
 from fed_core.vocabulary import TrainingStopped, flatten, model_params
 
@@ -157,7 +157,7 @@ class SecureSimulation:
 def secure_simulation(mnist) -> SecureSimulation:
     """A secure run of SECURE on Flower's Simulation Engine, after one round where worker 2 drops out.
 
-    The server loop is fed_core's pieces (sampling, server optimizer, evaluation) around
+    The server loop is fed_core's pieces (sampling, the strategy's server update, evaluation) around
     FlowerPool.run_secure_round: what run_federated does through train_aggregate for a secure pool.
     """
     config = TrainConfig(engine="flower", secure_aggregation=True, **SECURE)
@@ -174,7 +174,7 @@ def secure_simulation(mnist) -> SecureSimulation:
         torch.save(shard, shard_dir / shard_file_name(2))
         evaluator, optimizer = (
             Evaluator(model, mnist, config),
-            ServerOptimizer(config.server_lr, config.server_momentum),
+            strategy_for(config),
         )
         for round_idx in range(1, config.rounds + 1):
             reporting, _ = sample_workers(config, round_idx)

@@ -1,8 +1,9 @@
 import torch
 import torch.nn.functional as F
 
+from fed_core.config import TrainConfig
 from fed_core.data.mnist import normalize
-from fed_core.federation.strategy import ServerOptimizer, fedavg
+from fed_core.federation.strategies import fedavg, strategy_for
 from fed_core.federation.trainer import BatchedTrainer, epoch_orders
 from fed_core.models import new_model
 from fed_core.vocabulary import LocalSettings, flatten, model_params
@@ -16,9 +17,9 @@ def test_fedavg_weights_updates_by_examples():
 
 
 def test_server_sgd_lr_one_is_plain_averaging_and_momentum_accumulates():
-    plain = ServerOptimizer(lr=1.0)
+    plain = strategy_for(TrainConfig(server_lr=1.0))
     assert torch.allclose(plain.step(torch.ones(3), torch.full((3,), 0.5)), torch.full((3,), 1.5))
-    heavy = ServerOptimizer(lr=1.0, momentum=0.5)
+    heavy = strategy_for(TrainConfig(server_lr=1.0, server_momentum=0.5))
     x = heavy.step(torch.zeros(2), torch.ones(2))
     x = heavy.step(x, torch.ones(2))  # velocity 0.5*1 + 1 = 1.5
     assert torch.allclose(x, torch.full((2,), 2.5))

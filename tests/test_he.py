@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from fed_core.data.mnist import load_mnist, normalize
-from fed_core.encrypted_eval import evaluate_encrypted
+from fed_core.encrypted.he import HeScheme
 from fed_core.he.ckks import (
     BATCH_PARAMS,
     DEFAULT_GEOMETRY,
@@ -208,18 +208,11 @@ def test_batch_route_matches_plaintext_for_both_images_of_a_slot_in_two_server_p
     count = BATCH_PARAMS.slots + 20
     images, labels = normalize(mnist.test_images[:count]), mnist.test_labels[:count]
     fractions = []
-    result = evaluate_encrypted(
-        narrow_model,
-        images,
-        labels,
-        "he",
-        batch_size=count - 10,
-        progress=fractions.append,
-        he_packing="batch",
-        he_workers=2,
+    result = HeScheme(packing="batch", workers=2).evaluate(
+        narrow_model, images, labels, batch_size=count - 10, progress=fractions.append
     )
-    assert result.packing == "batch" and result.communication["server_processes"] == 2
-    assert result.communication["rounds"] == 2 and fractions[-1] == 1.0
+    assert result.packing == "batch" and result.communication.server_processes == 2
+    assert result.communication.rounds == 2 and fractions[-1] == 1.0
     assert result.max_logit_error < 0.01
     assert result.agreement > 0.999  # a random narrow model has a few near-ties
 
@@ -228,9 +221,7 @@ def test_batch_route_in_this_process_reports_progress_row_by_row(narrow_model):
     mnist = load_mnist()
     images, labels = normalize(mnist.test_images[:10]), mnist.test_labels[:10]
     fractions = []
-    result = evaluate_encrypted(
-        narrow_model, images, labels, "he", progress=fractions.append, he_packing="batch", he_workers=1
-    )
-    assert result.communication["server_processes"] == 1 and "server_setup" in result.seconds
+    result = HeScheme(packing="batch", workers=1).evaluate(narrow_model, images, labels, progress=fractions.append)
+    assert result.communication.server_processes == 1 and "server_setup" in result.seconds
     assert len(fractions) == 128 + 16 + 10 and fractions[-1] == 1.0  # one per output row of each layer
     assert result.agreement == 1.0 and result.max_logit_error < 0.01

@@ -47,7 +47,7 @@ def test_fed_core_imports_form_layers_without_a_cycle():
 
 # What each domain must never reach: the mechanisms (privacy, MPC, HE) and the data know nothing of how a run
 # is organised, so each can be read, tested and replaced on its own.
-ORCHESTRATION = {"federation", "engines", "job", "cli", "attack", "encrypted_eval", "flower_app"}
+ORCHESTRATION = {"federation", "engines", "job", "cli", "attack", "encrypted", "flower_app"}
 FORBIDDEN = {
     "vocabulary": ORCHESTRATION | {"config", "limits", "models", "data", "drawing", "privacy", "mpc", "he"},
     "privacy": ORCHESTRATION,
@@ -56,7 +56,9 @@ FORBIDDEN = {
     "data": ORCHESTRATION | {"privacy", "mpc", "he"},
     "drawing": ORCHESTRATION | {"privacy", "mpc", "he"},
     "models": ORCHESTRATION | {"privacy", "mpc", "he"},
-    "federation": {"engines", "job", "cli", "attack", "encrypted_eval", "flower_app", "mpc", "he"},
+    "federation": {"engines", "job", "cli", "attack", "encrypted", "flower_app", "mpc", "he"},
+    # Encrypted inference runs the MPC and HE mechanisms on a model and data, within the limits: nothing of training.
+    "encrypted": (ORCHESTRATION - {"encrypted"}) | {"config", "privacy", "drawing", "report"},
     "engines": {"job", "cli", "attack", "flower_app"},
 }
 

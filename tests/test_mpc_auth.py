@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fed_core.data.mnist import load_mnist, normalize
-from fed_core.encrypted_eval import evaluate_encrypted
+from fed_core.encrypted.mpc import MpcScheme
 from fed_core.mpc import processes as mpc_processes
 from fed_core.mpc import wire as mpc_wire
 from fed_core.mpc.processes import LINKS, Listeners, keys_of, link_keys
@@ -160,7 +160,7 @@ def test_impostors_on_every_port_are_refused_and_the_evaluation_completes(monkey
     monkeypatch.setattr(mpc_processes.Listeners, "open", staticmethod(open_and_attack))
     mnist = load_mnist()
     images, labels = normalize(mnist.test_images[:20]), mnist.test_labels[:20]
-    result = evaluate_encrypted(trained_model, images, labels, "mpc", batch_size=10, mpc_parties="processes")
+    result = MpcScheme(parties="processes").evaluate(trained_model, images, labels, batch_size=10)
     for thread in threads:
         thread.join()
     assert outcomes == [True] * 12

@@ -6,7 +6,7 @@ import torch
 
 from fed_core.cli import main
 from fed_core.data.mnist import load_mnist, normalize
-from fed_core.encrypted_eval import evaluate_encrypted
+from fed_core.encrypted.mpc import MpcScheme
 from fed_core.models import save_model
 from fed_core.mpc.processes import LAN, WAN, ProcessMpcClassifier, busiest_direction_bytes, projected_seconds
 from fed_core.mpc.protocol import Traffic
@@ -44,11 +44,11 @@ def test_exchange_swaps_large_tensors_without_deadlock_and_counts_them():
 def test_processes_agree_with_plaintext_and_count_the_wire(trained_model):
     mnist = load_mnist()
     images, labels = normalize(mnist.test_images[:60]), mnist.test_labels[:60]
-    result = evaluate_encrypted(trained_model, images, labels, "mpc", batch_size=25, mpc_parties="processes")
+    result = MpcScheme(parties="processes").evaluate(trained_model, images, labels, batch_size=25)
     assert result.agreement == 1.0
     assert result.max_logit_error < 0.05
     comm = result.communication
-    links = comm["bytes_by_link"]
+    links = comm.bytes_by_link
     batches = 3
     assert links["party 0 -> party 1"] == links["party 1 -> party 0"] == (WEIGHTS + 60 * OPENED_PER_IMAGE) * BYTES
     assert links["dealer -> party 0"] == 32  # its stream key: party 0 draws all its shares
@@ -59,8 +59,8 @@ def test_processes_agree_with_plaintext_and_count_the_wire(trained_model):
     # After setup and after each batch: counters (3 numbers), and per batch the logits' shares.
     assert links["party 1 -> owner"] == ((1 + batches) * 3 + 60 * 10) * BYTES
     # Setup: the weights' opening, then the parties' report; per batch five openings and the reveal.
-    assert comm["rounds"] == 2 + 6 * batches
-    assert comm["rounds_per_batch"] == 6
+    assert comm.rounds == 2 + 6 * batches
+    assert comm.rounds_per_batch == 6
 
 
 def test_the_cli_runs_the_parties_as_processes(tmp_path, trained_model):

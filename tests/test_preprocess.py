@@ -6,6 +6,7 @@ import torch
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from devtools import drawn
 from fed_core.data.mnist import load_mnist, normalize
 from fed_core.drawing import preprocess as preprocess
 from fed_core.drawing import strokes as strokes
@@ -230,3 +231,70 @@ def test_bold_digits_are_read_right(pretrained, label, paths, width):
         canvas |= brushed(path, width)
     with torch.no_grad():
         assert pretrained(prepare_digit(canvas).tensor).argmax().item() == label
+
+
+# --- scribbles judged in their own frame, blobs and meshes of loops (fed_core/drawing/scribbles.py) -----------------
+
+
+def loop_path(radius: float, drift: float, turns: int, tilt_degrees: float) -> np.ndarray:
+    """Loops drifting sideways (x, y canvas px), tilted, centred on the canvas: scratching a drawing out."""
+    t = np.linspace(0, 2 * np.pi * turns, 60 * turns)
+    points = np.stack([np.linspace(0, drift, len(t)) + radius * np.cos(t), 0.9 * radius * np.sin(t)], 1)
+    angle = np.radians(tilt_degrees)
+    points = points @ np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]])
+    return points - points.mean(0) + CANVAS / 2
+
+
+@pytest.mark.parametrize("degrees", [20, 45, 70])
+def test_a_slanted_zigzag_is_refused(degrees):
+    """Half its upright box is empty, but it fills its own rectangle as a level zigzag fills its box."""
+    angle = np.radians(degrees)
+    passes = [(x, y) for i, y in enumerate(range(0, 101, 14)) for x in ((0, 150) if i % 2 == 0 else (150, 0))]
+    points = np.array(passes, dtype=float) @ np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]])
+    canvas = drawn.stroke(points - points.mean(0) + CANVAS / 2, 20)
+    assert preprocess.ink_map(canvas)[:, 100].any()  # drawn where expected
+    with pytest.raises(DrawingError, match="scribble"):
+        prepare_digit(canvas)
+
+
+@pytest.mark.parametrize(
+    "radius,drift,turns,brush",
+    [(30, 60, 8, 28), (60, 150, 12, 8)],
+    ids=["blob: loops filling an area", "mesh: loops leaving many gaps"],
+)
+def test_loop_scribbles_are_refused(radius, drift, turns, brush):
+    with pytest.raises(DrawingError, match="scribble"):
+        prepare_digit(drawn.stroke(loop_path(radius, drift, turns, 30), brush))
+
+
+def test_a_zigzag_bar_is_refused_but_a_straight_stroke_is_not():
+    """Both are bars; one stroke of a round brush leaves its rectangle's corners empty, a zigzag does not."""
+    with pytest.raises(DrawingError, match="scribble"):
+        prepare_digit(zigzag(40, 110, 200, 40, 20))  # three passes, 220 x 60 px
+    for width in (8, 30, 60):
+        assert prepare_digit(brushed([(140, 40), (140, 240)], width)).pixels.max() > 200
+
+
+def test_a_bar_cut_by_the_canvas_edge_is_not_a_scribble():
+    """Drawn off the canvas, a "1" has flat ends and fills its rectangle: its ends are not seen, so it passes."""
+    assert prepare_digit(brushed([(140, -40), (140, CANVAS + 40)], 40)).pixels.max() > 200
+
+
+@pytest.fixture(scope="module")
+def drawn_mnist(mnist) -> list[tuple[int, int, np.ndarray]]:
+    """(brush, label, canvas): the first 40 MNIST test digits drawn at every brush width the benchmark tries."""
+    widths = (8, 12, 18, 24, 30, 40, 50, 60)
+    table = [drawn.Row(f"brush {w}", w, 0.7, 0) for w in widths]
+    labels = mnist.test_labels[:40].tolist()
+    canvases = drawn.drawn_digits(mnist.test_images[:40], table)
+    return [(widths[i], labels[n // len(widths)], canvas) for n, (i, canvas) in enumerate(canvases)]
+
+
+def test_real_digits_at_every_brush_are_not_refused(drawn_mnist):
+    refused = []
+    for width, label, canvas in drawn_mnist:
+        try:
+            prepare_digit(canvas)
+        except DrawingError:
+            refused.append((width, label))
+    assert not refused

@@ -9,7 +9,7 @@ import torch
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
 from scipy.stats import chisquare
 
-from fed_core.federation.strategy import fedavg
+from fed_core.federation.strategies import fedavg
 from fed_core.privacy.secagg import (
     ID_BYTES,
     STAGES,

@@ -16,7 +16,7 @@ from fed_core.federation.shapley import (
     sampled_shapley,
     shapley_values,
 )
-from fed_core.federation.strategy import ServerOptimizer, fedavg
+from fed_core.federation.strategies import fedavg, strategy_for
 from fed_core.federation.trainer import BatchedTrainer
 from fed_core.models import new_model
 from fed_core.vocabulary import flatten, model_params
@@ -54,12 +54,12 @@ def round_parts(tiny_data):
     updates = trainer.train(global_vector, list(range(len(shards))), shards, seeds=list(range(len(shards))))
     deltas = torch.stack([u.delta for u in updates])
     counts = torch.tensor([u.num_examples for u in updates])
-    return global_vector, deltas, counts, ServerOptimizer(), Evaluator(model, tiny_data, config)
+    return global_vector, deltas, counts, strategy_for(config), Evaluator(model, tiny_data, config)
 
 
 def round_gain(global_vector, deltas, counts, optimizer, evaluator) -> float:
     """v(all) - v(empty): subset accuracy of the proposed model minus that of the start model."""
-    proposed, _ = optimizer.propose(global_vector, fedavg(deltas, counts))
+    proposed = optimizer.propose(global_vector, fedavg(deltas, counts))
     accuracies = evaluator.subset_accuracies(torch.stack([proposed, global_vector]))
     return (accuracies[0] - accuracies[1]).item()
 
@@ -67,8 +67,8 @@ def round_gain(global_vector, deltas, counts, optimizer, evaluator) -> float:
 @pytest.mark.parametrize("momentum", [0.0, 0.9], ids=["FedAvg", "FedAvgM"])
 def test_exact_values_add_up_to_the_rounds_gain(round_parts, momentum):
     global_vector, deltas, counts, _, evaluator = round_parts
-    optimizer = ServerOptimizer(momentum=momentum)
-    optimizer.velocity = deltas.mean(0) if momentum else None  # as if earlier rounds had moved the model
+    optimizer = strategy_for(TrainConfig(server_momentum=momentum))
+    optimizer.state = deltas.mean(0) if momentum else 0.0  # the velocity, as if earlier rounds had moved the model
     parts = global_vector, deltas, counts, optimizer, evaluator
     result = shapley_values(*parts)
     assert result.exact and result.ci_halfwidth is None
@@ -80,10 +80,10 @@ def test_exact_values_add_up_to_the_rounds_gain(round_parts, momentum):
 def test_leave_one_out_is_the_gain_over_the_fedavg_of_the_others(round_parts):
     global_vector, deltas, counts, optimizer, evaluator = round_parts
     scores = leave_one_out(coalition_accuracy(*round_parts), len(deltas))
-    proposed = [optimizer.propose(global_vector, fedavg(deltas, counts))[0]]
+    proposed = [optimizer.propose(global_vector, fedavg(deltas, counts))]
     for k in range(len(deltas)):
         keep = [i for i in range(len(deltas)) if i != k]
-        proposed.append(optimizer.propose(global_vector, fedavg(deltas[keep], counts[keep]))[0])
+        proposed.append(optimizer.propose(global_vector, fedavg(deltas[keep], counts[keep])))
     accuracies = evaluator.subset_accuracies(torch.stack(proposed))
     torch.testing.assert_close(scores, accuracies[0] - accuracies[1:])
 

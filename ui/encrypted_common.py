@@ -1,5 +1,5 @@
-"""What the Draw and Encrypted Test pages share: which model they run, the user's HE keys (which the server
-takes back when idle)."""
+"""What the Draw and Encrypted Test pages share: which model they run, the scheme chosen, the user's HE keys
+(which the server takes back when idle)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import streamlit as st
 from torch import nn
 
+from fed_core.encrypted import SCHEMES, Scheme, scheme_for
 from fed_core.he.ckks import HeClient, HeServer
 from fed_core.limits.budget import SessionCache, load_budget
 from fed_core.models import ENCRYPTABLE_MODELS, MODEL_LABELS, is_encryptable, load_model
@@ -20,10 +21,6 @@ log = logging.getLogger(__name__)
 
 PRETRAINED_PATH = Path(__file__).resolve().parent.parent / "assets" / "pretrained_crypto_cnn.pt"
 PRETRAINED_SOURCE = "the small pretrained model shipped with the app"
-SCHEME_LABELS = {
-    "he": "Homomorphic encryption (CKKS): the server computes on ciphertexts",
-    "mpc": "Multi-party computation: two parties compute on random-looking shares",
-}
 
 
 def load_pretrained() -> None:
@@ -79,9 +76,11 @@ def model_caption(meta: dict) -> str:
     return f"Model: {MODEL_LABELS.get(meta.get('model'), 'unknown')} — {source}{accuracy_text}."
 
 
-def scheme_picker(key: str, default: str = "he") -> str:
-    schemes = list(SCHEME_LABELS)
-    return st.radio("Encryption scheme", schemes, schemes.index(default), format_func=SCHEME_LABELS.get, key=key)
+def scheme_picker(key: str, default: str = "he", **options: object) -> Scheme:
+    """The scheme the user picks, set up with ``options`` (see :func:`fed_core.encrypted.scheme_for`)."""
+    names = list(SCHEMES)
+    name = st.radio("Encryption scheme", names, names.index(default), format_func=lambda n: SCHEMES[n].label, key=key)
+    return scheme_for(name, **options)
 
 
 @st.cache_resource
@@ -113,24 +112,24 @@ def he_keys() -> dict:
     return entry
 
 
-def held_he_keys() -> dict | None:
-    """This session's key-cache entry if it still has one (without making keys)."""
+def held_key_seconds() -> tuple[float, float] | None:
+    """How long this session's keys took to make and the server took to load them, if it still holds both
+    (without making keys)."""
     key_id = st.session_state.get(session.HE_KEY_ID)
-    return he_key_cache().get(key_id) if key_id else None
+    entry = he_key_cache().get(key_id) if key_id else None
+    if entry is None or "server" not in entry:
+        return None
+    return entry["client"].keygen_seconds, entry["server"][1].setup_seconds
 
 
-def he_client() -> HeClient:
-    """This session's HE keys: made once, reused for every digit while they are in use."""
-    return he_keys()["client"]
-
-
-def he_server(model: nn.Module) -> HeServer:
-    """The server side for this session's keys and this model, kept while the model stays the same."""
+def session_he_keys(model: nn.Module) -> tuple[HeClient, HeServer]:
+    """This session's HE keys, made once and reused for every digit while they are in use, and the server side
+    for them and this model, kept while the model stays the same (``HeScheme``'s ``keys``)."""
     entry = he_keys()
     cached = entry.get("server")
     if cached is None or cached[0] is not model:
         entry["server"] = cached = (model, HeServer(model, entry["client"].public_context))
-    return cached[1]
+    return entry["client"], cached[1]
 
 
 def key_release_note() -> str:

@@ -8,17 +8,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from fed_core.engines import ENGINES
+from fed_core.config import SETTINGS
 from fed_core.job import TrainingJob
+from ui.settings_form import setting_input
 
 if TYPE_CHECKING:
     from fed_core.engines.syft_engine import DatasiteView, SyftEngine
 
-ENGINE_LABELS = {
-    "inprocess": "In this process (fastest)",
-    "syft": "PySyft datasites: each worker is a data owner running approved jobs",
-    "flower": "Flower: a ClientApp per worker on a simulated federation",
-}
 ENGINE_NOTES = {
     "inprocess": "All workers train together in this server process.",
     "syft": "Each worker is a syft data owner: it publishes its digits as a dataset (mock part visible, private "
@@ -43,10 +39,8 @@ JOB_COLUMNS = {
 
 def engine_settings(column) -> tuple[str, bool]:
     """The engine select box and, for syft, the manual-approval toggle; returns (engine, manual approval)."""
-    engine = column.selectbox("Where workers train", list(ENGINES), format_func=ENGINE_LABELS.get)
-    manual = engine == "syft" and column.toggle(
-        "Approve jobs manually", help="each owner waits until you press Approve on its job"
-    )
+    engine = setting_input(column, SETTINGS["engine"])
+    manual = engine == "syft" and setting_input(column, SETTINGS["manual_approval"])
     st.caption(ENGINE_NOTES[engine])
     return engine, manual
 

@@ -10,16 +10,17 @@ import streamlit as st
 import torch
 from plotly.subplots import make_subplots
 
-from fed_core.config import TrainConfig
+from fed_core.config import SETTINGS, TrainConfig
 from fed_core.engines.flower_mask_seed import FLOWER_SECURE_AGGREGATION_NOTE
 from fed_core.federation.server import ServerView
 from fed_core.models import build_model
-from fed_core.privacy.dp import Epsilon, describe_epsilon
+from fed_core.privacy.dp import Epsilon
+from fed_core.privacy.policy import privacy_for
 from fed_core.vocabulary import model_params, unflatten
 from ui import session
 from ui.common import ACCENT, SECOND, format_bytes
+from ui.settings_form import setting_input
 
-D = TrainConfig()
 CLIENT_DP_HIDDEN = (
     "Under client-level DP this run publishes nothing per worker: not who took part in a round or dropped out, nor "
     "any worker's update, loss, accuracy, contribution or label counts, here or in the downloads. ε assumes the "
@@ -33,10 +34,7 @@ CHOICES = {
     "both": "Both",
     "split": "Secure aggregation + DP, noise split across workers",
 }
-DP_KINDS = {
-    "example": "each training image (DP-SGD inside every worker)",
-    "client": "each worker's whole data (DP-FedAvg)",
-}
+DP_KINDS = {mode: label for mode, label in SETTINGS["dp"].options().items() if mode != "none"}
 SECURE_NOTE = (
     "**Secure aggregation.** Every worker adds random masks to its update that cancel out in the sum: the server "
     "learns the sum of the round's updates and, summed the same way, the mean of the workers' local loss and "
@@ -89,47 +87,33 @@ def privacy_settings(engine: str) -> dict:
             c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
             values["dp"] = c1.radio("Protect", list(DP_KINDS), format_func=DP_KINDS.get, key="split_dp")
             values["dp_distributed"] = True
-            values["dp_colluding"] = int(
-                c1.number_input("Colluding workers c the noise withstands", 0, 99, D.dp_colluding, 1)
-            )
-            values["dp_clip"] = float(c2.number_input("Clip norm S", 0.001, 1000.0, D.dp_clip, 0.1, format="%.3f"))
-            values["dp_noise"] = float(c3.number_input("Noise multiplier z", 0.0, 100.0, D.dp_noise, 0.1))
-            values["dp_delta"] = float(c4.number_input("δ", 1e-9, 0.1, D.dp_delta, format="%.0e"))
+            values["dp_colluding"] = setting_input(c1, SETTINGS["dp_colluding"])
+            values.update(dp_numbers(c2, c3, c4))
             st.markdown(SPLIT_NOTES[values["dp"]])
         if choice in ("dp", "both"):
             c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
             values["dp"] = c1.radio("Protect", list(DP_KINDS), format_func=DP_KINDS.get)
-            values["dp_clip"] = float(c2.number_input("Clip norm S", 0.001, 1000.0, D.dp_clip, 0.1, format="%.3f"))
-            values["dp_noise"] = float(c3.number_input("Noise multiplier z", 0.0, 100.0, D.dp_noise, 0.1))
-            values["dp_delta"] = float(c4.number_input("δ", 1e-9, 0.1, D.dp_delta, format="%.0e"))
+            values.update(dp_numbers(c2, c3, c4))
             st.markdown(DP_NOTES[values["dp"]])
     return values
 
 
-def privacy_label(config: TrainConfig) -> str:
-    parts = ["secure aggregation"] if config.secure_aggregation else []
-    if config.dp != "none":
-        parts.append(f"{config.dp}-level DP (S={config.dp_clip:g}, z={config.dp_noise:g})")
-    if config.dp_distributed:
-        parts.append(f"noise split across workers (c={config.dp_colluding})")
-    return " + ".join(parts) or "none"
+def dp_numbers(*columns: st.delta_generator.DeltaGenerator) -> dict:
+    """S, z and delta, one per column, as their declarations draw them (ui/settings_form.py)."""
+    return {
+        name: setting_input(column, SETTINGS[name])
+        for name, column in zip(("dp_clip", "dp_noise", "dp_delta"), columns)
+    }
 
 
 def epsilon_text(history: list[dict], config: TrainConfig) -> str | None:
-    """One line on the DP guarantee spent so far, or None without DP."""
+    """One line on the DP guarantee spent so far, or None without DP (no round recorded an epsilon)."""
     last = history[-1] if history else {}
-    if config.dp == "none" or last.get("epsilon") is None:
+    if last.get("epsilon") is None:
         return None
-    whom = "one training image of any worker" if config.dp == "example" else "one worker's whole data"
     # A record from before both accountants were kept has only the guarantee: it was RDP's.
     bounds = Epsilon(last.get("epsilon_rdp", last["epsilon"]), last.get("epsilon_prv"))
-    line = f"Privacy spent so far: {describe_epsilon(bounds)} at δ = {config.dp_delta:g}, for {whom}."
-    if config.dp_distributed:
-        line += (
-            f" The workers drew the noise in shares inside secure aggregation: it holds against the server too, "
-            f"as long as at most {config.dp_colluding} worker(s) collude with it."
-        )
-    return line
+    return privacy_for(config).epsilon_sentence(bounds)
 
 
 def server_view_figure(view: ServerView, model_name: str) -> go.Figure:
@@ -176,7 +160,7 @@ def remember_run(job_id: str, config: TrainConfig, history: list[dict], status: 
         return
     rounds = len(history)
     runs[job_id] = {
-        "privacy": privacy_label(config),
+        "privacy": privacy_for(config).label,
         "engine": config.engine,
         "workers × rounds": f"{config.workers} × {rounds}",
         "seed": config.seed,

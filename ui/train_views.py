@@ -9,9 +9,9 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from fed_core.federation.server import publishes_workers
 from fed_core.job import JobSnapshot, TrainingJob
 from fed_core.models import save_model
+from fed_core.privacy.policy import privacy_for
 from fed_core.report import json_text
 from ui import session
 from ui.common import ACCENT, SECOND
@@ -217,7 +217,7 @@ def metrics_json(job: TrainingJob, snapshot: JobSnapshot) -> str:
             "config": job.config.to_dict(),
             "status": snapshot.status,
             "rounds": snapshot.history,
-            **(per_worker if publishes_workers(job.config) else {}),
+            **(per_worker if privacy_for(job.config).publishes_workers else {}),
             "wall_seconds": snapshot.elapsed,
         }
     )

@@ -11,13 +11,8 @@ from torch import nn
 from fed_core.cli.common import FractionBar, check_writable, positive_int
 from fed_core.data.mnist import load_mnist, normalize
 from fed_core.drawing.preprocess import prepare_digit, read_image
-from fed_core.encrypted_eval import (
-    HE_PACKINGS,
-    SCHEMES,
-    classify_digit,
-    evaluate_encrypted,
-    require_encryptable,
-)
+from fed_core.encrypted import SCHEMES, require_encryptable, scheme_for
+from fed_core.encrypted.he import HE_PACKINGS
 from fed_core.models import load_model
 from fed_core.mpc.processes import PARTY_FORMS
 
@@ -61,18 +56,16 @@ def run_encrypted_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"--n must be between 1 and {TEST_IMAGES}, got {args.n}.")
     check_writable("--out", args.out)
     model = load_encryptable(args.model)
+    scheme = scheme_for(args.scheme, parties=args.parties, packing=args.he_packing)
     mnist = load_mnist()
     progress = FractionBar(f"{args.scheme.upper()} evaluation")
     try:
-        result = evaluate_encrypted(
+        result = scheme.evaluate(
             model,
             normalize(mnist.test_images[: args.n]),
             mnist.test_labels[: args.n],
-            scheme=args.scheme,
             batch_size=args.batch_size,
             progress=progress,
-            he_packing=args.he_packing,
-            mpc_parties=args.parties,
         )
     finally:
         progress.close()
@@ -85,6 +78,6 @@ def run_encrypted_eval(args: argparse.Namespace) -> int:
 def run_classify(args: argparse.Namespace) -> int:
     model = load_encryptable(args.model)
     digit = prepare_digit(read_image(args.image))
-    result = classify_digit(model, digit.tensor, scheme=args.scheme)
+    result = scheme_for(args.scheme).classify(model, digit.tensor)
     print(json.dumps(result.to_dict(), indent=1))
     return 0

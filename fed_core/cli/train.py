@@ -14,93 +14,63 @@ import torch
 from tqdm import tqdm
 
 from fed_core.cli.common import check_writable
-from fed_core.config import DP_MODES, TrainConfig
+from fed_core.config import TrainConfig
 from fed_core.data.mnist import load_mnist
-from fed_core.data.partition import PARTITIONS
-from fed_core.engines import ENGINES, EngineError, engine_for
-from fed_core.federation.server import FederatedRun, RoundRecord, publishes_workers
-from fed_core.federation.strategy import STRATEGIES
+from fed_core.engines import EngineError, engine_for
+from fed_core.federation.server import FederatedRun, RoundRecord
 from fed_core.limits.budget import batch_problem
 from fed_core.limits.memory import give_back
 from fed_core.limits.threads import threads_for
-from fed_core.models import INIT_METHODS, MODELS, save_model
-from fed_core.privacy.dp import Epsilon, describe_epsilon
+from fed_core.models import save_model
+from fed_core.privacy.dp import Epsilon
+from fed_core.privacy.policy import privacy_for
 from fed_core.report import json_text
+from fed_core.settings import Setting, settings_of
 from fed_core.vocabulary import TrainingDiverged
 
-DEFAULTS = TrainConfig()
 RUN_FAILED, INTERRUPTED = 1, 130
 RESCUE_ROOT = Path("runs")  # where an interrupted or failed run's results go when no --out/--save-model was given
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="run federated training on MNIST")
-    p.add_argument("--workers", type=int, default=DEFAULTS.workers, help="number of workers (1-100)")
-    p.add_argument("--rounds", type=int, default=DEFAULTS.rounds, help="number of rounds (1-200)")
-    p.add_argument("--fraction", type=float, default=DEFAULTS.fraction, help="share C of workers sampled per round")
-    p.add_argument("--local-epochs", type=int, default=DEFAULTS.local_epochs)
-    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
-    p.add_argument("--lr", type=float, default=DEFAULTS.lr, help="local learning rate")
-    p.add_argument("--momentum", type=float, default=DEFAULTS.momentum, help="local SGD momentum")
-    p.add_argument("--clip-norm", type=float, default=DEFAULTS.clip_norm, help="per-worker gradient norm cap")
-    p.add_argument("--server-lr", type=float, default=DEFAULTS.server_lr)
-    p.add_argument("--server-momentum", type=float, default=DEFAULTS.server_momentum)
-    p.add_argument(
-        "--strategy",
-        choices=list(STRATEGIES),
-        default=DEFAULTS.strategy,
-        help="fedavg (FedAvgM with --server-momentum), fedprox (proximal term, --prox-mu) or scaffold",
-    )
-    p.add_argument("--prox-mu", type=float, default=DEFAULTS.prox_mu, help="FedProx proximal weight mu")
-    p.add_argument(
-        "--augment",
-        action="store_true",
-        help="train on randomly redrawn digits (stroke width, rotation, shear, scale, shift, elastic): "
-        "reads bold or slanted drawings better, costs more time",
-    )
-    p.add_argument("--partition", choices=PARTITIONS, default=DEFAULTS.partition)
-    p.add_argument("--alpha", type=float, default=DEFAULTS.alpha, help="Dirichlet concentration")
-    p.add_argument("--shards-per-worker", type=int, default=DEFAULTS.shards_per_worker)
-    p.add_argument("--init", choices=INIT_METHODS, default=DEFAULTS.init)
-    p.add_argument("--dropout", type=float, default=DEFAULTS.dropout, help="chance a sampled worker fails to report")
-    p.add_argument("--model", choices=list(MODELS), default=DEFAULTS.model)
-    p.add_argument("--engine", choices=list(ENGINES), default=DEFAULTS.engine)
-    p.add_argument("--train-size", type=int, default=DEFAULTS.train_size, help="use the first N training images")
-    p.add_argument("--contribution-subset", type=int, default=DEFAULTS.contribution_subset)
-    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    p.add_argument("--no-shapley", dest="shapley", action="store_false", help="skip the Shapley values of the workers")
-    p.add_argument(
-        "--secure-agg",
-        dest="secure_aggregation",
-        action="store_true",
-        help="the server holds only masked updates and learns only their sum",
-    )
-    p.add_argument(
-        "--dp", choices=DP_MODES, default=DEFAULTS.dp, help="example: DP-SGD in each worker; client: DP-FedAvg"
-    )
-    p.add_argument("--clip", dest="dp_clip", type=float, default=DEFAULTS.dp_clip, help="DP clip norm S")
-    p.add_argument("--noise", dest="dp_noise", type=float, default=DEFAULTS.dp_noise, help="DP noise multiplier z")
-    p.add_argument("--delta", dest="dp_delta", type=float, default=DEFAULTS.dp_delta, help="DP delta")
-    p.add_argument(
-        "--dp-distributed",
-        action="store_true",
-        help="with --dp client --secure-agg: the workers add the noise in discrete Gaussian shares inside the "
-        "masked sum, so the server never sees the sum without it",
-    )
-    p.add_argument(
-        "--dp-colluding",
-        type=int,
-        default=DEFAULTS.dp_colluding,
-        help="workers that may collude with the server whose noise shares are not counted on (default 0)",
-    )
+    add_setting_options(p, TrainConfig)
     p.add_argument("--out", type=Path, help="write every round's metrics as JSON here")
     p.add_argument("--save-model", type=Path, help="save the trained global model (.pt) here")
     p.set_defaults(func=train_command)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    names = TrainConfig.__dataclass_fields__
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+def add_setting_options(parser: argparse.ArgumentParser, config_class: type[TrainConfig]) -> None:
+    """One option per setting, as its declaration says (fed_core/settings.py); the option's dest is the field.
+
+    A switch off by default is turned on by its flag, one on by default (``--no-shapley``) turned off; the
+    range is checked by :func:`fed_core.config.problems`, which says it in the user's words.
+    """
+    for setting in (s for s in settings_of(config_class).values() if s.cli):
+        parser.add_argument(setting.cli_flag, dest=setting.name, help=_help(setting), **_kind(setting))
+
+
+def _kind(setting: Setting) -> dict:
+    if setting.kind is bool:
+        return {"action": "store_false" if setting.default else "store_true", "default": setting.default}
+    choices = {"choices": list(setting.options())} if setting.choices is not None else {}
+    default = None if setting.default_by else setting.default  # config_from_args fills it in from the other's
+    return {"type": setting.kind, "default": default, **choices}
+
+
+def _help(setting: Setting) -> str:
+    text = f"turn off {setting.label}: {setting.help_text}" if setting.default is True else setting.help_text
+    if setting.when:
+        text += f" (with --{setting.when[0].replace('_', '-')} {setting.when[1]} only)"
+    return text.replace("%", "%%")  # argparse formats help with %
+
+
+def config_from_args(args: argparse.Namespace, config_class: type[TrainConfig] = TrainConfig) -> TrainConfig:
+    settings = settings_of(config_class)
+    values = {k: v for k, v in vars(args).items() if k in settings}
+    for name in (name for name, value in values.items() if value is None and settings[name].default_by):
+        values[name] = settings[name].default_under(values)
+    return config_class(**values)
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -134,16 +104,10 @@ def train_command(args: argparse.Namespace) -> int:
         f"{run.config.workers} workers x {run.config.rounds} rounds ({run.config.engine}, {run.config.model}): "
         f"test accuracy {last.test_accuracy:.2%}, loss {last.test_loss:.4f}, wall time {run.wall_seconds:.1f} s"
     )
+    privacy = privacy_for(run.config)
     if last.epsilon is not None:
-        whom = "one training image" if run.config.dp == "example" else "one worker's data"
-        bounds = Epsilon(last.epsilon_rdp, last.epsilon_prv)
-        print(f"{run.config.dp}-level DP for {whom}: {describe_epsilon(bounds)} at δ = {run.config.dp_delta:g}")
-        if run.config.dp_distributed:
-            print(
-                "the workers added the noise in shares inside secure aggregation: it holds against the server too, "
-                f"with up to {run.config.dp_colluding} worker(s) colluding with it"
-            )
-    if not publishes_workers(run.config):
+        print(*privacy.epsilon_lines(Epsilon(last.epsilon_rdp, last.epsilon_prv)), sep="\n")
+    if not privacy.publishes_workers:
         print("client-level DP: the run record names no participant and has no per-worker figure (epsilon assumes so)")
     save_results(run, args.out, args.save_model, "done")
     return 0

@@ -16,9 +16,9 @@ from typing import BinaryIO
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from scipy import ndimage
 
 from fed_core.data.mnist import normalize
+from fed_core.drawing.scribbles import looks_scribbled
 from fed_core.drawing.strokes import WORK_BOX, normalised
 from fed_core.vocabulary import UserError
 
@@ -34,14 +34,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_IMAGE_CHUNKS = frozenset({b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND", b"sRGB", b"gAMA", b"cHRM", b"pHYs", b"iCCP"})
 INK_LEVEL = 0.2  # a pixel darker than this (0..1 ink scale) is background
 MAX_CANVAS_COVERAGE = 0.6
-# A scribble covers its bounding box: zigzags fill 94% of theirs or more, 97% typically, and a block
-# scribbled in the browser 86% (its round ends). Drawn digits fill at most 85%, but for compact bold
-# digits with a loop (an 8 drawn small with a broad brush: 86%) and bars: a thin stroke fills its box
-# whatever the pen, and a bold "1" (up to half as wide as tall) up to 93%, the round ends of its stroke
-# leaving the corners empty. So above OPEN_FILL only a drawing that encloses a hole passes.
-OPEN_FILL, MAX_BOX_FILL, MAX_BOLD_ONE_FILL = 0.85, 0.88, 0.94
-MIN_HOLE = 0.002  # of the bounding box: smaller enclosed gaps are slips of the pen, not a loop
-THIN_BAR, BOLD_ONE = 0.3, 0.5  # short side / long side
 MIN_DIGIT_FRACTION = 0.1  # of the image's shorter side
 
 
@@ -203,27 +195,10 @@ def _ink_box(ink: np.ndarray) -> tuple[slice, slice]:
     height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
     if max(height, width) < MIN_DIGIT_FRACTION * min(ink.shape):
         raise DrawingError("That is only a dot: draw the digit larger, filling most of the canvas.")
-    box = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    limit = _max_fill(height, width)
-    if box.mean() > limit or (limit == MAX_BOX_FILL and box.mean() > OPEN_FILL and not _has_loop(box)):
+    cut = rows[0] == 0 or cols[0] == 0 or rows[-1] == mask.shape[0] - 1 or cols[-1] == mask.shape[1] - 1
+    if looks_scribbled(mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], cut):
         raise DrawingError("That looks like a scribble: clear the canvas and draw one digit with a few strokes.")
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
-
-
-def _max_fill(height: int, width: int) -> float:
-    """How much of its bounding box a drawing of this shape may fill before it looks like a scribble."""
-    if min(height, width) < THIN_BAR * max(height, width):
-        return 1.0
-    return MAX_BOLD_ONE_FILL if width < BOLD_ONE * height else MAX_BOX_FILL
-
-
-def _has_loop(box: np.ndarray) -> bool:
-    """Whether the ink encloses background, as the loops of an 8, a 0 or a 6 do; a scribbled block does not."""
-    background, count = ndimage.label(~box)
-    edges = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
-    sizes = np.bincount(background.ravel(), minlength=count + 1)
-    sizes[np.unique(edges)] = 0  # background reaching the box's edge is outside the digit, and label 0 is ink
-    return sizes.max() >= MIN_HOLE * box.size
 
 
 def _resized(ink: np.ndarray, side: int) -> np.ndarray:

@@ -45,6 +45,7 @@ from fed_core.engines.flower_secagg import SecureRound, secure_round, train_repl
 from fed_core.engines.ray_guard import locked_down_ray, set_switches
 from fed_core.engines.worker_job import LocalTask, load_shard, save_shard, train_local
 from fed_core.federation.server import FederatedRun
+from fed_core.privacy.policy import privacy_for
 from fed_core.vocabulary import Aggregate, TrainingStopped, WorkerUpdate
 
 POLL_SECONDS = 0.1  # how often the server pulls replies (Flower's own send_and_receive waits 3 s)
@@ -131,7 +132,7 @@ class FlowerPool:
 
     def train(self, global_vector: torch.Tensor, workers: list[int], round_idx: int) -> list[WorkerUpdate]:
         """Every worker's update, in the clear; refused for a run with secure aggregation."""
-        if self.config.secure_aggregation:
+        if privacy_for(self.config).secure_aggregation:
             raise FlowerClientError(
                 "this run uses secure aggregation: its updates travel only through train_aggregate."
             )

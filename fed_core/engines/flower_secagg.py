@@ -64,6 +64,7 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from fed_core.config import TrainConfig
 from fed_core.engines.worker_job import LocalTask, train_local
 from fed_core.federation.aggregation import LOCAL_STATS
+from fed_core.privacy.policy import privacy_for
 from fed_core.privacy.secagg import default_group_size, default_threshold, too_few_workers
 from fed_core.vocabulary import Aggregate
 
@@ -272,7 +273,7 @@ def secure_round(
     survivors = strategy.survivors
     average, total, means = unweighted(strategy.aggregate, len(survivors), strategy.weight_scale)
     received = masked_as_update(grid.masked[nodes[survivors[0]]])
-    released = means if config.dp == "none" else None  # DP runs release no un-noised statistic, not even a mean
+    released = means if privacy_for(config).releases_local_stats else None  # not un-noised under DP, not even a mean
     return SecureRound(average, total, survivors, dropped, received, upload, local_means=released)
 
 

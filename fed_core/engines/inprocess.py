@@ -10,7 +10,6 @@ from torch import nn
 from fed_core.config import TrainConfig
 from fed_core.data.mnist import Mnist
 from fed_core.engines import Engine, Rounds, StopCheck
-from fed_core.federation.scaffold import ControlVariates
 from fed_core.federation.server import FederatedRun
 from fed_core.federation.trainer import BatchedTrainer, worker_seed
 from fed_core.limits.budget import working_memory
@@ -20,8 +19,8 @@ from fed_core.vocabulary import WorkerUpdate
 class InProcessPool:
     """The workers' shards stay in this process; a round trains the sampled ones at once.
 
-    Under SCAFFOLD the pool also keeps the control variates (scaffold.py): the workers' own between
-    rounds, and the server's, which this simulation updates right after the workers report.
+    What a strategy sends beyond the global model comes in ``corrections`` (SCAFFOLD's c - c_i, from
+    federation.strategies.scaffold); the pool keeps no strategy state of its own.
     """
 
     def __init__(
@@ -35,19 +34,15 @@ class InProcessPool:
         self.trainer = BatchedTrainer(model, data.train_images, data.train_labels, config.local, working_memory(config))
         self.shards = shards
         self.seed = config.seed
-        self.lr, self.momentum = config.lr, config.momentum
         self.should_stop = should_stop
-        scaffold = config.strategy == "scaffold"
-        self.variates = ControlVariates(config.workers, self.trainer.num_params) if scaffold else None
 
-    def train(self, global_vector: torch.Tensor, workers: list[int], round_idx: int) -> list[WorkerUpdate]:
+    def train(
+        self, global_vector: torch.Tensor, workers: list[int], round_idx: int, corrections: torch.Tensor | None = None
+    ) -> list[WorkerUpdate]:
+        """Each of ``workers``' update from ``global_vector``; ``corrections`` [K, P] is added to their every step."""
         seeds = [worker_seed(self.seed, round_idx, w) for w in workers]
-        corrections = self.variates.corrections(workers) if self.variates else None
         shards = [self.shards[w] for w in workers]
-        updates = self.trainer.train(global_vector, workers, shards, seeds, self.should_stop, corrections)
-        if self.variates:
-            self.variates.update(updates, self.lr, self.momentum)
-        return updates
+        return self.trainer.train(global_vector, workers, shards, seeds, self.should_stop, corrections)
 
 
 class InProcessEngine(Engine):

@@ -19,10 +19,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from fed_core.config import LIMITS, REAL_RANGES, TrainConfig, estimate_seconds
+from fed_core.config import LIMITS, SETTINGS, TrainConfig, estimate_seconds
 from fed_core.engines.worker_job import LocalTask
 from fed_core.limits.budget import duration_text
 from fed_core.models import MODELS
+from fed_core.privacy.policy import privacy_for
 from fed_core.vocabulary import LocalSettings
 
 
@@ -41,9 +42,10 @@ class OwnerLimits:
     @classmethod
     def for_run(cls, config: TrainConfig) -> OwnerLimits:
         """The app's bounds, plus the example-level DP the run promised the owners when they joined it."""
-        if config.dp != "example":
+        promised = privacy_for(config).local_dp  # what the run's privacy makes every worker's training do
+        if promised.clip <= 0:  # no DP-SGD in the workers
             return cls()
-        return cls(min_dp_noise=config.dp_noise, max_dp_clip=config.dp_clip)
+        return cls(min_dp_noise=promised.noise, max_dp_clip=promised.clip)
 
     def problems(self, task: LocalTask, examples: int) -> list[str]:
         """Why this owner will not train ``task`` on its ``examples`` private images; empty if it will.
@@ -64,9 +66,9 @@ class OwnerLimits:
         if not 0 < settings.lr <= self.max_lr:
             found.append(f"learning rate {settings.lr:g} is not in (0, {self.max_lr:g}]")
         for name in ("momentum", "clip_norm"):
-            label, interval, test = REAL_RANGES[name]
-            if not test(getattr(settings, name)):
-                found.append(f"{label} {getattr(settings, name):g} is not {interval}")
+            valid = SETTINGS[name].valid
+            if getattr(settings, name) not in valid:
+                found.append(f"{SETTINGS[name].noun} {getattr(settings, name):g} is not {valid.text()}")
         found += self._dp_problems(settings)
         if not found:
             seconds = local_training_seconds(settings, examples)

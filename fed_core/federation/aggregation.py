@@ -1,6 +1,9 @@
 """How the server combines a round's updates, and what it sees of each worker while it does.
 
-* In the clear: the FedAvg average of the updates, weighted by examples (strategy.fedavg). The server sees
+Which of the ways below a run takes is its privacy object's answer (fed_core/privacy/policy.py, built from the
+settings by ``privacy_for``); this module only asks it and runs the sums.
+
+* In the clear: the FedAvg average of the updates, weighted by examples (strategies.fedavg). The server sees
   every worker's update, which is what gradient inversion attacks feed on (fed_core/attack).
 * Secure aggregation (secagg.py): every sampled worker masks its update; the server holds only masked
   vectors and learns only their weighted sum. Workers that drop out after masking are recovered through
@@ -28,18 +31,8 @@ import numpy as np
 import torch
 
 from fed_core.config import TrainConfig
-from fed_core.federation.strategy import fedavg
-from fed_core.privacy.distributed_dp import NoiseSplit
-from fed_core.privacy.dp import (
-    ClientAccountant,
-    ClientDP,
-    ExampleAccountant,
-    ExampleDP,
-    SecureRandom,
-    clip_rows,
-    poisson_plan,
-    private_fedavg,
-)
+from fed_core.federation.strategies import fedavg
+from fed_core.privacy.policy import privacy_for
 from fed_core.privacy.secagg import SecAggRefused, secure_sum
 from fed_core.vocabulary import Aggregate, WorkerUpdate
 
@@ -58,25 +51,27 @@ class SecureAggregatingPool(Protocol):
 def collect(
     pool, global_vector: torch.Tensor, reporting: list[int], dropped: list[int], round_idx: int, config: TrainConfig
 ) -> Aggregate:
-    """Train the reporting workers and combine their updates as the config asks."""
-    if config.secure_aggregation and hasattr(pool, "train_aggregate"):
+    """Train the reporting workers and combine their updates as the run's privacy asks."""
+    if privacy_for(config).secure_aggregation and hasattr(pool, "train_aggregate"):
         return pool.train_aggregate(global_vector, reporting, round_idx)
     return aggregate(pool.train(global_vector, reporting, round_idx), dropped, config)
 
 
 def aggregate(updates: list[WorkerUpdate], dropped: list[int], config: TrainConfig) -> Aggregate:
-    """Combine the reporting workers' updates; ``dropped`` workers were sampled but never sent theirs."""
+    """Combine the reporting workers' updates; ``dropped`` workers were sampled but never sent theirs.
+
+    The run's privacy (privacy/policy.py) bounds the updates and their weights before they are summed, says
+    whether the local statistics go along, draws the noise shares of a split, and releases the applied update.
+    """
+    privacy = privacy_for(config)
     deltas = torch.stack([u.delta for u in updates])
     counts = torch.tensor([u.num_examples for u in updates])
     stats = torch.tensor([[u.loss_before, u.loss_after, u.accuracy_after] for u in updates])
     first_update = deltas[0]
-    if config.dp == "client":  # bounded sensitivity: each update clipped to S, every worker weighs the same
-        deltas, counts = clip_rows(deltas, config.dp_clip), torch.ones_like(counts)
-    released = stats if config.dp == "none" else None  # un-noised: never released under DP, not even as means
-    if config.dp_distributed:  # FedSGD's clipped gradient sums add up unweighted
-        counts = torch.ones_like(counts)
-    if config.secure_aggregation:
-        noise = _noise_shares(config, deltas.shape[1])
+    deltas, counts = privacy.bound(deltas, counts)
+    released = stats if privacy.releases_local_stats else None  # un-noised: never released under DP
+    if privacy.secure_aggregation:
+        noise = privacy.noise_shares(deltas.shape[1])
         combined = _secure(deltas, counts, [u.worker for u in updates], released, len(dropped), noise)
     else:
         upload = deltas.shape[1] * FLOAT_BYTES + 8  # the update and its example count
@@ -84,36 +79,9 @@ def aggregate(updates: list[WorkerUpdate], dropped: list[int], config: TrainConf
         combined = Aggregate(fedavg(deltas, counts), reports, deltas, counts, deltas[0], None, upload)
         combined.local_means = None if released is None else _means(fedavg(released, counts))
     combined.first_update = first_update
-    if config.dp == "example" and config.dp_distributed and combined.average is not None:
-        combined.average = _central_step(combined.average * counts.sum(), updates, config)
-    if config.dp == "client" and combined.average is not None:
-        clipped_sum = combined.average * counts.sum()  # the sum over the survivors, each weighing 1
-        expected = config.fraction * config.workers
-        if config.dp_distributed:  # the workers' shares in the sum are the noise: the server adds none
-            combined.average = (clipped_sum / expected).float()
-        else:
-            dp = ClientDP(config.dp_clip, config.dp_noise)
-            combined.average = private_fedavg(clipped_sum, dp, expected, SecureRandom())
+    if combined.average is not None:
+        combined.average = privacy.release(combined.average, counts.sum(), [u.num_examples for u in updates])
     return combined
-
-
-def _noise_shares(config: TrainConfig, length: int) -> Callable[[int], np.ndarray] | None:
-    """Each worker's discrete Gaussian share under the noise split (distributed_dp.py); None otherwise."""
-    if not config.dp_distributed:
-        return None
-    dp = (ExampleDP if config.dp == "example" else ClientDP)(config.dp_clip, config.dp_noise)
-    return NoiseSplit(dp, config.dp_colluding, length).sampler()
-
-
-def _central_step(noisy_sum: torch.Tensor, updates: list[WorkerUpdate], config: TrainConfig) -> torch.Tensor:
-    """FedSGD under the noise split: -lr * (clipped gradients + noise) / E[batch], central DP-SGD's step.
-
-    The divisor is the expected size of the pooled Poisson batch, sum of q_k n_k over the
-    reporting workers (their shard sizes are public): fixed, like the trainer's, so it
-    reveals nothing about who was in the batch.
-    """
-    expected = sum(poisson_plan(u.num_examples, config.batch_size, 1).expected_batch for u in updates)
-    return (noisy_sum * (-config.lr / expected)).float()
 
 
 def _secure(
@@ -149,14 +117,3 @@ def _secure(
 
 def _means(values: torch.Tensor) -> dict[str, float]:
     return dict(zip(LOCAL_STATS, values.tolist()))
-
-
-def accountant_for(config: TrainConfig) -> ExampleAccountant | ClientAccountant | None:
-    """The epsilon the run's DP has spent, kept up to date after every round; None without DP."""
-    if config.dp == "example":
-        dp = ExampleDP(config.dp_clip, config.dp_noise)
-        steps = 1 if config.dp_distributed else None  # FedSGD: one step per round
-        return ExampleAccountant(dp, config.batch_size, config.local_epochs, config.dp_delta, steps)
-    if config.dp == "client":
-        return ClientAccountant(ClientDP(config.dp_clip, config.dp_noise), config.fraction, config.dp_delta)
-    return None

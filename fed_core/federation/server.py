@@ -3,9 +3,11 @@
 1. the server initialises the global model (default, He, Xavier or uniform init);
 2. each round it samples a fraction C of the workers at random (at least one),
    and some sampled workers may drop out (fail to report);
-3. each reporting worker trains E local epochs on its own shard only (client.py);
+3. each reporting worker trains E local epochs on its own shard only (trainer.py), with what the
+   run's strategy sends it (strategies/: FedProx's mu, SCAFFOLD's corrections);
 4. the server averages the updates weighted by each worker's number of examples
-   and applies the average with its optimizer (strategy.py);
+   and applies the average with the strategy's server update (FedAvg/FedAvgM, FedAdam, FedYogi);
+   the strategy then closes the round (SCAFFOLD's server control variate);
 5. the new global model is evaluated on the 10k test set, and each worker's
    contribution is scored by leaving its update out of the round;
 6. the round is published (the page, the CSV and JSON exports, the CLI): under
@@ -28,13 +30,13 @@ from torch.func import functional_call, vmap
 from fed_core.config import TrainConfig
 from fed_core.data.mnist import Mnist, normalize
 from fed_core.data.partition import label_histogram, make_partition
-from fed_core.federation.aggregation import accountant_for, collect
+from fed_core.federation.aggregation import collect
 from fed_core.federation.shapley import coalition_accuracy, cumulative_shapley, leave_one_out, shapley_values
-from fed_core.federation.strategy import ServerOptimizer, cosine_to
+from fed_core.federation.strategies import Strategy, strategy_for
 from fed_core.federation.trainer import DEFAULT_MEMORY_BUDGET, EVAL_CHUNK_BYTES, activation_bytes
 from fed_core.limits.budget import working_memory
 from fed_core.models import new_model
-from fed_core.privacy.dp import SecureRandom, poisson_sample_workers
+from fed_core.privacy.policy import Privacy, privacy_for
 from fed_core.vocabulary import Aggregate, Params, WorkerUpdate, flatten, model_params, unflatten
 
 
@@ -67,26 +69,15 @@ class RoundRecord:
         return dict(self.__dict__)
 
 
-def publishes_workers(config: TrainConfig) -> bool:
-    """Whether the run publishes anything of single workers: who took part, their figures, their data.
-
-    Not under client-level DP: its epsilon (dp.ClientAccountant) counts on the sampling being secret, nobody
-    outside the server knowing who took part in a round. Published participation would cost far more: 30
-    rounds at C = 0.1, z = 1 spend epsilon 4.85 with secret sampling, but 15.2 for a worker known to have
-    taken part in 7 of them (dp.ClientAccountant.epsilon_if_sampling_public). So such a run publishes only
-    what the accountant covers: the noised global model's accuracy and loss, and epsilon.
-    """
-    return config.dp != "client"
-
-
-def published(record: RoundRecord, config: TrainConfig) -> RoundRecord:
-    """What the run publishes of a round: under client-level DP nothing per worker, nor anything that counts them.
+def published(record: RoundRecord, privacy: Privacy) -> RoundRecord:
+    """What the run publishes of a round: where its privacy publishes no worker (client-level DP, whose epsilon
+    counts on secret sampling: policy.ClientLevelDP), nothing per worker, nor anything that counts them.
 
     Withheld then: the participants and the dropped, every worker row, the note (it names workers that left,
     or says how few took part) and the upload per worker (under secure aggregation it grows with the round's
     size). The round's duration still grows with the number of participants: a side channel left open.
     """
-    if publishes_workers(config):
+    if privacy.publishes_workers:
         return record
     return replace(record, sampled=[], dropped=[], workers=[], note=None, upload_bytes=float("nan"))
 
@@ -103,15 +94,12 @@ class ServerView:
 def sample_workers(config: TrainConfig, round_idx: int) -> tuple[list[int], list[int]]:
     """(reporting, dropped) workers of a round; the same for a given seed on every engine.
 
-    Under client-level DP each worker joins with probability C, drawn secretly: the epsilon of
-    DP-FedAvg counts on nobody outside the server knowing who took part.
+    The run's privacy samples (policy.Privacy.sample): under client-level DP each worker joins with
+    probability C, drawn secretly, as the epsilon of DP-FedAvg counts on nobody outside the server
+    knowing who took part. Dropout is simulation, drawn from the seeded generator.
     """
     rng = np.random.default_rng([config.seed, round_idx, 1])
-    if config.dp == "client":
-        sampled = poisson_sample_workers(config.workers, config.fraction, SecureRandom())
-    else:
-        count = max(1, round(config.fraction * config.workers))
-        sampled = sorted(rng.choice(config.workers, size=count, replace=False).tolist())
+    sampled = privacy_for(config).sample(rng)
     fails = rng.random(len(sampled)) < config.dropout
     return [w for w, f in zip(sampled, fails) if not f], [w for w, f in zip(sampled, fails) if f]
 
@@ -177,7 +165,7 @@ def run_round(
     round_idx: int,
     global_vector: torch.Tensor,
     pool: WorkerPool,
-    optimizer: ServerOptimizer,
+    strategy: Strategy,
     evaluator: Evaluator,
 ) -> RoundOutcome:
     """One round: sample, train locally, aggregate, apply, score contributions."""
@@ -190,8 +178,8 @@ def run_round(
     lost = "; ".join(f"worker {w} left during secure aggregation: {why}" for w, why in combined.lost.items())
     if combined.average is None:  # secure aggregation refused the round: never a wrong model
         return RoundOutcome(global_vector, reporting, dropped, [], combined.upload_bytes, combined.refused, view)
-    scores = contribution_scores(config, round_idx, global_vector, combined, optimizer, evaluator)
-    new_vector = optimizer.step(global_vector, combined.average)
+    scores = contribution_scores(config, round_idx, global_vector, combined, strategy, evaluator)
+    new_vector = strategy.step(global_vector, combined.average)
     rows = worker_rows(combined, scores, config)
     return RoundOutcome(
         new_vector, reporting, dropped, rows, combined.upload_bytes, lost or None, view, combined.local_means
@@ -203,7 +191,7 @@ def contribution_scores(
     round_idx: int,
     global_vector: torch.Tensor,
     combined: Aggregate,
-    optimizer: ServerOptimizer,
+    strategy: Strategy,
     evaluator: Evaluator,
 ) -> dict[str, torch.Tensor]:
     """Each worker's contribution to the round, as columns of its row (NaN where the server cannot tell).
@@ -217,7 +205,7 @@ def contribution_scores(
     if combined.visible is None or len(evaluator.subset) == 0:
         return {"contribution": unknown, "shapley": unknown, "shapley_ci": unknown}
     # Models are proposed a few coalitions at a time: K models of the paper's CNN at once would not fit.
-    value = coalition_accuracy(global_vector, combined.visible, combined.counts, optimizer, evaluator)
+    value = coalition_accuracy(global_vector, combined.visible, combined.counts, strategy, evaluator)
     scores = {"contribution": leave_one_out(value, len(combined.visible)), "shapley": unknown, "shapley_ci": unknown}
     if config.shapley:
         # Seeded, so a run repeats: the sampled orders are simulation randomness, not a secret.
@@ -225,7 +213,7 @@ def contribution_scores(
             int(np.random.SeedSequence([config.seed, round_idx, 11]).generate_state(1)[0])
         )
         shapley = shapley_values(
-            global_vector, combined.visible, combined.counts, optimizer, evaluator, generator=orders
+            global_vector, combined.visible, combined.counts, strategy, evaluator, generator=orders
         )
         scores["shapley"] = shapley.values
         scores["shapley_ci"] = unknown if shapley.ci_halfwidth is None else shapley.ci_halfwidth
@@ -252,6 +240,12 @@ def worker_rows(combined: Aggregate, scores: dict[str, torch.Tensor], config: Tr
         }
         for i, report in enumerate(combined.reports)
     ]
+
+
+def cosine_to(deltas: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of each update [K, P] to ``reference`` [P], without a [K, P] temporary."""
+    norms = deltas.norm(dim=1).clamp(min=1e-8) * reference.norm().clamp(min=1e-8)
+    return (deltas @ reference) / norms
 
 
 def cumulative_contributions(workers: int, rounds: list[list[dict]]) -> dict[int, float]:
@@ -282,7 +276,7 @@ class FederatedRun:
         }
         return {
             "config": self.config.to_dict(),
-            **(per_worker if publishes_workers(self.config) else {}),
+            **(per_worker if privacy_for(self.config).publishes_workers else {}),
             "rounds": [r.to_dict() for r in self.history],
             "final_test_accuracy": self.history[-1].test_accuracy if self.history else None,
             "wall_seconds": self.wall_seconds,
@@ -305,18 +299,20 @@ def run_federated(
     started = time.perf_counter()
     shards = partition_for(config, data)
     model = new_model(config.model, config.init, config.seed)
-    histogram = label_histogram(data.train_labels, shards).tolist() if publishes_workers(config) else []
+    privacy = privacy_for(config)
+    histogram = label_histogram(data.train_labels, shards).tolist() if privacy.publishes_workers else []
     run = FederatedRun(config, histogram, model=model)
-    pool = pool_factory(model, data, shards, config, should_stop)
+    strategy = strategy_for(config)
+    pool = strategy.workers(pool_factory(model, data, shards, config, should_stop))
     evaluator = Evaluator(model, data, config, working_memory(config))
-    optimizer = ServerOptimizer(config.server_lr, config.server_momentum)
-    accountant = accountant_for(config)
+    accountant = privacy.accountant()
     global_vector = flatten(model_params(model))
     if on_start:
         on_start(run)
     for round_idx in range(1, config.rounds + 1):
         round_start = time.perf_counter()
-        outcome = run_round(config, round_idx, global_vector, pool, optimizer, evaluator)
+        outcome = run_round(config, round_idx, global_vector, pool, strategy, evaluator)
+        strategy.after_round()
         global_vector = outcome.global_vector
         accuracy, loss = evaluator.evaluate(global_vector)
         load_vector(model, global_vector)
@@ -341,9 +337,9 @@ def run_federated(
             bounds.prv if bounds else None,
             outcome.local_means,
         )
-        record = published(record, config)
+        record = published(record, privacy)
         run.history.append(record)
-        if publishes_workers(config):  # the view names a worker that took part, and shows its update
+        if privacy.publishes_workers:  # the view names a worker that took part, and shows its update
             run.server_view = outcome.view or run.server_view
         run.wall_seconds = now - started
         if on_round:

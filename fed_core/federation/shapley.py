@@ -26,7 +26,7 @@ from typing import Protocol
 
 import torch
 
-from fed_core.federation.strategy import ServerOptimizer
+from fed_core.federation.strategies import Strategy
 
 
 class Evaluator(Protocol):
@@ -64,7 +64,7 @@ def shapley_values(
     global_vector: torch.Tensor,
     deltas: torch.Tensor,
     counts: torch.Tensor,
-    optimizer: ServerOptimizer,
+    strategy: Strategy,
     evaluator: Evaluator,
     samples: int = PERMUTATIONS,
     generator: torch.Generator | None = None,
@@ -72,7 +72,7 @@ def shapley_values(
 ) -> ShapleyResult:
     """Shapley value of each of the round's K >= 1 updates; exact up to ``exact_max_workers``, else sampled.
 
-    Call it before ``optimizer.step``, as contribution_scores is: proposals use the current momentum.
+    Call it before ``strategy.step``, as contribution_scores is: proposals use the current momentum or moments.
     ``samples`` random orders (at least 2) are drawn with ``generator`` when sampling. With no test subset
     (contribution_subset = 0) the values are NaN, as the leave-one-out scores are.
     """
@@ -81,7 +81,7 @@ def shapley_values(
     if len(evaluator.subset) == 0:
         nan = torch.full((players,), float("nan"))
         return ShapleyResult(nan, None if exact else nan, exact)
-    value = coalition_accuracy(global_vector, deltas, counts, optimizer, evaluator)
+    value = coalition_accuracy(global_vector, deltas, counts, strategy, evaluator)
     if exact:
         return ShapleyResult(exact_shapley(value, players), None, True)
     return ShapleyResult(*sampled_shapley(value, players, samples, generator), False)
@@ -91,7 +91,7 @@ def coalition_accuracy(
     global_vector: torch.Tensor,
     deltas: torch.Tensor,
     counts: torch.Tensor,
-    optimizer: ServerOptimizer,
+    strategy: Strategy,
     evaluator: Evaluator,
 ) -> ValueFunction:
     """v(S) for a batch of coalitions: subset accuracy of the model proposed from S's FedAvg aggregate."""
@@ -103,7 +103,7 @@ def coalition_accuracy(
         examples = masks.to(deltas.dtype) * counts.to(deltas.dtype)  # [M, K]
         totals = examples.sum(1, keepdim=True)
         aggregates = (examples / totals.clamp(min=1e-12)) @ deltas
-        proposed, _ = optimizer.propose(global_vector, aggregates)
+        proposed = strategy.propose(global_vector, aggregates)
         return torch.where(totals > 0, proposed, global_vector)
 
     return value

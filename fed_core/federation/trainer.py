@@ -17,7 +17,7 @@ budget (:func:`bytes_per_worker`); each group is one such pass, and a worker's
 result does not depend on which group it is in.
 
 Two local objectives beside FedAvg's: FedProx adds mu/2 ||w - w_global||^2; SCAFFOLD
-adds a control-variate correction (c - c_i) to every step (scaffold.py keeps the variates).
+adds a control-variate correction (c - c_i) to every step (strategies/scaffold.py keeps the variates).
 
 With example-level DP (dp.ExampleDP) each worker runs DP-SGD instead: Poisson
 batches, each example's gradient clipped (its norm from the layers' activations and

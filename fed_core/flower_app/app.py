@@ -2,8 +2,8 @@
 
 ``fed_core/flower_app/pyproject.toml`` names them; Flower imports this module in the SuperLink's and the
 SuperNodes' processes. The run's settings arrive as the run config: every TrainConfig field, dashes for
-underscores, plus ``out-dir``. With ``secure-aggregation=true`` the rounds run Flower's SecAgg+
-(fed_core/engines/flower_secagg.py); the same ClientApp answers both kinds of round.
+underscores, plus ``out-dir`` (fed_core/flower_app/run_config.py). With ``secure-aggregation=true`` the rounds
+run Flower's SecAgg+ (fed_core/engines/flower_secagg.py); the same ClientApp answers both kinds of round.
 """
 
 from __future__ import annotations
@@ -16,25 +16,11 @@ from flwr.app import Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
-from fed_core.config import TrainConfig, validate
 from fed_core.data.mnist import load_mnist
 from fed_core.engines.flower_engine import SHARD_FILE, client_app_for, flower_pool_factory
 from fed_core.federation.server import FederatedRun, RoundRecord, run_federated
+from fed_core.flower_app.run_config import OUT_DIR, config_from_run_config
 from fed_core.models import save_model
-
-OUT_DIR = "out-dir"  # where the ServerApp writes run.json and model.pt; empty: nowhere
-
-
-def config_from_run_config(run_config: dict) -> TrainConfig:
-    """The TrainConfig of a ``flwr run``: every [tool.flwr.app.config] key but out-dir, dashes for underscores."""
-    values = {key.replace("-", "_"): value for key, value in run_config.items() if key != OUT_DIR}
-    return validate(TrainConfig.from_dict({**values, "engine": "flower"}))
-
-
-def run_config_of(config: TrainConfig) -> dict:
-    """The inverse of :func:`config_from_run_config`: what ``flwr run --run-config`` must carry."""
-    return {key.replace("_", "-"): value for key, value in config.to_dict().items()}
-
 
 server_app = ServerApp()
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields, replace
 from fed_core.config import LIMITS, TrainConfig, estimate_seconds
 from fed_core.federation.trainer import EVAL_CHUNK_BYTES, bytes_per_worker, workers_per_group
 from fed_core.models import MODELS
+from fed_core.settings import settings_of
 from fed_core.vocabulary import UserError
 
 ENV_PREFIX = "FEDMNIST_"
@@ -63,9 +64,6 @@ class Budget:
     @property
     def training_memory_bytes(self) -> int:
         return self.training_memory_mb * MB
-
-    def images_per_request(self, scheme: str) -> int:
-        return self.he_images_per_request if scheme == "he" else self.mpc_images_per_request
 
 
 def env_name(field: str) -> str:
@@ -173,14 +171,12 @@ def training_memory_budget(budget: Budget | None = None) -> int:
 
 # --- refusing a run that does not fit, and saying what to change ---------------------------------------------
 
-SETTING_LABELS = {
-    "rounds": "Rounds",
-    "local_epochs": "Local epochs E",
-    "fraction": "Fraction C",
-    "batch_size": "Batch size B",
-    "workers": "Workers",
-}
 BATCH_SIZES = tuple(2**i for i in range(LIMITS["batch_size"][1].bit_length()))  # the sizes a refusal suggests
+
+
+def setting_label(config: TrainConfig, name: str) -> str:
+    """What the Train page calls a setting, from the declaration its field carries: a refusal names what to change."""
+    return settings_of(type(config))[name].label
 
 
 def _cheaper_values(config: TrainConfig, name: str) -> list:
@@ -190,7 +186,7 @@ def _cheaper_values(config: TrainConfig, name: str) -> list:
         return [round(v / 100, 2) for v in range(round(current * 100) - 5, 0, -5)]
     if name == "batch_size":
         return [b for b in reversed(BATCH_SIZES) if b < current]
-    return list(range(current - 1, LIMITS[name][0] - 1, -1))
+    return list(range(current - 1, int(settings_of(type(config))[name].valid.low) - 1, -1))
 
 
 def _fixes(config: TrainConfig, fits: Callable[[TrainConfig], bool], names: tuple[str, ...]) -> list[str]:
@@ -199,7 +195,7 @@ def _fixes(config: TrainConfig, fits: Callable[[TrainConfig], bool], names: tupl
     for name in names:
         for value in _cheaper_values(config, name):
             if fits(replace(config, **{name: value})):
-                found.append(f"{SETTING_LABELS[name]} to {value}")
+                found.append(f"{setting_label(config, name)} to {value}")
                 break
     return found
 
@@ -223,13 +219,16 @@ def budget_problems(config: TrainConfig, budget: Budget) -> list[str]:
     seconds = estimate_seconds(config)
     if seconds > budget.run_seconds:
         fixes = _fixes(config, lambda c: estimate_seconds(c) <= budget.run_seconds, ("rounds", "local_epochs"))
+        both = f"{setting_label(config, 'rounds')} and {setting_label(config, 'local_epochs')}"
         out.append(
             f"This run would take about {duration_text(seconds)}; this server allows "
-            f"{duration_text(budget.run_seconds)} per run: {_fix_text(fixes, 'lower Rounds and Local epochs E')}."
+            f"{duration_text(budget.run_seconds)} per run: "
+            f"{_fix_text(fixes, f'lower {both}')}."
         )
     if config.engine == "inprocess":
         size = estimate_run_bytes(config, budget)
         if size > budget.training_memory_bytes:
+            fraction = setting_label(config, "fraction")
             fixes = _fixes(
                 config,
                 lambda c: estimate_run_bytes(c, budget) <= budget.training_memory_bytes,
@@ -238,7 +237,7 @@ def budget_problems(config: TrainConfig, budget: Budget) -> list[str]:
             out.append(
                 f"This run would need about {size / MB:,.0f} MB of memory; this server allows "
                 f"{budget.training_memory_mb:,} MB per run: "
-                f"{_fix_text(fixes, 'lower Fraction C or choose a smaller model')}."
+                f"{_fix_text(fixes, f'lower {fraction} or choose a smaller model')}."
             )
     return out
 

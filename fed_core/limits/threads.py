@@ -4,7 +4,7 @@
 per thread), so each path sets it where it runs: the training thread (grouped training, DP-SGD and Shapley
 scoring run there, one after another) and MPC's evaluation (fed_core.mpc.protocol.single_threaded, and each party's
 process). HE's work is SEAL's, single-threaded C++ that torch's setting does not reach; its parallelism is its
-server processes (fed_core.encrypted_eval, ``he_workers``).
+server processes (fed_core.encrypted.he, ``HeScheme.workers``).
 
 A second thread only pays where it buys speed: where it does not, it takes the core from another visitor, and
 two OpenMP threads on a busy machine spin-wait for each other. Each path's count below is what
