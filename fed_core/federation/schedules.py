@@ -8,7 +8,7 @@ Classification through Scale", average the weights with an exponential moving av
 Under DP-SGD the noise on each step does not shrink as training goes on, so the last weights wander
 around the optimum by the noise; decaying the learning rate and averaging the weights both damp that
 wander. Measured on MNIST at epsilon 3 (bench/private_dp.py --recipe sweep, crypto_cnn): the average
-of the weights adds 0.2-0.45 points over the last weights; a cosine decay adds 0.24 alone but nothing
+of the weights adds 0.1-0.5 points over the last weights; a cosine decay adds 0.24 alone but nothing
 on top of the average (which already damps the same wander), so the recipe keeps the average only.
 """
 
