@@ -101,7 +101,8 @@ RECIPE_SWEEP: tuple[dict, ...] = (
     {"batch_size": 8192, "rounds": 80, "lr": 4.0, "ema": 0.8},
     {"batch_size": 8192, "rounds": 80, "lr": 4.0, "ema": 0.9},
 )
-BEST_RECIPE = {"batch_size": 4096, "rounds": 40, "lr": 4.0, "ema": 0.9}  # --recipe
+# --recipe: 96.72, 96.25, 96.63% in three runs (B 8,192, 80 epochs, lr 4, average 0.8: 96.67, 96.60% at twice the time).
+BEST_RECIPE = {"batch_size": 4096, "rounds": 40, "lr": 4.0, "ema": 0.9}
 
 
 def example_level(data: Mnist, epsilon: float, setting: ExampleSetting, seed: int = 0) -> float:
