@@ -11,7 +11,7 @@ import streamlit as st
 from fed_core.limits.budget import load_budget
 from fed_core.limits.gates import Gate
 from fed_core.limits.memory import give_back
-from fed_core.mpc.ranges import FixedPointRangeError
+from fed_core.vocabulary import UserError
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +85,12 @@ def heavy_task_slot(expected_seconds: float, what: str) -> Iterator[bool]:
 def shown_safely(doing: str) -> Iterator[None]:
     """Never a traceback on a page: the log gets it, the user one sentence ("...while {doing}").
 
-    Errors written for the user (a model whose values do not fit MPC's fixed-point ring) are shown as they are.
+    Errors written for the user (fed_core's UserError: a model whose values do not fit MPC's fixed-point ring, a
+    drawing or a setting it cannot take) are shown as they are; the command line catches the same base.
     """
     try:
         yield
-    except FixedPointRangeError as exc:
+    except UserError as exc:
         st.error(str(exc))
     except Exception:
         log.exception("failed while %s", doing)
