@@ -32,7 +32,7 @@ from usage import ROOT, Usage
 
 from fed_core.config import TrainConfig
 from fed_core.data.mnist import load_mnist, normalize
-from fed_core.encrypted_eval import classify_digit
+from fed_core.encrypted import Scheme, scheme_for
 from fed_core.engines import engine_for
 from fed_core.he.ckks import HeClient, HeServer
 from fed_core.job import TrainingJob
@@ -49,14 +49,14 @@ def thread_sched() -> tuple[float, float]:
     return int(cpu) / 1e9, int(wait) / 1e9
 
 
-def request(model, digit: torch.Tensor, scheme: str, keys: dict) -> dict:
+def request(model, digit: torch.Tensor, scheme: Scheme) -> dict:
     """One Classify press: the encrypted classification, then the chart of its probabilities serialised."""
     t0, (cpu0, rq0) = time.perf_counter(), thread_sched()
-    result = classify_digit(model, digit, scheme, **keys)
+    result = scheme.classify(model, digit)
     figure = go.Figure(go.Bar(x=list(range(10)), y=result.probabilities))
     figure.to_json()
     wall, (cpu, rq) = time.perf_counter() - t0, thread_sched()
-    return {"scheme": scheme, "wall": wall, "cpu": cpu - cpu0, "rq": rq - rq0}
+    return {"scheme": scheme.name, "wall": wall, "cpu": cpu - cpu0, "rq": rq - rq0}
 
 
 def scene(rounds: int, requests: int) -> dict:
@@ -67,7 +67,8 @@ def scene(rounds: int, requests: int) -> dict:
     test = load_mnist().test_images
     digits = [normalize(test[i : i + 1])[0] for i in range(requests)]
     client = HeClient()
-    keys = {"he": {"he_client": client, "he_server": HeServer(model, client.public_context)}, "mpc": {}}
+    server = HeServer(model, client.public_context)  # one visitor's keys, made once as the Draw page does
+    schemes = (scheme_for("he", keys=lambda _: (client, server)), scheme_for("mpc"))
     job = TrainingJob(engine_for(TrainConfig(rounds=rounds))).start() if rounds else None
     while job and not job.snapshot().history and not job.snapshot().finished:  # requests while rounds run
         time.sleep(0.2)
@@ -75,8 +76,7 @@ def scene(rounds: int, requests: int) -> dict:
     for i in range(requests):
         if job and job.snapshot().finished:
             break
-        scheme = ("he", "mpc")[i % 2]
-        rows.append(request(model, digits[i], scheme, keys[scheme]))
+        rows.append(request(model, digits[i], schemes[i % 2]))
         time.sleep(0.3)  # a visitor looks at the answer before drawing again
     if job is None:
         return {"rows": rows}

@@ -10,10 +10,16 @@ ROOT = Path(__file__).resolve().parent.parent
 APP_FILES = [ROOT / "app.py", *(ROOT / "pages").glob("*.py"), *ROOT.glob("ui/**/*.py"), *ROOT.glob("fed_core/**/*.py")]
 
 
+# The one script that sets PYTHONPATH, and why: not to import the project (that comes installed) but to load a
+# tracing sitecustomize into the Streamlit server it starts (bench/bench_load.py --trace).
+PROBE_LOADERS = {"bench/bench_load.py"}
+
+
 def test_bench_and_scripts_import_the_installed_package_without_path_edits():
     for path in [*(ROOT / "bench").glob("*.py"), *(ROOT / "scripts").glob("*.py"), *(ROOT / "devtools").glob("*.py")]:
         text = path.read_text()
-        assert "sys.path" not in text and "PYTHONPATH" not in text, path.relative_to(ROOT)
+        assert "sys.path" not in text, path.relative_to(ROOT)
+        assert "PYTHONPATH" not in text or str(path.relative_to(ROOT)) in PROBE_LOADERS, path.relative_to(ROOT)
         assert not {name.split(".")[0] for name in imports_of(path)} & {"tests", "browser_helpers", "quick_model"}
 
 

@@ -8,7 +8,7 @@ at once, so the server's child processes (MPC parties, HE workers) start untrace
 - ``run``: a script run (or fragment run) started and ended on its thread, with that thread's CPU and run-queue
   wait from /proc (Linux schedstat), so wall = CPU + run-queue wait + time blocked (on the GIL, or I/O);
 - ``finished``: the event loop queued a run's script_finished message for the browser;
-- ``classify``: fed_core.encrypted_eval.classify_digit, the same three parts;
+- ``classify``: fed_core.encrypted.base.Scheme.classify (every scheme's), the same three parts;
 - ``tick``: every 0.5 s, how late a 10 ms sleep woke up in a probe thread (the GIL and the run queue), minus its
   own run-queue wait, and each traced thread's CPU in that half-second (training, event loop).
 """
@@ -94,18 +94,18 @@ def patch_streamlit() -> None:
 
 
 def patch_classify() -> None:
-    import fed_core.encrypted_eval as encrypted_eval
+    from fed_core.encrypted.base import Scheme
 
-    if getattr(encrypted_eval.classify_digit, "traced", False):
+    if getattr(Scheme.classify, "traced", False):
         return
-    classify_digit = encrypted_eval.classify_digit
+    classify = Scheme.classify
 
-    def traced(model, image28, scheme="he", **kwargs):
-        with timed("classify", scheme=scheme):
-            return classify_digit(model, image28, scheme, **kwargs)
+    def traced(self, model, image28):
+        with timed("classify", scheme=self.name):
+            return classify(self, model, image28)
 
     traced.traced = True
-    encrypted_eval.classify_digit = traced
+    Scheme.classify = traced
 
 
 def ticks(period: float = 0.5, nap: float = 0.01) -> None:
