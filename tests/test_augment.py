@@ -6,7 +6,7 @@ import torch
 
 from fed_core.cli.train import register
 from fed_core.config import TrainConfig, estimate_seconds
-from fed_core.data.augment import FILLED, _dilated, _draw, _filled, _stroke_width, augmented
+from fed_core.data.augment import _dilated, augmented
 from fed_core.federation.trainer import BatchedTrainer
 from fed_core.models import new_model
 from fed_core.vocabulary import LocalSettings, flatten, model_params
@@ -43,32 +43,6 @@ def test_dilation_thickens_a_one_pixel_line():
     line[..., 14, 5:20] = 1.0
     assert _dilated(line, 2).sum() == 2 * 16  # two rows, one pixel longer
     assert _dilated(line, 3).sum() == 3 * 17  # three rows, one pixel longer at each end
-
-
-def rings(n: int) -> torch.Tensor:
-    """n copies of a square ring of ink, 2 px thick, around a 4x4 hole (as the top of a 4 or a loop of an 8)."""
-    ring = torch.zeros(n, 1, 28, 28)
-    ring[..., 10:18, 10:18] = 1.0
-    ring[..., 12:16, 12:16] = 0.0
-    return ring
-
-
-def test_filling_closes_a_small_loop_and_keeps_the_stroke_width():
-    ring = rings(1)
-    filled = _filled(ring)
-    assert filled[..., 12:16, 12:16].min() == 1.0  # the hole is gone
-    assert filled.sum() == 8 * 8  # the outline stayed where it was: no bolder stroke
-    # A 3x3 dilation alone (the boldest stroke change) leaves the hole open.
-    assert _dilated(ring, 3)[..., 13:15, 13:15].max() == 0.0
-
-
-def test_loops_are_filled_in_the_stated_share_of_images():
-    n = 4000
-    out = _stroke_width(rings(n), _draw(n, torch.Generator().manual_seed(0))[0])
-    hole_gone = out[..., 12:16, 12:16].flatten(1).min(1).values == 1.0
-    same_outline = out.flatten(1).sum(1) == 8 * 8
-    share = (hole_gone & same_outline).float().mean().item()
-    assert abs(share - FILLED) < 3 * (FILLED * (1 - FILLED) / n) ** 0.5
 
 
 def test_the_option_reaches_the_trainer_and_changes_the_update(tiny_data):

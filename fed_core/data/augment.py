@@ -6,10 +6,6 @@ same way for every engine, in one batched pass over the worker's images:
 - stroke width: a quarter of the images get a stroke about 1 px wider (a 2x2 dilation), a sixth about 2 px
   wider (3x3), a tenth thinner (a 2x2 erosion, half blended back so thin strokes do not vanish): the
   bold strokes of a finger or a wide brush, which MNIST's pens never made;
-- filled loops: a tenth of the images are closed by a 5x5 square (dilated, then eroded back to their
-  width), so holes and gaps up to 4 px across fill with ink, as a wide brush (60 px on the Draw page's
-  canvas, about 6 px at MNIST's scale) fills the top of a 4, an 8's loops or a 3's gaps: the page's
-  preprocessing redraws such a digit at MNIST's width, but it cannot bring the holes back;
 - a small affine change: rotation up to 12 degrees, shear up to 0.3 (17 degrees), scale 0.85 to 1.1 and a
   shift of up to 2 px;
 - elastic distortion on half of the images: a smooth random displacement field of the size Simard et al.
@@ -31,10 +27,8 @@ import torch.nn.functional as F
 SIDE = 28
 ROTATION_DEGREES, MAX_SHEAR, SCALE_RANGE, MAX_SHIFT_PX = 12.0, 0.3, (0.85, 1.1), 2.0
 ELASTIC_SHARE, ELASTIC_PX, ELASTIC_GRID = 0.5, 1.4, 5  # displacement std in px; its random grid's side
-# Shares of images whose strokes are thickened by a 2x2 / 3x3 dilation, whose loops are filled by a closing
-# with a FILL_SIZE square, or whose strokes are thinned by a 2x2 erosion.
-THICKER, THICKEST, FILLED, THINNER = 0.25, 1 / 6, 0.1, 0.1
-FILL_SIZE = 5  # odd, so the closing is symmetric: fills holes up to 4 px across
+# Shares of images whose strokes are thickened by a 2x2 / 3x3 dilation or thinned by a 2x2 erosion.
+THICKER, THICKEST, THINNER = 0.25, 1 / 6, 0.1
 CHUNK = 512  # images redrawn at once: about 20 MB of temporaries
 
 
@@ -82,24 +76,17 @@ def _draw(b: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _stroke_width(images: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
-    """Thicker, filled or thinner strokes for the images whose draw says so (each change made on those only)."""
+    """Thicker or thinner strokes for the images whose draw says so (each change made on those only)."""
     out = images.clone()
     changes = (
         (0.0, THICKER, lambda x: _dilated(x, 2)),
         (THICKER, THICKER + THICKEST, lambda x: _dilated(x, 3)),
-        (1 - THINNER - FILLED, 1 - THINNER, _filled),
         (1 - THINNER, 1.0, lambda x: torch.maximum(-_dilated(-x, 2), x * 0.5)),
     )
     for low, high, change in changes:
         chosen = torch.nonzero((choice >= low) & (choice < high)).flatten()
         out[chosen] = change(images[chosen])
     return out
-
-
-def _filled(images: torch.Tensor) -> torch.Tensor:
-    """Grey closing by a FILL_SIZE square: the dilation fills small holes and gaps, the erosion (a dilation of the
-    negative) gives the strokes back their width, so only the filling is learned, not yet another boldness."""
-    return -_dilated(-_dilated(images, FILL_SIZE), FILL_SIZE)
 
 
 def _dilated(images: torch.Tensor, size: int) -> torch.Tensor:
