@@ -98,13 +98,15 @@ def test_stop_reaches_the_serverapp_of_a_flwr_run_and_every_process_ends(mnist, 
         rounds.append(record.round)
         processes.extend(RecordingSuperLink.started[0].family())
         commands.extend(" ".join(p.cmdline()[:2]) for p in processes)
-        assert len(run.history) == 1 and run.model is not None
+        assert len(run.history) == record.round and run.model is not None
 
     with pytest.raises(TrainingStopped):
         engine_for(TrainConfig(engine="flower", **{**SMALL, "rounds": 5})).run(
             mnist, on_round=on_round, should_stop=lambda: bool(rounds)
         )
-    assert rounds == [1]  # the ServerApp saw Stop at its next check and ended the run there
+    # The ServerApp sees Stop at its next check: after round 1, or after round 2 if the replay of round 1 reached
+    # this process only while round 2 was already training (a loaded machine), never later.
+    assert rounds in ([1], [1, 2])
     assert any("flower-superlink" in c for c in commands) and any("flwr-simulation" in c for c in commands)
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in processes)
 

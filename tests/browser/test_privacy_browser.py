@@ -35,6 +35,7 @@ def test_a_run_with_both_defences_reports_epsilon(browser, app_url, screenshot_d
     page.set_number("Rounds", 2)
     page.click("Start")
     page.wait_text("Done:", timeout=600)
+    page.wait_text("spent so far")  # drawn after the status line: on a loaded machine, a moment later
     epsilon = float(re.search(r"spent so far: ε = ([\d.]+) \(PRV", page.text()).group(1))
     assert 0 < epsilon < 100
     page.wait_text("what each privacy setting cost")
