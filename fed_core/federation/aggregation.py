@@ -17,7 +17,7 @@ settings by ``privacy_for``); this module only asks it and runs the sums.
   expected number of workers. With ``dp_distributed`` the workers add it instead, as discrete Gaussian shares
   inside secure aggregation (distributed_dp.py), and the server never sees the sum without it. Those local
   statistics are not noised, so under client-level DP they are not released at all, not even as means; under
-  example-level DP each worker keeps them to itself (client.py).
+  example-level DP each worker keeps them to itself (trainer.py).
 * Example-level DP with ``dp_distributed`` is FedSGD: the workers send clipped gradient sums with noise shares
   and the server takes one central DP-SGD step with their total.
 """

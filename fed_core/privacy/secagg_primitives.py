@@ -50,7 +50,7 @@ MAX_COUNT = 2**16
 DELTA_BOUND = 2.0**12
 RING_BYTES = 8  # one uint64 per coordinate
 # The fewest updates whose sum reveals none of them: the sum of one is that update, and from a sum of two
-# each of the two workers reads the other's by subtracting its own. Checked by secagg.py and config.py.
+# each of the two workers reads the other's by subtracting its own. Checked by secagg.py and policy.py.
 MIN_SURVIVORS = 3
 KEY_BYTES = 32
 
