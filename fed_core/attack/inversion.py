@@ -268,7 +268,7 @@ def infer_labels(model: nn.Module, observed: ObservedUpdate, public: torch.Tenso
 def simulate_update(
     model: nn.Module, global_params: Params, x: torch.Tensor, labels: torch.Tensor, settings: LocalSettings
 ) -> torch.Tensor:
-    """The worker's local training replayed differentiably (same rule as client.BatchedTrainer).
+    """The worker's local training replayed differentiably (same rule as trainer.BatchedTrainer).
 
     SGD with momentum and a per-step gradient-norm clip, in batches taken in the given order every epoch
     (the worker's shuffling is not visible to the server; with one batch per epoch it does not matter).
