@@ -103,7 +103,7 @@ class OpacusRun:
 
 
 class OurRun:
-    """The project's DP-SGD (client.BatchedTrainer with ExampleDP: ghost_clip.py's norms and clipped sum)."""
+    """The project's DP-SGD (trainer.BatchedTrainer with ExampleDP: ghost_clip.py's norms and clipped sum)."""
 
     def __init__(self, data: Mnist, setting: Setting) -> None:
         self.net = new_model(MODEL, "default", setting.seed)

@@ -64,7 +64,7 @@ def test_psnr_and_ssim_agree_with_hand_computations():
     ],
 )
 def test_the_replayed_update_is_the_workers_update(mnist, count, settings):
-    """Momentum, clipping and several steps: the differentiable replay follows client.BatchedTrainer exactly."""
+    """Momentum, clipping and several steps: the differentiable replay follows trainer.BatchedTrainer exactly."""
     model, global_vector, images, labels, update = worker_update(mnist, count=count, settings=settings)
     params = unflatten(global_vector, model_params(model))
     replayed = simulate_update(model, params, normalize(images), labels, settings)
