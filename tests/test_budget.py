@@ -131,10 +131,10 @@ def test_the_batch_cap_comes_from_the_memory_budget_not_a_fixed_number():
     largest = largest_batch(dp_sgd, Budget())
     working = working_memory(dp_sgd, Budget())
     assert bytes_per_worker("crypto_cnn", largest) <= working < bytes_per_worker("crypto_cnn", largest + 1)
-    tight = Budget(training_memory_mb=60)
+    tight = Budget(training_memory_mb=40)
     problem = batch_problem(dp_sgd, tight)
     assert f"allows batch sizes up to {largest_batch(dp_sgd, tight):,}" in problem
-    assert "FEDMNIST_TRAINING_MEMORY_MB=60 MB" in problem
+    assert "FEDMNIST_TRAINING_MEMORY_MB=40 MB" in problem
     # The app's refusal names a batch size that fits, now above the old cap where the budget allows it.
     [refusal] = budget_problems(replace(dp_sgd, batch_size=60_000), Budget(run_seconds=10**9))
     batch = int(refusal.split("Batch size B to ")[1].split(",")[0].rstrip("."))

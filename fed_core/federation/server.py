@@ -120,7 +120,7 @@ class Evaluator:
         self.memory_budget_bytes = memory_budget_bytes
         self.model_name = config.model
         self.template = model_params(model)
-        self.x = normalize(data.test_images)
+        self.images = data.test_images  # uint8, normalised a chunk at a time: a float copy would hold 31 MB
         self.y = data.test_labels
         subset = torch.from_numpy(np.random.default_rng([config.seed, 0, 3]).permutation(len(self.y)))
         self.subset = subset[: config.contribution_subset]
@@ -129,7 +129,7 @@ class Evaluator:
     def evaluate(self, vector: torch.Tensor) -> tuple[float, float]:
         params = unflatten(vector, self.template)
         chunk = max(1, EVAL_CHUNK_BYTES // activation_bytes(self.model_name))
-        logits = torch.cat([functional_call(self.model, params, (xb,)) for xb in self.x.split(chunk)])
+        logits = torch.cat([functional_call(self.model, params, (normalize(xb),)) for xb in self.images.split(chunk)])
         return (logits.argmax(1) == self.y).float().mean().item(), F.cross_entropy(logits, self.y).item()
 
     @torch.no_grad()
@@ -137,7 +137,7 @@ class Evaluator:
         """Accuracy of each of K models [K, P] on the fixed subset, as many models at once as the budget holds."""
         per_model = len(self.subset) * activation_bytes(self.model_name) + 4 * vectors.shape[1]
         chunk = max(1, self.memory_budget_bytes // per_model)
-        x, y = self.x[self.subset], self.y[self.subset]
+        x, y = normalize(self.images[self.subset]), self.y[self.subset]
         forward = vmap(lambda p: functional_call(self.model, p, (x,)))
         accuracies = []
         for part in vectors.split(chunk):

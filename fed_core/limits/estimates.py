@@ -19,7 +19,6 @@ from fed_core.models import MODELS
 # is one image through one model without gradients, measured on the 2-core machine from the growth of peak RSS
 # (one torch thread); ``python bench/bench_app.py estimator`` compares the estimate with whole runs.
 BYTES_PER_SCORED_EXAMPLE = {"crypto_cnn": 4_200, "relu_cnn": 120_000, "fedavg_cnn": 240_000}
-TEST_SET_BYTES = 10_000 * 28 * 28 * 4  # the normalised test set the evaluator keeps
 
 
 @functools.cache
@@ -33,8 +32,8 @@ def sampled_workers(config: TrainConfig) -> int:
 
 
 def held_bytes(config: TrainConfig) -> int:
-    """What a run holds whatever it does: the normalised test set, and the round's updates with their average."""
-    return TEST_SET_BYTES + 2 * sampled_workers(config) * 4 * _parameters(config.model)
+    """What a run holds whatever it does: the round's updates with their average."""
+    return 2 * sampled_workers(config) * 4 * _parameters(config.model)
 
 
 def working_memory(config: TrainConfig, budget: Budget | None = None) -> int:
