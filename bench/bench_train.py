@@ -2,7 +2,7 @@
 
 python bench/bench_train.py                 # default run, centralized reference, scale, page rerun
 python bench/bench_train.py --only scale    # one part: default, reference, scale, rerun, paper-round, memory,
-                                            # allocator, threads, stacked
+                                            # allocator, threads, stacked, evaluate
 Every row prints its wall time, CPU time (user and sys) and peak resident memory together (bench/usage.py).
 The FedAvg paper setting to 99% (rounds and curves): bench/bench_paper.py.
 """
@@ -20,17 +20,20 @@ import psutil
 import torch
 import torch.nn.functional as F
 from bench_paper import PAPER
+from torch.func import functional_call
 from usage import measured, run_measured
 
 from fed_core.config import TrainConfig
 from fed_core.data.mnist import load_mnist, normalize
 from fed_core.engines import engine_for
-from fed_core.federation.trainer import bytes_per_worker, workers_per_group
+from fed_core.federation.server import Evaluator
+from fed_core.federation.trainer import EVAL_CHUNK_BYTES, activation_bytes, bytes_per_worker, workers_per_group
 from fed_core.limits.budget import MB, env_name
 from fed_core.limits.estimates import estimate_run_bytes, working_memory
 from fed_core.limits.memory import CHOSEN, ENV
 from fed_core.limits.threads import ENV as THREADS_ENV
 from fed_core.models import new_model
+from fed_core.vocabulary import flatten, model_params, unflatten
 
 THRESHOLDS = (0.97, 0.98)
 
@@ -255,6 +258,31 @@ def bench_stacked(repeats: int = 2) -> None:
                 print(f"{model}, {k} workers x B={b} | {way:>7} | {out.strip()} | process: {usage}", flush=True)
 
 
+def bench_evaluate(repeats: int = 10) -> None:
+    """The evaluator on the 10,000 test images: uint8, normalised a chunk at a time (the server's way), against
+    the float copy of the whole set it held before (31 MB), in the same process, interleaved."""
+    data = load_mnist()
+    config = TrainConfig()
+    model = new_model(config.model, config.init, config.seed)
+    evaluator, vector = Evaluator(model, data, config), flatten(model_params(model))
+    held = normalize(data.test_images)
+    chunk = EVAL_CHUNK_BYTES // activation_bytes(config.model)
+
+    def from_float_copy() -> torch.Tensor:
+        params = unflatten(vector, evaluator.template)
+        with torch.no_grad():
+            return torch.cat([functional_call(model, params, (xb,)) for xb in held.split(chunk)])
+
+    print(f"== evaluate: crypto_cnn on 10,000 test images, {repeats} times each, interleaved, 1 thread")
+    cpu = {"uint8, normalised per chunk": 0.0, f"float copy held ({held.nbytes / MB:.0f} MB)": 0.0}
+    for _ in range(repeats):
+        for label, work in zip(cpu, (lambda: evaluator.evaluate(vector), from_float_copy)):
+            started = time.process_time()
+            work()
+            cpu[label] += time.process_time() - started
+    print(" | ".join(f"{label}: {1000 * seconds / repeats:.0f} ms CPU" for label, seconds in cpu.items()))
+
+
 PARTS = {
     "default": bench_default,
     "reference": bench_reference,
@@ -265,6 +293,7 @@ PARTS = {
     "allocator": bench_allocator,
     "threads": bench_threads,
     "stacked": bench_stacked,
+    "evaluate": bench_evaluate,
 }
 
 
