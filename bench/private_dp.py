@@ -84,10 +84,11 @@ class ExampleSetting:
     schedule: str = "constant"  # the learning rate round by round (schedules.py)
     ema: float = 0.0  # decay of the average of the global weights, round by round (0: the last weights)
     init: str = "default"  # models.INIT_METHODS
-    # crypto_cnn trained as models.FoldableCryptoCNN: activation act_a x^2 + act_b x, fc1 of rank `rank` (0: full);
-    # the average is folded into a plain CryptoCNN, which is what is scored.
+    # crypto_cnn trained as models.FoldableCryptoCNN: activation act_a x^2 + act_b x, the image times input_scale,
+    # fc1 of rank `rank` (0: full); the average is folded into a plain CryptoCNN, which is what is scored.
     act_a: float = 1.0
     act_b: float = 0.0
+    input_scale: float = 1.0
     rank: int = 0
     shrink: float = 0.0  # weight decay: the global weights times (1 - shrink) after each round
 
@@ -166,11 +167,11 @@ def example_level(
 
 
 def training_model(setting: ExampleSetting, seed: int) -> nn.Module:
-    """The setting's model, initialised; crypto_cnn with another activation or a factored fc1 as FoldableCryptoCNN."""
+    """The setting's model, initialised; crypto_cnn reparametrised (see ExampleSetting) as a FoldableCryptoCNN."""
     activation = Quadratic(setting.act_a, setting.act_b)
-    if setting.model != "crypto_cnn" or (activation, setting.rank) == (Quadratic(), 0):
+    if setting.model != "crypto_cnn" or (activation, setting.rank, setting.input_scale) == (Quadratic(), 0, 1):
         return new_model(setting.model, setting.init, seed)
-    model = FoldableCryptoCNN(activation, setting.rank)
+    model = FoldableCryptoCNN(activation, setting.rank, setting.input_scale)
     init_weights(model, setting.init, torch.Generator().manual_seed(seed))
     return model
 

@@ -57,23 +57,35 @@ class Quadratic:
 class FoldableCryptoCNN(nn.Module):
     """CryptoCNN's function, parametrised for training: it exports exactly as a CryptoCNN (:meth:`fold`).
 
-    Two changes of parametrisation, both folded away on export, so MPC and CKKS run the
-    result unchanged:
+    Changes of parametrisation, all folded away on export, so MPC and CKKS run the result
+    unchanged:
 
     * ``activation``: any quadratic a x^2 + b x + c = a (x + h)^2 + k, so the shift h joins
       the bias of the layer before, the factor a the weights of the layer after, and the
       constant k (times those weights) that layer's bias;
+    * ``input_scale`` s: the convolution reads s times the image (no padding: its weights
+      times s are the exported ones);
     * ``rank`` r > 0: fc1 as a product of a 512 -> r and an r -> 128 layer, whose product is
       fc1's weight.
 
-    Neither changes what the network can compute (rank aside); they change the scale of each
+    None changes what the network can compute (rank aside); they change the scale of each
     layer's gradients and how many parameters there are, hence how DP-SGD's per-example
-    clipping and its fixed noise fall on the model.
+    clipping and its fixed noise fall on the model: a layer whose weights are used times s
+    gets gradients s times larger, so after clipping its steps grow as s^2 and its noise only
+    as s.
     """
 
-    def __init__(self, activation: Quadratic, rank: int = 0, channels: int = 8, hidden: int = 128) -> None:
+    def __init__(
+        self,
+        activation: Quadratic,
+        rank: int = 0,
+        input_scale: float = 1.0,
+        channels: int = 8,
+        hidden: int = 128,
+    ) -> None:
         super().__init__()
         self.activation = activation
+        self.input_scale = input_scale
         self.conv = nn.Conv2d(1, channels, kernel_size=7, stride=3)
         width = channels * 8 * 8
         self.fc1 = (
@@ -84,7 +96,7 @@ class FoldableCryptoCNN(nn.Module):
         self.fc2 = nn.Linear(hidden, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.activation(self.conv(x))
+        x = self.activation(self.conv(self.input_scale * x))
         x = self.activation(self.fc1(x.flatten(1)))
         return self.fc2(x)
 
@@ -92,7 +104,7 @@ class FoldableCryptoCNN(nn.Module):
     def fold(self) -> CryptoCNN:
         """The CryptoCNN computing the same function (computed in float64, stored in float32)."""
         h, k = self.activation.as_square()
-        conv_w, conv_b = self.conv.weight.double(), self.conv.bias.double()
+        conv_w, conv_b = self.input_scale * self.conv.weight.double(), self.conv.bias.double()
         if isinstance(self.fc1, nn.Linear):
             fc1_w, fc1_b = self.fc1.weight.double(), self.fc1.bias.double()
         else:

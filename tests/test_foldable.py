@@ -21,8 +21,8 @@ from fed_core.models import (
 ACTIVATIONS = [Quadratic(), Quadratic(0.25), Quadratic(0.1, 1.0), Quadratic(-0.5, 0.3, 2.0)]
 
 
-def foldable(activation: Quadratic, rank: int = 0, seed: int = 0) -> FoldableCryptoCNN:
-    model = FoldableCryptoCNN(activation, rank)
+def foldable(activation: Quadratic, rank: int = 0, input_scale: float = 1.0, seed: int = 0) -> FoldableCryptoCNN:
+    model = FoldableCryptoCNN(activation, rank, input_scale)
     init_weights(model, "default", torch.Generator().manual_seed(seed))
     return model
 
@@ -33,9 +33,9 @@ def logits64(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-@pytest.mark.parametrize("rank", [0, 16])
-def test_the_folded_cryptocnn_computes_the_trained_models_logits(activation, rank):
-    model = foldable(activation, rank)
+@pytest.mark.parametrize(("rank", "input_scale"), [(0, 1.0), (16, 1.0), (0, 3.0)])
+def test_the_folded_cryptocnn_computes_the_trained_models_logits(activation, rank, input_scale):
+    model = foldable(activation, rank, input_scale)
     x = normalize(load_mnist().test_images[:256])
     folded = model.fold()
     assert type(folded) is CryptoCNN and is_encryptable(folded)
