@@ -84,6 +84,7 @@ class ExampleSetting:
     schedule: str = "constant"  # the learning rate round by round (schedules.py)
     ema: float = 0.0  # decay of the average of the global weights, round by round (0: the last weights)
     init: str = "default"  # models.INIT_METHODS
+    seed: int = 0  # of the initial weights and the partition (DP-SGD's batches and noise are never seeded)
     # crypto_cnn trained as models.FoldableCryptoCNN: activation act_a x^2 + act_b x, the image times input_scale,
     # fc1 of rank `rank` (0: full); the average is folded into a plain CryptoCNN, which is what is scored.
     act_a: float = 1.0
@@ -118,18 +119,16 @@ RECIPE_SWEEP: tuple[dict, ...] = (
 BEST_RECIPE = {"batch_size": 4096, "rounds": 40, "lr": 4.0, "ema": 0.9}
 
 
-def example_level(
-    data: Mnist, epsilon: float, setting: ExampleSetting, seed: int = 0, save: Path | None = None
-) -> float:
+def example_level(data: Mnist, epsilon: float, setting: ExampleSetting, save: Path | None = None) -> float:
     """Test accuracy after federated DP-SGD at ``epsilon``; prints the run's figures; ``save``: the released model."""
-    shards = partition_iid(len(data.train_labels), setting.workers, np.random.default_rng([seed, 0, 2]))
+    shards = partition_iid(len(data.train_labels), setting.workers, np.random.default_rng([setting.seed, 0, 2]))
     plan = poisson_plan(len(shards[0]), setting.batch_size, epochs=1)
     noise = noise_for(epsilon, plan.sample_rate, plan.steps * setting.rounds)
     dp = ExampleDP(setting.clip, noise)
     local = LocalSettings(  # clip_norm is unused under DP-SGD: the per-example clip replaces it
         setting.model, 1, setting.batch_size, setting.lr, setting.momentum, 1.0, dp_clip=dp.clip, dp_noise=noise
     )
-    model = training_model(setting, seed)
+    model = training_model(setting)
     accountant = ExampleAccountant(dp, setting.batch_size, local.epochs, DELTA)
     evaluator = Evaluator(model, data, TrainConfig(model=setting.model, contribution_subset=0))
     vector, workers = flatten(model_params(model)), list(range(setting.workers))
@@ -166,13 +165,13 @@ def example_level(
     return accuracy
 
 
-def training_model(setting: ExampleSetting, seed: int) -> nn.Module:
+def training_model(setting: ExampleSetting) -> nn.Module:
     """The setting's model, initialised; crypto_cnn reparametrised (see ExampleSetting) as a FoldableCryptoCNN."""
     activation = Quadratic(setting.act_a, setting.act_b)
     if setting.model != "crypto_cnn" or (activation, setting.rank, setting.input_scale) == (Quadratic(), 0, 1):
-        return new_model(setting.model, setting.init, seed)
+        return new_model(setting.model, setting.init, setting.seed)
     model = FoldableCryptoCNN(activation, setting.rank, setting.input_scale)
-    init_weights(model, setting.init, torch.Generator().manual_seed(seed))
+    init_weights(model, setting.init, torch.Generator().manual_seed(setting.seed))
     return model
 
 
