@@ -91,6 +91,7 @@ class ExampleSetting:
     act_b: float = 0.0
     input_scale: float = 1.0
     rank: int = 0
+    multiplicity: int = 0  # augmentation (data/augment.py) with each gradient the mean of this many copies (0: off)
     shrink: float = 0.0  # weight decay: the global weights times (1 - shrink) after each round
 
 
@@ -126,7 +127,16 @@ def example_level(data: Mnist, epsilon: float, setting: ExampleSetting, save: Pa
     noise = noise_for(epsilon, plan.sample_rate, plan.steps * setting.rounds)
     dp = ExampleDP(setting.clip, noise)
     local = LocalSettings(  # clip_norm is unused under DP-SGD: the per-example clip replaces it
-        setting.model, 1, setting.batch_size, setting.lr, setting.momentum, 1.0, dp_clip=dp.clip, dp_noise=noise
+        setting.model,
+        1,
+        setting.batch_size,
+        setting.lr,
+        setting.momentum,
+        1.0,
+        dp_clip=dp.clip,
+        dp_noise=noise,
+        augment=setting.multiplicity > 0,
+        augment_multiplicity=max(1, setting.multiplicity),
     )
     model = training_model(setting)
     accountant = ExampleAccountant(dp, setting.batch_size, local.epochs, DELTA)
