@@ -97,6 +97,7 @@ class ExampleSetting:
 
 # Central DP-SGD (one worker holding the 60k images), the reference the recipe starts from: 600 steps at q = 1/30.
 CENTRAL = replace(ExampleSetting(), workers=1, momentum=0.0)
+PREVIOUS_BEST = {"batch_size": 4096, "rounds": 40, "lr": 4.0, "ema": 0.9}
 # Every central variant measured at epsilon 3 (--recipe sweep), each a change from CENTRAL; the README quotes them.
 RECIPE_SWEEP: tuple[dict, ...] = (
     {},
@@ -115,9 +116,42 @@ RECIPE_SWEEP: tuple[dict, ...] = (
     {"batch_size": 8192, "rounds": 80, "lr": 8.0, "ema": 0.8},
     {"batch_size": 8192, "rounds": 80, "lr": 4.0, "ema": 0.8},
     {"batch_size": 8192, "rounds": 80, "lr": 4.0, "ema": 0.9},
+    *(  # From the previous best (96.72, 96.25, 96.63; 96.39, 96.02 and seeds 1, 2: 96.43, 96.82% on 7-8 Dec):
+        {**PREVIOUS_BEST, **change}
+        for change in (
+            # The parametrisation of crypto_cnn (models.FoldableCryptoCNN), folded into a CryptoCNN to score:
+            {"act_a": 0.5},  # 96.76%
+            {"act_a": 0.25},  # 96.35%
+            {"act_a": 2.0},  # 96.20%
+            {"act_a": 0.1, "act_b": 1.0},  # 96.53%: nearly linear at first
+            {"act_a": 0.25, "act_b": 1.0},  # 96.53%
+            {"act_a": 0.125, "act_b": 0.5},  # 96.15%: the ReLU approximation of the HE literature
+            {"rank": 64},  # 96.82%: fc1 as 512 -> 64 -> 128, 41k weights instead of 66k
+            {"rank": 32},  # 96.63%
+            {"rank": 32, "lr": 8.0},  # 10.8%: does not learn
+            {"rank": 16},  # 11.1%: does not learn
+            {"clip": 0.1, "lr": 40.0},  # 96.36%: every example clipped, the same step
+            {"momentum": 0.5, "lr": 2.0},  # 96.05% (the velocity restarts every round, 15 steps)
+            # Weight decay once a round: without it the noise makes fc1's weights a random walk (norm 6.5 -> 17).
+            {"shrink": 0.02},  # 96.95% (fc1's norm ends at 11)
+            {"shrink": 0.05},  # 96.85%
+            {"shrink": 0.02, "act_a": 0.5},  # the best: 97.46, 97.02, seeds 1 and 2: 97.23, 97.28%
+            {"shrink": 0.05, "act_a": 0.5},  # 96.88%
+            {"shrink": 0.02, "act_a": 0.25},  # 96.58%
+            {"shrink": 0.02, "act_a": 0.5, "act_b": 0.5},  # 96.96%
+            {"shrink": 0.02, "act_a": 0.5, "input_scale": 0.5},  # 96.31%
+            {"shrink": 0.02, "act_a": 0.5, "input_scale": 2.0},  # 96.72%
+            {"shrink": 0.02, "act_a": 0.5, "input_scale": 4.0},  # 96.50%
+            {"shrink": 0.02, "act_a": 0.5, "lr": 6.0},  # 96.17%
+            {"shrink": 0.02, "act_a": 0.5, "clip": 4.0, "lr": 1.0},  # 96.58%
+            {"shrink": 0.02, "act_a": 0.5, "ema": 0.95},  # 96.79%
+            {"shrink": 0.02, "act_a": 0.5, "rounds": 80},  # 96.81%: 1,200 steps need z = 3.34
+        )
+    ),
 )
-# --recipe: 96.72, 96.25, 96.63% in three runs (B 8,192, 80 epochs, lr 4, average 0.8: 96.67, 96.60% at twice the time).
-BEST_RECIPE = {"batch_size": 4096, "rounds": 40, "lr": 4.0, "ema": 0.9}
+# --recipe: 97.46, 97.02% and seeds 1, 2: 97.23, 97.28% (the previous best beside them: 96.39, 96.02, 96.43, 96.82%).
+# With little noise the previous best levels off too: 96.83% at epsilon 8, 97.65% at epsilon 30.
+BEST_RECIPE = {**PREVIOUS_BEST, "shrink": 0.02, "act_a": 0.5}
 
 
 def example_level(data: Mnist, epsilon: float, setting: ExampleSetting, save: Path | None = None) -> float:
