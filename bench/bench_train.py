@@ -2,7 +2,7 @@
 
 python bench/bench_train.py                 # default run, centralized reference, scale, page rerun
 python bench/bench_train.py --only scale    # one part: default, reference, scale, rerun, paper-round, memory,
-                                            # allocator, threads
+                                            # allocator, threads, stacked
 Every row prints its wall time, CPU time (user and sys) and peak resident memory together (bench/usage.py).
 The FedAvg paper setting to 99% (rounds and curves): bench/bench_paper.py.
 """
@@ -237,6 +237,24 @@ def bench_threads() -> None:
             print(f"{label} | {threads} thread(s) | {usage} | {out.strip().splitlines()[-1]}", flush=True)
 
 
+STACKED_SHAPES = (("crypto_cnn", 5, 128), ("crypto_cnn", 80, 32), ("relu_cnn", 5, 128), ("fedavg_cnn", 10, 50))
+
+
+def bench_stacked(repeats: int = 2) -> None:
+    """The trainer's stacked pass against torch.func's vmap, the pass it replaced, in fresh processes, interleaved.
+
+    Each process builds K workers' models and times 40 gradient steps (bench/stacked_pass.py); its peak RSS
+    includes what its imports keep resident (torch._dynamo, for vmap's gradients).
+    """
+    print("== stacked gradients: the trainer's plain-autograd pass vs torch.func's vmap, fresh processes, 1 thread")
+    for model, k, b in STACKED_SHAPES:
+        for _ in range(repeats):
+            for way in ("vmap", "stacked"):
+                args = ["bench/stacked_pass.py", way, model, str(k), str(b)]
+                usage, out = run_measured(args, {"OMP_NUM_THREADS": "1"})
+                print(f"{model}, {k} workers x B={b} | {way:>7} | {out.strip()} | process: {usage}", flush=True)
+
+
 PARTS = {
     "default": bench_default,
     "reference": bench_reference,
@@ -246,10 +264,11 @@ PARTS = {
     "memory": bench_memory,
     "allocator": bench_allocator,
     "threads": bench_threads,
+    "stacked": bench_stacked,
 }
 
 
-LONG_PARTS = ("paper-round", "memory", "allocator", "threads")
+LONG_PARTS = ("paper-round", "memory", "allocator", "threads", "stacked")
 
 
 def main() -> None:

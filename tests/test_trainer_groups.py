@@ -1,5 +1,8 @@
 """The trainer's fast paths give the reference results: grouped convolutions, memory groups, chunked scoring."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,15 +10,15 @@ import torch.nn.functional as F
 from fed_core.config import TrainConfig
 from fed_core.data.mnist import normalize
 from fed_core.federation.server import Evaluator
+from fed_core.federation.stacked import stacked_logits
 from fed_core.federation.trainer import (
     BatchedTrainer,
     activation_bytes,
     bytes_per_worker,
     epoch_orders,
-    grouped_pooling_logits,
     workers_per_group,
 )
-from fed_core.models import new_model
+from fed_core.models import MODELS, new_model
 from fed_core.vocabulary import LocalSettings, flatten, model_params, unflatten
 
 
@@ -33,13 +36,12 @@ def train_alone(model_name: str, settings: LocalSettings, data, shard: torch.Ten
     return flatten(model_params(model)) - start
 
 
-@pytest.mark.parametrize("model_name", ["fedavg_cnn", "relu_cnn"])
-def test_grouped_pass_equals_each_worker_trained_alone(tiny_data, model_name):
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_stacked_pass_equals_each_worker_trained_alone(tiny_data, model_name):
     """Unequal shards, momentum and clipping that bites: every worker matches its own plain-torch run."""
     settings = LocalSettings(model_name, epochs=2, batch_size=10, lr=0.05, momentum=0.5, clip_norm=0.5)
     model = new_model(model_name, "default", seed=0)
     trainer = BatchedTrainer(model, tiny_data.train_images, tiny_data.train_labels, settings)
-    assert trainer.grouped
     shards = [torch.arange(0, 30), torch.arange(30, 45), torch.arange(45, 70)]
     updates = trainer.train(flatten(model_params(model)), [0, 1, 2], shards, seeds=[4, 5, 6])
     for update, shard, seed in zip(updates, shards, [4, 5, 6]):
@@ -47,12 +49,35 @@ def test_grouped_pass_equals_each_worker_trained_alone(tiny_data, model_name):
     assert [u.local_steps for u in updates] == [6, 4, 6]
 
 
-def test_grouped_logits_equal_the_module_on_each_worker(tiny_data):
-    models = [new_model("fedavg_cnn", "default", seed=s) for s in range(3)]
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_stacked_logits_equal_the_module_on_each_worker(tiny_data, model_name):
+    models = [new_model(model_name, "default", seed=s) for s in range(3)]
     x = normalize(tiny_data.train_images[:12]).view(3, 4, 1, 28, 28)
-    logits = grouped_pooling_logits(models[0], [model_params(m) for m in models], x)
+    stacked = {name: torch.stack([model_params(m)[name] for m in models]) for name in model_params(models[0])}
+    logits = stacked_logits(models[0], stacked, x)
     for i, m in enumerate(models):
         assert torch.allclose(logits[i], m(x[i]), atol=1e-5)
+
+
+def test_training_keeps_torch_dynamo_out_of_the_process():
+    """torch.func's gradients import torch._dynamo (about 156 MB resident); the trainer's plain autograd does not."""
+    script = (
+        "import sys, torch\n"
+        "from fed_core.config import TrainConfig\n"
+        "from fed_core.data.mnist import Mnist\n"
+        "from fed_core.engines import engine_for\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "images = lambda n: torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=g)\n"
+        "labels = lambda n: torch.arange(n) % 10\n"
+        "data = Mnist(images(300), labels(300), images(100), labels(100))\n"
+        "for dp in ('none', 'example'):\n"
+        "    config = TrainConfig(workers=3, rounds=1, train_size=300, contribution_subset=100, dp=dp)\n"
+        "    engine_for(config).run(data)\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("model_name", ["crypto_cnn", "fedavg_cnn"])

@@ -1,7 +1,7 @@
 """A data owner's warm worker: a long-lived process that runs one fixed training function, nothing else.
 
-A fresh Python process pays about 4 s before it trains (import torch, then torch.func's first gradient
-imports torch._dynamo). The syft engine's owners therefore keep a few of these processes running
+A fresh Python process pays seconds before it trains (import torch, fed_core's trainer, the first gradient's
+kernels). The syft engine's owners therefore keep a few of these processes running
 (:mod:`fed_core.engines.syft_warm_pool`) and hand them their approved jobs::
 
     python -m fed_core.engines.syft_warm_worker crypto_cnn

@@ -1,18 +1,14 @@
 """Worker side: each sampled worker trains the global model on its own shard only.
 
 All workers of a round train at once: their models are stacked along a leading
-"worker" dimension and one ``torch.func.vmap`` step updates every worker with
-its own batch. That keeps the cost of a round proportional to the examples
-trained, not to the number of workers (no per-worker model copies, no Python
-loop over workers). Shards of unequal size are padded and masked: a worker
-whose epoch is over stops moving while the others finish theirs.
-
-The pooling CNNs (relu_cnn, fedavg_cnn) skip vmap for one explicit pass that is
-faster on CPU: each convolution of all workers is one grouped convolution
-(groups = workers), and the linear layers run per worker (a batched matmul over
-workers is slower there than one matmul each). The optimizer updates every
-worker's tensors with a few ``torch._foreach`` calls instead of one pass per
-arithmetic operation. Sampled workers are trained in groups that fit a memory
+"worker" dimension and one step updates every worker with its own batch: one
+forward pass of all of them (stacked.py: each convolution of all workers is one
+grouped convolution), one backward pass, and a few ``torch._foreach`` calls for
+the optimizer instead of one pass per arithmetic operation. That keeps the cost
+of a round proportional to the examples trained, not to the number of workers
+(no per-worker model copies, no Python loop over workers). Shards of unequal
+size are padded and masked: a worker whose epoch is over stops moving while the
+others finish theirs. Sampled workers are trained in groups that fit a memory
 budget (:func:`bytes_per_worker`); each group is one such pass, and a worker's
 result does not depend on which group it is in.
 
@@ -34,11 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad_and_value, vmap
 
 from fed_core.data.augment import augmented
 from fed_core.data.mnist import MEAN, STD, normalize
-from fed_core.models import PoolingCNN, build_model
+from fed_core.federation.stacked import stacked_logits
+from fed_core.models import build_model
 from fed_core.privacy.dp import ExampleDP, SecureRandom, poisson_batches, poisson_plan
 from fed_core.privacy.ghost_clip import GhostClipper
 from fed_core.vocabulary import (
@@ -110,28 +106,6 @@ def workers_per_group(model_name: str, batch_size: int, memory_budget_bytes: int
     return max(1, memory_budget_bytes // bytes_per_worker(model_name, batch_size))
 
 
-def grouped_pooling_logits(model: PoolingCNN, workers: list[Params], x: torch.Tensor) -> torch.Tensor:
-    """PoolingCNN.forward for K workers at once: x [K, B, 1, 28, 28] -> logits [K, B, 10].
-
-    The workers' channels sit side by side ([B, K * C, H, W], channels-last in memory), so each
-    convolution of all workers is one convolution with groups=K; the linear layers run per worker.
-    """
-    k, b = x.shape[:2]
-    # Channels-last: oneDNN's grouped convolution and max-pooling are several times faster on it than on NCHW.
-    h = x.transpose(0, 1).reshape(b, k * x.shape[2], *x.shape[3:]).contiguous(memory_format=torch.channels_last)
-    for name in ("conv1", "conv2"):
-        weight = torch.cat([w[f"{name}.weight"] for w in workers])
-        bias = torch.cat([w[f"{name}.bias"] for w in workers])
-        h = F.max_pool2d(F.relu(F.conv2d(h, weight, bias, padding=getattr(model, name).padding, groups=k)), 2)
-    h = h.reshape(b, k, -1).transpose(0, 1)
-    return torch.stack(
-        [
-            F.linear(F.relu(F.linear(h[i], w["fc1.weight"], w["fc1.bias"])), w["fc2.weight"], w["fc2.bias"])
-            for i, w in enumerate(workers)
-        ]
-    )
-
-
 class BatchedTrainer:
     """Trains many workers of one model at once, in groups that fit ``memory_budget_bytes``; reused across rounds."""
 
@@ -153,18 +127,8 @@ class BatchedTrainer:
         self.template = model_params(model)
         self.num_params = sum(p.numel() for p in self.template.values())
         self.group_size = workers_per_group(settings.model, settings.batch_size, memory_budget_bytes)
-        self.grouped = isinstance(model, PoolingCNN)  # the explicit grouped pass instead of vmap
-        self._grad_step = vmap(grad_and_value(self._batch_loss))
-        self._forward = vmap(self._logits)
         self._clipper = GhostClipper(model) if self.dp else None
         self._rng = SecureRandom() if self.dp else None
-
-    def _logits(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.model, params, (x,))
-
-    def _batch_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        losses = F.cross_entropy(self._logits(params, x), y, reduction="none")
-        return (losses * mask).sum() / mask.sum().clamp(min=1)
 
     def train(
         self,
@@ -262,17 +226,12 @@ class BatchedTrainer:
     def _gradients(
         self, params: Params, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
     ) -> tuple[WorkerTensors, torch.Tensor]:
-        """Each worker's gradient of its masked mean batch loss, and that loss [K]."""
-        if not self.grouped:
-            grads, losses = self._grad_step(params, x, y, mask)
-            return per_worker(grads), losses
-        leaves = [{name: p[i].detach().requires_grad_() for name, p in params.items()} for i in range(len(x))]
-        logits = grouped_pooling_logits(self.model, leaves, x)
-        examples = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(mask)
-        losses = (examples * mask).sum(1) / mask.sum(1).clamp(min=1)
-        grads = torch.autograd.grad(losses.sum(), [p for leaf in leaves for p in leaf.values()])
-        width = len(self.template)
-        return [list(grads[i : i + width]) for i in range(0, len(grads), width)], losses.detach()
+        """Each worker's gradient of its masked mean batch loss, and that loss [K] (stacked.py: why plain autograd)."""
+        leaves = {name: p.detach().requires_grad_() for name, p in params.items()}
+        examples = F.cross_entropy(stacked_logits(self.model, leaves, x).flatten(0, 1), y.flatten(), reduction="none")
+        losses = (examples.view_as(mask) * mask).sum(1) / mask.sum(1).clamp(min=1)
+        grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
+        return per_worker(dict(zip(leaves, grads))), losses.detach()
 
     def _add_proximal(self, grads: WorkerTensors, params: Params, global_vector: torch.Tensor) -> None:
         """FedProx: the gradient of mu/2 ||w - w_global||^2, mu (w - w_global), added to each worker's gradient."""
@@ -416,19 +375,12 @@ class BatchedTrainer:
         mask = (probe >= 0).float()
         y = self.labels[probe.clamp(min=0)]
         with torch.no_grad():  # images gathered a chunk at a time: all workers' probes at once would not be small
-            logits = torch.cat(
-                [self._stacked_logits(params, self._gather(part)[0]) for part in probe.split(SCORE_CHUNK, dim=1)], dim=1
-            )
+            parts = probe.split(SCORE_CHUNK, dim=1)
+            logits = torch.cat([stacked_logits(self.model, params, self._gather(part)[0]) for part in parts], dim=1)
         losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(mask)
         correct = (logits.argmax(-1) == y).float()
         count = mask.sum(1).clamp(min=1)
         return (losses * mask).sum(1) / count, (correct * mask).sum(1) / count
-
-    def _stacked_logits(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        """Every worker's logits on its own examples: x [K, B, 1, 28, 28] -> [K, B, 10]."""
-        if self.grouped:
-            return grouped_pooling_logits(self.model, [dict(zip(params, row)) for row in per_worker(params)], x)
-        return self._forward(params, x)
 
     def _gather(
         self, index: torch.Tensor, augmenters: list[torch.Generator] | None = None
