@@ -146,10 +146,18 @@ RECIPE_SWEEP: tuple[dict, ...] = (
             {"shrink": 0.02, "act_a": 0.5, "clip": 4.0, "lr": 1.0},  # 96.58%
             {"shrink": 0.02, "act_a": 0.5, "ema": 0.95},  # 96.79%
             {"shrink": 0.02, "act_a": 0.5, "rounds": 80},  # 96.81%: 1,200 steps need z = 3.34
+            # Seed 3 (the best recipe there: 97.11%) and later seeds: within the runs' spread of about 0.2 points.
+            {"shrink": 0.03, "act_a": 0.5},  # 97.22% (seed 3)
+            {"shrink": 0.02, "act_a": 0.7},  # 97.40% (seed 3)
+            {"shrink": 0.02, "act_a": 0.5, "rank": 64},  # 97.39% (seed 3)
+            {"shrink": 0.02, "act_a": 0.5, "lr": 3.0},  # 97.06% (seed 3)
+            {"shrink": 0.02, "act_a": 0.7, "rank": 64},  # 97.16% (seed 5)
         )
     ),
 )
-# --recipe: 97.46, 97.02% and seeds 1, 2: 97.23, 97.28% (the previous best beside them: 96.39, 96.02, 96.43, 96.82%).
+# --recipe: 97.46, 97.02% and seeds 1 to 4: 97.23, 97.28, 97.11, 97.25% (mean 97.23%; the previous best beside them:
+# 96.39, 96.02% and seeds 1, 2: 96.43, 96.82%, mean 96.42%). Folded, it runs under MPC as in plaintext (seed 4, --save:
+# encrypted-eval --scheme mpc --n 1000 agrees 100%, 97.40%).
 # With little noise the previous best levels off too: 96.83% at epsilon 8, 97.65% at epsilon 30.
 BEST_RECIPE = {**PREVIOUS_BEST, "shrink": 0.02, "act_a": 0.5}
 
