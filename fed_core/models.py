@@ -8,6 +8,7 @@ layer) are what secret sharing and CKKS evaluate cheaply and exactly.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,6 +32,93 @@ class CryptoCNN(nn.Module):
         x = self.fc1(x.flatten(1))
         x = x * x
         return self.fc2(x)
+
+
+@dataclass(frozen=True)
+class Quadratic:
+    """The activation a x^2 + b x + c (a != 0); the default is CryptoCNN's plain square."""
+
+    a: float = 1.0
+    b: float = 0.0
+    c: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.a == 0:
+            raise ValueError("A quadratic activation needs a != 0 (a x + c would make the network linear).")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a * (x * x) + self.b * x + self.c
+
+    def as_square(self) -> tuple[float, float]:
+        """(h, k) with a x^2 + b x + c = a (x + h)^2 + k."""
+        return self.b / (2 * self.a), self.c - self.b**2 / (4 * self.a)
+
+
+class FoldableCryptoCNN(nn.Module):
+    """CryptoCNN's function, parametrised for training: it exports exactly as a CryptoCNN (:meth:`fold`).
+
+    Changes of parametrisation, all folded away on export, so MPC and CKKS run the result
+    unchanged:
+
+    * ``activation``: any quadratic a x^2 + b x + c = a (x + h)^2 + k, so the shift h joins
+      the bias of the layer before, the factor a the weights of the layer after, and the
+      constant k (times those weights) that layer's bias;
+    * ``input_scale`` s: the convolution reads s times the image (no padding: its weights
+      times s are the exported ones);
+    * ``rank`` r > 0: fc1 as a product of a 512 -> r and an r -> 128 layer, whose product is
+      fc1's weight.
+
+    None changes what the network can compute (rank aside); they change the scale of each
+    layer's gradients and how many parameters there are, hence how DP-SGD's per-example
+    clipping and its fixed noise fall on the model: a layer whose weights are used times s
+    gets gradients s times larger, so after clipping its steps grow as s^2 and its noise only
+    as s.
+    """
+
+    def __init__(
+        self,
+        activation: Quadratic,
+        rank: int = 0,
+        input_scale: float = 1.0,
+        channels: int = 8,
+        hidden: int = 128,
+    ) -> None:
+        super().__init__()
+        self.activation = activation
+        self.input_scale = input_scale
+        self.conv = nn.Conv2d(1, channels, kernel_size=7, stride=3)
+        width = channels * 8 * 8
+        self.fc1 = (
+            nn.Linear(width, hidden)
+            if rank == 0
+            else nn.Sequential(nn.Linear(width, rank, bias=False), nn.Linear(rank, hidden))
+        )
+        self.fc2 = nn.Linear(hidden, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.activation(self.conv(self.input_scale * x))
+        x = self.activation(self.fc1(x.flatten(1)))
+        return self.fc2(x)
+
+    @torch.no_grad()
+    def fold(self) -> CryptoCNN:
+        """The CryptoCNN computing the same function (computed in float64, stored in float32)."""
+        h, k = self.activation.as_square()
+        conv_w, conv_b = self.input_scale * self.conv.weight.double(), self.conv.bias.double()
+        if isinstance(self.fc1, nn.Linear):
+            fc1_w, fc1_b = self.fc1.weight.double(), self.fc1.bias.double()
+        else:
+            fc1_w, fc1_b = self.fc1[1].weight.double() @ self.fc1[0].weight.double(), self.fc1[1].bias.double()
+        fc2_w, fc2_b = self.fc2.weight.double(), self.fc2.bias.double()
+        a = self.activation.a
+        folded = CryptoCNN(self.conv.out_channels, self.fc2.in_features)
+        folded.conv.weight.copy_(conv_w)
+        folded.conv.bias.copy_(conv_b + h)
+        folded.fc1.weight.copy_(a * fc1_w)
+        folded.fc1.bias.copy_(fc1_b + k * fc1_w.sum(1) + h)
+        folded.fc2.weight.copy_(a * fc2_w)
+        folded.fc2.bias.copy_(fc2_b + k * fc2_w.sum(1))
+        return folded
 
 
 class PoolingCNN(nn.Module):
@@ -107,7 +195,8 @@ def init_weights(model: nn.Module, method: str, generator: torch.Generator) -> N
         if method == "default":
             bound = 1.0 / layer.weight[0].numel() ** 0.5  # PyTorch's rule, but drawn from our generator
             layer.weight.data.uniform_(-bound, bound, generator=generator)
-            layer.bias.data.uniform_(-bound, bound, generator=generator)
+            if layer.bias is not None:
+                layer.bias.data.uniform_(-bound, bound, generator=generator)
             continue
         if method == "kaiming":
             nn.init.kaiming_normal_(layer.weight, nonlinearity="relu", generator=generator)
@@ -115,7 +204,8 @@ def init_weights(model: nn.Module, method: str, generator: torch.Generator) -> N
             nn.init.xavier_uniform_(layer.weight, generator=generator)
         else:
             nn.init.uniform_(layer.weight, -0.05, 0.05, generator=generator)
-        nn.init.zeros_(layer.bias)
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
 
 
 def new_model(name: str, init: str, seed: int) -> nn.Module:

@@ -2,6 +2,7 @@
 
 from dataclasses import replace
 
+import pytest
 import torch
 
 from fed_core.cli.train import register
@@ -68,6 +69,31 @@ def test_example_level_dp_can_augment_too(tiny_data):
     trainer = BatchedTrainer(model, tiny_data.train_images, tiny_data.train_labels, settings)
     updates = trainer.train(flatten(model_params(model)), [0, 1], [torch.arange(0, 64), torch.arange(64, 128)], [1, 2])
     assert all(torch.isfinite(u.delta).all() for u in updates)
+
+
+def test_multiplicity_clips_each_examples_mean_over_its_redrawn_copies(tiny_data, monkeypatch):
+    settings = LocalSettings(
+        "crypto_cnn", 1, 16, 0.05, 0.0, 1.0, dp_clip=1.0, dp_noise=1.0, augment=True, augment_multiplicity=3
+    )
+    model = new_model("crypto_cnn", "default", seed=0)
+    trainer = BatchedTrainer(model, tiny_data.train_images, tiny_data.train_labels, settings)
+    calls = []
+    clipped_sum = trainer._clipper.clipped_sum
+
+    def recording(params, x, y, clip, group=1):
+        calls.append((x.clone(), y.clone(), group))
+        return clipped_sum(params, x, y, clip, group)
+
+    monkeypatch.setattr(trainer._clipper, "clipped_sum", recording)
+    updates = trainer.train(flatten(model_params(model)), [0, 1], [torch.arange(0, 64), torch.arange(64, 128)], [1, 2])
+    assert all(torch.isfinite(u.delta).all() for u in updates)
+    x, y, group = calls[0]
+    assert group == 3 and len(x) % 3 == 0 and len(x) > 0
+    copies = x.view(-1, 3, 1, 28, 28)
+    assert torch.equal(y.view(-1, 3), y.view(-1, 3)[:, :1].expand(-1, 3))  # three copies of each example
+    assert (copies[:, 0] - copies[:, 1]).abs().amax((1, 2, 3)).min() > 0  # each redrawn its own way
+    with pytest.raises(ValueError, match="multiplicity"):
+        BatchedTrainer(model, tiny_data.train_images, tiny_data.train_labels, replace(settings, augment=False))
 
 
 def test_its_cost_is_in_the_time_estimate():

@@ -91,3 +91,29 @@ def test_a_parameter_outside_linear_and_conv_layers_is_refused():
         GhostClipper(model)
     with pytest.raises(ValueError, match="grouped"):
         GhostClipper(nn.Sequential(nn.Conv2d(2, 4, 3, groups=2)))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("form", ["ghost", "materialised"])
+def test_a_group_of_copies_is_clipped_as_one_example_with_their_mean_gradient(name, form, monkeypatch):
+    """Augmentation multiplicity: k rows per example, the mean of their gradients clipped once."""
+    monkeypatch.setattr(fed_core.privacy.ghost_clip, "ghost_is_cheaper", lambda *_: form == "ghost")
+    torch.manual_seed(3)
+    model, params = double_model(name)
+    k, b = 3, 8
+    x, y = torch.randn(b * k, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (b,)).repeat_interleave(k)
+
+    def mean_loss(p, xs, ys):
+        return F.cross_entropy(functional_call(model, p, (xs,)), ys)
+
+    grads = vmap(grad(mean_loss), in_dims=(None, 0, 0))(params, x.view(b, k, 1, 28, 28), y.view(b, k))
+    want_norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads.values()]).norm(dim=0)
+    clip = want_norms.median().item()
+    factors = (clip / (want_norms + 1e-6)).clamp(max=1.0)
+    got_sum, got_norms = GhostClipper(model, chunk_bytes=2**20).clipped_sum(params, x, y, clip, group=k)
+    torch.testing.assert_close(got_norms, want_norms, rtol=1e-5, atol=0)
+    for key, g in grads.items():
+        want = torch.einsum("b,b...->...", factors, g)
+        torch.testing.assert_close(got_sum[key], want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    with pytest.raises(ValueError, match="whole groups"):
+        GhostClipper(model).clipped_sum(params, x[:-1], y[:-1], clip, group=k)

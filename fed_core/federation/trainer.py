@@ -122,6 +122,8 @@ class BatchedTrainer:
         self.labels = labels
         self.settings = settings
         self.dp = ExampleDP(settings.dp_clip, settings.dp_noise) if settings.dp_clip > 0 else None
+        if settings.augment_multiplicity > 1 and not (self.dp and settings.augment):
+            raise ValueError("Augmentation multiplicity is an option of DP-SGD with augmentation on.")
         self.template = model_params(model)
         self.num_params = sum(p.numel() for p in self.template.values())
         self.group_size = workers_per_group(settings.model, settings.batch_size, memory_budget_bytes)
@@ -357,12 +359,15 @@ class BatchedTrainer:
 
         Each worker's real examples (the batch is padded at the end with -1) go through
         one forward and one backward pass; the per-example gradients are never all built.
+        With augmentation multiplicity m, each example is redrawn m times and its gradient is their mean.
         """
-        x, y = self._gather(batch, augmenters)
+        copies = self.settings.augment_multiplicity
+        x, y = self._gather(batch.repeat_interleave(copies, dim=1), augmenters)
         sums = []
         for k, size in enumerate((batch >= 0).sum(1).tolist()):
             worker = {name: p[k] for name, p in params.items()}
-            sums.append(self._clipper.clipped_sum(worker, x[k, :size], y[k, :size], self.dp.clip)[0])
+            rows = slice(0, size * copies)
+            sums.append(self._clipper.clipped_sum(worker, x[k, rows], y[k, rows], self.dp.clip, copies)[0])
         return {name: torch.stack([s[name] for s in sums]) for name in params}
 
     def _score(self, params: Params, probe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -99,14 +99,24 @@ def _ghost(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, ClippedSum]:
     return norms, lambda c: (g * c[:, None, None]).flatten(0, 1).T @ a.flatten(0, 1)
 
 
-def _weight_terms(layer: nn.Module, inputs: torch.Tensor, out_grad: torch.Tensor) -> tuple[torch.Tensor, ClippedSum]:
-    """Squared per-example weight-gradient norms [b], and a function of the clip factors giving sum_i c_i G_i."""
-    b, fan_out = len(inputs), out_grad.shape[1]
+def _weight_terms(
+    layer: nn.Module, inputs: torch.Tensor, out_grad: torch.Tensor, group: int = 1
+) -> tuple[torch.Tensor, ClippedSum]:
+    """Squared per-example weight-gradient norms [b], and a function of the clip factors giving sum_i c_i G_i.
+
+    An example is ``group`` consecutive rows (its augmented copies): its gradient is the sum of
+    theirs, as if one input had ``group`` times the positions.
+    """
+    b, fan_out = len(inputs) // group, out_grad.shape[1]
     if isinstance(layer, nn.Conv2d):
-        positions, fan_in = out_grad[0, 0].numel(), layer.weight[0].numel()
+        positions, fan_in = group * out_grad[0, 0].numel(), layer.weight[0].numel()
         if not ghost_is_cheaper(positions, fan_in, fan_out):
-            return _materialised(_conv_example_grads(layer, inputs, out_grad))
-        return _ghost(_windows(layer, inputs), out_grad.flatten(2).transpose(1, 2))
+            rows = _conv_example_grads(layer, inputs, out_grad)
+            return _materialised(rows.view(b, group, *rows.shape[1:]).sum(1))
+        windows = _windows(layer, inputs)
+        return _ghost(
+            windows.reshape(b, -1, windows.shape[-1]), out_grad.flatten(2).transpose(1, 2).reshape(b, -1, fan_out)
+        )
     a, g = inputs.reshape(b, -1, inputs.shape[-1]), out_grad.reshape(b, -1, out_grad.shape[-1])
     if a.shape[1] == 1:  # a linear layer on a flat input: ||a_i||^2 ||g_i||^2, sum_i c_i g_i a_i^T
         a, g = a[:, 0], g[:, 0]
@@ -116,11 +126,14 @@ def _weight_terms(layer: nn.Module, inputs: torch.Tensor, out_grad: torch.Tensor
     return _materialised(g.transpose(1, 2) @ a)
 
 
-def _bias_terms(layer: nn.Module, out_grad: torch.Tensor) -> torch.Tensor:
-    """Per-example bias gradients [b, p]: the output gradients summed over positions."""
-    if isinstance(layer, nn.Conv2d):
-        return out_grad.sum((2, 3))
-    return out_grad.reshape(len(out_grad), -1, out_grad.shape[-1]).sum(1)
+def _bias_terms(layer: nn.Module, out_grad: torch.Tensor, group: int = 1) -> torch.Tensor:
+    """Per-example bias gradients [b, p]: the output gradients summed over positions (and a group's rows)."""
+    rows = (
+        out_grad.sum((2, 3))
+        if isinstance(layer, nn.Conv2d)
+        else out_grad.reshape(len(out_grad), -1, out_grad.shape[-1]).sum(1)
+    )
+    return rows.view(-1, group, rows.shape[-1]).sum(1)
 
 
 class GhostClipper:
@@ -181,33 +194,42 @@ class GhostClipper:
         for capture in self.captures.values():
             capture.inputs = capture.output = None
 
-    def clipped_sum(self, params: Params, x: torch.Tensor, y: torch.Tensor, clip: float) -> tuple[Params, torch.Tensor]:
+    def clipped_sum(
+        self, params: Params, x: torch.Tensor, y: torch.Tensor, clip: float, group: int = 1
+    ) -> tuple[Params, torch.Tensor]:
         """Sum over the examples (x [b, 1, 28, 28], labels y [b]) of each gradient clipped to norm ``clip``.
 
-        Returns the sum (same names and shapes as ``params``) and the unclipped per-example norms [b].
+        With ``group`` k > 1, each k consecutive rows are one example (k augmented copies of it,
+        De et al. 2022's augmentation multiplicity): its gradient is the mean of theirs, clipped once.
+        Returns the sum (same names and shapes as ``params``) and the unclipped per-example norms [b / k].
         """
+        if len(x) % group:
+            raise ValueError(f"{len(x)} rows are not whole groups of {group}.")
         total = {name: torch.zeros_like(p) for name, p in params.items()}
         norms = [x.new_zeros(0)]
-        for start in range(0, len(x), self.chunk):
-            norms.append(
-                self._add_chunk(total, params, x[start : start + self.chunk], y[start : start + self.chunk], clip)
-            )
+        chunk = group * max(1, self.chunk // group)
+        for start in range(0, len(x), chunk):
+            part = slice(start, start + chunk)
+            norms.append(self._add_chunk(total, params, x[part], y[part], clip, group))
         return total, torch.cat(norms)
 
-    def _add_chunk(self, total: Params, params: Params, x: torch.Tensor, y: torch.Tensor, clip: float) -> torch.Tensor:
+    def _add_chunk(
+        self, total: Params, params: Params, x: torch.Tensor, y: torch.Tensor, clip: float, group: int
+    ) -> torch.Tensor:
         leaves = {name: p.detach().requires_grad_() for name, p in params.items()}
         try:
             losses = F.cross_entropy(functional_call(self.model, leaves, (x,)), y, reduction="none")
             names = list(self.layers)
             outputs = [self.captures[n].output for n in names]
-            # Gradients of the summed loss at each layer's output are each example's own (no cross-example layer).
-            out_grads = torch.autograd.grad(losses.sum(), outputs)
-            squared = x.new_zeros(len(x))
+            # Gradients of the summed loss at each layer's output are each row's own (no cross-example layer);
+            # divided by the group, a group's rows add up to the gradient of its mean loss.
+            out_grads = torch.autograd.grad(losses.sum() / group, outputs)
+            squared = x.new_zeros(len(x) // group)
             sums = []
             for name, out_grad in zip(names, out_grads):
                 layer, inputs = self.layers[name], self.captures[name].inputs.detach()
-                weight_sq, weight_sum = _weight_terms(layer, inputs, out_grad)
-                bias = _bias_terms(layer, out_grad) if layer.bias is not None else None
+                weight_sq, weight_sum = _weight_terms(layer, inputs, out_grad, group)
+                bias = _bias_terms(layer, out_grad, group) if layer.bias is not None else None
                 squared += weight_sq if bias is None else weight_sq + bias.square().sum(1)
                 sums.append((name, layer, weight_sum, bias))
         finally:
