@@ -105,9 +105,19 @@ RECIPE_SWEEP: tuple[dict, ...] = (
 )
 # --recipe: 96.72, 96.25, 96.63% in three runs (B 8,192, 80 epochs, lr 4, average 0.8: 96.67, 96.60% at twice the time).
 BEST_RECIPE = {"batch_size": 4096, "rounds": 40, "lr": 4.0, "ema": 0.9}
-# The best plaintext model: Tramer & Boneh's end-to-end CNN (98.1% at epsilon 3); their hyperparameters were
-# B 512, lr 0.5, momentum 0.9, clip 0.1, 40 epochs (github.com/ftramer/Handcrafted-DP, README).
-PLAINTEXT_RECIPE = {"model": "tanh_cnn", "batch_size": 512, "rounds": 40, "lr": 0.5, "momentum": 0.9, "clip": 0.1}
+# The best plaintext model: Tramer & Boneh's end-to-end CNN (98.1% at epsilon 3) with their hyperparameters
+# (B 512, lr 0.5, momentum 0.9, clip 0.1, 40 epochs: github.com/ftramer/Handcrafted-DP, README), the noise
+# calibrated by PRV (z 1.07 where their RDP needed 1.23) and the weights averaged (0.8). Measured, one change at a
+# time: 98.23% (last weights 98.20%); B 1,024, lr 1: 98.12% (98.21%); lr 1: 98.01%; cosine schedule: 97.76%.
+PLAINTEXT_RECIPE = {
+    "model": "tanh_cnn",
+    "batch_size": 512,
+    "rounds": 40,
+    "lr": 0.5,
+    "momentum": 0.9,
+    "clip": 0.1,
+    "ema": 0.8,
+}
 RECIPES = {"best": (BEST_RECIPE,), "sweep": RECIPE_SWEEP, "plaintext": (PLAINTEXT_RECIPE,)}
 
 
