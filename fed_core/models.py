@@ -139,6 +139,28 @@ class PoolingCNN(nn.Module):
         return self.fc2(x)
 
 
+class TanhCNN(nn.Module):
+    """The end-to-end MNIST CNN of the DP papers (Papernot et al. 2021; Tramer & Boneh 2021); plaintext only.
+
+    Conv 16x8x8 stride 2 pad 2 -> tanh -> max-pool 2 stride 1 -> conv 32x4x4 stride 2 -> tanh
+    -> max-pool 2 stride 1 -> 512->32 -> tanh -> 32->10 (26k parameters), as in their code
+    (github.com/ftramer/Handcrafted-DP, models.py MNIST_CNN). Tanh, a tempered sigmoid, keeps
+    activations bounded, so clipped gradients lose less signal than with ReLU.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, kernel_size=8, stride=2, padding=2)
+        self.conv2 = nn.Conv2d(16, 32, kernel_size=4, stride=2)
+        self.fc1 = nn.Linear(32 * 4 * 4, 32)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(torch.tanh(self.conv1(x)), 2, stride=1)  # 28 -> 13 -> 12
+        x = F.max_pool2d(torch.tanh(self.conv2(x)), 2, stride=1)  # 12 -> 5 -> 4
+        return self.fc2(torch.tanh(self.fc1(x.flatten(1))))
+
+
 def relu_cnn() -> PoolingCNN:
     """The classic CNN of the PySyft MNIST tutorials (431k parameters)."""
     return PoolingCNN((20, 50), padding=0, hidden=500)
@@ -153,11 +175,13 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "crypto_cnn": CryptoCNN,
     "relu_cnn": relu_cnn,
     "fedavg_cnn": fedavg_cnn,
+    "tanh_cnn": TanhCNN,
 }
 MODEL_LABELS = {
     "crypto_cnn": "Crypto-friendly CNN (square activations, encryptable)",
     "relu_cnn": "ReLU CNN of the PySyft tutorials (plaintext only)",
     "fedavg_cnn": "CNN of the FedAvg paper (plaintext only)",
+    "tanh_cnn": "Tempered-sigmoid CNN of the DP papers (tanh; plaintext only)",
 }
 # Polynomial activations only: what MPC and CKKS can evaluate.
 ENCRYPTABLE_MODELS = tuple(name for name, make in MODELS.items() if make is CryptoCNN)

@@ -9,8 +9,15 @@ import pytest
 from fed_core.config import TrainConfig, estimate_seconds, problems
 from fed_core.federation.trainer import bytes_per_worker
 from fed_core.limits.budget import Budget, BudgetError, load_budget, training_memory_budget
-from fed_core.limits.estimates import batch_problem, estimate_run_bytes, largest_batch, working_memory
+from fed_core.limits.estimates import (
+    BYTES_PER_SCORED_EXAMPLE,
+    batch_problem,
+    estimate_run_bytes,
+    largest_batch,
+    working_memory,
+)
 from fed_core.limits.gates import Gate, SessionCache, budget_problems
+from fed_core.models import MODEL_LABELS, MODELS
 
 DEFAULT = TrainConfig()
 REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
@@ -139,3 +146,11 @@ def test_the_batch_cap_comes_from_the_memory_budget_not_a_fixed_number():
     [refusal] = budget_problems(replace(dp_sgd, batch_size=60_000), Budget(run_seconds=10**9))
     batch = int(refusal.split("Batch size B to ")[1].split(",")[0].rstrip("."))
     assert batch > 1024
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_every_model_has_time_and_memory_figures_and_a_label(model):
+    """A model added to the registry without its measured figures would crash the Train page's estimate."""
+    config = replace(DEFAULT, model=model)
+    assert model in MODEL_LABELS and model in BYTES_PER_SCORED_EXAMPLE
+    assert estimate_seconds(config) > 0 and estimate_run_bytes(config) > 0

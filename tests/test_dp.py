@@ -39,7 +39,7 @@ ONE_STEP = LocalSettings(
 
 
 def train_private(data, shards, dp, settings=ONE_STEP, seed=3):
-    model = new_model("crypto_cnn", "default", seed)
+    model = new_model(settings.model, "default", seed)
     if dp is not None:
         settings = replace(settings, dp_clip=dp.clip, dp_noise=dp.noise_multiplier)
     trainer = BatchedTrainer(model, data.train_images, data.train_labels, settings)
@@ -101,9 +101,11 @@ def test_dp_sgd_without_noise_or_clipping_is_plain_sgd_on_the_same_batch(tiny_da
     assert torch.allclose(private, plain, atol=1e-6, rtol=1e-4)
 
 
-def test_dp_sgd_clips_each_example_not_the_batch(tiny_data):
+@pytest.mark.parametrize("model_name", ["crypto_cnn", "tanh_cnn"])
+def test_dp_sgd_clips_each_example_not_the_batch(tiny_data, model_name):
     shard = torch.arange(30, 36)
-    model, delta = train_private(tiny_data, [shard], ExampleDP(clip=0.05, noise_multiplier=0.0))
+    settings = replace(ONE_STEP, model=model_name)
+    model, delta = train_private(tiny_data, [shard], ExampleDP(clip=0.05, noise_multiplier=0.0), settings)
     expected = -clipped_mean_gradient(model, tiny_data, shard, 0.05)  # lr 1, one step, no momentum
     assert torch.allclose(delta[0], expected, atol=1e-6, rtol=1e-4)
     # Clipping the batch's mean gradient instead would give a different step (examples' norms differ).
@@ -278,3 +280,14 @@ def test_dp_settings_reject_nonsense():
         ExampleDP(clip=0.0, noise_multiplier=1.0)
     with pytest.raises(ValueError, match="noise"):
         ClientDP(clip=1.0, noise_multiplier=-1.0)
+
+
+def test_tanh_cnn_learns_under_dp_sgd(tiny_data):
+    """The DP papers' model through the whole private path: Poisson batches, ghost clipping, secure noise."""
+    settings = LocalSettings(model="tanh_cnn", epochs=4, batch_size=200, lr=2.0, momentum=0.9, clip_norm=1.0)
+    shard = torch.arange(len(tiny_data.train_labels))
+    model, delta = train_private(tiny_data, [shard], ExampleDP(clip=0.1, noise_multiplier=1.0), settings)
+    torch.nn.utils.vector_to_parameters(flatten(model_params(model)) + delta[0], model.parameters())
+    with torch.no_grad():
+        accuracy = (model(normalize(tiny_data.test_images)).argmax(1) == tiny_data.test_labels).float().mean()
+    assert accuracy > 0.9  # ten templates: chance is 10%

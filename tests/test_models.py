@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from fed_core.models import ENCRYPTABLE_MODELS, build_model, is_encryptable, load_model, new_model, save_model
+from fed_core.models import (
+    ENCRYPTABLE_MODELS,
+    MODELS,
+    build_model,
+    is_encryptable,
+    load_model,
+    new_model,
+    save_model,
+)
 
 
 def fc1(init: str, seed: int = 0) -> torch.nn.Linear:
@@ -64,3 +72,20 @@ def test_a_file_that_is_not_a_saved_model_is_refused_in_words(tmp_path):
     save_model(build_model("crypto_cnn"), saved, "crypto_cnn", {"round": 3})
     model, meta = load_model(saved)
     assert is_encryptable(model) and meta == {"model": "crypto_cnn", "round": 3}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_saves_and_loads_back_with_its_weights(tmp_path, name):
+    model = new_model(name, "default", seed=5)
+    save_model(model, tmp_path / "model.pt", name, {"round": 1})
+    loaded, meta = load_model(tmp_path / "model.pt")
+    assert type(loaded) is type(model) and meta == {"model": name, "round": 1}
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_tanh_cnn_is_the_dp_papers_mnist_model():
+    """Tramer & Boneh's MNIST_CNN: 26,010 parameters, and not encryptable (tanh and max-pooling)."""
+    model = build_model("tanh_cnn")
+    assert sum(p.numel() for p in model.parameters()) == 26_010
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10) and not is_encryptable(model)

@@ -69,6 +69,23 @@ def test_tiny_run_shows_live_charts_table_and_downloads(train_page):
     assert at.session_state[session.TRAINED_MODEL]["meta"]["model"] == "crypto_cnn"
 
 
+def test_the_dp_papers_model_is_a_choice_and_trains(train_page):
+    at = train_page.run()
+    model = widget(at.selectbox, "Model")
+    assert "Tempered-sigmoid CNN of the DP papers (tanh; plaintext only)" in model.options
+    model.set_value("tanh_cnn")
+    widget(at.number_input, "Workers").set_value(20)
+    widget(at.slider, "Fraction C sampled per round").set_value(0.1)  # two workers' 3,000 images each: fast
+    widget(at.number_input, "Rounds").set_value(1)
+    widget(at.button, "Start").click()
+    at.run()
+    at.session_state[session.JOB].join(300)
+    at.run()
+    assert not at.exception
+    assert any("Done:" in s.value for s in at.success)
+    assert at.session_state[session.TRAINED_MODEL]["meta"]["model"] == "tanh_cnn"
+
+
 def test_big_run_shows_its_estimate_before_start(train_page, monkeypatch):
     """On a server whose budget was raised (a local user's), a big run is allowed and shows its cost."""
     monkeypatch.setenv("FEDMNIST_RUN_SECONDS", "100000")

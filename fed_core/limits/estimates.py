@@ -18,7 +18,7 @@ from fed_core.models import MODELS
 # by the budget whatever its workers and batch size, unless one worker alone does not fit. A "scored" example
 # is one image through one model without gradients, measured on the 2-core machine from the growth of peak RSS
 # (one torch thread); ``python bench/bench_app.py estimator`` compares the estimate with whole runs.
-BYTES_PER_SCORED_EXAMPLE = {"crypto_cnn": 4_200, "relu_cnn": 120_000, "fedavg_cnn": 240_000}
+BYTES_PER_SCORED_EXAMPLE = {"crypto_cnn": 4_200, "relu_cnn": 120_000, "fedavg_cnn": 240_000, "tanh_cnn": 40_000}
 
 
 @functools.cache
