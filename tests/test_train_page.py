@@ -38,6 +38,14 @@ def train_page():
         job.join(60)
 
 
+def started_and_finished(at: AppTest, seconds: float) -> AppTest:
+    """Press Start, wait up to ``seconds`` for the run to end, and rerun the page as its poll would."""
+    widget(at.button, "Start").click()
+    at.run()
+    at.session_state[session.JOB].join(seconds)
+    return at.run()
+
+
 def test_landing_page_explains_and_links_the_pages():
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=30).run()
     assert not at.exception
@@ -77,10 +85,7 @@ def test_the_dp_papers_model_is_a_choice_and_trains(train_page):
     widget(at.number_input, "Workers").set_value(20)
     widget(at.slider, "Fraction C sampled per round").set_value(0.1)  # two workers' 3,000 images each: fast
     widget(at.number_input, "Rounds").set_value(1)
-    widget(at.button, "Start").click()
-    at.run()
-    at.session_state[session.JOB].join(300)
-    at.run()
+    started_and_finished(at, 300)
     assert not at.exception
     assert any("Done:" in s.value for s in at.success)
     assert at.session_state[session.TRAINED_MODEL]["meta"]["model"] == "tanh_cnn"
@@ -106,10 +111,7 @@ def test_impossible_split_is_explained_not_a_traceback(train_page):
     widget(at.selectbox, "How data is split").set_value("dirichlet")
     at.run()
     widget(at.number_input, "alpha (smaller = more skew)").set_value(0.01)
-    widget(at.button, "Start").click()
-    at.run()
-    at.session_state[session.JOB].join(60)
-    at.run()
+    started_and_finished(at, 60)
     assert not at.exception
     assert any("fewer than 10 examples" in e.value and "raise alpha" in e.value for e in at.error)
 
