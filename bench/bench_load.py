@@ -1,6 +1,6 @@
 """Several strangers on one server at once, in real headless Chromium sessions, as a shared link brings them.
 
-    python bench/bench_load.py [--classifications 6] [--nice 10 0] [--trace]
+    python bench/bench_load.py [--classifications 6] [--nice 10 0] [--browser-nice 0 19] [--trace]
 
 One visitor trains a default run, one opens that run's link (read-only), two draw a digit and classify it
 again and again (one under HE, one under MPC), and one runs small encrypted tests (MPC, then HE). Prints the
@@ -10,7 +10,9 @@ saw it, and as the harness noticed it through chromedriver), the training run's 
 server, each visitor's browser, everything else (other sessions on the machine). The whole scene is played once
 per training-thread niceness given (FEDMNIST_TRAINING_NICE, fed_core/limits/threads.py), in the same run, so the
 machine's other load hits each. ``--trace`` also prints where a classification's time went, stage by stage
-(bench/load_trace.py, from a probe loaded into the server: bench/probe/sitecustomize.py).
+(bench/load_trace.py, from a probe loaded into the server: bench/probe/sitecustomize.py). ``--browser-nice``
+plays the scene again with the visitors' browsers at that niceness: here they share the server's two cores, where
+real visitors' browsers run on their own machines; at 19 they take only what the server leaves.
 """
 
 from __future__ import annotations
@@ -40,11 +42,20 @@ from fed_core.limits.threads import NICE_ENV, TRAINING_NICE
 RUN_ROUNDS = 5
 
 
+def lower_priority(pid: int, nice: int) -> None:
+    """Renice a browser's process tree: chromedriver, Chromium and its zygote, whose later children inherit it."""
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            process.nice(nice)
+
+
 class Visitors:
     """Runs each visitor in its own thread and browser; collects errors and timings."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, browser_nice: int = 0) -> None:
         self.url = url
+        self.browser_nice = browser_nice
         self.errors: list[str] = []
         self.latencies: dict[str, list[float]] = {"he": [], "mpc": []}
         self.clicks: dict[str, list[dict]] = {"he": [], "mpc": []}  # per scheme (timed_classify)
@@ -62,6 +73,8 @@ class Visitors:
         def body() -> None:
             browser = new_browser()
             self.drivers[who] = browser.service.process.pid
+            if self.browser_nice:
+                lower_priority(browser.service.process.pid, self.browser_nice)
             try:
                 page = Page(browser, timeout=600)
                 script(page)
@@ -226,15 +239,15 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
-def scene(classifications: int, setting: dict[str, str], trace: bool = False) -> None:
+def scene(classifications: int, setting: dict[str, str], trace: bool = False, browser_nice: int = 0) -> None:
     """The five visitors on a fresh server started with the environment ``setting``; prints the rows."""
-    tag = "[" + " ".join(f"{k}={v}" for k, v in setting.items()) + "]"
+    tag = "[" + " ".join([*(f"{k}={v}" for k, v in setting.items()), f"browsers at nice {browser_nice}"]) + "]"
     os.environ.update(setting)  # the server inherits this process's environment
     log = tempfile.NamedTemporaryFile(prefix="streamlit-load-", suffix=".log", delete=False)  # noqa: SIM115 (the server writes to it until the end)
     trace_path = tempfile.mktemp(prefix="streamlit-trace-", suffix=".jsonl") if trace else None
     with traced_server(trace_path), streamlit_server(log) as (url, process):
         print(f"{tag} server memory idle: {tree_rss(process.pid) / MB:.0f} MB (log: {log.name})")
-        visitors = Visitors(url)
+        visitors = Visitors(url, browser_nice)
         with CpuShares(visitors.drivers) as cpu, PeakMemory(process.pid) as memory:
             threads = [
                 visitors.visit("trainer", visitors.trainer),
@@ -288,10 +301,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classifications", type=int, default=6, help="classifications per drawing visitor")
     parser.add_argument("--nice", type=int, nargs="+", default=[TRAINING_NICE], help="training niceness per scene")
+    parser.add_argument("--browser-nice", type=int, nargs="+", default=[0], help="the browsers' niceness per scene")
     parser.add_argument("--trace", action="store_true", help="also print where a classification's time goes")
     args = parser.parse_args()
     for nice in args.nice:
-        scene(args.classifications, {NICE_ENV: str(nice)}, args.trace)
+        for browser_nice in args.browser_nice:
+            scene(args.classifications, {NICE_ENV: str(nice)}, args.trace, browser_nice)
 
 
 if __name__ == "__main__":
