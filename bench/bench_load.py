@@ -121,10 +121,10 @@ class Visitors:
             page.open(f"{self.url}/Draw")
             page.click("Use the small pretrained model")
             page.button("Classify")
-            if scheme == "mpc":
-                choose(page, "Multi-party computation")
             draw(page, SEVEN)
             page.wait_text("Preview: what the model will see")
+            if scheme == "mpc":  # once the page has settled: a choice clicked while the canvas mounts can miss
+                choose(page, "Multi-party computation")
             for _ in range(times):
                 self.latencies[scheme].append(timed_classify(page, self.clicks[scheme]))
 

@@ -195,6 +195,7 @@ model = encryptable_model()
 if model is None:
     st.stop()
 scheme = scheme_picker("draw_scheme", keys=session_he_keys)
+st.space("medium")  # the canvas's toolbar floats above it: without room it covers the scheme choice's labels
 left, right = st.columns([1, 2], gap="large")
 with left:
     png = canvas_png()

@@ -13,6 +13,19 @@ DOT = [[(0, 0), (2, 2)]]
 SCRIBBLE = [[(x, y) for y in range(-60, 61, 12) for x in (-60, 60)]]  # one zigzag filling a square
 
 
+def test_the_scheme_choice_is_not_covered_by_the_canvas_toolbar(browser, app_url):
+    """The canvas's toolbar floats above the canvas; it once covered the MPC choice's label (a click went to it)."""
+    page = Page(browser, timeout=120).open(f"{app_url}/Draw")
+    page.wait_text("Use the small pretrained model")
+    page.click("Use the small pretrained model")
+    page.button("Classify")
+    draw(page, SEVEN)  # the canvas, and its toolbar, are on the page
+    page.wait_text("Preview: what the model will see")
+    choose(page, "Multi-party computation")  # raises ElementClickInterceptedException if anything covers the label
+    checked = "//label[contains(., 'Multi-party computation')]//input[@type='radio']"
+    assert page.driver.find_element("xpath", checked).is_selected()
+
+
 def test_drawn_seven_is_classified_under_he_and_mpc(browser, app_url, screenshot_dir):
     page = Page(browser, timeout=120).open(f"{app_url}/Draw")
     page.wait_text("Use the small pretrained model")
